@@ -1,0 +1,54 @@
+//! The JSON request body guard. Unlike `rocket::serde::json::Json`, it reports *why* a body was
+//! refused (wrong content type, too large, broken JSON, wrong shape) as an [`Error`], and takes
+//! its size limit from signpost's config.
+
+use rocket::data::{self, Data, FromData, ToByteUnit};
+use rocket::http::Status;
+use rocket::request::Request;
+use serde::de::DeserializeOwned;
+
+use crate::config::Config;
+use crate::error::Error;
+
+/// A body parsed as `T`. An empty body is parsed as JSON `null`, so `JsonBody<Option<T>>`
+/// makes the body optional, and any other `T` answers an empty body with `empty_body`.
+pub struct JsonBody<T>(pub T);
+
+#[rocket::async_trait]
+impl<'r, T: DeserializeOwned> FromData<'r> for JsonBody<T> {
+    type Error = Error;
+
+    async fn from_data(request: &'r Request<'_>, data: Data<'r>) -> data::Outcome<'r, Self> {
+        match parse(request, data).await {
+            Ok(value) => data::Outcome::Success(JsonBody(value)),
+            Err(error) => data::Outcome::Error((error.status(), error)),
+        }
+    }
+}
+
+async fn parse<T: DeserializeOwned>(request: &Request<'_>, data: Data<'_>) -> Result<T, Error> {
+    let limit = request
+        .rocket()
+        .state::<Config>()
+        .map_or(Config::default().max_body_bytes, |config| {
+            config.max_body_bytes
+        });
+    let bytes = data
+        .open(limit.bytes())
+        .into_bytes()
+        .await
+        .map_err(|_| Error::Http(Status::BadRequest))?;
+    if !bytes.is_complete() {
+        return Err(Error::BodyTooLarge { limit });
+    }
+    let bytes = bytes.into_inner();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return serde_json::from_str("null").map_err(|_| Error::EmptyBody);
+    }
+    if let Some(content_type) = request.content_type() {
+        if !content_type.is_json() {
+            return Err(Error::UnsupportedMediaType(content_type.to_string()));
+        }
+    }
+    serde_json::from_slice(&bytes).map_err(|error| Error::from_json(&error))
+}

@@ -1,0 +1,85 @@
+//! The HTTP API under `/api`: a thin translation of requests into [`Hub`](crate::hub::Hub) calls.
+//! `docs/API.md` is its contract.
+//!
+//! - `rooms`: join, leave, look at a room or a peer.
+//! - `messages`: send one message or a batch.
+//! - `events`: receive on a Server-Sent Events stream.
+//! - `poll`: receive by long-polling.
+//! - `auth`, `body`, `params`: request guards that turn headers, bodies and path segments into
+//!   domain values or precise errors.
+
+mod auth;
+mod body;
+mod events;
+mod messages;
+mod params;
+mod poll;
+mod rooms;
+
+use rocket::fairing::{AdHoc, Fairing, Info, Kind};
+use rocket::http::Status;
+use rocket::{Request, Response};
+
+use crate::error::Error;
+use crate::logging;
+
+/// Mounts the API routes, the JSON error catchers and the request log.
+pub fn stage() -> AdHoc {
+    AdHoc::on_ignite("signpost API", |rocket| async {
+        rocket
+            .mount(
+                "/api",
+                routes![
+                    rooms::join,
+                    rooms::room,
+                    rooms::peer,
+                    rooms::leave,
+                    rooms::leave_beacon,
+                    messages::send,
+                    events::events,
+                    poll::poll,
+                ],
+            )
+            .register("/", catchers![default_catcher])
+            .attach(RequestLog)
+    })
+}
+
+/// Every error Rocket produces itself (no route, a body over Rocket's own limits, a panic) is
+/// answered in the same JSON shape as the API's errors.
+#[catch(default)]
+fn default_catcher(status: Status, _: &Request<'_>) -> Error {
+    match status.code {
+        404 => Error::RouteNotFound,
+        _ => Error::Http(status),
+    }
+}
+
+/// Logs each failed request as method, path (never the query, which may hold a token) and
+/// status. Successful requests are not logged one by one: joins and leaves are logged by the hub.
+struct RequestLog;
+
+#[rocket::async_trait]
+impl Fairing for RequestLog {
+    fn info(&self) -> Info {
+        Info {
+            name: "signpost request log",
+            kind: Kind::Response,
+        }
+    }
+
+    async fn on_response<'r>(&self, request: &'r Request<'_>, response: &mut Response<'r>) {
+        let status = response.status();
+        let line = format_args!(
+            "{} {} {}",
+            request.method(),
+            request.uri().path(),
+            status.code
+        );
+        if status.code >= 500 {
+            logging::warn(line);
+        } else if status.code >= 400 {
+            logging::info(line);
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The long-poll transport, for networks where streams do not get through: each request returns
+//! what came after `after` at once, or waits for it up to `wait` seconds. Asking for what comes
+//! after `after` acknowledges everything up to it.
+
+use std::time::Duration;
+
+use rocket::response::content::RawJson;
+use rocket::tokio::select;
+use rocket::tokio::time::{sleep_until, Instant};
+use rocket::{Shutdown, State};
+
+use crate::api::auth::Token;
+use crate::api::params::number;
+use crate::config::Config;
+use crate::error::{ApiResult, Error};
+use crate::hub::Hub;
+use crate::identity::{PeerId, RoomName};
+use crate::mailbox::{Batch, Read};
+
+#[allow(clippy::too_many_arguments)] // each argument is a guard Rocket resolves; none is optional
+#[get("/rooms/<room>/peers/<peer>/messages?<after>&<wait>")]
+pub async fn poll(
+    hub: &State<Hub>,
+    config: &State<Config>,
+    room: Result<RoomName, Error>,
+    peer: Result<PeerId, Error>,
+    token: Token,
+    after: Option<&str>,
+    wait: Option<&str>,
+    mut shutdown: Shutdown,
+) -> ApiResult<RawJson<String>> {
+    let mailbox = hub.mailbox(&room?, peer?, token.as_deref())?;
+    let after: u64 = number("after", after)?.unwrap_or(0);
+    let max_wait = config.poll_max_wait();
+    let wait = match number::<f64>("wait", wait)? {
+        Some(seconds) if !(seconds.is_finite() && seconds >= 0.0) => {
+            return Err(Error::InvalidQuery {
+                parameter: "wait",
+                reason: format!("must be a non-negative number of seconds, not {seconds}"),
+            })
+        }
+        Some(seconds) => Duration::from_secs_f64(seconds).min(max_wait),
+        None => max_wait,
+    };
+
+    let _presence = mailbox.listen();
+    mailbox.acknowledge(after);
+    let mut wake = mailbox.subscribe();
+    let deadline = Instant::now() + wait;
+    loop {
+        wake.borrow_and_update();
+        let batch = match mailbox.read_after(after, None) {
+            Read::Batch(batch) => batch,
+            Read::Closed | Read::Replaced => return Err(Error::PeerNotFound),
+        };
+        if !batch.entries.is_empty() || batch.reset.is_some() {
+            return Ok(RawJson(render(after, batch)));
+        }
+        select! {
+            changed = wake.changed() => if changed.is_err() { return Ok(RawJson(render(after, batch))) },
+            _ = sleep_until(deadline) => return Ok(RawJson(render(after, batch))),
+            // Returning lets the client reconnect (to a restarted server) instead of hanging.
+            _ = &mut shutdown => return Ok(RawJson(render(after, batch))),
+        }
+    }
+}
+
+/// `{"messages":[…],"last_id":n,"reset":false}`, assembled from the envelopes' shared encoding.
+/// `last_id` is what the client passes as `after` next.
+fn render(after: u64, batch: Batch) -> String {
+    let last_id = match (batch.entries.last(), batch.reset) {
+        (Some(entry), _) => entry.id,
+        (None, Some(_)) => batch.last_id,
+        (None, None) => after,
+    };
+    let mut out = String::from("{\"messages\":[");
+    for (index, entry) in batch.entries.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        out.push_str(&entry.message.render(entry.id));
+    }
+    out.push_str("],\"last_id\":");
+    out.push_str(itoa::Buffer::new().format(last_id));
+    match batch.reset {
+        Some(reason) => {
+            out.push_str(",\"reset\":true,\"reset_reason\":\"");
+            out.push_str(reason.as_str());
+            out.push_str("\"}");
+        }
+        None => out.push_str(",\"reset\":false}"),
+    }
+    out
+}

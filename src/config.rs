@@ -1,0 +1,144 @@
+//! signpost's configuration: the `[<profile>.signpost]` table of `Rocket.toml`, or
+//! `ROCKET_SIGNPOST={key=value}` in the environment. Every field has a default, so an empty table
+//! (or none) is a working server.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Limits and timings. Unknown keys are refused so that a typo cannot silently keep a default.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Rooms that may exist at once. Default 10,000: a room costs a few hundred bytes, and the
+    /// limit exists to stop a script from creating rooms without end, not to ration normal use.
+    pub max_rooms: usize,
+    /// Peers per room. Default 16: a browser full mesh is impractical beyond ~8 peers, so 16
+    /// leaves room for observers and bots without letting one room grow without bound.
+    pub max_peers_per_room: usize,
+    /// Largest message, measured as its encoded envelope. Default 64 KiB: an SDP offer with many
+    /// tracks and candidates reaches ~10 KiB, so this is generous without letting the server
+    /// become a file relay.
+    pub max_message_bytes: usize,
+    /// Largest request body. Default 1 MiB: a full batch of large messages, with headroom.
+    pub max_body_bytes: usize,
+    /// Undelivered messages a mailbox holds before its peer is evicted. Default 1024: a peer
+    /// joining a full room receives an offer and dozens of candidates from each other peer before
+    /// it starts listening.
+    pub mailbox_capacity: usize,
+    /// Delivered messages kept per mailbox for resumes. Default 256: enough to cover what a
+    /// proxy may have swallowed between the server's write and a cut connection.
+    pub replay_window: usize,
+    /// A peer with no open stream and no poll in flight for this long is removed. Default 30 s:
+    /// longer than a reconnect with backoff, short enough that a closed tab soon leaves.
+    pub peer_timeout_secs: f64,
+    /// Seconds between SSE heartbeat comments. Default 15 s: below the 30-60 s idle timeouts of
+    /// common proxies and load balancers.
+    pub heartbeat_secs: f64,
+    /// The longest a long-poll may wait, and its default wait. Default 25 s: below the 30 s
+    /// read timeouts that many proxies apply.
+    pub poll_max_wait_secs: f64,
+    /// Messages per second a peer may send, sustained. Default 50.
+    pub send_rate_per_sec: f64,
+    /// Messages a peer may send in a burst. Default 400: joining a full room sends an offer and
+    /// a few dozen candidates to each of up to 15 peers at once.
+    pub send_burst: f64,
+    /// ICE servers handed to every peer when it joins, as `RTCIceServer` objects. Default none.
+    pub ice_servers: Vec<IceServer>,
+    /// Directory of the browser client served at `/`. Default `static`, relative to the working
+    /// directory (the repository root under `cargo run`).
+    pub static_dir: String,
+    /// `"info"` logs each request and each join/leave; `"warn"` only problems; `"off"` nothing.
+    /// Default `info`. Rocket's own log is off (`log_level = "off"` in `Rocket.toml`), because
+    /// it prints request URLs, and with them `?token=` secrets, even at its `critical` level.
+    pub log_level: LogLevel,
+}
+
+/// One `RTCIceServer` as a browser takes it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Off,
+    Warn,
+    Info,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_rooms: 10_000,
+            max_peers_per_room: 16,
+            max_message_bytes: 64 * 1024,
+            max_body_bytes: 1024 * 1024,
+            mailbox_capacity: 1024,
+            replay_window: 256,
+            peer_timeout_secs: 30.0,
+            heartbeat_secs: 15.0,
+            poll_max_wait_secs: 25.0,
+            send_rate_per_sec: 50.0,
+            send_burst: 400.0,
+            ice_servers: Vec::new(),
+            static_dir: "static".into(),
+            log_level: LogLevel::Info,
+        }
+    }
+}
+
+impl Config {
+    /// Refuses values that would make the server misbehave rather than merely be strict.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("peer_timeout_secs", self.peer_timeout_secs),
+            ("heartbeat_secs", self.heartbeat_secs),
+            ("send_rate_per_sec", self.send_rate_per_sec),
+        ];
+        for (name, value) in positive {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(format!(
+                    "signpost.{name} must be a positive number, not {value}"
+                ));
+            }
+        }
+        if !(self.poll_max_wait_secs.is_finite() && self.poll_max_wait_secs >= 0.0) {
+            return Err("signpost.poll_max_wait_secs must be zero or more".into());
+        }
+        if !(self.send_burst.is_finite() && self.send_burst >= 1.0) {
+            return Err("signpost.send_burst must be at least 1".into());
+        }
+        let at_least_one = [
+            ("max_rooms", self.max_rooms),
+            ("max_peers_per_room", self.max_peers_per_room),
+            ("max_message_bytes", self.max_message_bytes),
+            ("max_body_bytes", self.max_body_bytes),
+            ("mailbox_capacity", self.mailbox_capacity),
+        ];
+        for (name, value) in at_least_one {
+            if value == 0 {
+                return Err(format!("signpost.{name} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn peer_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.peer_timeout_secs)
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs_f64(self.heartbeat_secs)
+    }
+
+    pub fn poll_max_wait(&self) -> Duration {
+        Duration::from_secs_f64(self.poll_max_wait_secs)
+    }
+}

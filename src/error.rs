@@ -1,0 +1,262 @@
+//! The one error type of the API. Every failure a client can cause is a variant here, with a
+//! stable snake_case `code` for programs and a message for people; [`Error::status`] is the only
+//! place that decides HTTP status codes.
+
+use std::borrow::Cow;
+use std::io::Cursor;
+use std::time::Duration;
+
+use rocket::http::{ContentType, Header, Status};
+use rocket::request::Request;
+use rocket::response::{self, Responder, Response};
+use serde::Serialize;
+
+pub type ApiResult<T> = Result<T, Error>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    /// The body is not JSON (syntax error or truncated).
+    InvalidJson(String),
+    /// The body is JSON of the wrong shape: a missing or unknown field, a wrong type.
+    InvalidBody(String),
+    /// A body was required and none was sent.
+    EmptyBody,
+    UnsupportedMediaType(String),
+    BodyTooLarge {
+        limit: usize,
+    },
+    MessageTooLarge {
+        index: usize,
+        size: usize,
+        limit: usize,
+    },
+    EmptyBatch,
+    InvalidRoomName(&'static str),
+    InvalidPeerId,
+    InvalidName(&'static str),
+    InvalidMeta(&'static str),
+    InvalidType {
+        index: usize,
+        reason: String,
+    },
+    UnknownRecipient {
+        index: usize,
+    },
+    SelfRecipient {
+        index: usize,
+    },
+    InvalidQuery {
+        parameter: &'static str,
+        reason: String,
+    },
+    InvalidLastEventId,
+    MissingToken,
+    InvalidToken,
+    WrongPeer,
+    RoomNotFound,
+    PeerNotFound,
+    RoomFull {
+        limit: usize,
+    },
+    TooManyRooms {
+        limit: usize,
+    },
+    RateLimited {
+        retry_after: Duration,
+    },
+    /// No route for this method and path.
+    RouteNotFound,
+    /// A status Rocket produced before any handler ran, and that no variant above covers.
+    Http(Status),
+    /// A fault of the server's, not the client's (the OS refused randomness, say).
+    Internal(&'static str),
+}
+
+impl Error {
+    pub fn status(&self) -> Status {
+        use Error::*;
+        match self {
+            InvalidJson(_)
+            | EmptyBody
+            | InvalidRoomName(_)
+            | InvalidPeerId
+            | InvalidQuery { .. }
+            | InvalidLastEventId => Status::BadRequest,
+            MissingToken | InvalidToken => Status::Unauthorized,
+            WrongPeer => Status::Forbidden,
+            RoomNotFound | PeerNotFound | RouteNotFound => Status::NotFound,
+            RoomFull { .. } | TooManyRooms { .. } => Status::Conflict,
+            BodyTooLarge { .. } | MessageTooLarge { .. } => Status::PayloadTooLarge,
+            UnsupportedMediaType(_) => Status::UnsupportedMediaType,
+            InvalidBody(_)
+            | EmptyBatch
+            | InvalidName(_)
+            | InvalidMeta(_)
+            | InvalidType { .. }
+            | UnknownRecipient { .. }
+            | SelfRecipient { .. } => Status::UnprocessableEntity,
+            RateLimited { .. } => Status::TooManyRequests,
+            Http(status) => *status,
+            Internal(_) => Status::InternalServerError,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        use Error::*;
+        match self {
+            InvalidJson(_) => "invalid_json",
+            InvalidBody(_) => "invalid_body",
+            EmptyBody => "empty_body",
+            UnsupportedMediaType(_) => "unsupported_media_type",
+            BodyTooLarge { .. } => "body_too_large",
+            MessageTooLarge { .. } => "message_too_large",
+            EmptyBatch => "empty_batch",
+            InvalidRoomName(_) => "invalid_room_name",
+            InvalidPeerId => "invalid_peer_id",
+            InvalidName(_) => "invalid_name",
+            InvalidMeta(_) => "invalid_meta",
+            InvalidType { .. } => "invalid_type",
+            UnknownRecipient { .. } => "unknown_recipient",
+            SelfRecipient { .. } => "self_recipient",
+            InvalidQuery { .. } => "invalid_query",
+            InvalidLastEventId => "invalid_last_event_id",
+            MissingToken => "missing_token",
+            InvalidToken => "invalid_token",
+            WrongPeer => "wrong_peer",
+            RoomNotFound => "room_not_found",
+            PeerNotFound => "peer_not_found",
+            RoomFull { .. } => "room_full",
+            TooManyRooms { .. } => "too_many_rooms",
+            RateLimited { .. } => "rate_limited",
+            RouteNotFound => "not_found",
+            Http(status) => http_code(*status),
+            Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn message(&self) -> Cow<'static, str> {
+        use Error::*;
+        match self {
+            InvalidJson(detail) => format!("the body is not valid JSON: {detail}").into(),
+            InvalidBody(detail) => {
+                format!("the body does not have the expected shape: {detail}").into()
+            }
+            EmptyBody => "this request needs a JSON body".into(),
+            UnsupportedMediaType(got) => {
+                format!("send the body as application/json, not {got}").into()
+            }
+            BodyTooLarge { limit } => format!("the body is larger than {limit} bytes").into(),
+            MessageTooLarge { index, size, limit } => {
+                format!("message {index} is {size} bytes once encoded; the limit is {limit}").into()
+            }
+            EmptyBatch => "the batch holds no messages".into(),
+            InvalidRoomName(why) | InvalidName(why) | InvalidMeta(why) => Cow::Borrowed(why),
+            InvalidPeerId => {
+                "a peer id is a UUID such as 0b6c3f1e-8a8e-4d5c-9f3e-2a1b0c9d8e7f".into()
+            }
+            InvalidType { index, reason } => format!("message {index}: {reason}").into(),
+            UnknownRecipient { index } => {
+                format!("message {index}: `to` is not a peer of this room").into()
+            }
+            SelfRecipient { index } => {
+                format!("message {index}: a peer cannot send to itself").into()
+            }
+            InvalidQuery { parameter, reason } => {
+                format!("query parameter `{parameter}` {reason}").into()
+            }
+            InvalidLastEventId => "Last-Event-ID must be a message id (a whole number)".into(),
+            MissingToken => {
+                "send the peer's token as `Authorization: Bearer <token>` or `?token=<token>`"
+                    .into()
+            }
+            InvalidToken => "the token is not that of any peer in this room".into(),
+            WrongPeer => "the token belongs to another peer of this room".into(),
+            RoomNotFound => "no such room: it is created when its first peer joins".into(),
+            PeerNotFound => "no such peer in this room: it left, timed out or was evicted".into(),
+            RoomFull { limit } => format!("the room already has {limit} peers").into(),
+            TooManyRooms { limit } => {
+                format!("the server already holds {limit} rooms; try again later").into()
+            }
+            RateLimited { retry_after } => format!(
+                "sending too fast; retry in {:.1} s",
+                retry_after.as_secs_f64()
+            )
+            .into(),
+            RouteNotFound => "no such endpoint; see docs/API.md".into(),
+            Http(status) => status.reason_lossy().to_owned().into(),
+            Internal(why) => Cow::Borrowed(why),
+        }
+    }
+
+    /// Classifies a serde_json failure: broken JSON is a 400, JSON of the wrong shape a 422.
+    pub fn from_json(error: &serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        match error.classify() {
+            Category::Data => Error::InvalidBody(error.to_string()),
+            Category::Syntax | Category::Eof | Category::Io => {
+                Error::InvalidJson(error.to_string())
+            }
+        }
+    }
+}
+
+/// The code for a bare HTTP status: its reason phrase in snake_case ("payload_too_large").
+fn http_code(status: Status) -> &'static str {
+    match status.code {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        406 => "not_acceptable",
+        408 => "request_timeout",
+        411 => "length_required",
+        413 => "body_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        422 => "unprocessable_entity",
+        431 => "headers_too_large",
+        503 => "service_unavailable",
+        500..=599 => "internal_error",
+        _ => "http_error",
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
+}
+
+impl<'r> Responder<'r, 'static> for Error {
+    fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
+        let retry_after = match &self {
+            // Whole seconds, rounded up, as the Retry-After header requires.
+            Error::RateLimited { retry_after } => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
+            _ => None,
+        };
+        let message = self.message();
+        let body = Body {
+            error: self.code(),
+            message: &message,
+            retry_after,
+        };
+        let json = serde_json::to_string(&body).unwrap_or_default();
+        let mut response = Response::build();
+        response
+            .status(self.status())
+            .header(ContentType::JSON)
+            .sized_body(json.len(), Cursor::new(json));
+        if matches!(self, Error::MissingToken | Error::InvalidToken) {
+            response.header(Header::new("WWW-Authenticate", "Bearer"));
+        }
+        if let Some(seconds) = retry_after {
+            response.header(Header::new("Retry-After", seconds.to_string()));
+        }
+        response.ok()
+    }
+}

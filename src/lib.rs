@@ -1,0 +1,90 @@
+//! signpost: a WebRTC signaling server over plain HTTP.
+//!
+//! Peers join a named room, POST offers, answers and ICE candidates, and receive what others sent
+//! them on a Server-Sent Events stream or by long-polling. Every message a peer is sent gets the
+//! next id of its mailbox, with no gaps, so a client that reconnects resumes exactly where it was
+//! or is told explicitly that it cannot.
+//!
+//! # Layout
+//! - [`config`]: the `signpost` table of `Rocket.toml`, with every default and why.
+//! - [`error`]: the one error type; every failure becomes a status and a JSON body there.
+//! - Domain, with no HTTP in it:
+//!   - [`identity`]: room names, peer ids and peer tokens.
+//!   - [`message`]: what clients send, and envelopes encoded once for every recipient.
+//!   - [`mailbox`]: a peer's gapless, resumable message sequence and its delivery state.
+//!   - [`hub`]: rooms and peers, and every operation on them (the seam for a shared store).
+//!   - [`rate_limit`]: the per-peer token bucket.
+//! - Around the domain:
+//!   - `api`: the HTTP routes, one module per group, translating requests into hub calls.
+//!   - [`presence`]: the sweeper that times out silent peers.
+//!   - [`logging`]: the request and membership log, which never prints a token.
+//!
+//! [`build`] assembles the server from a figment; the binary and the tests both use it.
+
+#[macro_use]
+extern crate rocket;
+
+mod api;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod identity;
+pub mod logging;
+pub mod mailbox;
+pub mod message;
+pub mod presence;
+pub mod rate_limit;
+
+use rocket::fairing::AdHoc;
+use rocket::figment::Figment;
+use rocket::fs::{FileServer, Options};
+use rocket::{Build, Rocket};
+
+use crate::config::Config;
+use crate::hub::Hub;
+
+/// The server as configured by `Rocket.toml` and `ROCKET_*` environment variables.
+pub fn rocket() -> Rocket<Build> {
+    build(rocket::Config::figment())
+}
+
+/// The server as configured by `figment`; signpost's settings are read from its `signpost` key.
+pub fn build(figment: Figment) -> Rocket<Build> {
+    rocket::custom(figment)
+        .attach(AdHoc::try_on_ignite("signpost config", |rocket| async {
+            let config = rocket
+                .figment()
+                .focus("signpost")
+                .extract::<Config>()
+                .map_err(|error| error.to_string())
+                .and_then(|config| config.validate().map(|()| config));
+            match config {
+                Ok(config) => {
+                    logging::set_level(config.log_level);
+                    let static_files =
+                        FileServer::new(&config.static_dir, Options::Index | Options::Missing)
+                            .rank(20);
+                    Ok(rocket
+                        .manage(Hub::new(&config))
+                        .manage(config)
+                        .mount("/", static_files))
+                }
+                Err(error) => {
+                    // Rocket's log is turned down (see `logging`), so say it here.
+                    eprintln!("signpost: invalid configuration: {error}");
+                    Err(rocket)
+                }
+            }
+        }))
+        .attach(api::stage())
+        .attach(presence::stage())
+        .attach(AdHoc::on_liftoff("signpost banner", |rocket| {
+            Box::pin(async move {
+                let config = rocket.config();
+                logging::info(format_args!(
+                    "listening on http://{}:{}",
+                    config.address, config.port
+                ));
+            })
+        }))
+}

@@ -1,0 +1,229 @@
+//! Signaling messages: what a client sends, and the envelope a recipient receives.
+//!
+//! An envelope is encoded to JSON exactly once, when the server accepts the message, and shared
+//! by every recipient's mailbox. Only the per-mailbox `id` differs between recipients, so it is
+//! spliced in front of the shared encoding when the envelope is written out
+//! ([`EncodedMessage::render`]); nothing is re-serialised per recipient.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::identity::PeerId;
+
+/// The most messages one request may carry. A burst of trickle-ICE candidates fits easily; a
+/// larger batch would let one request hold the hub lock for a long time.
+pub const MAX_BATCH: usize = 64;
+
+/// Types the server itself emits; a client may not send them, so a recipient can trust them.
+pub const RESERVED_TYPES: [&str; 4] = ["join", "leave", "ready", "reset"];
+
+/// A message type: 1 to 32 of `a-z 0-9 _ -`, starting with a letter, and not reserved.
+///
+/// The alphabet needs no escaping in JSON or in an SSE `event:` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageType(String);
+
+impl MessageType {
+    pub const MAX_LEN: usize = 32;
+
+    /// Validates a type a client wants to send.
+    pub fn parse_client(kind: &str) -> Result<Self, String> {
+        let well_formed = (1..=Self::MAX_LEN).contains(&kind.len())
+            && kind.starts_with(|c: char| c.is_ascii_lowercase())
+            && kind
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !well_formed {
+            return Err(format!(
+                "message type {kind:?} is invalid: use 1 to 32 of a-z, 0-9, '_' and '-', starting with a letter"
+            ));
+        }
+        if RESERVED_TYPES.contains(&kind) {
+            return Err(format!(
+                "message type {kind:?} is reserved for events the server emits"
+            ));
+        }
+        Ok(Self(kind.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One message as a client sends it. Unknown fields are refused, so a client that tries to set
+/// `from` (the server decides it) or misspells `to` hears about it instead of being ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutgoingMessage {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The recipient; absent or null means every other peer of the room.
+    #[serde(default)]
+    pub to: Option<PeerId>,
+    /// Any JSON, kept as the exact text the client sent so that it is never re-encoded.
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
+}
+
+/// The body of a send: one message object, or an array of them.
+#[derive(Debug)]
+pub struct MessageBatch(pub Vec<OutgoingMessage>);
+
+impl<'de> Deserialize<'de> for MessageBatch {
+    /// Dispatches on the JSON shape by hand rather than with `#[serde(untagged)]`, so that an
+    /// error inside a message keeps serde's precise wording ("unknown field `from`", ...).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BatchVisitor;
+
+        impl<'de> Visitor<'de> for BatchVisitor {
+            type Value = MessageBatch;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a message object or an array of message objects")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<MessageBatch, A::Error> {
+                let one = OutgoingMessage::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(MessageBatch(vec![one]))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MessageBatch, A::Error> {
+                let mut messages = Vec::new();
+                while let Some(message) = seq.next_element::<OutgoingMessage>()? {
+                    if messages.len() == MAX_BATCH {
+                        return Err(de::Error::custom(format!(
+                            "a batch carries at most {MAX_BATCH} messages"
+                        )));
+                    }
+                    messages.push(message);
+                }
+                Ok(MessageBatch(messages))
+            }
+        }
+
+        deserializer.deserialize_any(BatchVisitor)
+    }
+}
+
+/// A message as stored in mailboxes: its type and its envelope, encoded once.
+#[derive(Debug)]
+pub struct EncodedMessage {
+    kind: Box<str>,
+    /// The envelope's JSON object without its `id`: `{"from":…,"type":…,"data":…}`.
+    /// Always a non-empty object, so `render` can splice the id after its opening brace.
+    body: Box<str>,
+}
+
+#[derive(Serialize)]
+struct EnvelopeBody<'a, D: Serialize + ?Sized> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<PeerId>,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    data: &'a D,
+}
+
+impl EncodedMessage {
+    /// A message from a peer.
+    pub fn from_peer(from: PeerId, kind: &MessageType, data: Option<&RawValue>) -> Arc<Self> {
+        let null = RawValue::NULL;
+        Self::encode(Some(from), kind.as_str(), data.unwrap_or(null))
+    }
+
+    /// An event the server emits (`join`, `leave`, ...); it has no `from`.
+    pub fn from_server<D: Serialize>(kind: &'static str, data: &D) -> Arc<Self> {
+        Self::encode(None, kind, data)
+    }
+
+    fn encode<D: Serialize + ?Sized>(from: Option<PeerId>, kind: &str, data: &D) -> Arc<Self> {
+        let body = EnvelopeBody { from, kind, data };
+        // Serialising a struct of strings, ids and already-valid JSON cannot fail.
+        let body = serde_json::to_string(&body).unwrap_or_else(|_| String::from("{}"));
+        Arc::new(Self {
+            kind: kind.into(),
+            body: body.into(),
+        })
+    }
+
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The size this message adds to a mailbox, as counted against the message size limit.
+    pub fn encoded_len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// The full envelope `{"id":…,"from":…,"type":…,"data":…}` for the mailbox slot `id`.
+    pub fn render(&self, id: u64) -> String {
+        let rest = &self.body[1..];
+        let mut out = String::with_capacity(self.body.len() + 28);
+        out.push_str("{\"id\":");
+        out.push_str(itoa::Buffer::new().format(id));
+        out.push(',');
+        out.push_str(rest);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_are_checked_and_reserved_ones_refused() {
+        assert!(MessageType::parse_client("offer").is_ok());
+        assert!(MessageType::parse_client("ice-candidate_2").is_ok());
+        for bad in [
+            "",
+            "Offer",
+            "2fa",
+            "a b",
+            "x".repeat(33).as_str(),
+            "join",
+            "reset",
+        ] {
+            assert!(MessageType::parse_client(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn envelope_is_encoded_once_and_takes_its_id_when_rendered() {
+        let from = PeerId::random();
+        let kind = MessageType::parse_client("offer").unwrap();
+        let data = RawValue::from_string(r#"{"sdp":"v=0\r\n"}"#.into()).unwrap();
+        let message = EncodedMessage::from_peer(from, &kind, Some(&data));
+        let rendered: serde_json::Value = serde_json::from_str(&message.render(42)).unwrap();
+        assert_eq!(rendered["id"], 42);
+        assert_eq!(rendered["from"], from.to_string());
+        assert_eq!(rendered["type"], "offer");
+        assert_eq!(rendered["data"]["sdp"], "v=0\r\n");
+        assert_eq!(message.render(7).matches("\"id\"").count(), 1);
+    }
+
+    #[test]
+    fn server_events_have_no_sender() {
+        let message = EncodedMessage::from_server("leave", &serde_json::json!({"reason": "left"}));
+        let rendered: serde_json::Value = serde_json::from_str(&message.render(1)).unwrap();
+        assert!(rendered.get("from").is_none());
+        assert_eq!(rendered["type"], "leave");
+    }
+
+    #[test]
+    fn a_batch_is_one_object_or_an_array() {
+        let one: MessageBatch = serde_json::from_str(r#"{"type":"offer","data":1}"#).unwrap();
+        assert_eq!(one.0.len(), 1);
+        let many: MessageBatch =
+            serde_json::from_str(r#"[{"type":"a"},{"type":"b","to":null}]"#).unwrap();
+        assert_eq!(many.0.len(), 2);
+        let err = serde_json::from_str::<MessageBatch>(r#"{"type":"a","from":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `from`"), "{err}");
+        let too_many = format!("[{}]", vec![r#"{"type":"a"}"#; MAX_BATCH + 1].join(","));
+        assert!(serde_json::from_str::<MessageBatch>(&too_many).is_err());
+    }
+}
