@@ -1,0 +1,233 @@
+//! Test support: a real signpost server on 127.0.0.1 with a random port, and a client-side peer
+//! that speaks the HTTP API with reqwest (SSE parsed by `eventsource-stream`).
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::time::Duration;
+
+use eventsource_stream::{Event, EventStreamError, Eventsource};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use rocket::fairing::AdHoc;
+use rocket::figment::Figment;
+use serde_json::{json, Value};
+
+/// How long a test waits for an event it expects before failing. Generous: it bounds a hang,
+/// it does not pace the test.
+pub const EVENT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A server running in this test's runtime; stopped when `stop` is called or the runtime ends.
+pub struct Server {
+    pub base: String,
+    pub client: reqwest::Client,
+    shutdown: rocket::Shutdown,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// A server with the defaults of `Rocket.toml`.
+    pub async fn start() -> Server {
+        Server::with(json!({})).await
+    }
+
+    /// A server whose `signpost` settings are overridden by `settings` (a JSON object).
+    pub async fn with(settings: Value) -> Server {
+        let mut figment: Figment = rocket::Config::figment()
+            .merge(("address", "127.0.0.1"))
+            .merge(("port", 0))
+            .merge(("log_level", "off"))
+            .merge(("shutdown.ctrlc", false))
+            .merge(("shutdown.grace", 1))
+            .merge(("shutdown.mercy", 1))
+            .merge(("signpost.log_level", "off"));
+        for (key, value) in settings.as_object().expect("settings are a JSON object") {
+            figment = figment.merge((format!("signpost.{key}"), value.clone()));
+        }
+        Server::from_figment(figment).await
+    }
+
+    pub async fn from_figment(figment: Figment) -> Server {
+        let (port_tx, port_rx) = tokio::sync::oneshot::channel();
+        let port_tx = std::sync::Mutex::new(Some(port_tx));
+        let rocket = signpost::build(figment).attach(AdHoc::on_liftoff("test port", move |rocket| {
+            let port = rocket.config().port;
+            if let Some(tx) = port_tx.lock().unwrap().take() {
+                let _ = tx.send(port);
+            }
+            Box::pin(async {})
+        }));
+        let rocket = rocket.ignite().await.expect("server ignites");
+        let shutdown = rocket.shutdown();
+        let task = tokio::spawn(async move {
+            let _ = rocket.launch().await;
+        });
+        let port = port_rx.await.expect("server lifts off");
+        Server {
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Joins `room` as `name` and returns the peer, asserting the join succeeded.
+    pub async fn join(&self, room: &str, name: &str) -> Peer {
+        let response = self
+            .client
+            .post(self.url(&format!("/api/rooms/{room}/peers")))
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .expect("join request");
+        assert_eq!(response.status(), 201, "join {room} as {name}");
+        let body: Value = response.json().await.expect("join body");
+        Peer {
+            id: body["peer_id"].as_str().expect("peer_id").to_owned(),
+            token: body["token"].as_str().expect("token").to_owned(),
+            room: room.to_owned(),
+            base: self.base.clone(),
+            client: self.client.clone(),
+            joined: body,
+        }
+    }
+
+    /// `GET path` as JSON.
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.client.get(self.url(path)).send().await.expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Shuts the server down and waits until it has stopped.
+    pub async fn stop(self) {
+        self.shutdown.notify();
+        let _ = self.task.await;
+    }
+
+    /// Starts a shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.clone().notify();
+    }
+}
+
+/// A joined peer, as seen by its own client.
+#[derive(Clone)]
+pub struct Peer {
+    pub id: String,
+    pub token: String,
+    pub room: String,
+    pub base: String,
+    pub client: reqwest::Client,
+    /// The join response.
+    pub joined: Value,
+}
+
+impl Peer {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn peer_path(&self) -> String {
+        format!("/api/rooms/{}/peers/{}", self.room, self.id)
+    }
+
+    /// POSTs `body` (a message or an array) to the room as this peer.
+    pub async fn send(&self, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/api/rooms/{}/messages", self.room)))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("send request")
+    }
+
+    /// Sends and asserts it was accepted.
+    pub async fn send_ok(&self, body: Value) {
+        let response = self.send(body).await;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        assert_eq!(status, 202, "send refused: {text}");
+    }
+
+    /// Opens this peer's SSE stream, resuming after `last_event_id` if given, and waits for
+    /// `ready`.
+    pub async fn events(&self, last_event_id: Option<u64>) -> Events {
+        let mut request = self
+            .client
+            .get(self.url(&format!("{}/events", self.peer_path())))
+            .bearer_auth(&self.token);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request.send().await.expect("events request");
+        assert_eq!(response.status(), 200, "events stream opens");
+        let mut events = Events { stream: response.bytes_stream().eventsource().boxed() };
+        let ready = events.next().await;
+        assert_eq!(ready.event, "ready", "first event is ready");
+        events
+    }
+
+    /// One long-poll; returns the status and the body.
+    pub async fn poll(&self, after: u64, wait: f64) -> (u16, Value) {
+        let response = self
+            .client
+            .get(self.url(&format!("{}/messages?after={after}&wait={wait}", self.peer_path())))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("poll request");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("poll body is JSON"))
+    }
+
+    pub async fn leave(&self) -> u16 {
+        self.client
+            .delete(self.url(&self.peer_path()))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("leave request")
+            .status()
+            .as_u16()
+    }
+}
+
+/// A parsed SSE stream.
+pub struct Events {
+    stream: BoxStream<'static, Result<Event, EventStreamError<reqwest::Error>>>,
+}
+
+impl Events {
+    /// The next event, failing the test if none comes within [`EVENT_DEADLINE`].
+    pub async fn next(&mut self) -> Event {
+        self.try_next().await.expect("stream ended before the expected event")
+    }
+
+    /// The next event, or `None` if the stream ended.
+    pub async fn try_next(&mut self) -> Option<Event> {
+        match tokio::time::timeout(EVENT_DEADLINE, self.stream.next()).await {
+            Ok(Some(Ok(event))) => Some(event),
+            Ok(Some(Err(error))) => panic!("stream error: {error}"),
+            Ok(None) => None,
+            Err(_) => panic!("no event within {EVENT_DEADLINE:?}"),
+        }
+    }
+
+    /// The next event's envelope, checking that the SSE `id:` and `event:` match it.
+    pub async fn next_message(&mut self) -> Value {
+        let event = self.next().await;
+        let envelope: Value = serde_json::from_str(&event.data).expect("data is JSON");
+        assert_eq!(event.id, envelope["id"].to_string(), "SSE id matches envelope id");
+        assert_eq!(event.event, envelope["type"].as_str().unwrap(), "SSE event is the type");
+        envelope
+    }
+
+    /// Whether the stream ends (rather than delivering another event) within the deadline.
+    pub async fn ends(&mut self) -> bool {
+        self.try_next().await.is_none()
+    }
+}
