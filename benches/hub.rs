@@ -1,0 +1,138 @@
+//! The relay hot path without HTTP: a send through the hub into the recipients' mailboxes, and
+//! the read and acknowledgement a stream then does. A regression in the core shows up here
+//! without the noise of sockets and the runtime. `cargo bench --bench hub`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use serde_json::value::RawValue;
+use signpost::config::Config;
+use signpost::hub::{Hub, Joined};
+use signpost::identity::{PeerId, RoomName};
+use signpost::mailbox::{Mailbox, Read};
+use signpost::message::{EncodedMessage, OutgoingMessage};
+
+/// A hub with no rate limit, as in the `bench` profile of `Rocket.toml`.
+fn hub() -> Hub {
+    Hub::new(&Config {
+        send_rate_per_sec: 1e12,
+        send_burst: 1e12,
+        log_level: signpost::config::LogLevel::Off,
+        ..Config::default()
+    })
+}
+
+fn room(hub: &Hub, name: &str, peers: usize) -> (RoomName, Vec<Joined>) {
+    let room = RoomName::parse(name).unwrap();
+    let joined = (0..peers)
+        .map(|_| hub.join(&room, None, None).unwrap())
+        .collect();
+    (room, joined)
+}
+
+/// A message of about `size` bytes of data, as a client would send it.
+fn message(to: Option<PeerId>, size: usize) -> OutgoingMessage {
+    let data = format!(r#"{{"seq":1,"pad":"{}"}}"#, "x".repeat(size));
+    OutgoingMessage {
+        kind: "offer".into(),
+        to,
+        data: Some(RawValue::from_string(data).unwrap()),
+    }
+}
+
+/// What a stream does after a wake-up: read what is new, render it, acknowledge it.
+fn drain(mailbox: &Mailbox, cursor: &mut u64) -> usize {
+    let Read::Batch(batch) = mailbox.read_after(*cursor, None) else {
+        unreachable!("the peer is in the room")
+    };
+    let mut bytes = 0;
+    for entry in &batch.entries {
+        bytes += black_box(entry.message.render(entry.id)).len();
+        *cursor = entry.id;
+    }
+    mailbox.acknowledge(*cursor);
+    bytes
+}
+
+fn send_and_receive(c: &mut Criterion) {
+    let mut group = c.benchmark_group("relay");
+    group.throughput(Throughput::Elements(1));
+
+    let hub = hub();
+    let (room, peers) = room(&hub, "targeted", 2);
+    let (sender, recipient) = (&peers[0], &peers[1]);
+    let mailbox = hub
+        .mailbox(&room, recipient.peer_id, Some(recipient.token.reveal()))
+        .unwrap();
+    let mut cursor = 0;
+    group.bench_function("targeted send + read, 100 B", |b| {
+        b.iter_batched(
+            || vec![message(Some(recipient.peer_id), 100)],
+            |batch| {
+                hub.send(&room, Some(sender.token.reveal()), batch).unwrap();
+                drain(&mailbox, &mut cursor)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    group.throughput(Throughput::Elements(16));
+    group.bench_function("batch of 16 send + read, 100 B", |b| {
+        b.iter_batched(
+            || {
+                (0..16)
+                    .map(|_| message(Some(recipient.peer_id), 100))
+                    .collect()
+            },
+            |batch| {
+                hub.send(&room, Some(sender.token.reveal()), batch).unwrap();
+                drain(&mailbox, &mut cursor)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    let (room, peers) = room(&hub, "broadcast", 8);
+    let mailboxes: Vec<Arc<Mailbox>> = peers[1..]
+        .iter()
+        .map(|peer| {
+            hub.mailbox(&room, peer.peer_id, Some(peer.token.reveal()))
+                .unwrap()
+        })
+        .collect();
+    let mut cursors = vec![0; mailboxes.len()];
+    group.throughput(Throughput::Elements(7));
+    group.bench_function("broadcast to 7 + 7 reads, 100 B", |b| {
+        b.iter_batched(
+            || vec![message(None, 100)],
+            |batch| {
+                hub.send(&room, Some(peers[0].token.reveal()), batch)
+                    .unwrap();
+                for (mailbox, cursor) in mailboxes.iter().zip(&mut cursors) {
+                    drain(mailbox, cursor);
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+fn mailbox_alone(c: &mut Criterion) {
+    let mut group = c.benchmark_group("mailbox");
+    group.throughput(Throughput::Elements(1));
+    let mailbox = Mailbox::new(1024, 256);
+    let message = EncodedMessage::from_server("join", &serde_json::json!({"peer_id": "x"}));
+    let mut cursor = 0;
+    group.bench_function("push + read + acknowledge", |b| {
+        b.iter(|| {
+            mailbox.push(Arc::clone(&message));
+            drain(&mailbox, &mut cursor)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, send_and_receive, mailbox_alone);
+criterion_main!(benches);
