@@ -23,7 +23,7 @@ fn hub() -> Hub {
     })
 }
 
-fn room(hub: &Hub, name: &str, peers: usize) -> (RoomName, Vec<Joined>) {
+fn filled_room(hub: &Hub, name: &str, peers: usize) -> (RoomName, Vec<Joined>) {
     let room = RoomName::parse(name).unwrap();
     let joined = (0..peers)
         .map(|_| hub.join(&room, None, None).unwrap())
@@ -60,7 +60,7 @@ fn send_and_receive(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
 
     let hub = hub();
-    let (room, peers) = room(&hub, "targeted", 2);
+    let (room, peers) = filled_room(&hub, "targeted", 2);
     let (sender, recipient) = (&peers[0], &peers[1]);
     let mailbox = hub
         .mailbox(&room, recipient.peer_id, Some(recipient.token.reveal()))
@@ -93,7 +93,7 @@ fn send_and_receive(c: &mut Criterion) {
         )
     });
 
-    let (room, peers) = room(&hub, "broadcast", 8);
+    let (room, peers) = filled_room(&hub, "broadcast", 8);
     let mailboxes: Vec<Arc<Mailbox>> = peers[1..]
         .iter()
         .map(|peer| {

