@@ -1,0 +1,135 @@
+//! The bytes on the wire where the server writes them by hand for speed: the SSE stream (one
+//! chunk per mailbox read instead of Rocket's `EventStream`) and the request body reader. These
+//! tests hold them to `docs/API.md` byte for byte, so an optimisation cannot drift from it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, EVENT_DEADLINE};
+use futures_util::StreamExt;
+use serde_json::json;
+
+/// Reads an SSE response's raw body until it contains `needle`, and returns all of it.
+async fn read_until(response: reqwest::Response, needle: &str) -> String {
+    let mut body = String::new();
+    let mut chunks = response.bytes_stream();
+    let read = async {
+        while !body.contains(needle) {
+            let chunk = chunks.next().await.expect("stream open").expect("chunk");
+            body.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        }
+    };
+    tokio::time::timeout(EVENT_DEADLINE, read)
+        .await
+        .unwrap_or_else(|_| panic!("{needle:?} never came; got {body:?}"));
+    body
+}
+
+/// The stream's headers and events are exactly those of docs/API.md: `ready` first without an
+/// id, then each message as `id:`, `event:` and `data:` lines and a blank line; data that spans
+/// lines (a client's raw JSON may) is split into one `data:` field per line.
+#[tokio::test]
+async fn sse_events_are_written_field_for_field() {
+    let server = Server::start().await;
+    let alice = server.join("wire", "alice").await;
+    let bob = server.join("wire", "bob").await;
+    let response = bob
+        .client
+        .post(bob.url("/api/rooms/wire/messages"))
+        .bearer_auth(&bob.token)
+        .header("Content-Type", "application/json")
+        .body(format!(
+            "{{\"type\":\"offer\",\"to\":\"{}\",\"data\":{{\"a\":\n1}}}}",
+            alice.id
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+
+    let response = alice
+        .client
+        .get(alice.url(&format!("{}/events", alice.peer_path())))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(header("content-type"), "text/event-stream");
+    assert_eq!(header("cache-control"), "no-cache");
+    assert_eq!(header("x-accel-buffering"), "no");
+
+    let body = read_until(response, "data:1}}\n\n").await;
+    let join = format!(
+        "id:1\nevent:join\ndata:{{\"id\":1,\"type\":\"join\",\"data\":{{\"peer_id\":\"{}\",\"name\":\"bob\"}}}}\n\n",
+        bob.id
+    );
+    let offer = format!(
+        "id:2\nevent:offer\ndata:{{\"id\":2,\"from\":\"{}\",\"type\":\"offer\",\"data\":{{\"a\":\ndata:1}}}}\n\n",
+        bob.id
+    );
+    let ready = format!(
+        "event:ready\ndata:{{\"peer_id\":\"{}\",\"last_id\":2}}\n\n",
+        alice.id
+    );
+    assert_eq!(body, format!("{ready}{join}{offer}"));
+    server.stop().await;
+}
+
+/// A `:` comment line comes every `heartbeat_secs`, so that proxies see traffic.
+#[tokio::test]
+async fn an_idle_stream_gets_heartbeat_comments() {
+    let server = Server::with(json!({ "heartbeat_secs": 0.1 })).await;
+    let alice = server.join("beat", "alice").await;
+    let response = alice
+        .client
+        .get(alice.url(&format!("{}/events", alice.peer_path())))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    let body = read_until(response, "\n\n:\n:\n").await;
+    assert!(body.starts_with("event:ready\n"), "{body:?}");
+    server.stop().await;
+}
+
+/// A body of exactly `max_body_bytes` is read whole; one byte more is refused with 413
+/// `body_too_large` and changes nothing.
+#[tokio::test]
+async fn the_body_limit_is_exact() {
+    let limit = 200;
+    let server = Server::with(json!({ "max_body_bytes": limit })).await;
+    let alice = server.join("limit", "alice").await;
+    let mut events = alice.events(None).await;
+    let bob = server.join("limit", "bob").await;
+    assert_eq!(events.next().await.event, "join");
+
+    let message = format!("{{\"type\":\"ping\",\"to\":\"{}\"}}", alice.id);
+    let send = |body: String| {
+        bob.client
+            .post(bob.url("/api/rooms/limit/messages"))
+            .bearer_auth(&bob.token)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+    };
+    let at_limit = format!("{message:<limit$}");
+    assert_eq!(at_limit.len(), limit);
+    assert_eq!(send(at_limit).await.unwrap().status(), 202);
+    assert_eq!(events.next().await.event, "ping");
+
+    let over = format!("{message:<width$}", width = limit + 1);
+    let response = send(over).await.unwrap();
+    assert_eq!(response.status(), 413);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"], "body_too_large");
+    // Nothing was relayed: the next event alice sees is the one sent after.
+    assert_eq!(send(message).await.unwrap().status(), 202);
+    let next = tokio::time::timeout(Duration::from_secs(5), events.next_message())
+        .await
+        .expect("the last message arrives");
+    assert_eq!(next["id"], 3, "the refused body took no id");
+    server.stop().await;
+}
