@@ -60,7 +60,7 @@ pub async fn run(options: &Options, churn: Churn) -> Result<Report, String> {
                 let mut events = http::events(&client, server, room, &observer).await?;
                 match events.next().await {
                     Some(Ok(event)) if event.event == "ready" => {}
-                    other => return Err(Failure::Status(0, format!("no ready event: {other:?}"))),
+                    other => return Err(Failure::Invalid(format!("no ready event: {other:?}"))),
                 }
                 let task = tokio::spawn(observe(events, rooms, index, delivery, stop));
                 Ok((observer, task))

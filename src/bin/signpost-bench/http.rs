@@ -177,11 +177,13 @@ pub struct Joined {
     pub token: String,
 }
 
-/// What a failed API call produced: an error status, or no answer at all.
+/// What a failed API call produced: an error status, no answer at all, or an answer that does
+/// not say what docs/API.md says it should.
 #[derive(Debug)]
 pub enum Failure {
     Status(u16, String),
     Connection(ConnectionError),
+    Invalid(String),
 }
 
 impl Failure {
@@ -190,13 +192,14 @@ impl Failure {
         match self {
             Failure::Status(status, _) => status.to_string(),
             Failure::Connection(_) => "connection".into(),
+            Failure::Invalid(_) => "invalid_answer".into(),
         }
     }
 
     pub fn detail(&self) -> String {
         match self {
             Failure::Status(status, body) => format!("{status} {body}"),
-            Failure::Connection(ConnectionError(error)) => error.clone(),
+            Failure::Connection(ConnectionError(error)) | Failure::Invalid(error) => error.clone(),
         }
     }
 }

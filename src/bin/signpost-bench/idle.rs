@@ -102,7 +102,7 @@ pub async fn run(options: &Options, idle: Idle) -> Result<Report, String> {
                 let mut events = http::events(&client, server, room, peer).await?;
                 match events.next().await {
                     Some(Ok(event)) if event.event == "ready" => {}
-                    other => return Err(Failure::Status(0, format!("no ready event: {other:?}"))),
+                    other => return Err(Failure::Invalid(format!("no ready event: {other:?}"))),
                 }
                 let took = begun.elapsed();
                 open.fetch_add(1, Ordering::Relaxed);

@@ -35,6 +35,10 @@ use options::Mode;
 fn main() -> ExitCode {
     let options = match options::parse() {
         Ok(options) => options,
+        Err(message) if message == options::USAGE => {
+            print!("{message}");
+            return ExitCode::SUCCESS;
+        }
         Err(message) => {
             eprintln!("signpost-bench: {message}\n\n{}", options::USAGE);
             return ExitCode::from(2);

@@ -23,7 +23,7 @@ relay:
   --senders N          peers that send (spread over rooms) [64]
   --in-flight K        POSTs in flight per sender       [1]
   --batch B            messages per POST                [1]
-  --size BYTES         bytes of each message's data     [100]
+  --size BYTES         bytes of data per message (about: with its sequence number and time stamp) [100]
   --rate R             messages/s offered in all (open loop); 0 = as fast as possible [0]
   --warmup SECS        sent but not measured            [2]
   --duration SECS      measured                         [10]

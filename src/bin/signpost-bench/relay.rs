@@ -86,11 +86,13 @@ impl Shared {
             .data
             .and_then(|data| serde_json::from_str::<Stamp>(data.get()).ok())
         else {
-            self.delivery.duplicated.fetch_add(1, Ordering::Relaxed);
+            let detail = format!("a bench message without its stamp: id {}", envelope.id);
+            self.errors.record(&Failure::Invalid(detail));
             return;
         };
         let Some(count) = self.received.get(stamp.seq as usize) else {
-            self.delivery.duplicated.fetch_add(1, Ordering::Relaxed);
+            let detail = format!("a bench message this run never sent: seq {}", stamp.seq);
+            self.errors.record(&Failure::Invalid(detail));
             return;
         };
         count.fetch_add(1, Ordering::Relaxed);
@@ -467,7 +469,7 @@ async fn receive_sse(
                 Ok(envelope) => shared.receive(&envelope, &mut ids, &mut latency),
                 Err(error) => shared
                     .errors
-                    .record(&Failure::Status(0, format!("unparsable event: {error}"))),
+                    .record(&Failure::Invalid(format!("unparsable event: {error}"))),
             },
             Some(Err(error)) => {
                 shared
@@ -531,7 +533,7 @@ async fn receive_poll(
                     }
                     Err(error) => shared
                         .errors
-                        .record(&Failure::Status(0, format!("unparsable poll: {error}"))),
+                        .record(&Failure::Invalid(format!("unparsable poll: {error}"))),
                 }
             }
             Ok(answer) => {
