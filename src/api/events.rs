@@ -19,6 +19,7 @@ use crate::error::{ApiResult, Error};
 use crate::hub::Hub;
 use crate::identity::{PeerId, RoomName};
 use crate::mailbox::Read;
+use crate::metrics::Metrics;
 
 /// An event stream with the headers that keep proxies from buffering it.
 pub struct Sse<S>(EventStream<S>);
@@ -51,6 +52,7 @@ struct Reset {
 pub fn events(
     hub: &State<Hub>,
     config: &State<Config>,
+    metrics: &State<Metrics>,
     room: Result<RoomName, Error>,
     peer: Result<PeerId, Error>,
     token: Token,
@@ -77,11 +79,14 @@ pub fn events(
     let mut cursor = resume_from.unwrap_or(0);
     let ticket = mailbox.open_stream();
     let presence = mailbox.listen();
+    let metrics = metrics.inner().clone();
+    let open = metrics.sse_stream_opened();
     // Subscribed before the first read, so nothing pushed after that read goes unnoticed.
     let mut wake = mailbox.subscribe();
 
     let stream = EventStream! {
         let _presence = presence;
+        let _open = open;
         yield Event::json(&Ready { peer_id: peer, last_id: mailbox.last_id() }).event("ready");
         loop {
             wake.borrow_and_update();
@@ -90,6 +95,7 @@ pub fn events(
                 Read::Closed | Read::Replaced => break,
             };
             if let Some(reason) = batch.reset {
+                metrics.mailbox_reset(reason.as_str());
                 yield Event::json(&Reset { reason: reason.as_str(), last_id: batch.last_id })
                     .event("reset");
                 cursor = batch.entries.first().map_or(batch.last_id, |entry| entry.id - 1);
@@ -99,6 +105,7 @@ pub fn events(
                     .id(entry.id.to_string())
                     .event(entry.message.kind().to_owned());
                 cursor = entry.id;
+                metrics.delivered_by_sse(1);
             }
             mailbox.acknowledge(cursor);
             select! {
