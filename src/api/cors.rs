@@ -62,7 +62,10 @@ impl Fairing for CorsHeaders {
         let Some(config) = request.rocket().state::<Config>() else {
             return;
         };
-        if let Some(allowed) = allow_origin(config, origin) {
+        // A refused preflight must not look allowed to the browser.
+        let refused_preflight =
+            request.method() == Method::Options && response.status().code >= 400;
+        if let Some(allowed) = allow_origin(config, origin).filter(|_| !refused_preflight) {
             response.set_raw_header("Access-Control-Allow-Origin", allowed.to_owned());
             response.set_raw_header("Access-Control-Expose-Headers", EXPOSED_HEADERS);
         }

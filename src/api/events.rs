@@ -100,12 +100,14 @@ pub fn events(
                     .event("reset");
                 cursor = batch.entries.first().map_or(batch.last_id, |entry| entry.id - 1);
             }
+            // Counted as the batch is handed over, so that a client never sees a message before
+            // the counter does.
+            metrics.delivered_by_sse(batch.entries.len());
             for entry in batch.entries {
                 yield Event::data(entry.message.render(entry.id))
                     .id(entry.id.to_string())
                     .event(entry.message.kind().to_owned());
                 cursor = entry.id;
-                metrics.delivered_by_sse(1);
             }
             mailbox.acknowledge(cursor);
             select! {
