@@ -24,6 +24,11 @@ async fn join_creates_the_room_and_returns_credentials() {
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
+    assert_eq!(
+        response.headers()["cache-control"],
+        "no-store",
+        "the token is never cached"
+    );
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     let alice: Value = response.json().await.unwrap();
     let alice_id = alice["peer_id"].as_str().unwrap();
