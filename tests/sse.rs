@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Events, Server, EVENT_DEADLINE};
+use common::{Events, Peer, Server, EVENT_DEADLINE};
 use serde_json::{json, Value};
 
 /// Reads a raw response body until `needle` has appeared, returning everything read.
@@ -65,21 +65,28 @@ async fn the_stream_is_framed_as_documented() {
     assert!(more.contains(':'));
 }
 
-/// A stream cut after message 3 resumes with `Last-Event-ID: 3`: what was sent meanwhile is
-/// replayed, then the stream goes on live, with nothing lost and nothing repeated.
-#[tokio::test]
-async fn a_cut_stream_resumes_from_last_event_id() {
-    let server = Server::start().await;
-    let alice = server.join("resume", "alice").await;
-    let bob = server.join("resume", "bob").await;
+/// Alice and Bob join `room`; Alice sends Bob `count` candidates (data 1..=count), each of which
+/// Bob's stream receives; then the network cuts Bob's stream. Returns (alice, bob).
+async fn deliver_then_cut(server: &Server, room: &str, count: u64) -> (Peer, Peer) {
+    let alice = server.join(room, "alice").await;
+    let bob = server.join(room, "bob").await;
     let mut stream = bob.events(None).await;
-    for seq in 1..=3 {
+    for seq in 1..=count {
         alice
             .send_ok(json!({"type": "candidate", "to": bob.id, "data": seq}))
             .await;
         assert_eq!(stream.next_message().await["data"], seq);
     }
-    drop(stream); // the network cuts the connection
+    drop(stream);
+    (alice, bob)
+}
+
+/// A stream cut after message 3 resumes with `Last-Event-ID: 3`: what was sent meanwhile is
+/// replayed, then the stream goes on live, with nothing lost and nothing repeated.
+#[tokio::test]
+async fn a_cut_stream_resumes_from_last_event_id() {
+    let server = Server::start().await;
+    let (alice, bob) = deliver_then_cut(&server, "resume", 3).await;
 
     for seq in 4..=6 {
         alice
@@ -110,16 +117,7 @@ async fn a_cut_stream_resumes_from_last_event_id() {
 #[tokio::test]
 async fn written_but_unseen_messages_are_replayed() {
     let server = Server::start().await;
-    let alice = server.join("unseen", "alice").await;
-    let bob = server.join("unseen", "bob").await;
-    let mut stream = bob.events(None).await;
-    for seq in 1..=4 {
-        alice
-            .send_ok(json!({"type": "candidate", "to": bob.id, "data": seq}))
-            .await;
-        stream.next_message().await;
-    }
-    drop(stream);
+    let (_alice, bob) = deliver_then_cut(&server, "unseen", 4).await;
 
     // The client only saw up to 2.
     let response = server
@@ -144,16 +142,7 @@ async fn written_but_unseen_messages_are_replayed() {
 #[tokio::test]
 async fn resuming_past_the_replay_window_resets() {
     let server = Server::with(json!({"replay_window": 2})).await;
-    let alice = server.join("expired", "alice").await;
-    let bob = server.join("expired", "bob").await;
-    let mut stream = bob.events(None).await;
-    for seq in 1..=6 {
-        alice
-            .send_ok(json!({"type": "candidate", "to": bob.id, "data": seq}))
-            .await;
-        stream.next_message().await;
-    }
-    drop(stream);
+    let (_alice, bob) = deliver_then_cut(&server, "expired", 6).await;
 
     let mut stream = bob.events(Some(1)).await;
     let reset = stream.next().await;
