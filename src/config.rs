@@ -164,6 +164,16 @@ impl Config {
         if !(self.poll_max_wait_secs.is_finite() && self.poll_max_wait_secs >= 0.0) {
             return Err("signpost.poll_max_wait_secs must be zero or more".into());
         }
+        let durations = [
+            ("peer_timeout_secs", self.peer_timeout_secs),
+            ("heartbeat_secs", self.heartbeat_secs),
+            ("poll_max_wait_secs", self.poll_max_wait_secs),
+        ];
+        for (name, value) in durations {
+            if Duration::try_from_secs_f64(value).is_err() {
+                return Err(format!("signpost.{name} is too large: {value}"));
+            }
+        }
         if !(self.send_burst.is_finite() && self.send_burst >= 1.0) {
             return Err("signpost.send_burst must be at least 1".into());
         }
@@ -224,5 +234,40 @@ impl Config {
 
     pub fn poll_max_wait(&self) -> Duration {
         Duration::from_secs_f64(self.poll_max_wait_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_nonsense_is_refused() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let broken = [
+            Config {
+                peer_timeout_secs: 0.0,
+                ..Config::default()
+            },
+            Config {
+                heartbeat_secs: f64::NAN,
+                ..Config::default()
+            },
+            Config {
+                poll_max_wait_secs: 1e308,
+                ..Config::default()
+            },
+            Config {
+                send_burst: 0.5,
+                ..Config::default()
+            },
+            Config {
+                mailbox_capacity: 0,
+                ..Config::default()
+            },
+        ];
+        for config in broken {
+            assert!(config.validate().is_err(), "{config:?}");
+        }
     }
 }

@@ -395,17 +395,21 @@ fn identify<'a>(members: &'a Room, token: Option<&str>) -> ApiResult<&'a Peer> {
         .ok_or(Error::InvalidToken)
 }
 
-/// `peer`, if `token` is its token. A token of another peer in the room is a 403, so a client
-/// with a mixed-up id is told so; a token of nobody is a 401.
+/// `peer`, if `token` is its token. A peer that is not (or no longer) in the room is a 404
+/// whatever the token, so a removed client learns that it is gone; peer ids are public, so this
+/// reveals nothing. A token of another peer in the room is a 403, so a client with a mixed-up id
+/// is told so; a token of nobody is a 401.
 fn authorize<'a>(members: &'a Room, peer: PeerId, token: Option<&str>) -> ApiResult<&'a Peer> {
+    let target = members
+        .peers
+        .iter()
+        .find(|p| p.id == peer)
+        .ok_or(Error::PeerNotFound)?;
     let owner = identify(members, token)?;
-    if owner.id == peer {
-        return Ok(owner);
-    }
-    if members.peers.iter().any(|p| p.id == peer) {
-        Err(Error::WrongPeer)
+    if owner.id == target.id {
+        Ok(target)
     } else {
-        Err(Error::PeerNotFound)
+        Err(Error::WrongPeer)
     }
 }
 

@@ -51,6 +51,7 @@ pub fn stage() -> AdHoc {
             .mount("/", routes![ops::healthz, ops::metrics])
             .register("/", catchers![default_catcher])
             .attach(RequestLog)
+            .attach(NoStore)
             .attach(cors::CorsHeaders)
     })
 }
@@ -92,6 +93,28 @@ impl Fairing for RequestLog {
             logging::warn(line);
         } else if status.code >= 400 {
             logging::info(line);
+        }
+    }
+}
+
+/// Marks every API response `Cache-Control: no-store` unless it says otherwise (the SSE stream
+/// says `no-cache`). Long-poll answers are GETs that a caching proxy would otherwise be free to
+/// replay to the next poll, and join answers carry a secret token.
+struct NoStore;
+
+#[rocket::async_trait]
+impl Fairing for NoStore {
+    fn info(&self) -> Info {
+        Info {
+            name: "signpost no-store",
+            kind: Kind::Response,
+        }
+    }
+
+    async fn on_response<'r>(&self, request: &'r Request<'_>, response: &mut Response<'r>) {
+        let is_api = request.uri().path().starts_with("/api/");
+        if is_api && !response.headers().contains("Cache-Control") {
+            response.set_raw_header("Cache-Control", "no-store");
         }
     }
 }

@@ -41,7 +41,8 @@ pub async fn poll(
                 reason: format!("must be a non-negative number of seconds, not {seconds}"),
             })
         }
-        Some(seconds) => Duration::from_secs_f64(seconds).min(max_wait),
+        // Clamp before converting: a huge `wait` would overflow a Duration.
+        Some(seconds) => Duration::from_secs_f64(seconds.min(max_wait.as_secs_f64())),
         None => max_wait,
     };
 
