@@ -293,20 +293,23 @@ impl Coturn {
         coturn
     }
 
-    /// Reads coturn's log until it says its listeners are up.
+    /// Reads coturn's log until it says its listeners are up (on a thread, so that a coturn that
+    /// never gets there fails the test instead of hanging it).
     fn wait_until_ready(&mut self) {
         use std::io::{BufRead, BufReader};
         let stdout = self.child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        for line in lines.by_ref() {
-            let line = line.expect("coturn log");
-            if line.contains("Total General servers") {
-                // Keep draining so that coturn never blocks on a full pipe.
-                std::thread::spawn(move || lines.for_each(drop));
-                return;
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Keeps draining after "ready", so that coturn never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("Total General servers") {
+                    let _ = ready_tx.send(());
+                }
             }
-        }
-        panic!("coturn exited before it was ready");
+        });
+        ready
+            .recv_timeout(common::EVENT_DEADLINE)
+            .expect("coturn reports its servers up");
     }
 
     /// Whether coturn grants a TURN allocation to `username`/`password`, asked by coturn's own
