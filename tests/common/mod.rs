@@ -48,13 +48,14 @@ impl Server {
     pub async fn from_figment(figment: Figment) -> Server {
         let (port_tx, port_rx) = tokio::sync::oneshot::channel();
         let port_tx = std::sync::Mutex::new(Some(port_tx));
-        let rocket = signpost::build(figment).attach(AdHoc::on_liftoff("test port", move |rocket| {
-            let port = rocket.config().port;
-            if let Some(tx) = port_tx.lock().unwrap().take() {
-                let _ = tx.send(port);
-            }
-            Box::pin(async {})
-        }));
+        let rocket =
+            signpost::build(figment).attach(AdHoc::on_liftoff("test port", move |rocket| {
+                let port = rocket.config().port;
+                if let Some(tx) = port_tx.lock().unwrap().take() {
+                    let _ = tx.send(port);
+                }
+                Box::pin(async {})
+            }));
         let rocket = rocket.ignite().await.expect("server ignites");
         let shutdown = rocket.shutdown();
         let task = tokio::spawn(async move {
@@ -165,7 +166,9 @@ impl Peer {
         }
         let response = request.send().await.expect("events request");
         assert_eq!(response.status(), 200, "events stream opens");
-        let mut events = Events { stream: response.bytes_stream().eventsource().boxed() };
+        let mut events = Events {
+            stream: response.bytes_stream().eventsource().boxed(),
+        };
         let ready = events.next().await;
         assert_eq!(ready.event, "ready", "first event is ready");
         events
@@ -175,7 +178,10 @@ impl Peer {
     pub async fn poll(&self, after: u64, wait: f64) -> (u16, Value) {
         let response = self
             .client
-            .get(self.url(&format!("{}/messages?after={after}&wait={wait}", self.peer_path())))
+            .get(self.url(&format!(
+                "{}/messages?after={after}&wait={wait}",
+                self.peer_path()
+            )))
             .bearer_auth(&self.token)
             .send()
             .await
@@ -204,7 +210,9 @@ pub struct Events {
 impl Events {
     /// The next event, failing the test if none comes within [`EVENT_DEADLINE`].
     pub async fn next(&mut self) -> Event {
-        self.try_next().await.expect("stream ended before the expected event")
+        self.try_next()
+            .await
+            .expect("stream ended before the expected event")
     }
 
     /// The next event, or `None` if the stream ended.
@@ -221,8 +229,16 @@ impl Events {
     pub async fn next_message(&mut self) -> Value {
         let event = self.next().await;
         let envelope: Value = serde_json::from_str(&event.data).expect("data is JSON");
-        assert_eq!(event.id, envelope["id"].to_string(), "SSE id matches envelope id");
-        assert_eq!(event.event, envelope["type"].as_str().unwrap(), "SSE event is the type");
+        assert_eq!(
+            event.id,
+            envelope["id"].to_string(),
+            "SSE id matches envelope id"
+        );
+        assert_eq!(
+            event.event,
+            envelope["type"].as_str().unwrap(),
+            "SSE event is the type"
+        );
         envelope
     }
 
