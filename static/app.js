@@ -83,8 +83,8 @@ async function main() {
     $("share-link").select();
   };
 
-  await startMedia(wanted);
-
+  // Asking for camera/microphone may wait on a person; join meanwhile.
+  const media = startMedia(wanted);
   let client;
   try {
     client = await Signpost.join(room, {
@@ -93,6 +93,7 @@ async function main() {
       types: ["offer", "answer", "candidate"],
     });
   } catch (error) {
+    media.then(() => app.localStream?.getTracks().forEach((track) => track.stop()));
     $("lobby").hidden = false;
     $("room").hidden = true;
     $("lobby-error").textContent = `Could not join "${room}": ${error.message}`;
@@ -106,29 +107,35 @@ async function main() {
   client.on("transport", renderStatus);
   client.on("status", renderStatus);
   client.on("error", ({ message }) => showError(message));
-  client.on("join", ({ data }) => linkFor(data.peer_id, data.name));
-  client.on("leave", ({ data }) => {
+  // Signaling waits for local media so that offers and answers carry it. Every handler chains on
+  // the same promise, so messages are still handled in the order they arrived.
+  const afterMedia = (handler) => (event) => media.then(() => handler(event));
+  // Conventions (docs/PROTOCOL.md): the newcomer offers to everyone already there.
+  media.then(() => {
+    for (const peer of client.peers) linkFor(peer.peer_id, peer.name)?.start();
+  });
+  client.on("join", afterMedia(({ data }) => linkFor(data.peer_id, data.name)));
+  client.on("leave", afterMedia(({ data }) => {
     const link = app.links.get(data.peer_id);
     if (!link) return;
     const why = { timeout: "timed out", evicted: "was disconnected by the server" }[data.reason];
     if (why) showError(`${link.label()} ${why}.`);
     link.close();
-  });
+  }));
   for (const type of ["offer", "answer"]) {
-    client.on(type, ({ from, data }) => linkFor(from)?.onDescription(data));
+    client.on(type, afterMedia(({ from, data }) => linkFor(from)?.onDescription(data)));
   }
-  client.on("candidate", ({ from, data }) => linkFor(from)?.onCandidate(data));
-  client.on("reset", () => resynchronise());
+  client.on("candidate", afterMedia(({ from, data }) => linkFor(from)?.onCandidate(data)));
+  client.on("reset", afterMedia(() => resynchronise()));
   client.on("closed", ({ reason }) => {
     for (const link of [...app.links.values()]) link.close();
+    app.localStream?.getTracks().forEach((track) => track.stop());
+    if (reason === "left") showError("You left the room.");
     if (reason === "removed") showError("You are no longer in the room (the server lost track of this page). Reload to rejoin.");
     $("leave").textContent = "Rejoin";
     $("leave").onclick = () => location.reload();
     renderStatus();
   });
-
-  // Conventions (docs/PROTOCOL.md): the newcomer offers to everyone already there.
-  for (const peer of client.peers) linkFor(peer.peer_id, peer.name).start();
 
   $("leave").onclick = () => client.leave();
   $("chat-form").onsubmit = (event) => {
@@ -187,6 +194,10 @@ function fillLobby({ room, name, media }) {
 async function startMedia(wanted) {
   const attempts = { video: [{ audio: true, video: true }, { audio: true }], audio: [{ audio: true }], none: [] }[wanted];
   let failure = null;
+  if (attempts.length > 0) {
+    $("status-media").textContent = "asking for permission…";
+    $("media-note").textContent = "Allow the camera/microphone to be seen and heard (or block them to join with chat and files only).";
+  }
   for (const constraints of attempts) {
     try {
       app.localStream = await navigator.mediaDevices.getUserMedia(constraints);
@@ -207,7 +218,9 @@ async function startMedia(wanted) {
   if (wanted === "none") note = "none (chosen): chat and files only";
   else if (failure && app.mediaMode !== wanted) note += ` (${mediaProblem(failure)})`;
   $("status-media").textContent = note;
-  if (failure && app.mediaMode !== wanted) $("media-note").textContent = mediaProblem(failure);
+  $("media-note").textContent = failure && app.mediaMode !== wanted
+    ? `${mediaProblem(failure)}: others will not ${app.mediaMode === "audio" ? "see" : "see or hear"} you, but chat and files work.`
+    : "";
   if (app.mediaMode !== "video") $("tiles").querySelector(".local").classList.add("no-video");
 }
 
@@ -690,7 +703,7 @@ function renderStatus() {
     return row;
   }));
   $("status-peers").hidden = app.links.size === 0;
-  $("status-alone").hidden = app.links.size > 0;
+  $("status-alone").hidden = app.links.size > 0 || Boolean(client?.closed);
 }
 
 function showError(message) {

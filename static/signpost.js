@@ -96,8 +96,9 @@ export class Signpost {
     };
     this.onPageHide = () => this.leaveOnUnload();
     globalThis.addEventListener?.("pagehide", this.onPageHide);
-    // Start on the next turn so that the caller can subscribe first.
-    queueMicrotask(() => (settings.transport === "poll" ? this.startPoll() : this.startSse()));
+    // Start on a later task, so that the caller, resuming from `await Signpost.join()`,
+    // subscribes before anything is emitted.
+    setTimeout(() => (settings.transport === "poll" ? this.startPoll() : this.startSse()), 0);
   }
 
   /** Subscribes `fn` to `type`; returns a function that unsubscribes. */

@@ -129,6 +129,10 @@ async fn pages_see_and_hear_each_other() {
         )
         .await;
     }
+    alice.eval("signpostApp.sendChat('Can you see me?')").await;
+    wait_chat(&bob, &alice_id, "Can you see me?").await;
+    alice.screenshot("media-alice").await;
+    bob.screenshot("media-bob").await;
     chromium.close().await;
     server.stop().await;
 }
@@ -173,7 +177,8 @@ async fn three_pages_mesh_then_one_leaves() {
     let Some(chromium) = Chromium::launch("three_pages_mesh_then_one_leaves").await else {
         return;
     };
-    let server = Server::start().await;
+    // A presence timeout far beyond the page deadline: only the page's beacon can remove it.
+    let server = Server::with(serde_json::json!({"peer_timeout_secs": 300.0})).await;
     let mut tabs = Vec::new();
     let mut ids = Vec::new();
     for name in ["Ann", "Ben", "Cat"] {
@@ -210,7 +215,6 @@ async fn three_pages_mesh_then_one_leaves() {
         )
         .await;
     }
-    // The peer timeout is 30 s and the page deadline too: only the beacon explains this.
     let (status, room) = server.get_json("/api/rooms/mesh").await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -315,6 +319,8 @@ async fn file_arrives_intact_with_progress() {
         .eval("document.querySelector('#transfers progress').value")
         .await;
     assert_eq!(bar, 1, "the receiver's progress bar is full");
+    sender.screenshot("file-sender").await;
+    receiver.screenshot("file-receiver").await;
     chromium.close().await;
     server.stop().await;
 }

@@ -229,14 +229,19 @@ impl Tab {
         value.as_str().expect("a peer id").to_owned()
     }
 
-    /// Saves a PNG screenshot of the page to `path`.
-    pub async fn screenshot(&self, path: &Path) {
+    /// Saves a PNG screenshot of the page as `<name>.png` in `$SIGNPOST_SCREENSHOTS`, when that
+    /// is set: a way to look at what the tests saw.
+    pub async fn screenshot(&self, name: &str) {
+        let Some(folder) = std::env::var_os("SIGNPOST_SCREENSHOTS") else {
+            return;
+        };
+        let path = Path::new(&folder).join(format!("{name}.png"));
         let params = ScreenshotParams::builder()
             .format(CaptureScreenshotFormat::Png)
             .full_page(true)
             .build();
         self.page
-            .save_screenshot(params, path)
+            .save_screenshot(params, &path)
             .await
             .expect("a screenshot");
     }
