@@ -8,17 +8,35 @@
 #[path = "common/browser.rs"]
 mod chrome;
 mod common;
+#[path = "common/proxy.rs"]
+mod proxy;
+
+use std::time::Duration;
 
 use chromiumoxide::cdp::browser_protocol::dom::SetFileInputFilesParams;
-use serde_json::Value;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use chrome::{Chromium, Tab};
 use common::Server;
+use proxy::{Hostility, Proxy};
 
 /// The room page's URL for `room` with extra query parameters.
 fn room_url(server: &Server, room: &str, query: &str) -> String {
     server.url(&format!("/?room={room}&{query}"))
+}
+
+/// Waits until `condition` holds (checked every 50 ms), failing the test after the page
+/// deadline.
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + chrome::PAGE_DEADLINE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until `tab` sees every peer of `others` with an open chat channel and a connected
@@ -321,6 +339,177 @@ async fn file_arrives_intact_with_progress() {
     assert_eq!(bar, 1, "the receiver's progress bar is full");
     sender.screenshot("file-sender").await;
     receiver.screenshot("file-receiver").await;
+    chromium.close().await;
+    server.stop().await;
+}
+
+/// Behind a proxy that buffers event streams and answers polls that wait over 3 s with a 504, a
+/// page on `transport=auto` moves to long-polling, shortens its polls below the cut and keeps
+/// that wait, and still connects and chats with a page that has a direct connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_transport_gets_through_a_hostile_proxy() {
+    let Some(chromium) = Chromium::launch("auto_transport_gets_through_a_hostile_proxy").await
+    else {
+        return;
+    };
+    let server = Server::start().await;
+    let proxy = Proxy::start(
+        &server.base,
+        Hostility {
+            hold_streams: true,
+            cut_polls_after: Some(Duration::from_secs(3)),
+            ..Hostility::default()
+        },
+    )
+    .await;
+    let behind = chromium
+        .open(&proxy.url("/?room=proxied&name=Behind&media=none"))
+        .await;
+    let behind_id = behind.peer_id().await;
+    let direct = chromium
+        .open(&room_url(&server, "proxied", "name=Direct&media=none"))
+        .await;
+    let direct_id = direct.peer_id().await;
+
+    wait_connected(&behind, &[&direct_id]).await;
+    wait_connected(&direct, &[&behind_id]).await;
+    behind
+        .eval("signpostApp.sendChat('through the proxy')")
+        .await;
+    wait_chat(&direct, &behind_id, "through the proxy").await;
+    direct.eval("signpostApp.sendChat('back through it')").await;
+    wait_chat(&behind, &direct_id, "back through it").await;
+    assert_eq!(behind.eval("signpostApp.transport()").await, "poll");
+
+    // Once signaling goes quiet, a poll waits long enough to be cut; the ones after it must not.
+    let polls = || {
+        proxy
+            .seen()
+            .into_iter()
+            .filter(|request| request.target.contains("/messages?"))
+            .collect::<Vec<_>>()
+    };
+    eventually("a cut poll, then two that get through", || {
+        let polls = polls();
+        polls
+            .iter()
+            .position(|poll| poll.cut)
+            .is_some_and(|cut| polls.len() >= cut + 3)
+    })
+    .await;
+    assert!(
+        proxy
+            .seen()
+            .iter()
+            .any(|request| request.target.contains("/events?")),
+        "it tried the event stream first"
+    );
+    let polls = polls();
+    let first_cut = polls.iter().position(|poll| poll.cut).unwrap();
+    assert!(
+        polls[first_cut].target.contains("wait=25"),
+        "{:?}",
+        polls[first_cut]
+    );
+    for poll in &polls[first_cut + 1..] {
+        let wait: f64 = poll
+            .target
+            .split("wait=")
+            .nth(1)
+            .and_then(|wait| wait.split('&').next())
+            .and_then(|wait| wait.parse().ok())
+            .expect("a wait parameter");
+        assert!(
+            wait < 3.0,
+            "after the cut, polls wait less than 3 s: {poll:?}"
+        );
+    }
+    // The last one may still be waiting; every one before it got through.
+    assert!(polls[first_cut + 1..polls.len() - 1]
+        .iter()
+        .all(|poll| !poll.cut));
+    chromium.close().await;
+    server.stop().await;
+}
+
+/// signpost.js on its own (no room page): when a proxy cuts the event stream every second, it
+/// reconnects from the last id it saw, and every message arrives exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signaling_module_resumes_cut_streams_without_loss() {
+    let Some(chromium) =
+        Chromium::launch("signaling_module_resumes_cut_streams_without_loss").await
+    else {
+        return;
+    };
+    let server = Server::start().await;
+    let proxy = Proxy::start(
+        &server.base,
+        Hostility {
+            cut_streams_after: Some(Duration::from_secs(1)),
+            ..Hostility::default()
+        },
+    )
+    .await;
+    let page = chromium.open(&proxy.url("/")).await;
+    let page_id = page
+        .eval(
+            "(async () => { \
+               const { Signpost } = await import('/signpost.js'); \
+               window.notes = []; \
+               const client = await Signpost.join('resume', { transport: 'sse', types: ['note'] }); \
+               client.on('note', (envelope) => notes.push(envelope.data)); \
+               return client.peerId; })()",
+        )
+        .await;
+    let page_id = page_id.as_str().expect("the module joined").to_owned();
+    let sender = server.join("resume", "sender").await;
+    let streams = || {
+        proxy
+            .seen()
+            .into_iter()
+            .filter(|request| request.target.contains("/events?"))
+            .collect::<Vec<_>>()
+    };
+
+    eventually("the module to open its stream", || !streams().is_empty()).await;
+    let rounds = 5;
+    let per_round = 4;
+    for round in 0..rounds {
+        let streams_before = streams().len();
+        let batch: Vec<Value> = (0..per_round)
+            .map(|k| json!({"type": "note", "to": page_id, "data": round * per_round + k}))
+            .collect();
+        sender.send_ok(Value::from(batch)).await;
+        page.wait_for(
+            "this round's notes",
+            &format!("notes.length >= {}", (round + 1) * per_round),
+        )
+        .await;
+        // Wait for the proxy to cut the stream and the module to reconnect before the next round.
+        let deadline = tokio::time::Instant::now() + chrome::PAGE_DEADLINE;
+        while streams().len() <= streams_before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the module reconnected"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let notes = page.eval("notes").await;
+    let expected: Vec<i64> = (0..rounds * per_round).collect();
+    assert_eq!(notes, json!(expected), "every note once, in order");
+    let streams = streams();
+    assert!(
+        streams.len() > rounds as usize,
+        "the proxy cut the stream every round"
+    );
+    for stream in &streams[1..] {
+        assert!(
+            stream.target.contains("last_event_id="),
+            "a reconnection resumes from the last id: {}",
+            stream.target
+        );
+    }
     chromium.close().await;
     server.stop().await;
 }
