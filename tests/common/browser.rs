@@ -188,8 +188,7 @@ impl Tab {
     /// Waits until `expression` is truthy and returns its value; fails the test with
     /// `what` if that does not happen within [`PAGE_DEADLINE`].
     pub async fn wait_for(&self, what: &str, expression: &str) -> Value {
-        self.wait_until(what, expression, |value| truthy(value))
-            .await
+        self.wait_until(what, expression, truthy).await
     }
 
     /// Waits until `accept` holds for the value of `expression`, and returns that value.
