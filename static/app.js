@@ -26,8 +26,10 @@ const app = {
   /** Peers that left: late messages from them must not create a new connection. */
   departed: new Set(),
   localStream: null,
-  /** "video", "audio" or "none": what this page sends. */
-  mediaMode: "none",
+  /** "video", "audio" or "none": what this page sends; null while asking for it. */
+  mediaMode: null,
+  /** Whether signaling is receiving (a stream is open or polls get answers). */
+  signalingConnected: false,
   chat: [],
   transfers: [],
   nextTransferId: 1,
@@ -52,7 +54,7 @@ window.signpostApp = {
   // Beyond the basics, for scripting files and media:
   /** This page's peer_id (null before joining). */
   peerId: () => app.client?.peerId ?? null,
-  /** "video", "audio" or "none". */
+  /** "video", "audio" or "none"; null while the page is still asking for camera/microphone. */
   mediaMode: () => app.mediaMode,
   /** [{id, peer_id, direction, name, size, bytes, state, sha256, sawProgress}] */
   transfers: () => app.transfers.map(({ element, blob, ...transfer }) => ({ ...transfer })),
@@ -105,7 +107,10 @@ async function main() {
   $("local-label").textContent = client.name ? `${client.name} (you)` : "You";
 
   client.on("transport", renderStatus);
-  client.on("status", renderStatus);
+  client.on("status", ({ connected }) => {
+    app.signalingConnected = connected;
+    renderStatus();
+  });
   client.on("error", ({ message }) => showError(message));
   // Signaling waits for local media so that offers and answers carry it. Every handler chains on
   // the same promise, so messages are still handled in the order they arrived.
@@ -689,7 +694,8 @@ function renderStatus() {
   const client = app.client;
   if (client) {
     const how = { sse: "event stream (SSE)", poll: "long-polling" }[client.transport] ?? "connecting…";
-    $("status-transport").textContent = client.closed ? "not connected" : how;
+    const state = app.signalingConnected ? "" : ", connecting…";
+    $("status-transport").textContent = client.closed ? "not connected" : `${how}${state}`;
   }
   const body = $("status-peers").tBodies[0];
   body.replaceChildren(...[...app.links.values()].map((link) => {
@@ -713,5 +719,10 @@ function showError(message) {
   list.prepend(item);
   while (list.children.length > MAX_ERRORS) list.lastChild.remove();
 }
+
+// A page restored from the back/forward cache has left the room (see signpost.js): rejoin.
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) location.reload();
+});
 
 main().catch((error) => showError(`Something went wrong: ${error.message}`));

@@ -281,7 +281,10 @@ export class Signpost {
     for (const type of this.types) source.addEventListener(type, this.onSseMessage);
     // The browser would reconnect by itself, but with a fixed delay and no way to notice that
     // the peer is gone (a 404 closes it for good). Reconnecting here adds backoff and a check.
-    source.onerror = () => fail("stream interrupted");
+    source.onerror = (event) => {
+      // A message whose type is "error" is dispatched here too; only a plain Event is a failure.
+      if (!(event instanceof MessageEvent)) fail("stream interrupted");
+    };
   }
 
   /** Long-polls after lastId until closed, adapting the wait to what the network lets through. */

@@ -126,11 +126,10 @@ async fn pages_see_and_hear_each_other() {
     let bob_id = bob.peer_id().await;
 
     for (tab, other) in [(&alice, &bob_id), (&bob, &alice_id)] {
-        assert_eq!(
-            tab.eval("signpostApp.mediaMode()").await,
-            "video",
-            "camera and mic granted"
-        );
+        let mode = tab
+            .wait_for("media to be decided", "signpostApp.mediaMode()")
+            .await;
+        assert_eq!(mode, "video", "camera and microphone granted");
         let width = tab
             .wait_for(
                 "the remote video to decode",
