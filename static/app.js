@@ -223,8 +223,9 @@ async function startMedia(wanted) {
   if (wanted === "none") note = "none (chosen): chat and files only";
   else if (failure && app.mediaMode !== wanted) note += ` (${mediaProblem(failure)})`;
   $("status-media").textContent = note;
+  const problem = mediaProblem(failure);
   $("media-note").textContent = failure && app.mediaMode !== wanted
-    ? `${mediaProblem(failure)}: others will not ${app.mediaMode === "audio" ? "see" : "see or hear"} you, but chat and files work.`
+    ? `${problem[0].toUpperCase()}${problem.slice(1)}: others will not ${app.mediaMode === "audio" ? "see" : "see or hear"} you, but chat and files work.`
     : "";
   if (app.mediaMode !== "video") $("tiles").querySelector(".local").classList.add("no-video");
 }

@@ -154,6 +154,47 @@ async fn pages_see_and_hear_each_other() {
     server.stop().await;
 }
 
+/// A page whose camera and microphone are refused joins as a data-only peer, says so, and still
+/// connects and chats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_media_page_joins_data_only_and_says_so() {
+    let Some(chromium) =
+        Chromium::launch_refusing_media("refused_media_page_joins_data_only_and_says_so").await
+    else {
+        return;
+    };
+    let server = Server::start().await;
+    let refused = chromium
+        .open(&room_url(&server, "refused", "name=Refused"))
+        .await;
+    let refused_id = refused.peer_id().await;
+    let other = chromium
+        .open(&room_url(&server, "refused", "name=Other&media=none"))
+        .await;
+    let other_id = other.peer_id().await;
+
+    let mode = refused
+        .wait_for("media to be decided", "signpostApp.mediaMode()")
+        .await;
+    assert_eq!(mode, "none", "no camera, no microphone");
+    let note = refused
+        .eval("document.getElementById('media-note').textContent")
+        .await;
+    assert!(
+        note.as_str().unwrap().contains("refused"),
+        "the page says why: {note}"
+    );
+    wait_connected(&refused, &[&other_id]).await;
+    wait_connected(&other, &[&refused_id]).await;
+    refused
+        .eval("signpostApp.sendChat('no camera, still here')")
+        .await;
+    wait_chat(&other, &refused_id, "no camera, still here").await;
+    refused.screenshot("refused-media").await;
+    chromium.close().await;
+    server.stop().await;
+}
+
 /// A page forced onto long-polling and a page on SSE still connect and chat: signaling works
 /// whichever transport each side can use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,7 +95,24 @@ pub struct Chromium {
 
 impl Chromium {
     /// Launches Chromium for `test`, or returns `None` after printing why the test is skipped.
+    /// Pages get the fake camera and microphone without a prompt.
     pub async fn launch(test: &str) -> Option<Chromium> {
+        Chromium::launch_with(test, FLAGS).await
+    }
+
+    /// Like [`Chromium::launch`], but every permission prompt is answered "Block", so pages are
+    /// refused the camera and microphone as by a person who said no.
+    pub async fn launch_refusing_media(test: &str) -> Option<Chromium> {
+        let mut flags: Vec<&str> = FLAGS
+            .iter()
+            .copied()
+            .filter(|flag| *flag != "--use-fake-ui-for-media-stream")
+            .collect();
+        flags.push("--deny-permission-prompts");
+        Chromium::launch_with(test, &flags).await
+    }
+
+    async fn launch_with(test: &str, flags: &[&str]) -> Option<Chromium> {
         let executable = match find_chromium() {
             Ok(path) => path,
             Err(reason) if required() => panic!("{test}: the browser tests must run: {reason}"),
@@ -117,7 +134,7 @@ impl Chromium {
             .disable_default_args()
             .with_head() // headless all the same: --headless=new is in FLAGS
             .user_data_dir(profile.path())
-            .args(FLAGS.iter().map(|flag| flag.trim_start_matches("--")))
+            .args(flags.iter().map(|flag| flag.trim_start_matches("--")))
             .window_size(1280, 800)
             .viewport(None)
             .launch_timeout(Duration::from_secs(30))
