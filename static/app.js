@@ -56,7 +56,7 @@ window.signpostApp = {
   peerId: () => app.client?.peerId ?? null,
   /** "video", "audio" or "none"; null while the page is still asking for camera/microphone. */
   mediaMode: () => app.mediaMode,
-  /** [{id, peer_id, direction, name, size, bytes, state, sha256, sawProgress}] */
+  /** [{id, peer_id, direction, name, size, bytes, state, sha256, sawProgress, peakBuffered}] */
   transfers: () => app.transfers.map(({ element, blob, ...transfer }) => ({ ...transfer })),
   /** Sends `file` (a File or Blob) to every connected peer. */
   sendFile: (file) => sendFileToAll(file),
@@ -160,9 +160,8 @@ async function main() {
 /** After a `reset` the signaling history is unknown: re-read the room and renegotiate. */
 async function resynchronise() {
   showError("Some signaling messages were lost; reconnecting to the other peers.");
-  const response = await fetch(`/api/rooms/${encodeURIComponent(app.client.room)}`).catch(() => null);
-  if (!response?.ok) return;
-  const { peers } = await response.json();
+  const peers = await app.client.roomPeers();
+  if (!peers) return;
   const present = new Set(peers.map((peer) => peer.peer_id));
   for (const link of [...app.links.values()]) {
     if (!present.has(link.id)) link.close();
@@ -203,6 +202,10 @@ async function startMedia(wanted) {
     $("status-media").textContent = "asking for permission…";
     $("media-note").textContent = "Allow the camera/microphone to be seen and heard (or block them to join with chat and files only).";
   }
+  if (attempts.length > 0 && !navigator.mediaDevices?.getUserMedia) {
+    attempts.length = 0;
+    failure = { name: "InsecureContext" };
+  }
   for (const constraints of attempts) {
     try {
       app.localStream = await navigator.mediaDevices.getUserMedia(constraints);
@@ -235,6 +238,7 @@ function mediaProblem(error) {
     case "NotAllowedError": return "camera/microphone access was refused";
     case "NotFoundError": return "no camera/microphone found";
     case "NotReadableError": return "the camera/microphone is in use by another program";
+    case "InsecureContext": return "camera/microphone need HTTPS (or localhost), and this page has neither";
     default: return `camera/microphone unavailable (${error?.message ?? error})`;
   }
 }
@@ -571,6 +575,7 @@ async function sendFile(link, file) {
         if (channel.bufferedAmount > FILE_HIGH_WATER) await drained();
         const length = Math.min(FILE_CHUNK_BYTES, piece.byteLength - start);
         channel.send(new Uint8Array(piece, start, length));
+        transfer.peakBuffered = Math.max(transfer.peakBuffered, channel.bufferedAmount);
         offset += length;
         progress(transfer, offset - channel.bufferedAmount);
       }
@@ -642,6 +647,8 @@ function newTransfer(link, direction, name, size) {
     sha256: null,
     /** Whether a progress update between 0 and all bytes was shown. */
     sawProgress: false,
+    /** Sending: the most bytes the channel ever held queued (flow control bounds it). */
+    peakBuffered: 0,
   };
   app.transfers.push(transfer);
   const item = document.createElement("li");
@@ -678,7 +685,9 @@ function renderTransfer(transfer) {
   item.title = transfer.sha256 ? `SHA-256 ${transfer.sha256}` : "";
 }
 
+/** The SHA-256 of `blob` in hex, or null where WebCrypto is missing (pages without HTTPS). */
 async function sha256(blob) {
+  if (!crypto.subtle) return null;
   const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
   return [...new Uint8Array(digest)].map((byte) => byte.toString(16).padStart(2, "0")).join("");
 }

@@ -56,11 +56,16 @@ export class Signpost {
     const body = {};
     if (settings.name) body.name = settings.name;
     if (settings.meta) body.meta = settings.meta;
-    const response = await fetch(`${settings.baseUrl}/api/rooms/${encodeURIComponent(room)}/peers`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-    });
+    let response;
+    try {
+      response = await fetch(`${settings.baseUrl}/api/rooms/${encodeURIComponent(room)}/peers`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    } catch (networkError) {
+      throw apiError(0, { error: "network", message: "the server cannot be reached" });
+    }
     const joined = await response.json().catch(() => ({}));
     if (response.status !== 201) throw apiError(response.status, joined);
     const client = new Signpost(joined, settings);
@@ -384,6 +389,16 @@ export class Signpost {
     const { backoffMinMs, backoffMaxMs } = this.settings;
     const base = Math.min(backoffMaxMs, backoffMinMs * 2 ** Math.max(0, failures - 1));
     return base / 2 + Math.random() * (base / 2);
+  }
+
+  /** The peers in the room now (`GET /api/rooms/{room}`), this one included, or null. */
+  async roomPeers() {
+    try {
+      const response = await fetch(this.url(`/api/rooms/${encodeURIComponent(this.room)}`), { cache: "no-store" });
+      return response.ok ? (await response.json()).peers : null;
+    } catch (networkError) {
+      return null;
+    }
   }
 
   // ---- leaving ----

@@ -288,7 +288,8 @@ async fn three_pages_mesh_then_one_leaves() {
 }
 
 /// A file of a few MiB picked in one page arrives intact in the other (same SHA-256 as the file
-/// on disk), with progress shown on both sides along the way.
+/// on disk), with progress shown on both sides along the way and the sender's queue bounded by
+/// flow control.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_arrives_intact_with_progress() {
     let Some(chromium) = Chromium::launch("file_arrives_intact_with_progress").await else {
@@ -373,6 +374,13 @@ async fn file_arrives_intact_with_progress() {
     );
     assert_eq!(sent["peer_id"], receiver_id.as_str());
     assert_eq!(sent["sawProgress"], true, "the sender showed progress");
+    // Flow control: never more than the 1 MiB high mark plus one 16 KiB chunk queued, although
+    // the page could hand the whole file to the channel at once.
+    let peak = sent["peakBuffered"].as_u64().unwrap();
+    assert!(
+        peak > 0 && peak <= 1024 * 1024 + 16 * 1024,
+        "queued at most ~1 MiB, not {peak}"
+    );
     let bar = receiver
         .eval("document.querySelector('#transfers progress').value")
         .await;
