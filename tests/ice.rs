@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::external;
+
 use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -338,6 +340,12 @@ impl Drop for Coturn {
 /// secret; a tampered credential and an expired username are refused by it.
 #[tokio::test]
 async fn a_real_coturn_accepts_the_credentials_signpost_hands_out() {
+    if !external::can_run(
+        "a_real_coturn_accepts_the_credentials_signpost_hands_out",
+        external::programs(&["turnserver", "turnutils_uclient"], "coturn"),
+    ) {
+        return;
+    }
     let server = turn_server(json!({"turn_urls": ["turn:127.0.0.1:3478"]})).await;
     let coturn = Coturn::start(SECRET);
     let alice = server.join("coturn", "alice").await;

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::external;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -119,6 +121,12 @@ async fn send_without_token(server: &Server, room: &str) -> u16 {
 /// code, departures by reason (evictions included) and mailbox resets.
 #[tokio::test]
 async fn metrics_follow_the_traffic() {
+    if !external::can_run(
+        "metrics_follow_the_traffic",
+        external::python_module("prometheus_client", "python3-prometheus-client"),
+    ) {
+        return;
+    }
     let server = Server::with(json!({"mailbox_capacity": 4})).await;
     let start = Scrape::from(&server).await;
     for sample in [
@@ -342,6 +350,12 @@ async fn server_with_grace(grace: u32) -> Server {
 /// shutdown, so the stop itself takes `grace` seconds; that is not ours to shorten.
 #[tokio::test]
 async fn shutdown_ends_streams_and_polls_within_the_grace_period() {
+    if !external::can_run(
+        "shutdown_ends_streams_and_polls_within_the_grace_period",
+        external::python_module("prometheus_client", "python3-prometheus-client"),
+    ) {
+        return;
+    }
     const GRACE_SECS: u32 = 3;
     let grace = Duration::from_secs(GRACE_SECS.into());
     let server = server_with_grace(GRACE_SECS).await;

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::external;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 
@@ -73,6 +75,12 @@ async fn stun_counts(server: &Server) -> (u64, u64) {
 /// advertised next to the configured servers.
 #[tokio::test]
 async fn a_real_stun_client_gets_its_reflexive_address() {
+    if !external::can_run(
+        "a_real_stun_client_gets_its_reflexive_address",
+        external::programs(&["turnutils_stunclient"], "coturn"),
+    ) {
+        return;
+    }
     let (server, port, _) = stun_server().await;
     let reflexive = real_client_binding(port)
         .await
@@ -135,6 +143,12 @@ async fn the_answer_is_the_senders_own_address() {
 /// is counted as ignored, and the server keeps answering real clients afterwards.
 #[tokio::test]
 async fn garbage_is_ignored_and_the_server_keeps_answering() {
+    if !external::can_run(
+        "garbage_is_ignored_and_the_server_keeps_answering",
+        external::programs(&["turnutils_stunclient"], "coturn"),
+    ) {
+        return;
+    }
     let (server, port, _) = stun_server().await;
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let junk: Vec<Vec<u8>> = vec![

@@ -5,9 +5,9 @@
 //! that two cores are never shared by several browsers doing video at once.
 //!
 //! Without Chromium, a test is skipped with the reason printed, unless `CI=true` (or
-//! `SIGNPOST_BROWSER_TESTS=1`) says the browser tests must run, in which case it fails.
+//! `SIGNPOST_BROWSER_TESTS=1`) says the browser tests must run, in which case it fails: the
+//! policy of `common/external.rs`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ use chromiumoxide::Page;
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::{Mutex, MutexGuard};
+
+use crate::common::external;
 
 /// How long a test waits for a condition in a page before failing. Generous because WebRTC
 /// set-up and video decoding on a loaded two-core machine take seconds; it bounds a hang, it
@@ -53,12 +55,6 @@ const FLAGS: &[&str] = &[
     // Containers often have a small /dev/shm.
     "--disable-dev-shm-usage",
 ];
-
-/// Whether the browser tests must run (and so fail without Chromium).
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true")
-        || std::env::var("SIGNPOST_BROWSER_TESTS").is_ok_and(|value| value == "1")
-}
 
 /// The Chromium to run: `$CHROMIUM`, else the first of the usual paths that exists.
 fn find_chromium() -> Result<PathBuf, String> {
@@ -113,20 +109,11 @@ impl Chromium {
     }
 
     async fn launch_with(test: &str, flags: &[&str]) -> Option<Chromium> {
-        let executable = match find_chromium() {
-            Ok(path) => path,
-            Err(reason) if required() => panic!("{test}: the browser tests must run: {reason}"),
-            Err(reason) => {
-                // Straight to stderr: the test harness captures print! and eprint! of tests
-                // that pass, and a skip must be visible.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "test {test} SKIPPED: {reason}; set CI=true or SIGNPOST_BROWSER_TESTS=1 to \
-                     make this a failure"
-                );
-                return None;
-            }
-        };
+        let executable = find_chromium();
+        if !external::can_run(test, executable.as_ref().map(|_| ()).map_err(Clone::clone)) {
+            return None;
+        }
+        let executable = executable.expect("checked above");
         let turn = ONE_BROWSER_AT_A_TIME.lock().await;
         let profile = tempfile::tempdir().expect("a profile directory");
         let config = BrowserConfig::builder()

@@ -2,6 +2,8 @@
 //! that speaks the HTTP API with reqwest (SSE parsed by `eventsource-stream`).
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod external;
+
 use std::time::Duration;
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
