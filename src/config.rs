@@ -2,6 +2,8 @@
 //! `ROCKET_SIGNPOST={key=value}` in the environment. Every field has a default, so an empty table
 //! (or none) is a working server.
 
+use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -52,6 +54,50 @@ pub struct Config {
     /// Default `info`. Rocket's own log is off (`log_level = "off"` in `Rocket.toml`), because
     /// it prints request URLs, and with them `?token=` secrets, even at its `critical` level.
     pub log_level: LogLevel,
+    /// TURN URLs to hand out with ephemeral credentials, e.g.
+    /// `["turn:turn.example.org:3478?transport=udp", "turns:turn.example.org:5349?transport=tcp"]`.
+    /// Default none. Needs `turn_secret`: a TURN server without credentials is an open relay, so
+    /// static TURN credentials, if you must, go in `ice_servers`.
+    pub turn_urls: Vec<String>,
+    /// The secret shared with coturn (`static-auth-secret`), from which each peer's credentials
+    /// are derived; it is never sent to anyone. Default none (no TURN credentials).
+    pub turn_secret: Option<TurnSecret>,
+    /// How long TURN credentials stay valid. Default 86,400 s (24 h), coturn's own suggestion: a
+    /// call lasts well within it, and a client refreshes with `GET …/ice-servers` before that.
+    pub turn_credential_ttl_secs: u64,
+    /// Address for the built-in STUN server (UDP), e.g. `"0.0.0.0:3478"`. Default none: off, as
+    /// it needs a UDP port that a proxy in front of the HTTP port does not forward.
+    pub stun_bind: Option<SocketAddr>,
+    /// The URL advertised for the built-in STUN server, e.g. `"stun:stun.example.org:3478"`.
+    /// Default: `stun:<host the client used to reach signpost>:<port of stun_bind>`, right when
+    /// the HTTP and STUN ports share a public address.
+    pub stun_url: Option<String>,
+    /// Origins (`scheme://host[:port]`) whose pages may call the API, or `["*"]` for any.
+    /// Default none: the bundled client is served from the same origin and needs no CORS, and
+    /// letting other sites embed signaling is the operator's decision.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+/// `turn_secret`: deserialised from a plain string; `Debug` never shows it, so a logged config
+/// cannot leak it.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct TurnSecret(String);
+
+impl TurnSecret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for TurnSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TurnSecret(<redacted>)")
+    }
 }
 
 /// One `RTCIceServer` as a browser takes it.
@@ -90,6 +136,12 @@ impl Default for Config {
             ice_servers: Vec::new(),
             static_dir: "static".into(),
             log_level: LogLevel::Info,
+            turn_urls: Vec::new(),
+            turn_secret: None,
+            turn_credential_ttl_secs: 24 * 60 * 60,
+            stun_bind: None,
+            stun_url: None,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -112,6 +164,16 @@ impl Config {
         if !(self.poll_max_wait_secs.is_finite() && self.poll_max_wait_secs >= 0.0) {
             return Err("signpost.poll_max_wait_secs must be zero or more".into());
         }
+        let durations = [
+            ("peer_timeout_secs", self.peer_timeout_secs),
+            ("heartbeat_secs", self.heartbeat_secs),
+            ("poll_max_wait_secs", self.poll_max_wait_secs),
+        ];
+        for (name, value) in durations {
+            if Duration::try_from_secs_f64(value).is_err() {
+                return Err(format!("signpost.{name} is too large: {value}"));
+            }
+        }
         if !(self.send_burst.is_finite() && self.send_burst >= 1.0) {
             return Err("signpost.send_burst must be at least 1".into());
         }
@@ -127,7 +189,39 @@ impl Config {
                 return Err(format!("signpost.{name} must be at least 1"));
             }
         }
+        match (&self.turn_secret, self.turn_urls.is_empty()) {
+            (Some(secret), false) if secret.expose().is_empty() => {
+                return Err("signpost.turn_secret may not be empty".into())
+            }
+            (Some(_), true) => {
+                return Err("signpost.turn_secret is set but signpost.turn_urls is empty".into())
+            }
+            (None, false) => {
+                return Err(
+                    "signpost.turn_urls needs signpost.turn_secret (coturn's static-auth-secret)"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        if self.turn_credential_ttl_secs == 0 {
+            return Err("signpost.turn_credential_ttl_secs must be at least 1".into());
+        }
+        for origin in &self.cors_allowed_origins {
+            let well_formed = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/'));
+            if !well_formed {
+                return Err(format!(
+                    "signpost.cors_allowed_origins: {origin:?} is not \"*\" nor an origin such as \"https://example.org\""
+                ));
+            }
+        }
         Ok(())
+    }
+
+    pub fn turn_credential_ttl(&self) -> Duration {
+        Duration::from_secs(self.turn_credential_ttl_secs)
     }
 
     pub fn peer_timeout(&self) -> Duration {
@@ -140,5 +234,40 @@ impl Config {
 
     pub fn poll_max_wait(&self) -> Duration {
         Duration::from_secs_f64(self.poll_max_wait_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_nonsense_is_refused() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let broken = [
+            Config {
+                peer_timeout_secs: 0.0,
+                ..Config::default()
+            },
+            Config {
+                heartbeat_secs: f64::NAN,
+                ..Config::default()
+            },
+            Config {
+                poll_max_wait_secs: 1e308,
+                ..Config::default()
+            },
+            Config {
+                send_burst: 0.5,
+                ..Config::default()
+            },
+            Config {
+                mailbox_capacity: 0,
+                ..Config::default()
+            },
+        ];
+        for config in broken {
+            assert!(config.validate().is_err(), "{config:?}");
+        }
     }
 }

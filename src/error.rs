@@ -11,7 +11,14 @@ use rocket::request::Request;
 use rocket::response::{self, Responder, Response};
 use serde::Serialize;
 
+use crate::metrics::Metrics;
+
 pub type ApiResult<T> = Result<T, Error>;
+
+/// The code of the error a request was answered with, kept in the request's local cache for
+/// the request log; `None` when it was not answered with an [`Error`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErrorCode(pub Option<&'static str>);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Error {
@@ -64,6 +71,9 @@ pub enum Error {
     RateLimited {
         retry_after: Duration,
     },
+    /// A CORS preflight from an origin not in `cors_allowed_origins`, or for a method the API
+    /// does not use.
+    CorsRefused(String),
     /// No route for this method and path.
     RouteNotFound,
     /// A status Rocket produced before any handler ran, and that no variant above covers.
@@ -83,7 +93,7 @@ impl Error {
             | InvalidQuery { .. }
             | InvalidLastEventId => Status::BadRequest,
             MissingToken | InvalidToken => Status::Unauthorized,
-            WrongPeer => Status::Forbidden,
+            WrongPeer | CorsRefused(_) => Status::Forbidden,
             RoomNotFound | PeerNotFound | RouteNotFound => Status::NotFound,
             RoomFull { .. } | TooManyRooms { .. } => Status::Conflict,
             BodyTooLarge { .. } | MessageTooLarge { .. } => Status::PayloadTooLarge,
@@ -128,6 +138,7 @@ impl Error {
             RoomFull { .. } => "room_full",
             TooManyRooms { .. } => "too_many_rooms",
             RateLimited { .. } => "rate_limited",
+            CorsRefused(_) => "cors_refused",
             RouteNotFound => "not_found",
             Http(status) => http_code(*status),
             Internal(_) => "internal_error",
@@ -182,6 +193,7 @@ impl Error {
                 retry_after.as_secs_f64()
             )
             .into(),
+            CorsRefused(why) => why.clone().into(),
             RouteNotFound => "no such endpoint; see docs/API.md".into(),
             Http(status) => status.reason_lossy().to_owned().into(),
             Internal(why) => Cow::Borrowed(why),
@@ -231,7 +243,12 @@ struct Body<'a> {
 }
 
 impl<'r> Responder<'r, 'static> for Error {
-    fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
+    fn respond_to(self, request: &'r Request<'_>) -> response::Result<'static> {
+        // For the request log (which prints the code) and the rejection counters.
+        request.local_cache(|| ErrorCode(Some(self.code())));
+        if let Some(metrics) = request.rocket().state::<Metrics>() {
+            metrics.rejected(self.code());
+        }
         let retry_after = match &self {
             // Whole seconds, rounded up, as the Retry-After header requires.
             Error::RateLimited { retry_after } => {

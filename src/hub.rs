@@ -19,6 +19,7 @@ use crate::identity::{PeerId, PeerToken, RoomName};
 use crate::logging;
 use crate::mailbox::{Mailbox, Push};
 use crate::message::{EncodedMessage, MessageType, OutgoingMessage};
+use crate::metrics::Metrics;
 use crate::rate_limit::TokenBucket;
 
 /// A cheap, cloneable handle on the shared state.
@@ -36,6 +37,8 @@ struct Shared {
     /// never touch it.
     rooms: Mutex<HashMap<RoomName, Room>>,
     limits: Limits,
+    /// Told of every join and departure (atomic adds, fine under the lock).
+    metrics: Metrics,
 }
 
 /// The parts of [`Config`] the hub enforces.
@@ -106,6 +109,11 @@ impl LeaveReason {
 
 impl Hub {
     pub fn new(config: &Config) -> Self {
+        Self::with_metrics(config, Metrics::new())
+    }
+
+    /// A hub that reports joins and departures to `metrics`.
+    pub fn with_metrics(config: &Config, metrics: Metrics) -> Self {
         let limits = Limits {
             max_rooms: config.max_rooms,
             max_peers_per_room: config.max_peers_per_room,
@@ -119,6 +127,7 @@ impl Hub {
             shared: Arc::new(Shared {
                 rooms: Mutex::new(HashMap::new()),
                 limits,
+                metrics,
             }),
         }
     }
@@ -179,7 +188,8 @@ impl Hub {
             .collect();
         members.peers.push(peer);
         logging::info(format_args!("join room={room} peer={id}"));
-        evict_all(&mut rooms, room, overflowing);
+        self.shared.metrics.peer_joined();
+        evict_all(&mut rooms, &self.shared.metrics, room, overflowing);
         Ok(Joined {
             peer_id: id,
             token,
@@ -192,7 +202,13 @@ impl Hub {
         let mut rooms = self.shared.rooms.lock();
         let members = rooms.get(room).ok_or(Error::RoomNotFound)?;
         authorize(members, peer, token)?;
-        remove_peer(&mut rooms, room, peer, LeaveReason::Left);
+        remove_peer(
+            &mut rooms,
+            &self.shared.metrics,
+            room,
+            peer,
+            LeaveReason::Left,
+        );
         Ok(())
     }
 
@@ -273,7 +289,7 @@ impl Hub {
                 }
             }
         }
-        evict_all(&mut rooms, room, overflowing);
+        evict_all(&mut rooms, &self.shared.metrics, room, overflowing);
         Ok(encoded.len())
     }
 
@@ -287,6 +303,19 @@ impl Hub {
         let rooms = self.shared.rooms.lock();
         let members = rooms.get(room).ok_or(Error::RoomNotFound)?;
         authorize(members, peer, token).map(|peer| Arc::clone(&peer.mailbox))
+    }
+
+    /// Succeeds if `token` is the token of `peer`, with the same errors as the peer's other
+    /// authenticated requests.
+    pub fn authenticate(
+        &self,
+        room: &RoomName,
+        peer: PeerId,
+        token: Option<&str>,
+    ) -> ApiResult<()> {
+        let rooms = self.shared.rooms.lock();
+        let members = rooms.get(room).ok_or(Error::RoomNotFound)?;
+        authorize(members, peer, token).map(|_| ())
     }
 
     /// The peers of a room, in join order, or `None` if it does not exist.
@@ -323,7 +352,8 @@ impl Hub {
             })
             .collect();
         for (room, peer) in &expired {
-            remove_peer(&mut rooms, room, *peer, LeaveReason::Timeout);
+            let metrics = &self.shared.metrics;
+            remove_peer(&mut rooms, metrics, room, *peer, LeaveReason::Timeout);
         }
         expired.len()
     }
@@ -365,17 +395,21 @@ fn identify<'a>(members: &'a Room, token: Option<&str>) -> ApiResult<&'a Peer> {
         .ok_or(Error::InvalidToken)
 }
 
-/// `peer`, if `token` is its token. A token of another peer in the room is a 403, so a client
-/// with a mixed-up id is told so; a token of nobody is a 401.
+/// `peer`, if `token` is its token. A peer that is not (or no longer) in the room is a 404
+/// whatever the token, so a removed client learns that it is gone; peer ids are public, so this
+/// reveals nothing. A token of another peer in the room is a 403, so a client with a mixed-up id
+/// is told so; a token of nobody is a 401.
 fn authorize<'a>(members: &'a Room, peer: PeerId, token: Option<&str>) -> ApiResult<&'a Peer> {
+    let target = members
+        .peers
+        .iter()
+        .find(|p| p.id == peer)
+        .ok_or(Error::PeerNotFound)?;
     let owner = identify(members, token)?;
-    if owner.id == peer {
-        return Ok(owner);
-    }
-    if members.peers.iter().any(|p| p.id == peer) {
-        Err(Error::WrongPeer)
+    if owner.id == target.id {
+        Ok(target)
     } else {
-        Err(Error::PeerNotFound)
+        Err(Error::WrongPeer)
     }
 }
 
@@ -383,6 +417,7 @@ fn authorize<'a>(members: &'a Room, peer: PeerId, token: Option<&str>) -> ApiRes
 /// A `leave` that overflows another mailbox evicts that peer too, and so on.
 fn remove_peer(
     rooms: &mut HashMap<RoomName, Room>,
+    metrics: &Metrics,
     room: &RoomName,
     peer: PeerId,
     reason: LeaveReason,
@@ -401,6 +436,7 @@ fn remove_peer(
             "leave room={room} peer={peer} reason={}",
             reason.as_str()
         ));
+        metrics.peer_left(reason.as_str());
         #[derive(Serialize)]
         struct Leave {
             peer_id: PeerId,
@@ -426,11 +462,16 @@ fn remove_peer(
     }
 }
 
-fn evict_all(rooms: &mut HashMap<RoomName, Room>, room: &RoomName, peers: Vec<PeerId>) {
+fn evict_all(
+    rooms: &mut HashMap<RoomName, Room>,
+    metrics: &Metrics,
+    room: &RoomName,
+    peers: Vec<PeerId>,
+) {
     for peer in peers {
         logging::warn(format_args!(
             "evict room={room} peer={peer}: undelivered backlog is full"
         ));
-        remove_peer(rooms, room, peer, LeaveReason::Evicted);
+        remove_peer(rooms, metrics, room, peer, LeaveReason::Evicted);
     }
 }

@@ -14,10 +14,13 @@
 //!   - [`mailbox`]: a peer's gapless, resumable message sequence and its delivery state.
 //!   - [`hub`]: rooms and peers, and every operation on them (the seam for a shared store).
 //!   - [`rate_limit`]: the per-peer token bucket.
+//!   - [`ice`]: the ICE servers a peer is given, with ephemeral TURN credentials.
 //! - Around the domain:
 //!   - `api`: the HTTP routes, one module per group, translating requests into hub calls.
 //!   - [`presence`]: the sweeper that times out silent peers.
 //!   - [`logging`]: the request and membership log, which never prints a token.
+//!   - [`metrics`]: counters and gauges for `GET /metrics`.
+//!   - [`stun`]: the optional built-in STUN server (UDP).
 //!
 //! [`build`] assembles the server from a figment; the binary and the tests both use it.
 
@@ -28,12 +31,15 @@ mod api;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod ice;
 pub mod identity;
 pub mod logging;
 pub mod mailbox;
 pub mod message;
+pub mod metrics;
 pub mod presence;
 pub mod rate_limit;
+pub mod stun;
 
 use rocket::fairing::AdHoc;
 use rocket::figment::Figment;
@@ -42,6 +48,8 @@ use rocket::{Build, Rocket};
 
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::ice::IceConfig;
+use crate::metrics::Metrics;
 
 /// The server as configured by `Rocket.toml` and `ROCKET_*` environment variables.
 pub fn rocket() -> Rocket<Build> {
@@ -64,8 +72,11 @@ pub fn build(figment: Figment) -> Rocket<Build> {
                     let static_files =
                         FileServer::new(&config.static_dir, Options::Index | Options::Missing)
                             .rank(20);
+                    let metrics = Metrics::new();
                     Ok(rocket
-                        .manage(Hub::new(&config))
+                        .manage(Hub::with_metrics(&config, metrics.clone()))
+                        .manage(IceConfig::new(&config))
+                        .manage(metrics)
                         .manage(config)
                         .mount("/", static_files))
                 }
@@ -78,6 +89,20 @@ pub fn build(figment: Figment) -> Rocket<Build> {
         }))
         .attach(api::stage())
         .attach(presence::stage())
+        .attach(stun::stage())
+        .attach(AdHoc::on_shutdown("signpost shutdown log", |rocket| {
+            Box::pin(async move {
+                // Streams and polls select on `Shutdown` and end now; Rocket then waits up to
+                // `shutdown.grace` seconds for connections to finish.
+                if let Some(metrics) = rocket.state::<Metrics>() {
+                    logging::info(format_args!(
+                        "shutting down: ending {} SSE streams and {} polls",
+                        metrics.sse_streams(),
+                        metrics.polls_in_flight()
+                    ));
+                }
+            })
+        }))
         .attach(AdHoc::on_liftoff("signpost banner", |rocket| {
             Box::pin(async move {
                 let config = rocket.config();

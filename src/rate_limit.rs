@@ -34,7 +34,7 @@ impl TokenBucket {
         }
         // A cost above the burst can never be paid at once; report the wait for a full bucket.
         let missing = cost.min(self.burst) - self.tokens;
-        Err(Duration::from_secs_f64(missing / self.rate))
+        Err(Duration::try_from_secs_f64(missing / self.rate).unwrap_or(Duration::MAX))
     }
 }
 

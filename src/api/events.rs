@@ -23,6 +23,7 @@ use crate::error::{ApiResult, Error};
 use crate::hub::Hub;
 use crate::identity::{PeerId, RoomName};
 use crate::mailbox::Read;
+use crate::metrics::Metrics;
 
 /// Once this much is written, the chunk is handed to the connection even if the mailbox has
 /// more: a stream never holds more than about this much of a backlog in memory at once.
@@ -103,6 +104,7 @@ struct Reset {
 pub fn events(
     hub: &State<Hub>,
     config: &State<Config>,
+    metrics: &State<Metrics>,
     room: Result<RoomName, Error>,
     peer: Result<PeerId, Error>,
     token: Token,
@@ -129,6 +131,8 @@ pub fn events(
     let mut cursor = resume_from.unwrap_or(0);
     let ticket = mailbox.open_stream();
     let presence = mailbox.listen();
+    let metrics = metrics.inner().clone();
+    let open = metrics.sse_stream_opened();
     // Subscribed before the first read, so nothing pushed after that read goes unnoticed.
     let mut wake = mailbox.subscribe();
 
@@ -138,6 +142,7 @@ pub fn events(
 
     let stream = stream! {
         let _presence = presence;
+        let _open = open;
         let mut out = Vec::new();
         write_json_event(&mut out, "ready", &Ready { peer_id: peer, last_id: mailbox.last_id() });
         yield out;
@@ -149,6 +154,7 @@ pub fn events(
             };
             let mut out = Vec::new();
             if let Some(reason) = batch.reset {
+                metrics.mailbox_reset(reason.as_str());
                 write_json_event(
                     &mut out,
                     "reset",
@@ -156,6 +162,9 @@ pub fn events(
                 );
                 cursor = batch.entries.first().map_or(batch.last_id, |entry| entry.id - 1);
             }
+            // Counted as the batch is handed over, so that a client never sees a message before
+            // the counter does.
+            metrics.delivered_by_sse(batch.entries.len());
             let mut data = Vec::new();
             for entry in batch.entries {
                 data.clear();

@@ -11,6 +11,7 @@ use crate::error::{ApiResult, Error};
 use crate::hub::Hub;
 use crate::identity::RoomName;
 use crate::message::MessageBatch;
+use crate::metrics::Metrics;
 
 #[derive(Serialize)]
 pub struct SendResponse {
@@ -20,6 +21,7 @@ pub struct SendResponse {
 #[post("/rooms/<room>/messages", data = "<body>")]
 pub fn send(
     hub: &State<Hub>,
+    metrics: &State<Metrics>,
     room: Result<RoomName, Error>,
     token: Token,
     body: Result<JsonBody<MessageBatch>, Error>,
@@ -31,5 +33,6 @@ pub fn send(
     }
     let batch = body?.0 .0;
     let accepted = hub.send(&room, token.as_deref(), batch)?;
+    metrics.messages_accepted(accepted);
     Ok(Accepted(Json(SendResponse { accepted })))
 }

@@ -5,13 +5,19 @@
 //! - `messages`: send one message or a batch.
 //! - `events`: receive on a Server-Sent Events stream.
 //! - `poll`: receive by long-polling.
+//! - `ice`: the ICE servers (STUN, TURN credentials) a peer may use.
+//! - `cors`: cross-origin access for the origins in the config.
+//! - `ops`: `/healthz` and `/metrics`, outside `/api`.
 //! - `auth`, `body`, `params`: request guards that turn headers, bodies and path segments into
 //!   domain values or precise errors.
 
 mod auth;
 mod body;
+mod cors;
 mod events;
+mod ice;
 mod messages;
+mod ops;
 mod params;
 mod poll;
 mod rooms;
@@ -20,7 +26,7 @@ use rocket::fairing::{AdHoc, Fairing, Info, Kind};
 use rocket::http::Status;
 use rocket::{Request, Response};
 
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 use crate::logging;
 
 /// Mounts the API routes, the JSON error catchers and the request log.
@@ -38,10 +44,15 @@ pub fn stage() -> AdHoc {
                     messages::send,
                     events::events,
                     poll::poll,
+                    ice::ice_servers,
+                    cors::preflight,
                 ],
             )
+            .mount("/", routes![ops::healthz, ops::metrics])
             .register("/", catchers![default_catcher])
             .attach(RequestLog)
+            .attach(NoStore)
+            .attach(cors::CorsHeaders)
     })
 }
 
@@ -55,8 +66,9 @@ fn default_catcher(status: Status, _: &Request<'_>) -> Error {
     }
 }
 
-/// Logs each failed request as method, path (never the query, which may hold a token) and
-/// status. Successful requests are not logged one by one: joins and leaves are logged by the hub.
+/// Logs each failed request as method, path (never the query, which may hold a token), status
+/// and error code; the path names the room and the peer. Successful requests are not logged one
+/// by one: joins and leaves are logged by the hub.
 struct RequestLog;
 
 #[rocket::async_trait]
@@ -70,8 +82,9 @@ impl Fairing for RequestLog {
 
     async fn on_response<'r>(&self, request: &'r Request<'_>, response: &mut Response<'r>) {
         let status = response.status();
+        let code = request.local_cache(ErrorCode::default).0.unwrap_or("-");
         let line = format_args!(
-            "{} {} {}",
+            "{} {} {} {code}",
             request.method(),
             request.uri().path(),
             status.code
@@ -80,6 +93,28 @@ impl Fairing for RequestLog {
             logging::warn(line);
         } else if status.code >= 400 {
             logging::info(line);
+        }
+    }
+}
+
+/// Marks every API response `Cache-Control: no-store` unless it says otherwise (the SSE stream
+/// says `no-cache`). Long-poll answers are GETs that a caching proxy would otherwise be free to
+/// replay to the next poll, and join answers carry a secret token.
+struct NoStore;
+
+#[rocket::async_trait]
+impl Fairing for NoStore {
+    fn info(&self) -> Info {
+        Info {
+            name: "signpost no-store",
+            kind: Kind::Response,
+        }
+    }
+
+    async fn on_response<'r>(&self, request: &'r Request<'_>, response: &mut Response<'r>) {
+        let is_api = request.uri().path().starts_with("/api/");
+        if is_api && !response.headers().contains("Cache-Control") {
+            response.set_raw_header("Cache-Control", "no-store");
         }
     }
 }

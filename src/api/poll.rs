@@ -16,12 +16,14 @@ use crate::error::{ApiResult, Error};
 use crate::hub::Hub;
 use crate::identity::{PeerId, RoomName};
 use crate::mailbox::{Batch, Read};
+use crate::metrics::Metrics;
 
 #[allow(clippy::too_many_arguments)] // each argument is a guard Rocket resolves; none is optional
 #[get("/rooms/<room>/peers/<peer>/messages?<after>&<wait>")]
 pub async fn poll(
     hub: &State<Hub>,
     config: &State<Config>,
+    metrics: &State<Metrics>,
     room: Result<RoomName, Error>,
     peer: Result<PeerId, Error>,
     token: Token,
@@ -39,11 +41,13 @@ pub async fn poll(
                 reason: format!("must be a non-negative number of seconds, not {seconds}"),
             })
         }
-        Some(seconds) => Duration::from_secs_f64(seconds).min(max_wait),
+        // Clamp before converting: a huge `wait` would overflow a Duration.
+        Some(seconds) => Duration::from_secs_f64(seconds.min(max_wait.as_secs_f64())),
         None => max_wait,
     };
 
     let _presence = mailbox.listen();
+    let _in_flight = metrics.poll_started();
     mailbox.acknowledge(after);
     let mut wake = mailbox.subscribe();
     let deadline = Instant::now() + wait;
@@ -54,20 +58,24 @@ pub async fn poll(
             Read::Closed | Read::Replaced => return Err(Error::PeerNotFound),
         };
         if !batch.entries.is_empty() || batch.reset.is_some() {
-            return Ok(RawJson(render(after, batch)));
+            return Ok(RawJson(render(metrics, after, batch)));
         }
         select! {
-            changed = wake.changed() => if changed.is_err() { return Ok(RawJson(render(after, batch))) },
-            _ = sleep_until(deadline) => return Ok(RawJson(render(after, batch))),
+            changed = wake.changed() => if changed.is_err() { return Ok(RawJson(render(metrics, after, batch))) },
+            _ = sleep_until(deadline) => return Ok(RawJson(render(metrics, after, batch))),
             // Returning lets the client reconnect (to a restarted server) instead of hanging.
-            _ = &mut shutdown => return Ok(RawJson(render(after, batch))),
+            _ = &mut shutdown => return Ok(RawJson(render(metrics, after, batch))),
         }
     }
 }
 
 /// `{"messages":[…],"last_id":n,"reset":false}`, assembled from the envelopes' shared encoding.
 /// `last_id` is what the client passes as `after` next.
-fn render(after: u64, batch: Batch) -> Vec<u8> {
+fn render(metrics: &Metrics, after: u64, batch: Batch) -> Vec<u8> {
+    metrics.delivered_by_poll(batch.entries.len());
+    if let Some(reason) = batch.reset {
+        metrics.mailbox_reset(reason.as_str());
+    }
     let last_id = match (batch.entries.last(), batch.reset) {
         (Some(entry), _) => entry.id,
         (None, Some(_)) => batch.last_id,

@@ -9,9 +9,11 @@ use serde_json::value::RawValue;
 
 use crate::api::auth::Token;
 use crate::api::body::JsonBody;
+use crate::api::ice::{self, StunUrl};
 use crate::config::{Config, IceServer};
 use crate::error::{ApiResult, Error};
 use crate::hub::{Hub, PeerInfo};
+use crate::ice::IceConfig;
 use crate::identity::{PeerId, RoomName};
 
 /// The longest display name, in characters: enough for a full name, short enough for a tile.
@@ -37,6 +39,9 @@ pub struct JoinResponse {
     name: Option<String>,
     peers: Vec<PeerInfo>,
     ice_servers: Vec<IceServer>,
+    /// Unix seconds when the TURN credentials in `ice_servers` expire; `null` without TURN.
+    ice_servers_expires_at: Option<u64>,
+    ice_servers_url: String,
     events_url: String,
     poll_url: String,
     send_url: String,
@@ -60,6 +65,8 @@ fn peer_url(room: &RoomName, peer: PeerId) -> String {
 pub fn join(
     hub: &State<Hub>,
     config: &State<Config>,
+    ice: &State<IceConfig>,
+    stun: StunUrl,
     room: Result<RoomName, Error>,
     body: Result<JsonBody<Option<JoinRequest>>, Error>,
 ) -> ApiResult<Created<Json<JoinResponse>>> {
@@ -72,13 +79,16 @@ pub fn join(
     let meta = request.meta.map(validate_meta).transpose()?;
     let joined = hub.join(&room, name.clone(), meta)?;
     let peer_url = peer_url(&room, joined.peer_id);
+    let ice_servers = ice::for_peer(ice, joined.peer_id, stun);
     let response = JoinResponse {
         room: room.to_string(),
         peer_id: joined.peer_id,
         token: joined.token.reveal().to_owned(),
         name,
         peers: joined.peers,
-        ice_servers: config.ice_servers.clone(),
+        ice_servers: ice_servers.ice_servers,
+        ice_servers_expires_at: ice_servers.expires_at,
+        ice_servers_url: format!("{peer_url}/ice-servers"),
         events_url: format!("{peer_url}/events"),
         poll_url: format!("{peer_url}/messages"),
         send_url: format!("/api/rooms/{room}/messages"),

@@ -2,6 +2,8 @@
 //! that speaks the HTTP API with reqwest (SSE parsed by `eventsource-stream`).
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod external;
+
 use std::time::Duration;
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
@@ -166,9 +168,7 @@ impl Peer {
         }
         let response = request.send().await.expect("events request");
         assert_eq!(response.status(), 200, "events stream opens");
-        let mut events = Events {
-            stream: response.bytes_stream().eventsource().boxed(),
-        };
+        let mut events = Events::from_response(response);
         let ready = events.next().await;
         assert_eq!(ready.event, "ready", "first event is ready");
         events
@@ -208,6 +208,13 @@ pub struct Events {
 }
 
 impl Events {
+    /// Parses any SSE response, from its first event on.
+    pub fn from_response(response: reqwest::Response) -> Events {
+        Events {
+            stream: response.bytes_stream().eventsource().boxed(),
+        }
+    }
+
     /// The next event, failing the test if none comes within [`EVENT_DEADLINE`].
     pub async fn next(&mut self) -> Event {
         self.try_next()

@@ -1,0 +1,255 @@
+//! Counters and gauges that the hub, the transports, the error responder and the STUN server
+//! report into, exposed in the Prometheus/OpenMetrics text format by `GET /metrics`.
+//!
+//! Reporting is an atomic add on a handle resolved when the server starts (every label value is
+//! known then, except error codes, which only cost a map lookup on the error path), so the hot
+//! path pays no lock and no allocation. Room and peer counts are read from the hub at scrape
+//! time instead of being tracked on every join and leave.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// A cheap, cloneable handle; every clone reports into the same registry.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    rooms: Gauge,
+    peers: Gauge,
+    sse_streams: Gauge,
+    polls_in_flight: Gauge,
+    joined: Counter,
+    left: Counter,
+    timed_out: Counter,
+    evicted: Counter,
+    accepted: Counter,
+    delivered_sse: Counter,
+    delivered_poll: Counter,
+    reset_expired: Counter,
+    reset_ahead: Counter,
+    rejections: Family<Labels, Counter>,
+    stun_answered: Counter,
+    stun_ignored: Counter,
+}
+
+/// Decrements a gauge when dropped: what an open stream or a waiting poll holds.
+pub struct GaugeGuard(Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("signpost");
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let rooms = gauge(&mut registry, "rooms", "Rooms that exist now");
+        let peers = gauge(&mut registry, "peers", "Peers in all rooms now");
+        let sse_streams = gauge(&mut registry, "sse_streams", "Open SSE streams");
+        let polls_in_flight = gauge(&mut registry, "polls_in_flight", "Long-polls waiting");
+
+        let counters = |registry: &mut Registry, name: &str, help: &str, label, values: &[_]| {
+            let family = Family::<Labels, Counter>::default();
+            registry.register(name, help, family.clone());
+            values
+                .iter()
+                .map(|value| family.get_or_create(&[(label, *value)]).clone())
+                .collect::<Vec<_>>()
+        };
+        let departures = counters(
+            &mut registry,
+            "peers_left",
+            "Peers that left their room, by reason (evicted: stopped reading)",
+            "reason",
+            &["left", "timeout", "evicted"],
+        );
+        let delivered = counters(
+            &mut registry,
+            "messages_delivered",
+            "Messages handed to a peer, by transport",
+            "transport",
+            &["sse", "poll"],
+        );
+        let resets = counters(
+            &mut registry,
+            "mailbox_resets",
+            "Reads that could not resume gaplessly and were told to reset, by reason",
+            "reason",
+            &["expired", "ahead"],
+        );
+        let stun = counters(
+            &mut registry,
+            "stun_requests",
+            "UDP datagrams received by the built-in STUN server, by outcome",
+            "outcome",
+            &["answered", "ignored"],
+        );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let counter = Counter::<u64, AtomicU64>::default();
+            registry.register(name, help, counter.clone());
+            counter
+        };
+        let joined = counter(&mut registry, "peers_joined", "Peers that joined a room");
+        let accepted = counter(
+            &mut registry,
+            "messages_accepted",
+            "Messages accepted from senders",
+        );
+        let rejections = Family::<Labels, Counter>::default();
+        registry.register(
+            "rejections",
+            "Requests answered with an error, by error code",
+            rejections.clone(),
+        );
+
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                rooms,
+                peers,
+                sse_streams,
+                polls_in_flight,
+                joined,
+                left: departures[0].clone(),
+                timed_out: departures[1].clone(),
+                evicted: departures[2].clone(),
+                accepted,
+                delivered_sse: delivered[0].clone(),
+                delivered_poll: delivered[1].clone(),
+                reset_expired: resets[0].clone(),
+                reset_ahead: resets[1].clone(),
+                rejections,
+                stun_answered: stun[0].clone(),
+                stun_ignored: stun[1].clone(),
+            }),
+        }
+    }
+
+    pub fn peer_joined(&self) {
+        self.inner.joined.inc();
+    }
+
+    /// `reason` is a `leave` event's reason: `left`, `timeout` or `evicted`.
+    pub fn peer_left(&self, reason: &str) {
+        match reason {
+            "timeout" => &self.inner.timed_out,
+            "evicted" => &self.inner.evicted,
+            _ => &self.inner.left,
+        }
+        .inc();
+    }
+
+    pub fn messages_accepted(&self, count: usize) {
+        self.inner.accepted.inc_by(count as u64);
+    }
+
+    pub fn delivered_by_sse(&self, count: usize) {
+        self.inner.delivered_sse.inc_by(count as u64);
+    }
+
+    pub fn delivered_by_poll(&self, count: usize) {
+        self.inner.delivered_poll.inc_by(count as u64);
+    }
+
+    /// `reason` is a reset's reason: `expired` or `ahead`.
+    pub fn mailbox_reset(&self, reason: &str) {
+        match reason {
+            "ahead" => &self.inner.reset_ahead,
+            _ => &self.inner.reset_expired,
+        }
+        .inc();
+    }
+
+    /// An error response with this `code`.
+    pub fn rejected(&self, code: &'static str) {
+        self.inner.rejections.get_or_create(&[("code", code)]).inc();
+    }
+
+    pub fn stun_answered(&self) {
+        self.inner.stun_answered.inc();
+    }
+
+    pub fn stun_ignored(&self) {
+        self.inner.stun_ignored.inc();
+    }
+
+    /// Counts an open SSE stream until the guard drops.
+    pub fn sse_stream_opened(&self) -> GaugeGuard {
+        self.inner.sse_streams.inc();
+        GaugeGuard(self.inner.sse_streams.clone())
+    }
+
+    /// Counts a waiting long-poll until the guard drops.
+    pub fn poll_started(&self) -> GaugeGuard {
+        self.inner.polls_in_flight.inc();
+        GaugeGuard(self.inner.polls_in_flight.clone())
+    }
+
+    pub fn sse_streams(&self) -> i64 {
+        self.inner.sse_streams.get()
+    }
+
+    pub fn polls_in_flight(&self) -> i64 {
+        self.inner.polls_in_flight.get()
+    }
+
+    /// The exposition text, with the room and peer gauges set to `rooms` and `peers`.
+    pub fn render(&self, rooms: usize, peers: usize) -> String {
+        self.inner.rooms.set(rooms as i64);
+        self.inner.peers.set(peers as i64);
+        let mut text = String::with_capacity(4096);
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.inner.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guards_count_what_is_open_and_labels_come_out() {
+        let metrics = Metrics::new();
+        let stream = metrics.sse_stream_opened();
+        let _poll = metrics.poll_started();
+        drop(stream);
+        metrics.rejected("room_full");
+        metrics.peer_left("evicted");
+        let text = metrics.render(2, 3);
+        assert!(text.contains("signpost_sse_streams 0\n"), "{text}");
+        assert!(text.contains("signpost_polls_in_flight 1\n"), "{text}");
+        assert!(text.contains("signpost_rooms 2\n"), "{text}");
+        assert!(
+            text.contains("signpost_rejections_total{code=\"room_full\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("signpost_peers_left_total{reason=\"evicted\"} 1\n"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,738 @@
+// The room page: a full mesh of RTCPeerConnections set up through signpost, with audio/video,
+// chat and file transfer over data channels. The peer-to-peer conventions are in
+// docs/PROTOCOL.md; all HTTP is in signpost.js.
+
+import { Signpost } from "./signpost.js";
+
+/** Data channel message size: 16 KiB crosses every WebRTC implementation unsplit. */
+const FILE_CHUNK_BYTES = 16 * 1024;
+/** Read from disk in pieces this large, so a big file is never held whole by the sender. */
+const FILE_READ_BYTES = 1024 * 1024;
+/** Stop queueing file chunks above this many buffered bytes; resume below the low mark. */
+const FILE_HIGH_WATER = 1024 * 1024;
+const FILE_LOW_WATER = 256 * 1024;
+/** Files up to this size get a SHA-256 shown on both sides (WebCrypto hashes in one piece). */
+const HASH_LIMIT_BYTES = 64 * 1024 * 1024;
+/** Shown error lines. */
+const MAX_ERRORS = 6;
+
+const $ = (id) => document.getElementById(id);
+
+const params = new URLSearchParams(location.search);
+const app = {
+  client: null,
+  /** peer_id → Link, one per other peer in the room. */
+  links: new Map(),
+  /** Peers that left: late messages from them must not create a new connection. */
+  departed: new Set(),
+  localStream: null,
+  /** "video", "audio" or "none": what this page sends; null while asking for it. */
+  mediaMode: null,
+  /** Whether signaling is receiving (a stream is open or polls get answers). */
+  signalingConnected: false,
+  chat: [],
+  transfers: [],
+  nextTransferId: 1,
+};
+
+// ---- automation hook: tests and scripts drive the page through this ----
+
+window.signpostApp = {
+  /** [{peer_id, name, connectionState, dataChannelState}] for every other peer. */
+  peers: () => [...app.links.values()].map((link) => ({
+    peer_id: link.id,
+    name: link.name,
+    connectionState: link.pc?.connectionState ?? "new",
+    dataChannelState: link.chat?.readyState ?? null,
+  })),
+  /** Sends `text` to every peer whose chat channel is open; returns how many it reached. */
+  sendChat: (text) => sendChat(String(text)),
+  /** [{from, text}], oldest first; `from` is a peer_id (this page's own for what it sent). */
+  chatLog: () => app.chat.map(({ from, text }) => ({ from, text })),
+  /** "sse" or "poll" (null before joining). */
+  transport: () => app.client?.transport ?? null,
+  // Beyond the basics, for scripting files and media:
+  /** This page's peer_id (null before joining). */
+  peerId: () => app.client?.peerId ?? null,
+  /** "video", "audio" or "none"; null while the page is still asking for camera/microphone. */
+  mediaMode: () => app.mediaMode,
+  /** [{id, peer_id, direction, name, size, bytes, state, sha256, sawProgress, peakBuffered}] */
+  transfers: () => app.transfers.map(({ element, blob, ...transfer }) => ({ ...transfer })),
+  /** Sends `file` (a File or Blob) to every connected peer. */
+  sendFile: (file) => sendFileToAll(file),
+  /** Inbound RTP statistics from `peerId`: {audio, video}, each null or the stats object. */
+  inboundStats: (peerId) => inboundStats(app.links.get(peerId)),
+};
+
+// ---- joining ----
+
+async function main() {
+  const room = params.get("room");
+  if (!room) return showLobby();
+  const name = params.get("name") || "";
+  const wanted = ["none", "audio", "video"].includes(params.get("media")) ? params.get("media") : "video";
+  const transport = ["sse", "poll", "auto"].includes(params.get("transport")) ? params.get("transport") : "auto";
+
+  $("lobby").hidden = true;
+  $("room").hidden = false;
+  $("room-bar").hidden = false;
+  $("room-name").textContent = room;
+  const share = new URL(location.pathname, location.origin);
+  share.searchParams.set("room", room);
+  $("share-link").value = share.href;
+  $("copy-link").onclick = async () => {
+    await navigator.clipboard?.writeText(share.href).catch(() => {});
+    $("share-link").select();
+  };
+
+  // Asking for camera/microphone may wait on a person; join meanwhile.
+  const media = startMedia(wanted);
+  let client;
+  try {
+    client = await Signpost.join(room, {
+      name,
+      transport,
+      types: ["offer", "answer", "candidate"],
+    });
+  } catch (error) {
+    media.then(() => app.localStream?.getTracks().forEach((track) => track.stop()));
+    $("lobby").hidden = false;
+    $("room").hidden = true;
+    $("lobby-error").textContent = `Could not join "${room}": ${error.message}`;
+    fillLobby({ room, name, media: wanted });
+    return;
+  }
+  app.client = client;
+  $("status-self").textContent = `${client.name ?? "(no name)"} · ${client.peerId.slice(0, 8)}`;
+  $("local-label").textContent = client.name ? `${client.name} (you)` : "You";
+
+  client.on("transport", renderStatus);
+  client.on("status", ({ connected }) => {
+    app.signalingConnected = connected;
+    renderStatus();
+  });
+  client.on("error", ({ message }) => showError(message));
+  // Signaling waits for local media so that offers and answers carry it. Every handler chains on
+  // the same promise, so messages are still handled in the order they arrived.
+  const afterMedia = (handler) => (event) => media.then(() => handler(event));
+  // Conventions (docs/PROTOCOL.md): the newcomer offers to everyone already there.
+  media.then(() => {
+    for (const peer of client.peers) linkFor(peer.peer_id, peer.name)?.start();
+  });
+  client.on("join", afterMedia(({ data }) => linkFor(data.peer_id, data.name)));
+  client.on("leave", afterMedia(({ data }) => {
+    const link = app.links.get(data.peer_id);
+    if (!link) return;
+    const why = { timeout: "timed out", evicted: "was disconnected by the server" }[data.reason];
+    if (why) showError(`${link.label()} ${why}.`);
+    link.close();
+  }));
+  for (const type of ["offer", "answer"]) {
+    client.on(type, afterMedia(({ from, data }) => linkFor(from)?.onDescription(data)));
+  }
+  client.on("candidate", afterMedia(({ from, data }) => linkFor(from)?.onCandidate(data)));
+  client.on("reset", afterMedia(() => resynchronise()));
+  client.on("closed", ({ reason }) => {
+    for (const link of [...app.links.values()]) link.close();
+    app.localStream?.getTracks().forEach((track) => track.stop());
+    if (reason === "left") showError("You left the room.");
+    if (reason === "removed") showError("You are no longer in the room (the server lost track of this page). Reload to rejoin.");
+    $("leave").textContent = "Rejoin";
+    $("leave").onclick = () => location.reload();
+    renderStatus();
+  });
+
+  $("leave").onclick = () => client.leave();
+  $("chat-form").onsubmit = (event) => {
+    event.preventDefault();
+    const text = $("chat-input").value.trim();
+    if (!text) return;
+    if (sendChat(text) === 0) showError("Nobody can receive chat yet: no peer is connected.");
+    $("chat-input").value = "";
+  };
+  $("file-input").onchange = () => {
+    for (const file of $("file-input").files) sendFileToAll(file);
+    $("file-input").value = "";
+  };
+  renderStatus();
+}
+
+/** After a `reset` the signaling history is unknown: re-read the room and renegotiate. */
+async function resynchronise() {
+  showError("Some signaling messages were lost; reconnecting to the other peers.");
+  const peers = await app.client.roomPeers();
+  if (!peers) return;
+  const present = new Set(peers.map((peer) => peer.peer_id));
+  for (const link of [...app.links.values()]) {
+    if (!present.has(link.id)) link.close();
+    else link.pc?.restartIce();
+  }
+  for (const peer of peers) {
+    if (peer.peer_id !== app.client.peerId && !app.links.has(peer.peer_id)) linkFor(peer.peer_id, peer.name)?.start();
+  }
+}
+
+function showLobby() {
+  fillLobby({ room: "", name: "", media: "video" });
+  $("join-form").onsubmit = (event) => {
+    event.preventDefault();
+    const form = new FormData(event.target);
+    const next = new URLSearchParams({ room: form.get("room") });
+    if (form.get("name")) next.set("name", form.get("name"));
+    if (form.get("media") !== "video") next.set("media", form.get("media"));
+    location.search = next.toString();
+  };
+}
+
+function fillLobby({ room, name, media }) {
+  const form = $("join-form");
+  form.room.value = room;
+  form.name.value = name;
+  form.media.value = media;
+  if (!form.onsubmit) showLobby();
+}
+
+// ---- local media ----
+
+/** Asks for camera and/or microphone; on refusal or absence, continues as a data-only peer. */
+async function startMedia(wanted) {
+  const attempts = { video: [{ audio: true, video: true }, { audio: true }], audio: [{ audio: true }], none: [] }[wanted];
+  let failure = null;
+  if (attempts.length > 0) {
+    $("status-media").textContent = "asking for permission…";
+    $("media-note").textContent = "Allow the camera/microphone to be seen and heard (or block them to join with chat and files only).";
+  }
+  if (attempts.length > 0 && !navigator.mediaDevices?.getUserMedia) {
+    attempts.length = 0;
+    failure = { name: "InsecureContext" };
+  }
+  for (const constraints of attempts) {
+    try {
+      app.localStream = await navigator.mediaDevices.getUserMedia(constraints);
+      break;
+    } catch (error) {
+      failure = failure ?? error;
+    }
+  }
+  const stream = app.localStream;
+  app.mediaMode = stream ? (stream.getVideoTracks().length > 0 ? "video" : "audio") : "none";
+  $("local-video").srcObject = stream;
+  $("toggle-mic").disabled = !stream?.getAudioTracks().length;
+  $("toggle-camera").disabled = !stream?.getVideoTracks().length;
+  $("toggle-mic").onclick = () => toggle("audio", "toggle-mic", ["Mute", "Unmute"]);
+  $("toggle-camera").onclick = () => toggle("video", "toggle-camera", ["Camera off", "Camera on"]);
+
+  let note = { video: "camera and microphone", audio: "microphone only", none: "none: chat and files only" }[app.mediaMode];
+  if (wanted === "none") note = "none (chosen): chat and files only";
+  else if (failure && app.mediaMode !== wanted) note += ` (${mediaProblem(failure)})`;
+  $("status-media").textContent = note;
+  const problem = mediaProblem(failure);
+  $("media-note").textContent = failure && app.mediaMode !== wanted
+    ? `${problem[0].toUpperCase()}${problem.slice(1)}: others will not ${app.mediaMode === "audio" ? "see" : "see or hear"} you, but chat and files work.`
+    : "";
+  if (app.mediaMode !== "video") $("tiles").querySelector(".local").classList.add("no-video");
+}
+
+function mediaProblem(error) {
+  switch (error?.name) {
+    case "NotAllowedError": return "camera/microphone access was refused";
+    case "NotFoundError": return "no camera/microphone found";
+    case "NotReadableError": return "the camera/microphone is in use by another program";
+    case "InsecureContext": return "camera/microphone need HTTPS (or localhost), and this page has neither";
+    default: return `camera/microphone unavailable (${error?.message ?? error})`;
+  }
+}
+
+function toggle(kind, buttonId, [onLabel, offLabel]) {
+  const tracks = kind === "audio" ? app.localStream.getAudioTracks() : app.localStream.getVideoTracks();
+  const enabled = !tracks[0].enabled;
+  for (const track of tracks) track.enabled = enabled;
+  $(buttonId).textContent = enabled ? onLabel : offLabel;
+  $(buttonId).classList.toggle("off", !enabled);
+}
+
+// ---- one connection per other peer ----
+
+function linkFor(peerId, name) {
+  let link = app.links.get(peerId);
+  if (!link && app.departed.has(peerId)) return null;
+  if (!link) {
+    link = new Link(peerId, name);
+    app.links.set(peerId, link);
+    renderStatus();
+  } else if (name && !link.name) {
+    link.name = name;
+  }
+  return link;
+}
+
+/**
+ * The connection to one other peer, negotiated with the "perfect negotiation" pattern: either
+ * side may offer at any time; on a collision the polite peer (the smaller peer_id) rolls back
+ * its own offer and the impolite one ignores the incoming offer.
+ */
+class Link {
+  constructor(id, name) {
+    this.id = id;
+    this.name = name ?? null;
+    this.polite = app.client.peerId < id;
+    this.makingOffer = false;
+    this.ignoreOffer = false;
+    this.settingRemoteAnswer = false;
+    this.chat = null;
+    this.closed = false;
+    /** Incoming signaling, handled strictly one message after the other. */
+    this.inbox = Promise.resolve();
+    this.remoteStream = new MediaStream();
+    this.pc = this.createConnection();
+    this.tile = this.createTile();
+  }
+
+  label() {
+    return this.name || `peer ${this.id.slice(0, 8)}`;
+  }
+
+  createConnection() {
+    const pc = new RTCPeerConnection({ iceServers: app.client.iceServers });
+    const signal = (type, data) => app.client.send(type, data, this.id).catch(() => {});
+    pc.onnegotiationneeded = async () => {
+      try {
+        this.makingOffer = true;
+        await pc.setLocalDescription();
+        const { type, sdp } = pc.localDescription;
+        signal(type, { type, sdp });
+      } catch (error) {
+        showError(`Could not start a connection with ${this.label()}: ${error.message}`);
+      } finally {
+        this.makingOffer = false;
+      }
+    };
+    // Candidates come in bursts; signpost.js sends those of one burst in one request.
+    pc.onicecandidate = ({ candidate }) => signal("candidate", candidate ? candidate.toJSON() : null);
+    pc.ontrack = ({ track }) => {
+      this.remoteStream.addTrack(track);
+      track.onunmute = () => this.renderTile();
+      track.onended = () => {
+        this.remoteStream.removeTrack(track);
+        this.renderTile();
+      };
+      this.playRemote();
+    };
+    pc.ondatachannel = ({ channel }) => {
+      if (channel.label === "chat") this.useChat(channel);
+      else if (channel.label === "file") receiveFile(this, channel);
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === "failed") {
+        showError(`The connection with ${this.label()} failed; trying again.`);
+        pc.restartIce();
+      }
+      this.renderTile();
+      renderStatus();
+    };
+    return pc;
+  }
+
+  /** The offering side (the newcomer): media or receive-only transceivers, and the chat channel. */
+  start() {
+    const stream = app.localStream;
+    for (const kind of ["audio", "video"]) {
+      const track = stream?.getTracks().find((t) => t.kind === kind);
+      if (track) this.pc.addTrack(track, stream);
+      else this.pc.addTransceiver(kind, { direction: "recvonly" });
+    }
+    this.useChat(this.pc.createDataChannel("chat"));
+  }
+
+  /** Sends the local tracks on the transceivers the remote offer created (answering side). */
+  attachLocalMedia() {
+    if (this.mediaAttached || !app.localStream) return;
+    this.mediaAttached = true;
+    const senders = new Set(this.pc.getSenders().map((sender) => sender.track));
+    for (const track of app.localStream.getTracks()) {
+      if (!senders.has(track)) this.pc.addTrack(track, app.localStream);
+    }
+  }
+
+  onDescription(description) {
+    this.inbox = this.inbox.then(async () => {
+      if (this.closed) return;
+      const pc = this.pc;
+      const readyForOffer = !this.makingOffer && (pc.signalingState === "stable" || this.settingRemoteAnswer);
+      const offerCollision = description.type === "offer" && !readyForOffer;
+      this.ignoreOffer = !this.polite && offerCollision;
+      if (this.ignoreOffer) return;
+      try {
+        this.settingRemoteAnswer = description.type === "answer";
+        await pc.setRemoteDescription(description); // rolls back our own offer if needed
+        this.settingRemoteAnswer = false;
+        if (description.type === "offer") {
+          this.attachLocalMedia();
+          await pc.setLocalDescription();
+          const { type, sdp } = pc.localDescription;
+          app.client.send(type, { type, sdp }, this.id).catch(() => {});
+        }
+      } catch (error) {
+        this.settingRemoteAnswer = false;
+        showError(`Negotiation with ${this.label()} failed: ${error.message}`);
+      }
+    });
+  }
+
+  onCandidate(candidate) {
+    this.inbox = this.inbox.then(async () => {
+      if (this.closed) return;
+      try {
+        // null or an empty candidate: the end of the remote's candidates.
+        await this.pc.addIceCandidate(candidate?.candidate ? candidate : undefined);
+      } catch (error) {
+        if (!this.ignoreOffer && candidate?.candidate) {
+          showError(`A network address from ${this.label()} was refused: ${error.message}`);
+        }
+      }
+    });
+  }
+
+  useChat(channel) {
+    channel.onopen = channel.onclose = () => {
+      // With two chat channels (after a collision), send on whichever is open.
+      if (channel.readyState === "open" || this.chat === channel) this.chat = channel;
+      renderStatus();
+    };
+    channel.onmessage = ({ data }) => {
+      let message;
+      try {
+        message = JSON.parse(data);
+      } catch {
+        return;
+      }
+      if (message?.type === "chat" && typeof message.text === "string") addChat(this.id, message.text);
+    };
+    if (!this.chat || this.chat.readyState !== "open") this.chat = channel;
+    renderStatus();
+  }
+
+  createTile() {
+    const figure = document.createElement("figure");
+    figure.className = "tile";
+    figure.dataset.peerId = this.id;
+    const video = document.createElement("video");
+    video.dataset.peerId = this.id;
+    video.autoplay = true;
+    video.playsInline = true;
+    const caption = document.createElement("figcaption");
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    const name = document.createElement("span");
+    caption.append(name, badge);
+    figure.append(video, caption);
+    $("tiles").append(figure);
+    this.video = video;
+    this.caption = name;
+    this.badge = badge;
+    this.renderTile();
+    return figure;
+  }
+
+  playRemote() {
+    if (this.video.srcObject !== this.remoteStream) this.video.srcObject = this.remoteStream;
+    this.video.play().catch(() => {
+      // Autoplay with sound needs a click on pages without camera/mic permission.
+      this.video.muted = true;
+      this.video.play().catch(() => {});
+      if (!this.unmuteButton) {
+        this.unmuteButton = document.createElement("button");
+        this.unmuteButton.textContent = "Click to hear";
+        this.unmuteButton.className = "unmute";
+        this.unmuteButton.onclick = () => {
+          this.video.muted = false;
+          this.unmuteButton.remove();
+        };
+        this.tile.append(this.unmuteButton);
+      }
+    });
+    this.renderTile();
+  }
+
+  renderTile() {
+    this.caption.textContent = this.label();
+    const state = this.pc.connectionState;
+    this.badge.textContent = state === "connected" ? "" : describeState(state);
+    const hasVideo = this.remoteStream.getVideoTracks().some((track) => !track.muted);
+    this.tile?.classList.toggle("no-video", !hasVideo);
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    app.departed.add(this.id);
+    this.pc.close();
+    this.tile.remove();
+    app.links.delete(this.id);
+    for (const transfer of app.transfers) {
+      if (transfer.peer_id === this.id && !["done", "failed"].includes(transfer.state)) {
+        transfer.state = "failed";
+        renderTransfer(transfer);
+      }
+    }
+    renderStatus();
+  }
+}
+
+function describeState(state) {
+  return {
+    new: "waiting",
+    connecting: "connecting…",
+    connected: "connected",
+    disconnected: "connection interrupted",
+    failed: "connection failed",
+    closed: "closed",
+  }[state] ?? state;
+}
+
+async function inboundStats(link) {
+  if (!link) return null;
+  const result = { audio: null, video: null };
+  for (const report of (await link.pc.getStats()).values()) {
+    if (report.type === "inbound-rtp" && (report.kind === "audio" || report.kind === "video")) {
+      result[report.kind] = { ...report };
+    }
+  }
+  return result;
+}
+
+// ---- chat ----
+
+function sendChat(text) {
+  const message = JSON.stringify({ type: "chat", text });
+  let reached = 0;
+  for (const link of app.links.values()) {
+    if (link.chat?.readyState === "open") {
+      link.chat.send(message);
+      reached += 1;
+    }
+  }
+  addChat(app.client?.peerId ?? null, text);
+  return reached;
+}
+
+function addChat(from, text) {
+  app.chat.push({ from, text });
+  const item = document.createElement("li");
+  const mine = from === app.client?.peerId;
+  item.className = mine ? "mine" : "";
+  const who = document.createElement("strong");
+  who.textContent = mine ? "You" : (app.links.get(from)?.label() ?? "someone who left");
+  item.append(who, document.createTextNode(` ${text}`));
+  $("chat-log").append(item);
+  $("chat-log").scrollTop = $("chat-log").scrollHeight;
+}
+
+// ---- files ----
+
+function sendFileToAll(file) {
+  const targets = [...app.links.values()].filter((link) => link.pc.connectionState === "connected");
+  if (targets.length === 0) showError(`Cannot send ${file.name ?? "the file"}: no peer is connected.`);
+  for (const link of targets) sendFile(link, file);
+  return targets.length;
+}
+
+/**
+ * Sends `file` on a new "file" channel: a JSON header, binary chunks, then waits for the
+ * receiver's receipt. Chunks are queued only while the channel's buffer is below the high mark,
+ * so memory stays bounded and the transfer runs at the speed of the connection.
+ */
+async function sendFile(link, file) {
+  const transfer = newTransfer(link, "send", file.name ?? "file", file.size);
+  if (file.size <= HASH_LIMIT_BYTES) sha256(file).then((hash) => { transfer.sha256 = hash; renderTransfer(transfer); });
+  const channel = link.pc.createDataChannel("file");
+  channel.binaryType = "arraybuffer";
+  channel.bufferedAmountLowThreshold = FILE_LOW_WATER;
+  const closed = new Promise((resolve, reject) => {
+    channel.addEventListener("close", () => reject(new Error("the connection closed")), { once: true });
+  });
+  closed.catch(() => {});
+  const opened = new Promise((resolve) => channel.addEventListener("open", resolve, { once: true }));
+  const receipt = new Promise((resolve) => {
+    channel.addEventListener("message", ({ data }) => {
+      try {
+        if (JSON.parse(data).type === "received") resolve();
+      } catch {
+        // not a receipt
+      }
+    });
+  });
+  const drained = () => Promise.race([
+    new Promise((resolve) => channel.addEventListener("bufferedamountlow", resolve, { once: true })),
+    closed,
+  ]);
+  try {
+    await Promise.race([opened, closed]);
+    channel.send(JSON.stringify({ type: "file", name: transfer.name, size: file.size, mime: file.type || "" }));
+    for (let offset = 0; offset < file.size;) {
+      const piece = await file.slice(offset, offset + FILE_READ_BYTES).arrayBuffer();
+      for (let start = 0; start < piece.byteLength; start += FILE_CHUNK_BYTES) {
+        if (channel.bufferedAmount > FILE_HIGH_WATER) await drained();
+        const length = Math.min(FILE_CHUNK_BYTES, piece.byteLength - start);
+        channel.send(new Uint8Array(piece, start, length));
+        transfer.peakBuffered = Math.max(transfer.peakBuffered, channel.bufferedAmount);
+        offset += length;
+        progress(transfer, offset - channel.bufferedAmount);
+      }
+    }
+    await Promise.race([receipt, closed]);
+    transfer.state = "done";
+    progress(transfer, file.size);
+    channel.close();
+  } catch (error) {
+    transfer.state = "failed";
+    renderTransfer(transfer);
+    showError(`Sending ${transfer.name} to ${link.label()} failed: ${error.message}`);
+  }
+}
+
+/** Receives one file on `channel`: header, chunks up to `size`, then sends a receipt. */
+function receiveFile(link, channel) {
+  channel.binaryType = "arraybuffer";
+  let transfer = null;
+  const chunks = [];
+  channel.onmessage = async ({ data }) => {
+    if (!transfer) {
+      let header;
+      try {
+        header = JSON.parse(data);
+      } catch {
+        return channel.close();
+      }
+      if (header.type !== "file" || !Number.isSafeInteger(header.size) || header.size < 0) return channel.close();
+      transfer = newTransfer(link, "receive", String(header.name ?? "file"), header.size);
+      transfer.mime = String(header.mime ?? "");
+      if (header.size === 0) finish();
+      return;
+    }
+    if (typeof data === "string") return;
+    chunks.push(data);
+    progress(transfer, transfer.bytes + data.byteLength);
+    if (transfer.bytes >= transfer.size) finish();
+  };
+  channel.onclose = () => {
+    if (transfer && transfer.state !== "done") {
+      transfer.state = "failed";
+      renderTransfer(transfer);
+      showError(`${transfer.name} from ${link.label()} did not arrive completely.`);
+    }
+  };
+  const finish = async () => {
+    transfer.blob = new Blob(chunks, { type: transfer.mime || "application/octet-stream" });
+    chunks.length = 0;
+    transfer.state = "done";
+    channel.send(JSON.stringify({ type: "received", size: transfer.bytes }));
+    renderTransfer(transfer);
+    if (transfer.size <= HASH_LIMIT_BYTES) {
+      transfer.sha256 = await sha256(transfer.blob);
+      renderTransfer(transfer);
+    }
+  };
+}
+
+function newTransfer(link, direction, name, size) {
+  const transfer = {
+    id: app.nextTransferId++,
+    peer_id: link.id,
+    direction,
+    name,
+    size,
+    bytes: 0,
+    state: direction === "send" ? "sending" : "receiving",
+    sha256: null,
+    /** Whether a progress update between 0 and all bytes was shown. */
+    sawProgress: false,
+    /** Sending: the most bytes the channel ever held queued (flow control bounds it). */
+    peakBuffered: 0,
+  };
+  app.transfers.push(transfer);
+  const item = document.createElement("li");
+  item.innerHTML = `<div class="transfer-head"><span class="transfer-name"></span><span class="transfer-state"></span></div><progress max="1" value="0"></progress>`;
+  transfer.element = item;
+  $("transfers").prepend(item);
+  renderTransfer(transfer);
+  return transfer;
+}
+
+function progress(transfer, bytes) {
+  transfer.bytes = Math.max(0, Math.min(bytes, transfer.size));
+  if (transfer.bytes > 0 && transfer.bytes < transfer.size) transfer.sawProgress = true;
+  renderTransfer(transfer);
+}
+
+function renderTransfer(transfer) {
+  const item = transfer.element;
+  const peer = app.links.get(transfer.peer_id)?.label() ?? "a peer who left";
+  const arrow = transfer.direction === "send" ? `to ${peer}` : `from ${peer}`;
+  item.querySelector(".transfer-name").textContent = `${transfer.name} ${arrow}`;
+  const percent = transfer.size ? Math.floor((100 * transfer.bytes) / transfer.size) : 100;
+  const state = { sending: `${percent}%`, receiving: `${percent}%`, done: "done", failed: "failed" }[transfer.state];
+  item.querySelector(".transfer-state").textContent = `${formatBytes(transfer.size)} · ${state}`;
+  item.querySelector("progress").value = transfer.size ? transfer.bytes / transfer.size : 1;
+  item.classList.toggle("failed", transfer.state === "failed");
+  if (transfer.blob && !item.querySelector("a")) {
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(transfer.blob);
+    link.download = transfer.name;
+    link.textContent = "Save";
+    item.querySelector(".transfer-head").append(link);
+  }
+  item.title = transfer.sha256 ? `SHA-256 ${transfer.sha256}` : "";
+}
+
+/** The SHA-256 of `blob` in hex, or null where WebCrypto is missing (pages without HTTPS). */
+async function sha256(blob) {
+  if (!crypto.subtle) return null;
+  const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
+  return [...new Uint8Array(digest)].map((byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+function formatBytes(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+// ---- status panel ----
+
+function renderStatus() {
+  const client = app.client;
+  if (client) {
+    const how = { sse: "event stream (SSE)", poll: "long-polling" }[client.transport] ?? "connecting…";
+    const state = app.signalingConnected ? "" : ", connecting…";
+    $("status-transport").textContent = client.closed ? "not connected" : `${how}${state}`;
+  }
+  const body = $("status-peers").tBodies[0];
+  body.replaceChildren(...[...app.links.values()].map((link) => {
+    const row = document.createElement("tr");
+    row.dataset.peerId = link.id;
+    for (const text of [link.label(), describeState(link.pc.connectionState), link.chat?.readyState ?? "—"]) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.append(cell);
+    }
+    return row;
+  }));
+  $("status-peers").hidden = app.links.size === 0;
+  $("status-alone").hidden = app.links.size > 0 || Boolean(client?.closed);
+}
+
+function showError(message) {
+  const list = $("status-errors");
+  const item = document.createElement("li");
+  item.textContent = `${new Date().toLocaleTimeString()} ${message}`;
+  list.prepend(item);
+  while (list.children.length > MAX_ERRORS) list.lastChild.remove();
+}
+
+// A page restored from the back/forward cache has left the room (see signpost.js): rejoin.
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) location.reload();
+});
+
+main().catch((error) => showError(`Something went wrong: ${error.message}`));

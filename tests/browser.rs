@@ -1,0 +1,563 @@
+//! The browser client end to end: real headless Chromium pages of `static/` joining rooms on a
+//! test server, connecting to each other over WebRTC, and driven through `window.signpostApp`.
+//!
+//! Skipped with a printed reason when Chromium is missing, unless `CI=true` (see
+//! `common/browser.rs`). Pages use `media=none` except where media is what is tested, to keep
+//! the two cores for what each test is about.
+
+#[path = "common/browser.rs"]
+mod chrome;
+mod common;
+#[path = "common/proxy.rs"]
+mod proxy;
+
+use std::time::Duration;
+
+use chromiumoxide::cdp::browser_protocol::dom::SetFileInputFilesParams;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use chrome::{Chromium, Tab};
+use common::Server;
+use proxy::{Hostility, Proxy};
+
+/// The room page's URL for `room` with extra query parameters.
+fn room_url(server: &Server, room: &str, query: &str) -> String {
+    server.url(&format!("/?room={room}&{query}"))
+}
+
+/// Waits until `condition` holds (checked every 50 ms), failing the test after the page
+/// deadline.
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + chrome::PAGE_DEADLINE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `tab` sees every peer of `others` with an open chat channel and a connected
+/// peer connection.
+async fn wait_connected(tab: &Tab, others: &[&str]) {
+    let expected: Vec<Value> = others.iter().map(|id| Value::from(*id)).collect();
+    let check = format!(
+        "(() => {{ const ids = {}; const peers = signpostApp.peers(); \
+         return ids.every(id => peers.some(p => p.peer_id === id && p.connectionState === 'connected' \
+         && p.dataChannelState === 'open')) }})()",
+        Value::from(expected)
+    );
+    tab.wait_for(&format!("connecting to {others:?}"), &check)
+        .await;
+}
+
+/// Waits until `tab`'s chat log holds `text` from `from`.
+async fn wait_chat(tab: &Tab, from: &str, text: &str) {
+    let check = format!(
+        "signpostApp.chatLog().some(m => m.from === {} && m.text === {})",
+        Value::from(from),
+        Value::from(text)
+    );
+    tab.wait_for(&format!("chat {text:?} from {from}"), &check)
+        .await;
+}
+
+/// Two pages in one room open a data channel to each other and chat both ways, peer to peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pages_chat_both_ways() {
+    let Some(chromium) = Chromium::launch("two_pages_chat_both_ways").await else {
+        return;
+    };
+    let server = Server::start().await;
+    let alice = chromium
+        .open(&room_url(&server, "chat", "name=Alice&media=none"))
+        .await;
+    let alice_id = alice.peer_id().await;
+    let bob = chromium
+        .open(&room_url(&server, "chat", "name=Bob&media=none"))
+        .await;
+    let bob_id = bob.peer_id().await;
+
+    wait_connected(&alice, &[&bob_id]).await;
+    wait_connected(&bob, &[&alice_id]).await;
+    let names = bob.eval("signpostApp.peers().map(p => p.name)").await;
+    assert_eq!(
+        names,
+        serde_json::json!(["Alice"]),
+        "Bob sees Alice by name"
+    );
+
+    let reached = alice.eval("signpostApp.sendChat('hello from Alice')").await;
+    assert_eq!(reached, 1, "Alice's message goes to one peer");
+    wait_chat(&bob, &alice_id, "hello from Alice").await;
+    bob.eval("signpostApp.sendChat('hi Alice, Bob here')").await;
+    wait_chat(&alice, &bob_id, "hi Alice, Bob here").await;
+
+    let log = alice.eval("signpostApp.chatLog()").await;
+    assert_eq!(
+        log,
+        serde_json::json!([
+            {"from": alice_id, "text": "hello from Alice"},
+            {"from": bob_id, "text": "hi Alice, Bob here"},
+        ]),
+        "Alice's log has both messages in order, her own included"
+    );
+    for tab in [&alice, &bob] {
+        assert_eq!(tab.eval("signpostApp.transport()").await, "sse");
+    }
+    chromium.close().await;
+    server.stop().await;
+}
+
+/// With fake camera and microphone, each page decodes the other's video and receives its audio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_see_and_hear_each_other() {
+    let Some(chromium) = Chromium::launch("pages_see_and_hear_each_other").await else {
+        return;
+    };
+    let server = Server::start().await;
+    let alice = chromium
+        .open(&room_url(&server, "media", "name=Alice"))
+        .await;
+    let alice_id = alice.peer_id().await;
+    let bob = chromium.open(&room_url(&server, "media", "name=Bob")).await;
+    let bob_id = bob.peer_id().await;
+
+    for (tab, other) in [(&alice, &bob_id), (&bob, &alice_id)] {
+        let mode = tab
+            .wait_for("media to be decided", "signpostApp.mediaMode()")
+            .await;
+        assert_eq!(mode, "video", "camera and microphone granted");
+        let width = tab
+            .wait_for(
+                "the remote video to decode",
+                &format!("document.querySelector('video[data-peer-id=\"{other}\"]')?.videoWidth"),
+            )
+            .await;
+        assert!(width.as_u64().unwrap() > 0);
+        tab.wait_for(
+            "remote audio to be received and decoded",
+            &format!(
+                "signpostApp.inboundStats('{other}').then(s => s.audio && s.audio.packetsReceived > 0 \
+                 && s.audio.totalSamplesReceived > 0 && s.audio.totalAudioEnergy > 0)"
+            ),
+        )
+        .await;
+    }
+    alice.eval("signpostApp.sendChat('Can you see me?')").await;
+    wait_chat(&bob, &alice_id, "Can you see me?").await;
+    alice.screenshot("media-alice").await;
+    bob.screenshot("media-bob").await;
+    chromium.close().await;
+    server.stop().await;
+}
+
+/// A page whose camera and microphone are refused joins as a data-only peer, says so, and still
+/// connects and chats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_media_page_joins_data_only_and_says_so() {
+    let Some(chromium) =
+        Chromium::launch_refusing_media("refused_media_page_joins_data_only_and_says_so").await
+    else {
+        return;
+    };
+    let server = Server::start().await;
+    let refused = chromium
+        .open(&room_url(&server, "refused", "name=Refused"))
+        .await;
+    let refused_id = refused.peer_id().await;
+    let other = chromium
+        .open(&room_url(&server, "refused", "name=Other&media=none"))
+        .await;
+    let other_id = other.peer_id().await;
+
+    let mode = refused
+        .wait_for("media to be decided", "signpostApp.mediaMode()")
+        .await;
+    assert_eq!(mode, "none", "no camera, no microphone");
+    let note = refused
+        .eval("document.getElementById('media-note').textContent")
+        .await;
+    assert!(
+        note.as_str().unwrap().contains("refused"),
+        "the page says why: {note}"
+    );
+    wait_connected(&refused, &[&other_id]).await;
+    wait_connected(&other, &[&refused_id]).await;
+    refused
+        .eval("signpostApp.sendChat('no camera, still here')")
+        .await;
+    wait_chat(&other, &refused_id, "no camera, still here").await;
+    refused.screenshot("refused-media").await;
+    chromium.close().await;
+    server.stop().await;
+}
+
+/// A page forced onto long-polling and a page on SSE still connect and chat: signaling works
+/// whichever transport each side can use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_page_connects_with_sse_page() {
+    let Some(chromium) = Chromium::launch("long_poll_page_connects_with_sse_page").await else {
+        return;
+    };
+    let server = Server::start().await;
+    let polling = chromium
+        .open(&room_url(
+            &server,
+            "mixed",
+            "name=Poll&media=none&transport=poll",
+        ))
+        .await;
+    let polling_id = polling.peer_id().await;
+    let streaming = chromium
+        .open(&room_url(&server, "mixed", "name=Stream&media=none"))
+        .await;
+    let streaming_id = streaming.peer_id().await;
+
+    assert_eq!(polling.eval("signpostApp.transport()").await, "poll");
+    assert_eq!(streaming.eval("signpostApp.transport()").await, "sse");
+    wait_connected(&polling, &[&streaming_id]).await;
+    wait_connected(&streaming, &[&polling_id]).await;
+    streaming.eval("signpostApp.sendChat('over SSE')").await;
+    wait_chat(&polling, &streaming_id, "over SSE").await;
+    polling.eval("signpostApp.sendChat('over long-poll')").await;
+    wait_chat(&streaming, &polling_id, "over long-poll").await;
+    chromium.close().await;
+    server.stop().await;
+}
+
+/// Three pages form a full mesh; when one closes its tab, it leaves (by beacon, not by timeout)
+/// and the other two see it go while staying connected to each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_pages_mesh_then_one_leaves() {
+    let Some(chromium) = Chromium::launch("three_pages_mesh_then_one_leaves").await else {
+        return;
+    };
+    // A presence timeout far beyond the page deadline: only the page's beacon can remove it.
+    let server = Server::with(serde_json::json!({"peer_timeout_secs": 300.0})).await;
+    let mut tabs = Vec::new();
+    let mut ids = Vec::new();
+    for name in ["Ann", "Ben", "Cat"] {
+        let tab = chromium
+            .open(&room_url(
+                &server,
+                "mesh",
+                &format!("name={name}&media=none"),
+            ))
+            .await;
+        ids.push(tab.peer_id().await);
+        tabs.push(tab);
+    }
+    for (index, tab) in tabs.iter().enumerate() {
+        let others: Vec<&str> = ids
+            .iter()
+            .enumerate()
+            .filter(|(other, _)| *other != index)
+            .map(|(_, id)| id.as_str())
+            .collect();
+        wait_connected(tab, &others).await;
+    }
+
+    let cat = tabs.pop().unwrap();
+    cat.close().await;
+    let cat_id = &ids[2];
+    for tab in &tabs {
+        tab.wait_for(
+            "the closed page to disappear",
+            &format!(
+                "!signpostApp.peers().some(p => p.peer_id === '{cat_id}') \
+                 && !document.querySelector('[data-peer-id=\"{cat_id}\"]')"
+            ),
+        )
+        .await;
+    }
+    let (status, room) = server.get_json("/api/rooms/mesh").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        room["peers"].as_array().unwrap().len(),
+        2,
+        "the server removed the page"
+    );
+    wait_connected(&tabs[0], &[&ids[1]]).await;
+    tabs[0].eval("signpostApp.sendChat('still here')").await;
+    wait_chat(&tabs[1], &ids[0], "still here").await;
+    chromium.close().await;
+    server.stop().await;
+}
+
+/// A file of a few MiB picked in one page arrives intact in the other (same SHA-256 as the file
+/// on disk), with progress shown on both sides along the way and the sender's queue bounded by
+/// flow control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_arrives_intact_with_progress() {
+    let Some(chromium) = Chromium::launch("file_arrives_intact_with_progress").await else {
+        return;
+    };
+    let server = Server::start().await;
+    let sender = chromium
+        .open(&room_url(&server, "files", "name=Sender&media=none"))
+        .await;
+    let sender_id = sender.peer_id().await;
+    let receiver = chromium
+        .open(&room_url(&server, "files", "name=Receiver&media=none"))
+        .await;
+    let receiver_id = receiver.peer_id().await;
+    wait_connected(&sender, &[&receiver_id]).await;
+    wait_connected(&receiver, &[&sender_id]).await;
+
+    // 5 MiB of varied bytes (xorshift), so that a dropped, repeated or reordered chunk shows.
+    let size = 5 * 1024 * 1024;
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let bytes: Vec<u8> = (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let expected_sha256 = format!("{:x}", Sha256::digest(&bytes));
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("sample.bin");
+    std::fs::write(&path, &bytes).unwrap();
+
+    // Pick the file in the page's file input, as a person would.
+    let input = sender
+        .page
+        .find_element("#file-input")
+        .await
+        .expect("the file input");
+    sender
+        .page
+        .execute(
+            SetFileInputFilesParams::builder()
+                .file(path.display().to_string())
+                .backend_node_id(input.backend_node_id)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .expect("the file is picked");
+
+    let received = receiver
+        .wait_for(
+            "the file to arrive and be hashed",
+            "signpostApp.transfers().find(t => t.direction === 'receive' && t.state === 'done' && t.sha256)",
+        )
+        .await;
+    assert_eq!(received["name"], "sample.bin");
+    assert_eq!(received["size"], size);
+    assert_eq!(received["bytes"], size);
+    assert_eq!(received["peer_id"], sender_id.as_str());
+    assert_eq!(
+        received["sha256"],
+        expected_sha256.as_str(),
+        "the bytes arrived intact"
+    );
+    assert_eq!(
+        received["sawProgress"], true,
+        "the receiver showed progress"
+    );
+
+    let sent = sender
+        .wait_for(
+            "the sender to get the receipt",
+            "signpostApp.transfers().find(t => t.direction === 'send' && t.state === 'done' && t.sha256)",
+        )
+        .await;
+    assert_eq!(
+        sent["sha256"],
+        expected_sha256.as_str(),
+        "the sender hashed the file on disk"
+    );
+    assert_eq!(sent["peer_id"], receiver_id.as_str());
+    assert_eq!(sent["sawProgress"], true, "the sender showed progress");
+    // Flow control: never more than the 1 MiB high mark plus one 16 KiB chunk queued, although
+    // the page could hand the whole file to the channel at once.
+    let peak = sent["peakBuffered"].as_u64().unwrap();
+    assert!(
+        peak > 0 && peak <= 1024 * 1024 + 16 * 1024,
+        "queued at most ~1 MiB, not {peak}"
+    );
+    let bar = receiver
+        .eval("document.querySelector('#transfers progress').value")
+        .await;
+    assert_eq!(bar, 1, "the receiver's progress bar is full");
+    sender.screenshot("file-sender").await;
+    receiver.screenshot("file-receiver").await;
+    chromium.close().await;
+    server.stop().await;
+}
+
+/// Behind a proxy that buffers event streams and answers polls that wait over 3 s with a 504, a
+/// page on `transport=auto` moves to long-polling, shortens its polls below the cut and keeps
+/// that wait, and still connects and chats with a page that has a direct connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_transport_gets_through_a_hostile_proxy() {
+    let Some(chromium) = Chromium::launch("auto_transport_gets_through_a_hostile_proxy").await
+    else {
+        return;
+    };
+    let server = Server::start().await;
+    let proxy = Proxy::start(
+        &server.base,
+        Hostility {
+            hold_streams: true,
+            cut_polls_after: Some(Duration::from_secs(3)),
+            ..Hostility::default()
+        },
+    )
+    .await;
+    let behind = chromium
+        .open(&proxy.url("/?room=proxied&name=Behind&media=none"))
+        .await;
+    let behind_id = behind.peer_id().await;
+    let direct = chromium
+        .open(&room_url(&server, "proxied", "name=Direct&media=none"))
+        .await;
+    let direct_id = direct.peer_id().await;
+
+    wait_connected(&behind, &[&direct_id]).await;
+    wait_connected(&direct, &[&behind_id]).await;
+    behind
+        .eval("signpostApp.sendChat('through the proxy')")
+        .await;
+    wait_chat(&direct, &behind_id, "through the proxy").await;
+    direct.eval("signpostApp.sendChat('back through it')").await;
+    wait_chat(&behind, &direct_id, "back through it").await;
+    assert_eq!(behind.eval("signpostApp.transport()").await, "poll");
+
+    // Once signaling goes quiet, a poll waits long enough to be cut; the ones after it must not.
+    let polls = || {
+        proxy
+            .seen()
+            .into_iter()
+            .filter(|request| request.target.contains("/messages?"))
+            .collect::<Vec<_>>()
+    };
+    eventually("a cut poll, then two that get through", || {
+        let polls = polls();
+        polls
+            .iter()
+            .position(|poll| poll.cut)
+            .is_some_and(|cut| polls.len() >= cut + 3)
+    })
+    .await;
+    assert!(
+        proxy
+            .seen()
+            .iter()
+            .any(|request| request.target.contains("/events?")),
+        "it tried the event stream first"
+    );
+    let polls = polls();
+    let first_cut = polls.iter().position(|poll| poll.cut).unwrap();
+    assert!(
+        polls[first_cut].target.contains("wait=25"),
+        "{:?}",
+        polls[first_cut]
+    );
+    for poll in &polls[first_cut + 1..] {
+        let wait: f64 = poll
+            .target
+            .split("wait=")
+            .nth(1)
+            .and_then(|wait| wait.split('&').next())
+            .and_then(|wait| wait.parse().ok())
+            .expect("a wait parameter");
+        assert!(
+            wait < 3.0,
+            "after the cut, polls wait less than 3 s: {poll:?}"
+        );
+    }
+    // The last one may still be waiting; every one before it got through.
+    assert!(polls[first_cut + 1..polls.len() - 1]
+        .iter()
+        .all(|poll| !poll.cut));
+    chromium.close().await;
+    server.stop().await;
+}
+
+/// signpost.js on its own (no room page): when a proxy cuts the event stream every second, it
+/// reconnects from the last id it saw, and every message arrives exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signaling_module_resumes_cut_streams_without_loss() {
+    let Some(chromium) =
+        Chromium::launch("signaling_module_resumes_cut_streams_without_loss").await
+    else {
+        return;
+    };
+    let server = Server::start().await;
+    let proxy = Proxy::start(
+        &server.base,
+        Hostility {
+            cut_streams_after: Some(Duration::from_secs(1)),
+            ..Hostility::default()
+        },
+    )
+    .await;
+    let page = chromium.open(&proxy.url("/")).await;
+    let page_id = page
+        .eval(
+            "(async () => { \
+               const { Signpost } = await import('/signpost.js'); \
+               window.notes = []; \
+               const client = await Signpost.join('resume', { transport: 'sse', types: ['note'] }); \
+               client.on('note', (envelope) => notes.push(envelope.data)); \
+               return client.peerId; })()",
+        )
+        .await;
+    let page_id = page_id.as_str().expect("the module joined").to_owned();
+    let sender = server.join("resume", "sender").await;
+    let streams = || {
+        proxy
+            .seen()
+            .into_iter()
+            .filter(|request| request.target.contains("/events?"))
+            .collect::<Vec<_>>()
+    };
+
+    eventually("the module to open its stream", || !streams().is_empty()).await;
+    let rounds = 5;
+    let per_round = 4;
+    for round in 0..rounds {
+        let streams_before = streams().len();
+        let batch: Vec<Value> = (0..per_round)
+            .map(|k| json!({"type": "note", "to": page_id, "data": round * per_round + k}))
+            .collect();
+        sender.send_ok(Value::from(batch)).await;
+        page.wait_for(
+            "this round's notes",
+            &format!("notes.length >= {}", (round + 1) * per_round),
+        )
+        .await;
+        // Wait for the proxy to cut the stream and the module to reconnect before the next round.
+        let deadline = tokio::time::Instant::now() + chrome::PAGE_DEADLINE;
+        while streams().len() <= streams_before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the module reconnected"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let notes = page.eval("notes").await;
+    let expected: Vec<i64> = (0..rounds * per_round).collect();
+    assert_eq!(notes, json!(expected), "every note once, in order");
+    let streams = streams();
+    assert!(
+        streams.len() > rounds as usize,
+        "the proxy cut the stream every round"
+    );
+    for stream in &streams[1..] {
+        assert!(
+            stream.target.contains("last_event_id="),
+            "a reconnection resumes from the last id: {}",
+            stream.target
+        );
+    }
+    chromium.close().await;
+    server.stop().await;
+}

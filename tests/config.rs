@@ -1,0 +1,43 @@
+//! Configuration: defaults that work, and bad settings that stop the server from starting.
+
+mod common;
+
+use common::Server;
+use rocket::figment::Figment;
+use serde_json::json;
+
+fn figment(key: &str, value: serde_json::Value) -> Figment {
+    rocket::Config::figment()
+        .merge(("port", 0))
+        .merge(("log_level", "off"))
+        .merge(("signpost.log_level", "off"))
+        .merge((format!("signpost.{key}"), value))
+}
+
+/// A misspelt key or a nonsensical value refuses to start rather than silently using a default.
+#[tokio::test]
+async fn bad_settings_stop_the_server_from_starting() {
+    for (key, value) in [
+        ("mailbox_capasity", json!(10)),
+        ("peer_timeout_secs", json!(-1.0)),
+        ("max_peers_per_room", json!("many")),
+        ("ice_servers", json!([{"url": "stun:x"}])),
+    ] {
+        match signpost::build(figment(key, value.clone())).ignite().await {
+            Ok(_) => panic!("{key} = {value} should be refused"),
+            Err(error) => assert!(
+                matches!(error.kind(), rocket::error::ErrorKind::FailedFairings(_)),
+                "{key} = {value}: refused by signpost's config fairing, not {error}"
+            ),
+        }
+    }
+}
+
+/// ICE servers configured in `Rocket.toml` are handed to every peer that joins.
+#[tokio::test]
+async fn configured_ice_servers_reach_joining_peers() {
+    let ice = json!([{"urls": ["stun:stun.example.org:3478"]}, {"urls": ["turn:turn.example.org"], "username": "u", "credential": "c"}]);
+    let server = Server::with(json!({ "ice_servers": ice })).await;
+    let alice = server.join("ice", "alice").await;
+    assert_eq!(alice.joined["ice_servers"], ice);
+}

@@ -1,0 +1,402 @@
+//! Running signpost for real: health, Prometheus metrics, CORS, and a clean shutdown with
+//! streams and polls open.
+
+mod common;
+
+use common::external;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Peer, Server};
+use rocket::figment::Figment;
+use serde_json::{json, Value};
+
+/// `/healthz` answers 200 with a JSON body and no token.
+#[tokio::test]
+async fn healthz_says_ok() {
+    let server = Server::start().await;
+    let (status, body) = server.get_json("/healthz").await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+    server.stop().await;
+}
+
+/// Parses an exposition with the OpenMetrics parser of Prometheus's own Python client (Debian's
+/// `python3-prometheus-client`), which refuses anything malformed, into `name{k="v",…}` → value.
+fn parse_with_prometheus_client(exposition: &str) -> HashMap<String, f64> {
+    const SCRIPT: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for sample in family.samples:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+        print(json.dumps([f"{sample.name}{{{labels}}}" if labels else sample.name, sample.value]))
+"#;
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (apt-get install python3-prometheus-client; .ci/run does)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the exposition parses: {}\n{exposition}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<(String, f64)>(line).unwrap())
+        .collect()
+}
+
+struct Scrape(HashMap<String, f64>);
+
+impl Scrape {
+    async fn from(server: &Server) -> Scrape {
+        let response = server
+            .client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+            "{content_type}"
+        );
+        let text = response.text().await.unwrap();
+        Scrape(parse_with_prometheus_client(&text))
+    }
+
+    fn get(&self, sample: &str) -> f64 {
+        *self
+            .0
+            .get(sample)
+            .unwrap_or_else(|| panic!("{sample} in {:?}", self.0.keys()))
+    }
+}
+
+/// Scrapes until `sample` reads `value`: for gauges that follow a request the test cannot
+/// observe finishing (a poll starting to wait). Each round is a real scrape, not a sleep.
+async fn scrape_until(server: &Server, sample: &str, value: f64) -> Scrape {
+    let deadline = Instant::now() + common::EVENT_DEADLINE;
+    loop {
+        let scrape = Scrape::from(server).await;
+        if scrape.get(sample) == value {
+            return scrape;
+        }
+        assert!(Instant::now() < deadline, "{sample} never reached {value}");
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn send_without_token(server: &Server, room: &str) -> u16 {
+    let response = server
+        .client
+        .post(server.url(&format!("/api/rooms/{room}/messages")))
+        .json(&json!({"type": "chat"}))
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
+/// Every series is there from the start, and each moves with the traffic that should move it:
+/// rooms, peers, open streams, waiting polls, accepted and delivered messages, rejections by
+/// code, departures by reason (evictions included) and mailbox resets.
+#[tokio::test]
+async fn metrics_follow_the_traffic() {
+    if !external::can_run(
+        "metrics_follow_the_traffic",
+        external::python_module("prometheus_client", "python3-prometheus-client"),
+    ) {
+        return;
+    }
+    let server = Server::with(json!({"mailbox_capacity": 4})).await;
+    let start = Scrape::from(&server).await;
+    for sample in [
+        "signpost_rooms",
+        "signpost_peers",
+        "signpost_sse_streams",
+        "signpost_polls_in_flight",
+        "signpost_messages_accepted_total",
+        "signpost_peers_joined_total",
+        r#"signpost_messages_delivered_total{transport="sse"}"#,
+        r#"signpost_peers_left_total{reason="evicted"}"#,
+        r#"signpost_mailbox_resets_total{reason="ahead"}"#,
+        r#"signpost_stun_requests_total{outcome="answered"}"#,
+    ] {
+        assert_eq!(start.get(sample), 0.0, "{sample} starts at 0");
+    }
+
+    let alice = server.join("metrics", "alice").await;
+    let bob = server.join("metrics", "bob").await;
+    let mut bob_events = bob.events(None).await;
+    for n in 0..2 {
+        alice
+            .send_ok(json!({"type": "chat", "to": bob.id, "data": n}))
+            .await;
+        bob_events.next_message().await;
+    }
+    // Alice had bob's join waiting, so her poll returns at once with it.
+    let (_, polled) = alice.poll(0, 10.0).await;
+    assert_eq!(polled["messages"].as_array().unwrap().len(), 1);
+    let scrape = Scrape::from(&server).await;
+    assert_eq!(scrape.get("signpost_rooms"), 1.0);
+    assert_eq!(scrape.get("signpost_peers"), 2.0);
+    assert_eq!(scrape.get("signpost_peers_joined_total"), 2.0);
+    assert_eq!(scrape.get("signpost_sse_streams"), 1.0);
+    assert_eq!(scrape.get("signpost_messages_accepted_total"), 2.0);
+    assert_eq!(
+        scrape.get(r#"signpost_messages_delivered_total{transport="sse"}"#),
+        2.0
+    );
+    assert_eq!(
+        scrape.get(r#"signpost_messages_delivered_total{transport="poll"}"#),
+        1.0
+    );
+
+    // A poll with nothing to return waits, and is counted while it does.
+    let waiting = tokio::spawn({
+        let alice = alice.clone();
+        async move { alice.poll(1, 10.0).await }
+    });
+    scrape_until(&server, "signpost_polls_in_flight", 1.0).await;
+    bob.send_ok(json!({"type": "chat", "to": alice.id})).await;
+    assert_eq!(waiting.await.unwrap().0, 200);
+
+    // Rejections, by code.
+    assert_eq!(send_without_token(&server, "metrics").await, 401);
+    assert_eq!(send_without_token(&server, "metrics").await, 401);
+    assert_eq!(server.get_json("/api/nowhere").await.0, 404);
+    // A resume from beyond the newest id is told to reset.
+    drop(bob_events);
+    let mut resumed = bob.events(Some(99)).await;
+    assert_eq!(resumed.next().await.event, "reset");
+    // Carol never reads: four messages fill her mailbox, the fifth evicts her.
+    let carol = server.join("metrics", "carol").await;
+    let to_carol = json!({"type": "chat", "to": carol.id});
+    alice
+        .send_ok(json!([to_carol, to_carol, to_carol, to_carol]))
+        .await;
+    alice.send_ok(json!({"type": "chat", "to": carol.id})).await;
+    assert_eq!(bob.leave().await, 204);
+
+    let end = Scrape::from(&server).await;
+    assert_eq!(
+        end.get(r#"signpost_rejections_total{code="missing_token"}"#),
+        2.0
+    );
+    assert_eq!(
+        end.get(r#"signpost_rejections_total{code="not_found"}"#),
+        1.0
+    );
+    assert_eq!(
+        end.get(r#"signpost_mailbox_resets_total{reason="ahead"}"#),
+        1.0
+    );
+    assert_eq!(
+        end.get(r#"signpost_peers_left_total{reason="evicted"}"#),
+        1.0
+    );
+    assert_eq!(end.get(r#"signpost_peers_left_total{reason="left"}"#), 1.0);
+    assert_eq!(end.get("signpost_peers"), 1.0, "only alice is left");
+    assert_eq!(end.get("signpost_messages_accepted_total"), 8.0);
+    server.stop().await;
+}
+
+const APP: &str = "https://app.example.org";
+
+async fn preflight(server: &Server, origin: &str, method: &str) -> reqwest::Response {
+    server
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            server.url("/api/rooms/cors/peers"),
+        )
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", method)
+        .header(
+            "Access-Control-Request-Headers",
+            "content-type, authorization",
+        )
+        .send()
+        .await
+        .unwrap()
+}
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    response
+        .headers()
+        .get(name)
+        .map(|value| value.to_str().unwrap())
+}
+
+/// A preflight from a listed origin is allowed with the methods and headers the API uses; one
+/// from another origin, or for a method the API does not use, is refused with a JSON 403 and no
+/// `Access-Control-Allow-Origin`.
+#[tokio::test]
+async fn cors_preflight_is_allowed_and_refused_per_config() {
+    let server = Server::with(json!({"cors_allowed_origins": [APP]})).await;
+
+    let allowed = preflight(&server, APP, "POST").await;
+    assert_eq!(allowed.status(), 204);
+    assert_eq!(header(&allowed, "access-control-allow-origin"), Some(APP));
+    let methods = header(&allowed, "access-control-allow-methods").unwrap();
+    assert!(
+        methods.contains("POST") && methods.contains("DELETE"),
+        "{methods}"
+    );
+    let headers = header(&allowed, "access-control-allow-headers").unwrap();
+    assert!(
+        headers.contains("Authorization") && headers.contains("Content-Type"),
+        "{headers}"
+    );
+    assert_eq!(header(&allowed, "vary"), Some("Origin"));
+
+    for (origin, method) in [("https://evil.example.org", "POST"), (APP, "PUT")] {
+        let refused = preflight(&server, origin, method).await;
+        assert_eq!(refused.status(), 403, "{origin} {method}");
+        assert_eq!(header(&refused, "access-control-allow-origin"), None);
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["error"], "cors_refused", "{origin} {method}");
+    }
+    server.stop().await;
+}
+
+/// Actual requests (successes and errors alike) carry `Access-Control-Allow-Origin` for a listed
+/// origin only, and expose the headers a page needs (`Location`, `Retry-After`).
+#[tokio::test]
+async fn cors_headers_on_responses_follow_the_origin() {
+    let server = Server::with(json!({"cors_allowed_origins": [APP]})).await;
+    let join = |origin: &'static str| {
+        server
+            .client
+            .post(server.url("/api/rooms/cors/peers"))
+            .header("Origin", origin)
+            .json(&json!({}))
+            .send()
+    };
+    let ok = join(APP).await.unwrap();
+    assert_eq!(ok.status(), 201);
+    assert_eq!(header(&ok, "access-control-allow-origin"), Some(APP));
+    assert!(header(&ok, "access-control-expose-headers")
+        .unwrap()
+        .contains("Retry-After"));
+    let stranger = join("https://evil.example.org").await.unwrap();
+    assert_eq!(header(&stranger, "access-control-allow-origin"), None);
+
+    let error = server
+        .client
+        .post(server.url("/api/rooms/cors/messages"))
+        .header("Origin", APP)
+        .json(&json!({"type": "chat"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error.status(), 401);
+    assert_eq!(header(&error, "access-control-allow-origin"), Some(APP));
+    server.stop().await;
+}
+
+/// By default no other origin is allowed; `["*"]` allows any, answered with `*`.
+#[tokio::test]
+async fn cors_default_is_same_origin_only_and_star_allows_all() {
+    let server = Server::start().await;
+    assert_eq!(preflight(&server, APP, "GET").await.status(), 403);
+    server.stop().await;
+
+    let server = Server::with(json!({"cors_allowed_origins": ["*"]})).await;
+    let allowed = preflight(&server, "https://anyone.example.net", "DELETE").await;
+    assert_eq!(allowed.status(), 204);
+    assert_eq!(header(&allowed, "access-control-allow-origin"), Some("*"));
+    server.stop().await;
+}
+
+/// A server whose shutdown grace is `grace` seconds and mercy 1 s.
+async fn server_with_grace(grace: u32) -> Server {
+    let figment: Figment = rocket::Config::figment()
+        .merge(("address", "127.0.0.1"))
+        .merge(("port", 0))
+        .merge(("log_level", "off"))
+        .merge(("shutdown.ctrlc", false))
+        .merge(("shutdown.grace", grace))
+        .merge(("shutdown.mercy", 1))
+        .merge(("signpost.log_level", "off"));
+    Server::from_figment(figment).await
+}
+
+/// On shutdown, an open SSE stream ends cleanly (end of stream, not a cut connection) and a poll
+/// in flight returns 200 with no messages and where to resume, both before the grace period is
+/// over (without the `Shutdown` select they would be cut only after grace and mercy); the server
+/// stops within the bound Rocket enforces.
+///
+/// Rocket 0.5 waits out the whole grace period whenever a connection is open at the moment of
+/// shutdown, so the stop itself takes `grace` seconds; that is not ours to shorten.
+#[tokio::test]
+async fn shutdown_ends_streams_and_polls_within_the_grace_period() {
+    if !external::can_run(
+        "shutdown_ends_streams_and_polls_within_the_grace_period",
+        external::python_module("prometheus_client", "python3-prometheus-client"),
+    ) {
+        return;
+    }
+    const GRACE_SECS: u32 = 3;
+    let grace = Duration::from_secs(GRACE_SECS.into());
+    let server = server_with_grace(GRACE_SECS).await;
+    let alice = server.join("bye", "alice").await;
+    let bob = server.join("bye", "bob").await;
+    let mut alice_events = alice.events(None).await;
+    assert_eq!(alice_events.next_message().await["type"], "join");
+    let poll = tokio::spawn({
+        let bob: Peer = bob.clone();
+        async move { bob.poll(0, 25.0).await }
+    });
+    scrape_until(&server, "signpost_polls_in_flight", 1.0).await;
+
+    let started = Instant::now();
+    server.begin_shutdown();
+    let stream_end = async {
+        let ended = alice_events.ends().await;
+        (ended, started.elapsed())
+    };
+    let poll_return = async {
+        let result = poll.await.unwrap();
+        (result, started.elapsed())
+    };
+    let stop = async {
+        server.stop().await;
+        started.elapsed()
+    };
+    let ((stream_ended, stream_took), ((status, body), poll_took), stop_took) =
+        tokio::join!(stream_end, poll_return, stop);
+
+    assert!(stream_ended, "the SSE stream ended cleanly");
+    assert!(
+        stream_took < grace,
+        "the stream ended after {stream_took:?}"
+    );
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"messages": [], "last_id": 0, "reset": false}));
+    assert!(poll_took < grace, "the poll returned after {poll_took:?}");
+    // Rocket's own hard bound: grace + mercy, plus its one-second allowance.
+    assert!(
+        stop_took <= grace + Duration::from_secs(2),
+        "the server stopped after {stop_took:?}"
+    );
+}
