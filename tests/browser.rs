@@ -64,6 +64,35 @@ async fn wait_chat(tab: &Tab, from: &str, text: &str) {
         .await;
 }
 
+/// Opens one page per query string in `room`, in order (so each joins after the previous one),
+/// and returns each page with its peer id.
+async fn open_pages<const N: usize>(
+    chromium: &Chromium,
+    server: &Server,
+    room: &str,
+    queries: [&str; N],
+) -> [(Tab, String); N] {
+    let mut pages = Vec::with_capacity(N);
+    for query in queries {
+        let tab = chromium.open(&room_url(server, room, query)).await;
+        let id = tab.peer_id().await;
+        pages.push((tab, id));
+    }
+    pages.try_into().ok().expect("one page per query")
+}
+
+/// Waits until every page is connected to every other one.
+async fn wait_full_mesh(pages: &[(&Tab, &str)]) {
+    for (tab, id) in pages {
+        let others: Vec<&str> = pages
+            .iter()
+            .map(|(_, other)| *other)
+            .filter(|other| other != id)
+            .collect();
+        wait_connected(tab, &others).await;
+    }
+}
+
 /// Two pages in one room open a data channel to each other and chat both ways, peer to peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pages_chat_both_ways() {
@@ -71,17 +100,15 @@ async fn two_pages_chat_both_ways() {
         return;
     };
     let server = Server::start().await;
-    let alice = chromium
-        .open(&room_url(&server, "chat", "name=Alice&media=none"))
-        .await;
-    let alice_id = alice.peer_id().await;
-    let bob = chromium
-        .open(&room_url(&server, "chat", "name=Bob&media=none"))
-        .await;
-    let bob_id = bob.peer_id().await;
+    let [(alice, alice_id), (bob, bob_id)] = open_pages(
+        &chromium,
+        &server,
+        "chat",
+        ["name=Alice&media=none", "name=Bob&media=none"],
+    )
+    .await;
 
-    wait_connected(&alice, &[&bob_id]).await;
-    wait_connected(&bob, &[&alice_id]).await;
+    wait_full_mesh(&[(&alice, &alice_id), (&bob, &bob_id)]).await;
     let names = bob.eval("signpostApp.peers().map(p => p.name)").await;
     assert_eq!(
         names,
@@ -118,12 +145,8 @@ async fn pages_see_and_hear_each_other() {
         return;
     };
     let server = Server::start().await;
-    let alice = chromium
-        .open(&room_url(&server, "media", "name=Alice"))
-        .await;
-    let alice_id = alice.peer_id().await;
-    let bob = chromium.open(&room_url(&server, "media", "name=Bob")).await;
-    let bob_id = bob.peer_id().await;
+    let [(alice, alice_id), (bob, bob_id)] =
+        open_pages(&chromium, &server, "media", ["name=Alice", "name=Bob"]).await;
 
     for (tab, other) in [(&alice, &bob_id), (&bob, &alice_id)] {
         let mode = tab
@@ -164,14 +187,13 @@ async fn refused_media_page_joins_data_only_and_says_so() {
         return;
     };
     let server = Server::start().await;
-    let refused = chromium
-        .open(&room_url(&server, "refused", "name=Refused"))
-        .await;
-    let refused_id = refused.peer_id().await;
-    let other = chromium
-        .open(&room_url(&server, "refused", "name=Other&media=none"))
-        .await;
-    let other_id = other.peer_id().await;
+    let [(refused, refused_id), (other, other_id)] = open_pages(
+        &chromium,
+        &server,
+        "refused",
+        ["name=Refused", "name=Other&media=none"],
+    )
+    .await;
 
     let mode = refused
         .wait_for("media to be decided", "signpostApp.mediaMode()")
@@ -203,23 +225,20 @@ async fn long_poll_page_connects_with_sse_page() {
         return;
     };
     let server = Server::start().await;
-    let polling = chromium
-        .open(&room_url(
-            &server,
-            "mixed",
+    let [(polling, polling_id), (streaming, streaming_id)] = open_pages(
+        &chromium,
+        &server,
+        "mixed",
+        [
             "name=Poll&media=none&transport=poll",
-        ))
-        .await;
-    let polling_id = polling.peer_id().await;
-    let streaming = chromium
-        .open(&room_url(&server, "mixed", "name=Stream&media=none"))
-        .await;
-    let streaming_id = streaming.peer_id().await;
+            "name=Stream&media=none",
+        ],
+    )
+    .await;
 
     assert_eq!(polling.eval("signpostApp.transport()").await, "poll");
     assert_eq!(streaming.eval("signpostApp.transport()").await, "sse");
-    wait_connected(&polling, &[&streaming_id]).await;
-    wait_connected(&streaming, &[&polling_id]).await;
+    wait_full_mesh(&[(&polling, &polling_id), (&streaming, &streaming_id)]).await;
     streaming.eval("signpostApp.sendChat('over SSE')").await;
     wait_chat(&polling, &streaming_id, "over SSE").await;
     polling.eval("signpostApp.sendChat('over long-poll')").await;
@@ -237,33 +256,21 @@ async fn three_pages_mesh_then_one_leaves() {
     };
     // A presence timeout far beyond the page deadline: only the page's beacon can remove it.
     let server = Server::with(serde_json::json!({"peer_timeout_secs": 300.0})).await;
-    let mut tabs = Vec::new();
-    let mut ids = Vec::new();
-    for name in ["Ann", "Ben", "Cat"] {
-        let tab = chromium
-            .open(&room_url(
-                &server,
-                "mesh",
-                &format!("name={name}&media=none"),
-            ))
-            .await;
-        ids.push(tab.peer_id().await);
-        tabs.push(tab);
-    }
-    for (index, tab) in tabs.iter().enumerate() {
-        let others: Vec<&str> = ids
-            .iter()
-            .enumerate()
-            .filter(|(other, _)| *other != index)
-            .map(|(_, id)| id.as_str())
-            .collect();
-        wait_connected(tab, &others).await;
-    }
+    let [(ann, ann_id), (ben, ben_id), (cat, cat_id)] = open_pages(
+        &chromium,
+        &server,
+        "mesh",
+        [
+            "name=Ann&media=none",
+            "name=Ben&media=none",
+            "name=Cat&media=none",
+        ],
+    )
+    .await;
+    wait_full_mesh(&[(&ann, &ann_id), (&ben, &ben_id), (&cat, &cat_id)]).await;
 
-    let cat = tabs.pop().unwrap();
     cat.close().await;
-    let cat_id = &ids[2];
-    for tab in &tabs {
+    for tab in [&ann, &ben] {
         tab.wait_for(
             "the closed page to disappear",
             &format!(
@@ -280,9 +287,9 @@ async fn three_pages_mesh_then_one_leaves() {
         2,
         "the server removed the page"
     );
-    wait_connected(&tabs[0], &[&ids[1]]).await;
-    tabs[0].eval("signpostApp.sendChat('still here')").await;
-    wait_chat(&tabs[1], &ids[0], "still here").await;
+    wait_connected(&ann, &[&ben_id]).await;
+    ann.eval("signpostApp.sendChat('still here')").await;
+    wait_chat(&ben, &ann_id, "still here").await;
     chromium.close().await;
     server.stop().await;
 }
@@ -296,16 +303,14 @@ async fn file_arrives_intact_with_progress() {
         return;
     };
     let server = Server::start().await;
-    let sender = chromium
-        .open(&room_url(&server, "files", "name=Sender&media=none"))
-        .await;
-    let sender_id = sender.peer_id().await;
-    let receiver = chromium
-        .open(&room_url(&server, "files", "name=Receiver&media=none"))
-        .await;
-    let receiver_id = receiver.peer_id().await;
-    wait_connected(&sender, &[&receiver_id]).await;
-    wait_connected(&receiver, &[&sender_id]).await;
+    let [(sender, sender_id), (receiver, receiver_id)] = open_pages(
+        &chromium,
+        &server,
+        "files",
+        ["name=Sender&media=none", "name=Receiver&media=none"],
+    )
+    .await;
+    wait_full_mesh(&[(&sender, &sender_id), (&receiver, &receiver_id)]).await;
 
     // 5 MiB of varied bytes (xorshift), so that a dropped, repeated or reordered chunk shows.
     let size = 5 * 1024 * 1024;
