@@ -313,9 +313,7 @@ impl Hub {
         peer: PeerId,
         token: Option<&str>,
     ) -> ApiResult<()> {
-        let rooms = self.shared.rooms.lock();
-        let members = rooms.get(room).ok_or(Error::RoomNotFound)?;
-        authorize(members, peer, token).map(|_| ())
+        self.mailbox(room, peer, token).map(drop)
     }
 
     /// The peers of a room, in join order, or `None` if it does not exist.
@@ -436,7 +434,7 @@ fn remove_peer(
             "leave room={room} peer={peer} reason={}",
             reason.as_str()
         ));
-        metrics.peer_left(reason.as_str());
+        metrics.peer_left(reason);
         #[derive(Serialize)]
         struct Leave {
             peer_id: PeerId,

@@ -15,6 +15,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::hub::LeaveReason;
+use crate::mailbox::ResetReason;
+
 type Labels = [(&'static str, &'static str); 1];
 
 /// A cheap, cloneable handle; every clone reports into the same registry.
@@ -152,12 +155,11 @@ impl Metrics {
         self.inner.joined.inc();
     }
 
-    /// `reason` is a `leave` event's reason: `left`, `timeout` or `evicted`.
-    pub fn peer_left(&self, reason: &str) {
+    pub fn peer_left(&self, reason: LeaveReason) {
         match reason {
-            "timeout" => &self.inner.timed_out,
-            "evicted" => &self.inner.evicted,
-            _ => &self.inner.left,
+            LeaveReason::Left => &self.inner.left,
+            LeaveReason::Timeout => &self.inner.timed_out,
+            LeaveReason::Evicted => &self.inner.evicted,
         }
         .inc();
     }
@@ -174,11 +176,10 @@ impl Metrics {
         self.inner.delivered_poll.inc_by(count as u64);
     }
 
-    /// `reason` is a reset's reason: `expired` or `ahead`.
-    pub fn mailbox_reset(&self, reason: &str) {
+    pub fn mailbox_reset(&self, reason: ResetReason) {
         match reason {
-            "ahead" => &self.inner.reset_ahead,
-            _ => &self.inner.reset_expired,
+            ResetReason::Expired => &self.inner.reset_expired,
+            ResetReason::Ahead => &self.inner.reset_ahead,
         }
         .inc();
     }
@@ -238,7 +239,7 @@ mod tests {
         let _poll = metrics.poll_started();
         drop(stream);
         metrics.rejected("room_full");
-        metrics.peer_left("evicted");
+        metrics.peer_left(LeaveReason::Evicted);
         let text = metrics.render(2, 3);
         assert!(text.contains("signpost_sse_streams 0\n"), "{text}");
         assert!(text.contains("signpost_polls_in_flight 1\n"), "{text}");

@@ -154,7 +154,7 @@ pub fn events(
             };
             let mut out = Vec::new();
             if let Some(reason) = batch.reset {
-                metrics.mailbox_reset(reason.as_str());
+                metrics.mailbox_reset(reason);
                 write_json_event(
                     &mut out,
                     "reset",

@@ -60,11 +60,15 @@ pub async fn poll(
         if !batch.entries.is_empty() || batch.reset.is_some() {
             return Ok(RawJson(render(metrics, after, batch)));
         }
-        select! {
-            changed = wake.changed() => if changed.is_err() { return Ok(RawJson(render(metrics, after, batch))) },
-            _ = sleep_until(deadline) => return Ok(RawJson(render(metrics, after, batch))),
-            // Returning lets the client reconnect (to a restarted server) instead of hanging.
-            _ = &mut shutdown => return Ok(RawJson(render(metrics, after, batch))),
+        // A wake-up means "look again"; the deadline, a shutdown (so that the client reconnects
+        // to a restarted server instead of hanging) or a closed mailbox mean "answer now".
+        let answer_now = select! {
+            changed = wake.changed() => changed.is_err(),
+            _ = sleep_until(deadline) => true,
+            _ = &mut shutdown => true,
+        };
+        if answer_now {
+            return Ok(RawJson(render(metrics, after, batch)));
         }
     }
 }
@@ -74,7 +78,7 @@ pub async fn poll(
 fn render(metrics: &Metrics, after: u64, batch: Batch) -> Vec<u8> {
     metrics.delivered_by_poll(batch.entries.len());
     if let Some(reason) = batch.reset {
-        metrics.mailbox_reset(reason.as_str());
+        metrics.mailbox_reset(reason);
     }
     let last_id = match (batch.entries.last(), batch.reset) {
         (Some(entry), _) => entry.id,

@@ -154,16 +154,10 @@ pub async fn run(options: &Options, churn: Churn) -> Result<Report, String> {
     for (index, (observer, task)) in observers.into_iter().enumerate() {
         task.await.map_err(|error| error.to_string())?;
         let room = &rooms[index];
-        let (seen, changes) = (
-            room.seen.load(Ordering::Relaxed),
+        delivery.tally(
             room.changes.load(Ordering::Relaxed),
+            room.seen.load(Ordering::Relaxed),
         );
-        delivery
-            .lost
-            .fetch_add(changes.saturating_sub(seen), Ordering::Relaxed);
-        delivery
-            .duplicated
-            .fetch_add(seen.saturating_sub(changes), Ordering::Relaxed);
         if let Err(failure) = http::leave(&mut Connection::new(server), &room.name, &observer).await
         {
             errors.record(&failure);

@@ -135,13 +135,7 @@ pub async fn run(options: &Options, idle: Idle) -> Result<Report, String> {
     // Compare each stream's join events with what its peer had waiting.
     for (index, holder) in holders {
         let got = holder.await.map_err(|error| error.to_string())?;
-        let want = peers[index].2;
-        delivery
-            .lost
-            .fetch_add(want.saturating_sub(got), Ordering::Relaxed);
-        delivery
-            .duplicated
-            .fetch_add(got.saturating_sub(want), Ordering::Relaxed);
+        delivery.tally(peers[index].2, got);
     }
     progress.abort();
 

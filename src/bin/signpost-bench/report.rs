@@ -70,6 +70,17 @@ pub struct Delivery {
     pub resets: AtomicU64,
 }
 
+impl Delivery {
+    /// Counts a recipient that should have received `expected` messages and got `received`:
+    /// the shortfall as lost, the excess as duplicated.
+    pub fn tally(&self, expected: u64, received: u64) {
+        self.lost
+            .fetch_add(expected.saturating_sub(received), Ordering::Relaxed);
+        self.duplicated
+            .fetch_add(received.saturating_sub(expected), Ordering::Relaxed);
+    }
+}
+
 /// Checks that the ids one mailbox delivers are 1, 2, 3, … without gaps or repeats.
 #[derive(Default)]
 pub struct IdCheck {
