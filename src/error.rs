@@ -242,6 +242,41 @@ struct Body<'a> {
     retry_after: Option<u64>,
 }
 
+impl Error {
+    /// Whole seconds, rounded up, as the `Retry-After` header requires; only for `rate_limited`.
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Error::RateLimited { retry_after } => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
+            _ => None,
+        }
+    }
+
+    /// The JSON body: `{"error": code, "message": ..., "retry_after": seconds?}`.
+    pub fn body(&self) -> String {
+        let message = self.message();
+        let body = Body {
+            error: self.code(),
+            message: &message,
+            retry_after: self.retry_after_secs(),
+        };
+        // A struct of strings and a number always serialises.
+        serde_json::to_string(&body).unwrap_or_default()
+    }
+
+    /// The headers that go with the status: `WWW-Authenticate` on the two 401s (RFC 9110
+    /// requires it) and `Retry-After` on a 429.
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, String)> {
+        let authenticate = matches!(self, Error::MissingToken | Error::InvalidToken)
+            .then(|| ("WWW-Authenticate", "Bearer".to_owned()));
+        let retry_after = self
+            .retry_after_secs()
+            .map(|seconds| ("Retry-After", seconds.to_string()));
+        authenticate.into_iter().chain(retry_after)
+    }
+}
+
 impl<'r> Responder<'r, 'static> for Error {
     fn respond_to(self, request: &'r Request<'_>) -> response::Result<'static> {
         // For the request log (which prints the code) and the rejection counters.
@@ -249,30 +284,14 @@ impl<'r> Responder<'r, 'static> for Error {
         if let Some(metrics) = request.rocket().state::<Metrics>() {
             metrics.rejected(self.code());
         }
-        let retry_after = match &self {
-            // Whole seconds, rounded up, as the Retry-After header requires.
-            Error::RateLimited { retry_after } => {
-                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
-            }
-            _ => None,
-        };
-        let message = self.message();
-        let body = Body {
-            error: self.code(),
-            message: &message,
-            retry_after,
-        };
-        let json = serde_json::to_string(&body).unwrap_or_default();
+        let json = self.body();
         let mut response = Response::build();
         response
             .status(self.status())
             .header(ContentType::JSON)
             .sized_body(json.len(), Cursor::new(json));
-        if matches!(self, Error::MissingToken | Error::InvalidToken) {
-            response.header(Header::new("WWW-Authenticate", "Bearer"));
-        }
-        if let Some(seconds) = retry_after {
-            response.header(Header::new("Retry-After", seconds.to_string()));
+        for (name, value) in self.headers() {
+            response.header(Header::new(name, value));
         }
         response.ok()
     }

@@ -16,13 +16,16 @@
 //!   - [`rate_limit`]: the per-peer token bucket.
 //!   - [`ice`]: the ICE servers a peer is given, with ephemeral TURN credentials.
 //! - Around the domain:
-//!   - `api`: the HTTP routes, one module per group, translating requests into hub calls.
+//!   - `front`: the listening socket; serves the relay routes (send, SSE, long-poll) on hyper
+//!     and hands every other request to the Rocket application in-process.
+//!   - `api`: the Rocket routes, one module per group, translating requests into hub calls.
 //!   - [`presence`]: the sweeper that times out silent peers.
 //!   - [`logging`]: the request and membership log, which never prints a token.
 //!   - [`metrics`]: counters and gauges for `GET /metrics`.
 //!   - [`stun`]: the optional built-in STUN server (UDP).
 //!
-//! [`build`] assembles the server from a figment; the binary and the tests both use it.
+//! [`Server::bind`] assembles the server from a figment and [`Server::run`] serves it; the binary
+//! and the tests both use them.
 
 #[macro_use]
 extern crate rocket;
@@ -30,6 +33,7 @@ extern crate rocket;
 mod api;
 pub mod config;
 pub mod error;
+mod front;
 pub mod hub;
 pub mod ice;
 pub mod identity;
@@ -51,12 +55,12 @@ use crate::hub::Hub;
 use crate::ice::IceConfig;
 use crate::metrics::Metrics;
 
-/// The server as configured by `Rocket.toml` and `ROCKET_*` environment variables.
-pub fn rocket() -> Rocket<Build> {
-    build(rocket::Config::figment())
-}
+pub use crate::front::{shutdown_signals, Server, StartError};
 
-/// The server as configured by `figment`; signpost's settings are read from its `signpost` key.
+/// The Rocket application as configured by `figment`, with signpost's settings read from its
+/// `signpost` key: the shared state, every route but the three relay routes, the fairings and
+/// the background services. [`Server`] serves it behind the front; tests of start-up errors
+/// ignite it alone.
 pub fn build(figment: Figment) -> Rocket<Build> {
     rocket::custom(figment)
         .attach(AdHoc::try_on_ignite("signpost config", |rocket| async {
@@ -90,26 +94,4 @@ pub fn build(figment: Figment) -> Rocket<Build> {
         .attach(api::stage())
         .attach(presence::stage())
         .attach(stun::stage())
-        .attach(AdHoc::on_shutdown("signpost shutdown log", |rocket| {
-            Box::pin(async move {
-                // Streams and polls select on `Shutdown` and end now; Rocket then waits up to
-                // `shutdown.grace` seconds for connections to finish.
-                if let Some(metrics) = rocket.state::<Metrics>() {
-                    logging::info(format_args!(
-                        "shutting down: ending {} SSE streams and {} polls",
-                        metrics.sse_streams(),
-                        metrics.polls_in_flight()
-                    ));
-                }
-            })
-        }))
-        .attach(AdHoc::on_liftoff("signpost banner", |rocket| {
-            Box::pin(async move {
-                let config = rocket.config();
-                logging::info(format_args!(
-                    "listening on http://{}:{}",
-                    config.address, config.port
-                ));
-            })
-        }))
 }

@@ -10,10 +10,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[rocket::main]
 async fn main() -> ExitCode {
-    match signpost::rocket().launch().await {
-        Ok(_) => ExitCode::SUCCESS,
+    let figment = rocket::Config::figment();
+    let signals = signpost::shutdown_signals(&figment);
+    match signpost::Server::bind(figment).await {
+        Ok(server) => {
+            server.run(signals).await;
+            ExitCode::SUCCESS
+        }
         Err(error) => {
-            // Rocket's own log is off (it would print tokens), so report launch failures here.
+            // Rocket's own log is off (it would print tokens), so report start-up failures here.
             eprintln!("signpost: could not start: {error}");
             ExitCode::FAILURE
         }

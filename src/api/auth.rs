@@ -1,6 +1,6 @@
 //! Where a request's peer token comes from: `Authorization: Bearer <token>`, or `?token=` for
 //! the clients that cannot set headers (EventSource, navigator.sendBeacon). Checking the token is
-//! the hub's job; this guard only finds it.
+//! the hub's job; this only finds it. The relay routes (`front`) find it with the same rule.
 
 use std::convert::Infallible;
 
@@ -10,6 +10,18 @@ use rocket::request::{FromRequest, Outcome, Request};
 pub struct Token(Option<String>);
 
 impl Token {
+    /// The token of a request with this `Authorization` header and this `token` query value.
+    /// The header wins; an empty token counts as none.
+    pub fn find(authorization: Option<&str>, query: Option<String>) -> Token {
+        let from_header = authorization.and_then(|value| {
+            let (scheme, token) = value.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        });
+        Token(from_header.or(query).filter(|token| !token.is_empty()))
+    }
+
     pub fn as_deref(&self) -> Option<&str> {
         self.0.as_deref()
     }
@@ -20,33 +32,9 @@ impl<'r> FromRequest<'r> for Token {
     type Error = Infallible;
 
     async fn from_request(request: &'r Request<'_>) -> Outcome<Self, Infallible> {
-        let from_header = request
-            .headers()
-            .get_one("Authorization")
-            .and_then(|value| {
-                let (scheme, token) = value.trim().split_once(' ')?;
-                scheme
-                    .eq_ignore_ascii_case("bearer")
-                    .then(|| token.trim().to_owned())
-            });
-        let token =
-            from_header.or_else(|| request.query_value::<String>("token").and_then(Result::ok));
-        Outcome::Success(Token(token.filter(|token| !token.is_empty())))
-    }
-}
-
-/// The SSE `Last-Event-ID` request header, as sent by a reconnecting EventSource.
-pub struct LastEventIdHeader(pub Option<String>);
-
-#[rocket::async_trait]
-impl<'r> FromRequest<'r> for LastEventIdHeader {
-    type Error = Infallible;
-
-    async fn from_request(request: &'r Request<'_>) -> Outcome<Self, Infallible> {
-        let value = request
-            .headers()
-            .get_one("Last-Event-ID")
-            .map(|v| v.trim().to_owned());
-        Outcome::Success(LastEventIdHeader(value))
+        Outcome::Success(Token::find(
+            request.headers().get_one("Authorization"),
+            request.query_value::<String>("token").and_then(Result::ok),
+        ))
     }
 }

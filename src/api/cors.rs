@@ -41,6 +41,23 @@ fn allow_origin<'a>(config: &Config, origin: &'a str) -> Option<&'a str> {
 
 /// Adds the CORS headers to every `/api` response for an allowed `Origin`, errors included, so
 /// that a page can read why a request failed.
+/// The headers that let a page from `origin` read an `/api/` response, if its origin is allowed;
+/// every such response also gets `Vary: Origin`. The relay routes (`front`) add the same.
+pub fn allowed_origin_headers<'a>(
+    config: &Config,
+    origin: &'a str,
+) -> impl Iterator<Item = (&'static str, &'a str)> {
+    allow_origin(config, origin)
+        .into_iter()
+        .flat_map(|allowed| {
+            [
+                ("Access-Control-Allow-Origin", allowed),
+                ("Access-Control-Expose-Headers", EXPOSED_HEADERS),
+            ]
+        })
+}
+
+/// Adds the CORS headers to the responses Rocket serves.
 pub struct CorsHeaders;
 
 #[rocket::async_trait]
@@ -65,9 +82,10 @@ impl Fairing for CorsHeaders {
         // A refused preflight must not look allowed to the browser.
         let refused_preflight =
             request.method() == Method::Options && response.status().code >= 400;
-        if let Some(allowed) = allow_origin(config, origin).filter(|_| !refused_preflight) {
-            response.set_raw_header("Access-Control-Allow-Origin", allowed.to_owned());
-            response.set_raw_header("Access-Control-Expose-Headers", EXPOSED_HEADERS);
+        if !refused_preflight {
+            for (name, value) in allowed_origin_headers(config, origin) {
+                response.set_raw_header(name, value.to_owned());
+            }
         }
         // The answer depends on Origin whatever it was, so caches must key on it.
         response.adjoin_raw_header("Vary", "Origin");

@@ -1,25 +1,23 @@
-//! The HTTP API under `/api`: a thin translation of requests into [`Hub`](crate::hub::Hub) calls.
-//! `docs/API.md` is its contract.
+//! The HTTP API's Rocket routes: a thin translation of requests into [`Hub`](crate::hub::Hub)
+//! calls. `docs/API.md` is the contract of the whole API.
+//!
+//! The three relay routes (send, the SSE stream, the long-poll) are not here: `front` serves
+//! them on hyper directly, with the rules these modules share with it (`auth`, `body`, `cors`,
+//! `params`).
 //!
 //! - `rooms`: join, leave, look at a room or a peer.
-//! - `messages`: send one message or a batch.
-//! - `events`: receive on a Server-Sent Events stream.
-//! - `poll`: receive by long-polling.
 //! - `ice`: the ICE servers (STUN, TURN credentials) a peer may use.
 //! - `cors`: cross-origin access for the origins in the config.
 //! - `ops`: `/healthz` and `/metrics`, outside `/api`.
 //! - `auth`, `body`, `params`: request guards that turn headers, bodies and path segments into
 //!   domain values or precise errors.
 
-mod auth;
-mod body;
-mod cors;
-mod events;
+pub mod auth;
+pub mod body;
+pub mod cors;
 mod ice;
-mod messages;
 mod ops;
-mod params;
-mod poll;
+pub mod params;
 mod rooms;
 
 use rocket::fairing::{AdHoc, Fairing, Info, Kind};
@@ -41,9 +39,6 @@ pub fn stage() -> AdHoc {
                     rooms::peer,
                     rooms::leave,
                     rooms::leave_beacon,
-                    messages::send,
-                    events::events,
-                    poll::poll,
                     ice::ice_servers,
                     cors::preflight,
                 ],

@@ -9,7 +9,6 @@ use std::time::Duration;
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use rocket::fairing::AdHoc;
 use rocket::figment::Figment;
 use serde_json::{json, Value};
 
@@ -48,22 +47,12 @@ impl Server {
     }
 
     pub async fn from_figment(figment: Figment) -> Server {
-        let (port_tx, port_rx) = tokio::sync::oneshot::channel();
-        let port_tx = std::sync::Mutex::new(Some(port_tx));
-        let rocket =
-            signpost::build(figment).attach(AdHoc::on_liftoff("test port", move |rocket| {
-                let port = rocket.config().port;
-                if let Some(tx) = port_tx.lock().unwrap().take() {
-                    let _ = tx.send(port);
-                }
-                Box::pin(async {})
-            }));
-        let rocket = rocket.ignite().await.expect("server ignites");
-        let shutdown = rocket.shutdown();
-        let task = tokio::spawn(async move {
-            let _ = rocket.launch().await;
-        });
-        let port = port_rx.await.expect("server lifts off");
+        let server = signpost::Server::bind(figment)
+            .await
+            .expect("server starts");
+        let port = server.local_addr().expect("bound address").port();
+        let shutdown = server.shutdown();
+        let task = tokio::spawn(server.run(std::future::pending()));
         Server {
             base: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),

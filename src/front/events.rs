@@ -2,53 +2,31 @@
 //!
 //! The stream reads its peer's mailbox by id and only uses the mailbox's wake-up signal to know
 //! when to look again, so a slow client gets bigger batches, never a gap. A message counts as
-//! delivered once the stream has handed it to the connection (Rocket pulls the next event only
-//! when it can write); the mailbox's replay window covers what a cut connection loses after that.
+//! delivered once the stream has handed it to the connection (hyper takes the next chunk only
+//! when its write buffer has room); the mailbox's replay window covers what a cut connection
+//! loses after that.
 
-use std::io::Cursor;
-
-use rocket::futures::{Stream, StreamExt};
-use rocket::http::ContentType;
-use rocket::request::Request;
-use rocket::response::stream::{stream, ReaderStream};
-use rocket::response::{self, Responder, Response};
-use rocket::tokio::select;
-use rocket::tokio::time::{interval_at, Instant, MissedTickBehavior};
-use rocket::{Shutdown, State};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use hyper::body::Frame;
+use hyper::header::{HeaderValue, CACHE_CONTROL, EXPIRES};
+use hyper::http::request::Parts;
+use hyper::Response;
+use rocket::response::stream::stream;
 use serde::Serialize;
+use tokio::select;
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
-use crate::api::auth::{LastEventIdHeader, Token};
-use crate::config::Config;
-use crate::error::{ApiResult, Error};
-use crate::hub::Hub;
-use crate::identity::{PeerId, RoomName};
+use crate::error::Error;
+use crate::front::request;
+use crate::front::response::{self, ResponseBody};
+use crate::front::Front;
+use crate::identity::PeerId;
 use crate::mailbox::Read;
-use crate::metrics::Metrics;
 
 /// Once this much is written, the chunk is handed to the connection even if the mailbox has
 /// more: a stream never holds more than about this much of a backlog in memory at once.
 const CHUNK_BYTES: usize = 16 * 1024;
-
-/// An SSE response: a stream of chunks, each holding whole events in the SSE wire format.
-///
-/// Rocket's `EventStream` writes every field of every event (`id:`, `event:`, `data:`, the blank
-/// line) as a chunk of its own, which costs a write system call each; the relay benchmark spent
-/// a third of the server's time there. This writes the same bytes (see [`write_event`]) with
-/// the same headers, but all the events of one mailbox read go out in one chunk.
-pub struct Sse<S>(S);
-
-impl<'r, S: Stream<Item = Vec<u8>> + Send + 'r> Responder<'r, 'r> for Sse<S> {
-    fn respond_to(self, _: &'r Request<'_>) -> response::Result<'r> {
-        Response::build()
-            .header(ContentType::EventStream)
-            .raw_header("Cache-Control", "no-cache")
-            .raw_header("Expires", "0")
-            // nginx honours this per response; without it, it buffers the stream until full.
-            .raw_header("X-Accel-Buffering", "no")
-            .streamed_body(ReaderStream::from(self.0.map(Cursor::new)))
-            .ok()
-    }
-}
 
 /// Appends one event as Rocket's `Event` writes it: `id:` and `event:` when given, then the data
 /// as one `data:` line per line of it (split at `\n`, `\r` or `\r\n`), then a blank line.
@@ -99,29 +77,27 @@ struct Reset {
     last_id: u64,
 }
 
-#[allow(clippy::too_many_arguments)] // each argument is a guard Rocket resolves; none is optional
-#[get("/rooms/<room>/peers/<peer>/events?<last_event_id>")]
+/// `GET /api/rooms/{room}/peers/{peer}/events`: the stream, with the same bytes and headers
+/// Rocket's `EventStream` gives, except that all the events of one mailbox read go out as one
+/// chunk (Rocket writes every field of every event with a write of its own).
 pub fn events(
-    hub: &State<Hub>,
-    config: &State<Config>,
-    metrics: &State<Metrics>,
-    room: Result<RoomName, Error>,
-    peer: Result<PeerId, Error>,
-    token: Token,
-    header: LastEventIdHeader,
-    last_event_id: Option<&str>,
-    mut shutdown: Shutdown,
-) -> ApiResult<Sse<impl Stream<Item = Vec<u8>>>> {
-    let peer = peer?;
-    let mailbox = hub.mailbox(&room?, peer, token.as_deref())?;
+    front: &Front,
+    room: &str,
+    peer: &str,
+    request: &Parts,
+) -> Result<Response<ResponseBody>, Error> {
+    let peer = request::peer(peer)?;
+    let token = request::token(request);
+    let mailbox = front
+        .hub
+        .mailbox(&request::room(room)?, peer, token.as_deref())?;
     // A reconnecting EventSource sends the header; the query is for a first connection that
     // resumes where an earlier client left off. The header is newer, so it wins.
-    let resume_from = match header
-        .0
-        .as_deref()
-        .or(last_event_id)
-        .filter(|id| !id.is_empty())
-    {
+    let resume_from = request::header(request, "Last-Event-ID")
+        .map(|id| id.trim().to_owned())
+        .or_else(|| request::query_value(request, "last_event_id"))
+        .filter(|id| !id.is_empty());
+    let resume_from = match resume_from {
         Some(id) => Some(id.parse::<u64>().map_err(|_| Error::InvalidLastEventId)?),
         None => None,
     };
@@ -131,12 +107,13 @@ pub fn events(
     let mut cursor = resume_from.unwrap_or(0);
     let ticket = mailbox.open_stream();
     let presence = mailbox.listen();
-    let metrics = metrics.inner().clone();
+    let metrics = front.metrics.clone();
     let open = metrics.sse_stream_opened();
+    let mut shutdown = front.shutdown.clone();
     // Subscribed before the first read, so nothing pushed after that read goes unnoticed.
     let mut wake = mailbox.subscribe();
 
-    let period = config.heartbeat();
+    let period = front.config.heartbeat();
     let mut heartbeat = interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
@@ -186,7 +163,14 @@ pub fn events(
             }
         }
     };
-    Ok(Sse(stream))
+    let chunks = stream.map(|chunk| Ok(Frame::data(Bytes::from(chunk))));
+    let mut response = response::stream("text/event-stream", chunks.boxed());
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(EXPIRES, HeaderValue::from_static("0"));
+    // nginx honours this per response; without it, it buffers the stream until full.
+    headers.insert("X-Accel-Buffering", HeaderValue::from_static("no"));
+    Ok(response)
 }
 
 #[cfg(test)]

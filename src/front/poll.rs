@@ -4,37 +4,36 @@
 
 use std::time::Duration;
 
-use rocket::response::content::RawJson;
-use rocket::tokio::select;
-use rocket::tokio::time::{sleep_until, Instant};
-use rocket::{Shutdown, State};
+use hyper::http::request::Parts;
+use hyper::Response;
+use tokio::select;
+use tokio::time::{sleep_until, Instant};
 
-use crate::api::auth::Token;
 use crate::api::params::number;
-use crate::config::Config;
-use crate::error::{ApiResult, Error};
-use crate::hub::Hub;
-use crate::identity::{PeerId, RoomName};
+use crate::error::Error;
+use crate::front::request;
+use crate::front::response::{self, ResponseBody};
+use crate::front::Front;
 use crate::mailbox::{Batch, Read};
 use crate::metrics::Metrics;
 
-#[allow(clippy::too_many_arguments)] // each argument is a guard Rocket resolves; none is optional
-#[get("/rooms/<room>/peers/<peer>/messages?<after>&<wait>")]
+/// `GET /api/rooms/{room}/peers/{peer}/messages?after=&wait=`.
 pub async fn poll(
-    hub: &State<Hub>,
-    config: &State<Config>,
-    metrics: &State<Metrics>,
-    room: Result<RoomName, Error>,
-    peer: Result<PeerId, Error>,
-    token: Token,
-    after: Option<&str>,
-    wait: Option<&str>,
-    mut shutdown: Shutdown,
-) -> ApiResult<RawJson<Vec<u8>>> {
-    let mailbox = hub.mailbox(&room?, peer?, token.as_deref())?;
-    let after: u64 = number("after", after)?.unwrap_or(0);
-    let max_wait = config.poll_max_wait();
-    let wait = match number::<f64>("wait", wait)? {
+    front: &Front,
+    room: &str,
+    peer: &str,
+    request: &Parts,
+) -> Result<Response<ResponseBody>, Error> {
+    let token = request::token(request);
+    let mailbox = front.hub.mailbox(
+        &request::room(room)?,
+        request::peer(peer)?,
+        token.as_deref(),
+    )?;
+    let after: u64 =
+        number("after", request::query_value(request, "after").as_deref())?.unwrap_or(0);
+    let max_wait = front.config.poll_max_wait();
+    let wait = match number::<f64>("wait", request::query_value(request, "wait").as_deref())? {
         Some(seconds) if !(seconds.is_finite() && seconds >= 0.0) => {
             return Err(Error::InvalidQuery {
                 parameter: "wait",
@@ -46,6 +45,8 @@ pub async fn poll(
         None => max_wait,
     };
 
+    let metrics = &front.metrics;
+    let mut shutdown = front.shutdown.clone();
     let _presence = mailbox.listen();
     let _in_flight = metrics.poll_started();
     mailbox.acknowledge(after);
@@ -58,7 +59,7 @@ pub async fn poll(
             Read::Closed | Read::Replaced => return Err(Error::PeerNotFound),
         };
         if !batch.entries.is_empty() || batch.reset.is_some() {
-            return Ok(RawJson(render(metrics, after, batch)));
+            return Ok(response::json(200, render(metrics, after, batch)));
         }
         // A wake-up means "look again"; the deadline, a shutdown (so that the client reconnects
         // to a restarted server instead of hanging) or a closed mailbox mean "answer now".
@@ -68,7 +69,7 @@ pub async fn poll(
             _ = &mut shutdown => true,
         };
         if answer_now {
-            return Ok(RawJson(render(metrics, after, batch)));
+            return Ok(response::json(200, render(metrics, after, batch)));
         }
     }
 }

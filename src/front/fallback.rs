@@ -1,0 +1,69 @@
+//! Every request that is not a relay route goes to the Rocket application, dispatched in-process
+//! by Rocket's local client: no second socket, and Rocket's routing, guards, fairings and
+//! catchers answer exactly as they would on a socket of their own. These routes are light (join,
+//! leave, a room's peers, ICE servers, static files), so buffering their bodies costs nothing
+//! that matters.
+
+use std::net::SocketAddr;
+
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::{Request, Response};
+use rocket::http::{Header, Method, Status};
+
+use crate::error::Error;
+use crate::front::request;
+use crate::front::response::ResponseBody;
+use crate::front::Front;
+
+pub async fn dispatch(
+    front: &Front,
+    request: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<ResponseBody> {
+    let (parts, body) = request.into_parts();
+    let Ok(method) = parts.method.as_str().parse::<Method>() else {
+        let error = Error::Http(Status::MethodNotAllowed);
+        return front.refuse(&parts, &error);
+    };
+    // Every body is bounded, whichever route it is for: Rocket's own limits would only apply
+    // after the front had read it.
+    let body = match request::body(&parts, body, front.config.max_body_bytes).await {
+        Ok(body) => body,
+        Err(error) => return front.refuse(&parts, &error),
+    };
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |path| path.as_str().to_owned());
+    let mut local = front.rocket.req(method, uri).remote(remote);
+    for (name, value) in &parts.headers {
+        // Rocket's headers are text; a header that is not is one no route of signpost reads.
+        if let Ok(value) = value.to_str() {
+            local.add_header(Header::new(name.as_str().to_owned(), value.to_owned()));
+        }
+    }
+    if !body.is_empty() {
+        local.set_body(body);
+    }
+    let answer = local.dispatch().await;
+    let mut response = Response::new(Either::Left(Full::default()));
+    *response.status_mut() = hyper::StatusCode::from_u16(answer.status().code)
+        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    for header in answer.headers().iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(header.name().as_str().as_bytes()),
+            HeaderValue::from_str(header.value()),
+        ) else {
+            continue;
+        };
+        // hyper frames the body itself.
+        if name != CONTENT_LENGTH && name != TRANSFER_ENCODING {
+            response.headers_mut().append(name, value);
+        }
+    }
+    let bytes = answer.into_bytes().await.unwrap_or_default();
+    *response.body_mut() = Either::Left(Full::new(bytes.into()));
+    response
+}

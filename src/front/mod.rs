@@ -1,0 +1,292 @@
+//! The HTTP front: signpost's one listening socket, and the layer that decides who answers.
+//!
+//! The three relay routes carry nearly all of a signaling server's traffic: sending
+//! (`POST …/messages`), the SSE stream (`GET …/events`) and the long-poll (`GET …/messages`).
+//! Served by Rocket they cost about 80 µs of CPU per relayed message and about 47 KB per idle
+//! stream, most of it Rocket's per-request and per-connection machinery rather than signpost's
+//! (docs/BENCHMARKS.md has the profile). So the front serves those three on hyper directly, and
+//! hands every other request (join, leave, rooms, ICE, `/healthz`, `/metrics`, static files, CORS
+//! preflight) to the Rocket application that [`crate::build`] assembles, dispatched in-process
+//! through Rocket's local client: those keep Rocket's routing, guards, fairings and catchers.
+//!
+//! Both layers share one `Hub`, one `Config`, one `Metrics` and one Rocket `Shutdown`, and the
+//! relay routes reuse the API's own rules (`api::auth`, `api::body`, `api::cors`, the one
+//! `Error`), so a client cannot tell which layer answered.
+//!
+//! - `request`: how a relay request's path, query, token and body become domain values.
+//! - `response`: JSON and error responses, and the headers every relay response carries.
+//! - `send`, `events`, `poll`: the three relay routes.
+//! - `fallback`: hands every other request to Rocket.
+//! - `signals`: the process signals that stop the server.
+
+mod events;
+mod fallback;
+mod poll;
+mod request;
+mod response;
+mod send;
+mod signals;
+
+pub use self::signals::shutdown_signals;
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::http::request::Parts;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use rocket::figment::Figment;
+use rocket::local::asynchronous::Client;
+use rocket::Shutdown;
+use tokio::net::TcpListener;
+use tokio::select;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::hub::Hub;
+use crate::logging;
+use crate::metrics::Metrics;
+
+use self::response::ResponseBody;
+
+/// A bound signpost server: the listening socket and the application behind it.
+///
+/// [`Server::bind`] checks the config, binds the socket and starts the background tasks (the
+/// presence sweeper, the STUN server); [`Server::run`] serves until told to stop.
+pub struct Server {
+    listener: TcpListener,
+    front: Arc<Front>,
+    /// Rocket's `keep_alive`, `shutdown.grace` and `shutdown.mercy` apply to the front.
+    http: rocket::Config,
+}
+
+/// Why a server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// Rocket's own settings (address, port, shutdown, ...) do not parse.
+    Rocket(String),
+    /// The `signpost` settings are invalid, or a background service could not start; the
+    /// reason has been logged.
+    Application(String),
+    /// The address could not be bound.
+    Bind(SocketAddr, std::io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Rocket(error) => write!(f, "invalid Rocket configuration: {error}"),
+            StartError::Application(error) => write!(f, "{error}"),
+            StartError::Bind(address, error) => write!(f, "cannot bind to {address}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// What every request handler needs: the application's shared state.
+struct Front {
+    hub: Hub,
+    config: Config,
+    metrics: Metrics,
+    /// Rocket's shutdown signal, the one every stream, poll and background task selects on.
+    shutdown: Shutdown,
+    /// The Rocket application, for every request the front does not serve itself.
+    rocket: Client,
+}
+
+impl Server {
+    /// Builds the application from `figment` (Rocket's settings, and signpost's under its
+    /// `signpost` key) and binds its address.
+    pub async fn bind(figment: Figment) -> Result<Server, StartError> {
+        let http = rocket::Config::try_from(&figment)
+            .map_err(|error| StartError::Rocket(error.to_string()))?;
+        let rocket = Client::untracked(crate::build(figment))
+            .await
+            .map_err(|error| StartError::Application(error.to_string()))?;
+        let state = |name| format!("the Rocket application has no {name}");
+        let orbit = rocket.rocket();
+        let (Some(hub), Some(config), Some(metrics)) = (
+            orbit.state::<Hub>().cloned(),
+            orbit.state::<Config>().cloned(),
+            orbit.state::<Metrics>().cloned(),
+        ) else {
+            return Err(StartError::Application(state("hub, config or metrics")));
+        };
+        let shutdown = orbit.shutdown();
+        let address = SocketAddr::new(http.address, http.port);
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|error| StartError::Bind(address, error))?;
+        let front = Arc::new(Front {
+            hub,
+            config,
+            metrics,
+            shutdown,
+            rocket,
+        });
+        Ok(Server {
+            listener,
+            front,
+            http,
+        })
+    }
+
+    /// The address the server listens on (with the port the system chose, if the config's was 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shutdown signal: `notify()` on it stops the server as `stop` in [`Server::run`] does.
+    pub fn shutdown(&self) -> Shutdown {
+        self.front.shutdown.clone()
+    }
+
+    /// Serves until `stop` completes or the shutdown signal is notified. Then it stops
+    /// accepting, ends every stream and poll (they select on the signal), lets requests in
+    /// flight finish, and returns once every connection has closed or `shutdown.grace` plus
+    /// `shutdown.mercy` seconds have passed.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        let Server {
+            listener,
+            front,
+            http,
+        } = self;
+        if let Ok(address) = listener.local_addr() {
+            logging::info(format_args!("listening on http://{address}"));
+        }
+        let mut connection = http1::Builder::new();
+        connection.timer(TokioTimer::new());
+        if http.keep_alive == 0 {
+            connection.keep_alive(false);
+        } else {
+            // hyper's keep-alive has no idle timeout of its own; this bounds how long an idle
+            // connection may take to send its next request head, as Rocket's `keep_alive` did.
+            connection.header_read_timeout(Duration::from_secs(http.keep_alive.into()));
+        }
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = front.shutdown.clone();
+        tokio::pin!(stop);
+        loop {
+            select! {
+                accepted = listener.accept() => {
+                    let (stream, remote) = match accepted {
+                        Ok(accepted) => accepted,
+                        Err(error) => {
+                            // Out of file descriptors, most likely: the error repeats until a
+                            // connection closes, so pause rather than spin on it.
+                            logging::warn(format_args!("cannot accept a connection: {error}"));
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    // Signaling messages are small and latency matters more than packing.
+                    let _ = stream.set_nodelay(true);
+                    let front = front.clone();
+                    let service = service_fn(move |request| {
+                        let front = front.clone();
+                        async move { Ok::<_, Infallible>(front.handle(request, remote).await) }
+                    });
+                    let served = graceful.watch(connection.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(served);
+                }
+                () = &mut stop => {
+                    front.shutdown.clone().notify();
+                    break;
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        logging::info(format_args!(
+            "shutting down: ending {} SSE streams and {} polls",
+            front.metrics.sse_streams(),
+            front.metrics.polls_in_flight()
+        ));
+        let patience = Duration::from_secs((http.shutdown.grace + http.shutdown.mercy).into());
+        if tokio::time::timeout(patience, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            logging::warn(format_args!(
+                "{} s after shutdown began, connections were still open; closing them",
+                patience.as_secs()
+            ));
+        }
+    }
+}
+
+/// The route a request names, if it is one of the three the front serves; its segments are
+/// still percent-encoded.
+enum Route<'a> {
+    Send { room: &'a str },
+    Events { room: &'a str, peer: &'a str },
+    Poll { room: &'a str, peer: &'a str },
+}
+
+impl<'a> Route<'a> {
+    fn of(method: &Method, path: &'a str) -> Option<Route<'a>> {
+        let rest = path.strip_prefix("/api/rooms/")?;
+        let mut segments = rest.split('/');
+        let mut next = || segments.next();
+        let route = match (next(), next(), next(), next(), next()) {
+            (Some(room), Some("messages"), None, _, _) if method == Method::POST => {
+                Route::Send { room }
+            }
+            (Some(room), Some("peers"), Some(peer), Some("events"), None)
+                if method == Method::GET =>
+            {
+                Route::Events { room, peer }
+            }
+            (Some(room), Some("peers"), Some(peer), Some("messages"), None)
+                if method == Method::GET =>
+            {
+                Route::Poll { room, peer }
+            }
+            _ => return None,
+        };
+        Some(route)
+    }
+}
+
+impl Front {
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<ResponseBody> {
+        let (parts, body) = request.into_parts();
+        let Some(route) = Route::of(&parts.method, parts.uri.path()) else {
+            return fallback::dispatch(self, Request::from_parts(parts, body), remote).await;
+        };
+        let answer = match route {
+            Route::Send { room } => send::send(self, room, &parts, body).await,
+            Route::Events { room, peer } => events::events(self, room, peer, &parts),
+            Route::Poll { room, peer } => poll::poll(self, room, peer, &parts).await,
+        };
+        match answer {
+            Ok(mut response) => {
+                response::decorate(&mut response, &self.config, &parts);
+                response
+            }
+            Err(error) => self.refuse(&parts, &error),
+        }
+    }
+
+    /// The answer to a request the front refuses, counted and logged as Rocket's are.
+    fn refuse(&self, request: &Parts, error: &Error) -> Response<ResponseBody> {
+        self.metrics.rejected(error.code());
+        response::log_failure(request, error);
+        let mut response = response::error(error);
+        response::decorate(&mut response, &self.config, request);
+        response
+    }
+}

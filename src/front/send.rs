@@ -1,0 +1,35 @@
+//! Sending: one message or a batch, from the peer whose token the request carries.
+
+use hyper::body::Incoming;
+use hyper::http::request::Parts;
+use hyper::Response;
+
+use crate::error::Error;
+use crate::front::request;
+use crate::front::response::{self, ResponseBody};
+use crate::front::Front;
+use crate::message::MessageBatch;
+
+/// `POST /api/rooms/{room}/messages`: `202 {"accepted": n}`.
+pub async fn send(
+    front: &Front,
+    room: &str,
+    request: &Parts,
+    body: Incoming,
+) -> Result<Response<ResponseBody>, Error> {
+    let room = request::room(room)?;
+    let token = request::token(request);
+    // Authentication comes before body errors, so that a stranger learns nothing from them.
+    if token.as_deref().is_none() {
+        return Err(Error::MissingToken);
+    }
+    let batch: MessageBatch =
+        request::json_body(request, body, front.config.max_body_bytes).await?;
+    let accepted = front.hub.send(&room, token.as_deref(), batch.0)?;
+    front.metrics.messages_accepted(accepted);
+    let mut json = Vec::with_capacity(24);
+    json.extend_from_slice(b"{\"accepted\":");
+    json.extend_from_slice(itoa::Buffer::new().format(accepted).as_bytes());
+    json.push(b'}');
+    Ok(response::json(202, json))
+}
