@@ -116,7 +116,8 @@ pub struct EncodedMessage {
     kind: Box<str>,
     /// The envelope's JSON object without its `id`: `{"from":…,"type":…,"data":…}`.
     /// Always a non-empty object, so `render` can splice the id after its opening brace.
-    body: Box<str>,
+    /// A `String` rather than a `Box<str>`: shrinking it to fit would copy it once more.
+    body: String,
 }
 
 #[derive(Serialize)]
@@ -131,22 +132,34 @@ struct EnvelopeBody<'a, D: Serialize + ?Sized> {
 impl EncodedMessage {
     /// A message from a peer.
     pub fn from_peer(from: PeerId, kind: &MessageType, data: Option<&RawValue>) -> Arc<Self> {
-        let null = RawValue::NULL;
-        Self::encode(Some(from), kind.as_str(), data.unwrap_or(null))
+        let data = data.unwrap_or(RawValue::NULL);
+        Self::encode(Some(from), kind.as_str(), data, data.get().len())
     }
 
     /// An event the server emits (`join`, `leave`, ...); it has no `from`.
     pub fn from_server<D: Serialize>(kind: &'static str, data: &D) -> Arc<Self> {
-        Self::encode(None, kind, data)
+        Self::encode(None, kind, data, 64)
     }
 
-    fn encode<D: Serialize + ?Sized>(from: Option<PeerId>, kind: &str, data: &D) -> Arc<Self> {
-        let body = EnvelopeBody { from, kind, data };
+    /// `data_len` is a guess at the encoded size of `data`, so that the envelope is written
+    /// into one buffer of the right size instead of one that grows and is then shrunk.
+    fn encode<D: Serialize + ?Sized>(
+        from: Option<PeerId>,
+        kind: &str,
+        data: &D,
+        data_len: usize,
+    ) -> Arc<Self> {
+        // `{"from":"<36>","type":"<kind>","data":<data>}`
+        let mut body = Vec::with_capacity(data_len + kind.len() + 64);
+        let envelope = EnvelopeBody { from, kind, data };
         // Serialising a struct of strings, ids and already-valid JSON cannot fail.
-        let body = serde_json::to_string(&body).unwrap_or_else(|_| String::from("{}"));
+        if serde_json::to_writer(&mut body, &envelope).is_err() {
+            body = b"{}".to_vec();
+        }
         Arc::new(Self {
             kind: kind.into(),
-            body: body.into(),
+            // serde_json writes only UTF-8.
+            body: String::from_utf8(body).unwrap_or_else(|_| String::from("{}")),
         })
     }
 

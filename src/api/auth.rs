@@ -12,19 +12,23 @@ pub struct Token(Option<String>);
 impl Token {
     /// The token of a request with this `Authorization` header and this `token` query value.
     /// The header wins; an empty token counts as none.
-    pub fn find(authorization: Option<&str>, query: Option<String>) -> Token {
-        let from_header = authorization.and_then(|value| {
-            let (scheme, token) = value.trim().split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim().to_owned())
-        });
-        Token(from_header.or(query).filter(|token| !token.is_empty()))
+    pub fn find(authorization: Option<&str>, query: impl FnOnce() -> Option<String>) -> Token {
+        let token = match authorization.and_then(bearer) {
+            Some(token) => Some(token.to_owned()),
+            None => query(),
+        };
+        Token(token.filter(|token| !token.is_empty()))
     }
 
     pub fn as_deref(&self) -> Option<&str> {
         self.0.as_deref()
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 #[rocket::async_trait]
@@ -34,7 +38,7 @@ impl<'r> FromRequest<'r> for Token {
     async fn from_request(request: &'r Request<'_>) -> Outcome<Self, Infallible> {
         Outcome::Success(Token::find(
             request.headers().get_one("Authorization"),
-            request.query_value::<String>("token").and_then(Result::ok),
+            || request.query_value::<String>("token").and_then(Result::ok),
         ))
     }
 }

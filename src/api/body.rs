@@ -66,7 +66,13 @@ pub fn parse_json<T: DeserializeOwned>(
         return serde_json::from_str("null").map_err(|_| Error::EmptyBody);
     }
     // An unparsable Content-Type is ignored, as Rocket's `Request::content_type` ignores it.
-    if let Some(content_type) = content_type.and_then(ContentType::parse_flexible) {
+    // The common case skips the media-type parser, which the relay profile showed.
+    let plain_json =
+        content_type.is_some_and(|value| value.eq_ignore_ascii_case("application/json"));
+    let parsed = content_type
+        .filter(|_| !plain_json)
+        .and_then(ContentType::parse_flexible);
+    if let Some(content_type) = parsed {
         if !content_type.is_json() {
             return Err(Error::UnsupportedMediaType(content_type.to_string()));
         }

@@ -265,7 +265,10 @@ impl Front {
     ) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
         let Some(route) = Route::of(&parts.method, parts.uri.path()) else {
-            return fallback::dispatch(self, Request::from_parts(parts, body), remote).await;
+            // Boxed: Rocket's dispatch future is over 8 KiB, and hyper keeps room for the largest
+            // state of this future for as long as a connection lives, idle streams included.
+            let dispatch = fallback::dispatch(self, Request::from_parts(parts, body), remote);
+            return Box::pin(dispatch).await;
         };
         let answer = match route {
             Route::Send { room } => send::send(self, room, &parts, body).await,

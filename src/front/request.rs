@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::http::request::Parts;
@@ -42,10 +42,9 @@ pub fn header<'a>(request: &'a Parts, name: &str) -> Option<&'a str> {
 
 /// The token from `Authorization: Bearer` or `?token=`, by the rule Rocket's guard uses.
 pub fn token(request: &Parts) -> Token {
-    Token::find(
-        header(request, "Authorization"),
-        query_value(request, "token"),
-    )
+    Token::find(header(request, "Authorization"), || {
+        query_value(request, "token")
+    })
 }
 
 /// Reads a body of at most `limit` bytes. A `Content-Length` over the limit is refused before
@@ -55,12 +54,35 @@ pub async fn body(request: &Parts, body: Incoming, limit: usize) -> Result<Bytes
     if announced.is_some_and(|length: usize| length > limit) {
         return Err(Error::BodyTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(Error::BodyTooLarge { limit }),
-        // The client went away or sent broken chunked framing.
-        Err(_) => Err(Error::Http(Status::BadRequest)),
+    // Most bodies arrive as one frame, which is kept as it is, without a copy.
+    let mut body = Limited::new(body, limit);
+    let mut whole = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) if error.is::<LengthLimitError>() => {
+                return Err(Error::BodyTooLarge { limit })
+            }
+            // The client went away or sent broken chunked framing.
+            Err(_) => return Err(Error::Http(Status::BadRequest)),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        match &mut joined {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if whole.is_empty() => whole = data,
+            None => {
+                let mut buffer =
+                    BytesMut::with_capacity(announced.unwrap_or(0).max(whole.len() + data.len()));
+                buffer.extend_from_slice(&whole);
+                buffer.extend_from_slice(&data);
+                joined = Some(buffer);
+            }
+        }
     }
+    Ok(joined.map_or(whole, BytesMut::freeze))
 }
 
 /// Reads and parses a JSON body of at most `limit` bytes.
