@@ -181,6 +181,19 @@ async fn oversize_bodies_and_messages_are_refused() {
         refused(send(&alice).json(&big_message)).await,
         (413, "message_too_large".into())
     );
+    // Without a Content-Length (chunked), the limit is enforced as the body arrives.
+    let chunks =
+        futures_util::stream::iter((0..5).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1000])));
+    let chunked = send(&alice)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks));
+    assert_eq!(refused(chunked).await, (413, "body_too_large".into()));
+    // The same limit holds on every route, not only on the relay routes.
+    let big_join = server
+        .client
+        .post(server.url("/api/rooms/large/peers"))
+        .json(&json!({"name": "x".repeat(5000)}));
+    assert_eq!(refused(big_join).await, (413, "body_too_large".into()));
     assert_mailbox_holds(&bob, 0).await;
     alice
         .send_ok(json!({"type": "offer", "to": bob.id, "data": "x".repeat(900)}))
@@ -490,4 +503,69 @@ async fn no_request_causes_a_server_error() {
             assert!(body["error"].is_string());
         }
     }
+
+    // What no HTTP client library sends: an unknown method, a header value that is not ASCII, a path
+    // that decodes to bytes that are not UTF-8.
+    let raw_requests = [
+        (
+            "FROB /api/rooms/hostile/messages HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            405,
+        ),
+        (
+            "GET /api/rooms/hostile HTTP/1.1\r\nHost: x\r\nX-Bytes: \u{ff}\r\n\r\n".to_owned(),
+            200,
+        ),
+        (
+            format!(
+                "POST /api/rooms/%FF/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 2\r\n\r\n{{}}",
+                alice.token
+            ),
+            400,
+        ),
+    ];
+    for (request, expected) in raw_requests {
+        let (status, body) = raw_exchange(&server, request.as_bytes()).await;
+        assert_eq!(status, expected, "{request:?} got {body}");
+        if status >= 400 {
+            let body: Value = serde_json::from_str(&body).expect("JSON error body");
+            assert!(body["error"].is_string(), "{body}");
+        }
+    }
+}
+
+/// Writes `request` on a fresh connection (closed after one exchange) and returns the status and
+/// body of the response.
+async fn raw_exchange(server: &Server, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = server.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let mut request = request.to_vec();
+    // One exchange: ask the server to close afterwards, so the response ends at EOF.
+    let head_end = request
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("a request head");
+    request.splice(
+        head_end + 2..head_end + 2,
+        b"Connection: close\r\n".iter().copied(),
+    );
+    stream.write_all(&request).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(common::EVENT_DEADLINE, stream.read_to_end(&mut response))
+        .await
+        .expect("the server answers and closes")
+        .expect("read");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -133,3 +133,69 @@ async fn the_body_limit_is_exact() {
     assert_eq!(next["id"], 3, "the refused body took no id");
     server.stop().await;
 }
+
+/// A path segment is percent-decoded before it is read as a room name or a peer id, on the
+/// relay routes as on the others, and `?token=` is form-decoded: `a%2Eb` is the room `a.b`.
+#[tokio::test]
+async fn encoded_paths_and_queries_name_the_same_room_and_peer() {
+    let server = Server::start().await;
+    let alice = server.join("a.b", "alice").await;
+    let bob = server.join("a.b", "bob").await;
+    let encoded_peer = bob.id.replace('-', "%2D");
+
+    let sent = server
+        .client
+        .post(server.url("/api/rooms/a%2Eb/messages"))
+        .bearer_auth(&alice.token)
+        .json(&json!({"type": "offer", "to": bob.id}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(sent.status(), 202);
+    let polled = server
+        .client
+        .get(server.url(&format!(
+            "/api/rooms/a%2Eb/peers/{encoded_peer}/messages?wait=0&token={}",
+            bob.token
+        )))
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(polled.status(), 200);
+    let body: serde_json::Value = polled.json().await.expect("JSON");
+    assert_eq!(body["messages"][0]["type"], "offer");
+    assert_eq!(body["messages"][0]["from"], alice.id);
+    let (status, room) = server.get_json("/api/rooms/a%2Eb").await;
+    assert_eq!(status, 200);
+    assert_eq!(room["peers"].as_array().map(Vec::len), Some(2));
+}
+
+/// The relay routes' responses carry the headers every API response carries, whichever layer
+/// answers it: `Cache-Control: no-store` (so no proxy replays a poll), `nosniff`, JSON.
+#[tokio::test]
+async fn relay_responses_carry_the_api_headers() {
+    let server = Server::start().await;
+    let alice = server.join("headers", "alice").await;
+    let bob = server.join("headers", "bob").await;
+    let sent = alice.send(json!({"type": "offer", "to": bob.id})).await;
+    let polled = bob
+        .client
+        .get(bob.url(&format!("{}/messages?wait=0", bob.peer_path())))
+        .bearer_auth(&bob.token)
+        .send()
+        .await
+        .expect("poll");
+    let refused = bob
+        .client
+        .get(bob.url(&format!("{}/messages?wait=x", bob.peer_path())))
+        .bearer_auth(&bob.token)
+        .send()
+        .await
+        .expect("poll");
+    for (what, response) in [("send", sent), ("poll", polled), ("refusal", refused)] {
+        let headers = response.headers();
+        assert_eq!(headers["content-type"], "application/json", "{what}");
+        assert_eq!(headers["cache-control"], "no-store", "{what}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{what}");
+    }
+}
