@@ -178,20 +178,14 @@ async fn relay_responses_carry_the_api_headers() {
     let alice = server.join("headers", "alice").await;
     let bob = server.join("headers", "bob").await;
     let sent = alice.send(json!({"type": "offer", "to": bob.id})).await;
-    let polled = bob
-        .client
-        .get(bob.url(&format!("{}/messages?wait=0", bob.peer_path())))
-        .bearer_auth(&bob.token)
-        .send()
-        .await
-        .expect("poll");
-    let refused = bob
-        .client
-        .get(bob.url(&format!("{}/messages?wait=x", bob.peer_path())))
-        .bearer_auth(&bob.token)
-        .send()
-        .await
-        .expect("poll");
+    let poll = |query: &str| {
+        bob.client
+            .get(bob.url(&format!("{}/messages?{query}", bob.peer_path())))
+            .bearer_auth(&bob.token)
+            .send()
+    };
+    let polled = poll("wait=0").await.expect("poll");
+    let refused = poll("wait=x").await.expect("poll");
     for (what, response) in [("send", sent), ("poll", polled), ("refusal", refused)] {
         let headers = response.headers();
         assert_eq!(headers["content-type"], "application/json", "{what}");

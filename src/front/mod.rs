@@ -4,14 +4,15 @@
 //! (`POST …/messages`), the SSE stream (`GET …/events`) and the long-poll (`GET …/messages`).
 //! Served by Rocket they cost about 80 µs of CPU per relayed message and about 47 KB per idle
 //! stream, most of it Rocket's per-request and per-connection machinery rather than signpost's
-//! (docs/BENCHMARKS.md has the profile). So the front serves those three on hyper directly, and
-//! hands every other request (join, leave, rooms, ICE, `/healthz`, `/metrics`, static files, CORS
-//! preflight) to the Rocket application that [`crate::build`] assembles, dispatched in-process
-//! through Rocket's local client: those keep Rocket's routing, guards, fairings and catchers.
+//! (docs/BENCHMARKS.md has the profile); on hyper directly, about 43 µs and 21 KB. So the front
+//! serves those three on hyper, and hands every other request (join, leave, rooms, ICE,
+//! `/healthz`, `/metrics`, static files, CORS preflight) to the Rocket application that
+//! [`crate::build`] assembles, dispatched in-process through Rocket's local client: those keep
+//! Rocket's routing, guards, fairings and catchers.
 //!
 //! Both layers share one `Hub`, one `Config`, one `Metrics` and one Rocket `Shutdown`, and the
 //! relay routes reuse the API's own rules (`api::auth`, `api::body`, `api::cors`, the one
-//! `Error`), so a client cannot tell which layer answered.
+//! `Error`), so a client sees one API whichever layer answered.
 //!
 //! - `request`: how a relay request's path, query, token and body become domain values.
 //! - `response`: JSON and error responses, and the headers every relay response carries.
@@ -94,8 +95,11 @@ impl std::error::Error for StartError {}
 
 /// What every request handler needs: the application's shared state.
 struct Front {
+    /// The same hub Rocket's routes use (a handle on one shared state).
     hub: Hub,
+    /// The `signpost` settings, as Rocket's routes see them.
     config: Config,
+    /// The same counters Rocket's routes count into.
     metrics: Metrics,
     /// Rocket's shutdown signal, the one every stream, poll and background task selects on.
     shutdown: Shutdown,
