@@ -504,6 +504,22 @@ async fn no_request_causes_a_server_error() {
         }
     }
 
+    // HEAD on the receiving routes would replace the live stream or acknowledge messages that
+    // nobody reads: it is refused, and Alice's stream below is still the one delivering.
+    let mut alice_events = alice.events(None).await;
+    for route in ["events", "messages"] {
+        let head = server
+            .client
+            .head(url(&format!("{}/{route}", alice.peer_path())))
+            .bearer_auth(&alice.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 404, "HEAD {route}");
+    }
+    let bob = server.join("hostile", "bob").await;
+    assert_eq!(alice_events.next_message().await["data"]["peer_id"], bob.id);
+
     // What no HTTP client library sends: an unknown method, a header value that is not ASCII, a path
     // that decodes to bytes that are not UTF-8.
     let raw_requests = [
