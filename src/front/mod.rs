@@ -116,14 +116,15 @@ impl Server {
         let rocket = Client::untracked(crate::build(figment))
             .await
             .map_err(|error| StartError::Application(error.to_string()))?;
-        let state = |name| format!("the Rocket application has no {name}");
         let orbit = rocket.rocket();
         let (Some(hub), Some(config), Some(metrics)) = (
             orbit.state::<Hub>().cloned(),
             orbit.state::<Config>().cloned(),
             orbit.state::<Metrics>().cloned(),
         ) else {
-            return Err(StartError::Application(state("hub, config or metrics")));
+            // `build` manages all three; only a change to it could get here.
+            let missing = "the Rocket application manages no hub, config or metrics";
+            return Err(StartError::Application(missing.to_owned()));
         };
         let shutdown = orbit.shutdown();
         let address = SocketAddr::new(http.address, http.port);
@@ -221,7 +222,7 @@ impl Server {
             .is_err()
         {
             logging::warn(format_args!(
-                "{} s after shutdown began, connections were still open; closing them",
+                "{} s after shutdown began, connections were still open; leaving them",
                 patience.as_secs()
             ));
         }
