@@ -113,9 +113,11 @@ impl Server {
     pub async fn bind(figment: Figment) -> Result<Server, StartError> {
         let http = rocket::Config::try_from(&figment)
             .map_err(|error| StartError::Rocket(error.to_string()))?;
+        // The fairing that failed has already said why (Rocket's own word is "launch fairing(s)
+        // failed").
         let rocket = Client::untracked(crate::build(figment))
             .await
-            .map_err(|error| StartError::Application(error.to_string()))?;
+            .map_err(|error| StartError::Application(format!("{error}; the reason is above")))?;
         let orbit = rocket.rocket();
         let (Some(hub), Some(config), Some(metrics)) = (
             orbit.state::<Hub>().cloned(),
