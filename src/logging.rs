@@ -32,3 +32,15 @@ pub fn warn(line: fmt::Arguments<'_>) {
         eprintln!("signpost warn: {line}");
     }
 }
+
+/// Logs a request that failed: method, path (never the query, which may hold a token), status
+/// and error code (`-` when there is none). Server errors are warnings, client errors
+/// information; successful requests are not logged one by one (the hub logs joins and leaves).
+pub fn failed_request(method: &str, path: &str, status: u16, code: &str) {
+    let line = format_args!("{method} {path} {status} {code}");
+    if status >= 500 {
+        warn(line);
+    } else if status >= 400 {
+        info(line);
+    }
+}

@@ -2,16 +2,14 @@
 
 mod common;
 
-use common::Server;
+use common::{test_figment, Server};
 use rocket::figment::Figment;
 use serde_json::json;
 
 fn figment(key: &str, value: serde_json::Value) -> Figment {
-    rocket::Config::figment()
-        .merge(("port", 0))
-        .merge(("log_level", "off"))
-        .merge(("signpost.log_level", "off"))
-        .merge((format!("signpost.{key}"), value))
+    let mut settings = serde_json::Map::new();
+    settings.insert(key.to_owned(), value);
+    test_figment(settings.into())
 }
 
 /// A misspelt key or a nonsensical value refuses to start rather than silently using a default.

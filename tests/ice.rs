@@ -224,10 +224,7 @@ async fn turn_configuration_must_be_complete() {
         json!({"turn_secret": "s"}),
         json!({"turn_urls": ["turn:turn.example.org"], "turn_secret": "s", "turn_credential_ttl_secs": 0}),
     ] {
-        let figment = rocket::Config::figment()
-            .merge(("port", 0))
-            .merge(("signpost", settings.clone()));
-        let error = signpost::build(figment)
+        let error = signpost::build(common::test_figment(settings.clone()))
             .ignite()
             .await
             .expect_err(&format!("{settings} is refused"));

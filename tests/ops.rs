@@ -10,8 +10,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Peer, Server};
-use rocket::figment::Figment;
+use common::{test_figment, Peer, Server};
 use serde_json::{json, Value};
 
 /// `/healthz` answers 200 with a JSON body and no token.
@@ -330,15 +329,7 @@ async fn cors_default_is_same_origin_only_and_star_allows_all() {
 
 /// A server whose shutdown grace is `grace` seconds and mercy 1 s.
 async fn server_with_grace(grace: u32) -> Server {
-    let figment: Figment = rocket::Config::figment()
-        .merge(("address", "127.0.0.1"))
-        .merge(("port", 0))
-        .merge(("log_level", "off"))
-        .merge(("shutdown.ctrlc", false))
-        .merge(("shutdown.grace", grace))
-        .merge(("shutdown.mercy", 1))
-        .merge(("signpost.log_level", "off"));
-    Server::from_figment(figment).await
+    Server::from_figment(test_figment(json!({})).merge(("shutdown.grace", grace))).await
 }
 
 /// On shutdown, an open SSE stream ends cleanly (end of stream, not a cut connection) and a poll

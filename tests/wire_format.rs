@@ -48,13 +48,7 @@ async fn sse_events_are_written_field_for_field() {
         .unwrap();
     assert_eq!(response.status(), 202);
 
-    let response = alice
-        .client
-        .get(alice.url(&format!("{}/events", alice.peer_path())))
-        .bearer_auth(&alice.token)
-        .send()
-        .await
-        .unwrap();
+    let response = alice.events_response(None).await;
     assert_eq!(response.status(), 200);
     let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
     assert_eq!(header("content-type"), "text/event-stream");
@@ -83,13 +77,7 @@ async fn sse_events_are_written_field_for_field() {
 async fn an_idle_stream_gets_heartbeat_comments() {
     let server = Server::with(json!({ "heartbeat_secs": 0.1 })).await;
     let alice = server.join("beat", "alice").await;
-    let response = alice
-        .client
-        .get(alice.url(&format!("{}/events", alice.peer_path())))
-        .bearer_auth(&alice.token)
-        .send()
-        .await
-        .unwrap();
+    let response = alice.events_response(None).await;
     let body = read_until(response, "\n\n:\n:\n").await;
     assert!(body.starts_with("event:ready\n"), "{body:?}");
     server.stop().await;

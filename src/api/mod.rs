@@ -61,9 +61,8 @@ fn default_catcher(status: Status, _: &Request<'_>) -> Error {
     }
 }
 
-/// Logs each failed request as method, path (never the query, which may hold a token), status
-/// and error code; the path names the room and the peer. Successful requests are not logged one
-/// by one: joins and leaves are logged by the hub.
+/// Logs each failed request Rocket answers ([`logging::failed_request`]); the path names the
+/// room and the peer.
 struct RequestLog;
 
 #[rocket::async_trait]
@@ -76,19 +75,13 @@ impl Fairing for RequestLog {
     }
 
     async fn on_response<'r>(&self, request: &'r Request<'_>, response: &mut Response<'r>) {
-        let status = response.status();
         let code = request.local_cache(ErrorCode::default).0.unwrap_or("-");
-        let line = format_args!(
-            "{} {} {} {code}",
-            request.method(),
-            request.uri().path(),
-            status.code
+        logging::failed_request(
+            request.method().as_str(),
+            request.uri().path().as_str(),
+            response.status().code,
+            code,
         );
-        if status.code >= 500 {
-            logging::warn(line);
-        } else if status.code >= 400 {
-            logging::info(line);
-        }
     }
 }
 

@@ -6,11 +6,21 @@ use rocket::request::FromParam;
 use crate::error::Error;
 use crate::identity::{PeerId, RoomName};
 
+/// A room name from a (percent-decoded) path segment; the relay routes (`front`) use it too.
+pub fn room_name(segment: &str) -> Result<RoomName, Error> {
+    RoomName::parse(segment).map_err(|invalid| Error::InvalidRoomName(invalid.0))
+}
+
+/// A peer id from a (percent-decoded) path segment; the relay routes (`front`) use it too.
+pub fn peer_id(segment: &str) -> Result<PeerId, Error> {
+    PeerId::parse(segment).ok_or(Error::InvalidPeerId)
+}
+
 impl<'a> FromParam<'a> for RoomName {
     type Error = Error;
 
     fn from_param(param: &'a str) -> Result<Self, Error> {
-        RoomName::parse(param).map_err(|invalid| Error::InvalidRoomName(invalid.0))
+        room_name(param)
     }
 }
 
@@ -18,7 +28,7 @@ impl<'a> FromParam<'a> for PeerId {
     type Error = Error;
 
     fn from_param(param: &'a str) -> Result<Self, Error> {
-        PeerId::parse(param).ok_or(Error::InvalidPeerId)
+        peer_id(param)
     }
 }
 

@@ -14,7 +14,7 @@ use rocket::http::{Header, Method, Status};
 
 use crate::error::Error;
 use crate::front::request;
-use crate::front::response::ResponseBody;
+use crate::front::response::{self, ResponseBody};
 use crate::front::Front;
 
 pub async fn dispatch(
@@ -49,8 +49,7 @@ pub async fn dispatch(
     }
     let answer = local.dispatch().await;
     let mut response = Response::new(Either::Left(Full::default()));
-    *response.status_mut() = hyper::StatusCode::from_u16(answer.status().code)
-        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() = response::status(answer.status().code);
     for header in answer.headers().iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(header.name().as_str().as_bytes()),

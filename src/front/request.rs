@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::http::request::Parts;
@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::auth::Token;
 use crate::api::body::parse_json;
+use crate::api::params;
 use crate::error::Error;
 use crate::identity::{PeerId, RoomName};
 
@@ -21,11 +22,11 @@ fn decode(segment: &str) -> Cow<'_, str> {
 }
 
 pub fn room(segment: &str) -> Result<RoomName, Error> {
-    RoomName::parse(&decode(segment)).map_err(|invalid| Error::InvalidRoomName(invalid.0))
+    params::room_name(&decode(segment))
 }
 
 pub fn peer(segment: &str) -> Result<PeerId, Error> {
-    PeerId::parse(&decode(segment)).ok_or(Error::InvalidPeerId)
+    params::peer_id(&decode(segment))
 }
 
 /// The first value of the query parameter `name`, form-decoded (`+` is a space).
@@ -54,35 +55,13 @@ pub async fn body(request: &Parts, body: Incoming, limit: usize) -> Result<Bytes
     if announced.is_some_and(|length: usize| length > limit) {
         return Err(Error::BodyTooLarge { limit });
     }
-    // Most bodies arrive as one frame, which is kept as it is, without a copy.
-    let mut body = Limited::new(body, limit);
-    let mut whole = Bytes::new();
-    let mut joined: Option<BytesMut> = None;
-    while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(error) if error.is::<LengthLimitError>() => {
-                return Err(Error::BodyTooLarge { limit })
-            }
-            // The client went away or sent broken chunked framing.
-            Err(_) => return Err(Error::Http(Status::BadRequest)),
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        match &mut joined {
-            Some(joined) => joined.extend_from_slice(&data),
-            None if whole.is_empty() => whole = data,
-            None => {
-                let mut buffer =
-                    BytesMut::with_capacity(announced.unwrap_or(0).max(whole.len() + data.len()));
-                buffer.extend_from_slice(&whole);
-                buffer.extend_from_slice(&data);
-                joined = Some(buffer);
-            }
-        }
+    // A body that arrives in one frame is handed on as it is, without a copy.
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(Error::BodyTooLarge { limit }),
+        // The client went away or sent broken chunked framing.
+        Err(_) => Err(Error::Http(Status::BadRequest)),
     }
-    Ok(joined.map_or(whole, BytesMut::freeze))
 }
 
 /// Reads and parses a JSON body of at most `limit` bytes.

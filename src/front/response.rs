@@ -22,26 +22,19 @@ pub type Chunks = BoxStream<'static, Result<Frame<Bytes>, Infallible>>;
 /// A whole body, or a stream of chunks.
 pub type ResponseBody = Either<Full<Bytes>, StreamBody<Chunks>>;
 
-fn status(code: u16) -> StatusCode {
+/// The status `code`; Rocket and signpost only use codes hyper knows.
+pub fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-/// A response whose body is `body`, whole.
-pub fn whole(
-    code: u16,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<ResponseBody> {
+/// A JSON response whose body is `body`, whole.
+pub fn json(code: u16, body: impl Into<Bytes>) -> Response<ResponseBody> {
     let mut response = Response::new(Either::Left(Full::new(body.into())));
     *response.status_mut() = status(code);
     response
         .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
-}
-
-pub fn json(code: u16, body: impl Into<Bytes>) -> Response<ResponseBody> {
-    whole(code, "application/json", body)
 }
 
 /// `error` as the API answers it everywhere: its status, its headers, its JSON body.
@@ -92,19 +85,12 @@ pub fn decorate(response: &mut Response<ResponseBody>, config: &Config, request:
     }
 }
 
-/// Logs a refused request as `api::RequestLog` logs Rocket's: method, path (never the query,
-/// which may hold a token), status and error code.
+/// Logs a refused request as `api::RequestLog` logs Rocket's.
 pub fn log_failure(request: &Parts, error: &Error) {
-    let status = error.status().code;
-    let line = format_args!(
-        "{} {} {status} {}",
-        request.method,
+    logging::failed_request(
+        request.method.as_str(),
         request.uri.path(),
-        error.code()
+        error.status().code,
+        error.code(),
     );
-    if status >= 500 {
-        logging::warn(line);
-    } else {
-        logging::info(line);
-    }
 }

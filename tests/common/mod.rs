@@ -16,6 +16,24 @@ use serde_json::{json, Value};
 /// it does not pace the test.
 pub const EVENT_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The settings of a test server: `Rocket.toml`'s defaults, on 127.0.0.1 with a port the system
+/// picks, quiet, no Ctrl-C handler, a short shutdown, and `settings` (a JSON object) over the
+/// `signpost` table.
+pub fn test_figment(settings: Value) -> Figment {
+    let mut figment: Figment = rocket::Config::figment()
+        .merge(("address", "127.0.0.1"))
+        .merge(("port", 0))
+        .merge(("log_level", "off"))
+        .merge(("shutdown.ctrlc", false))
+        .merge(("shutdown.grace", 1))
+        .merge(("shutdown.mercy", 1))
+        .merge(("signpost.log_level", "off"));
+    for (key, value) in settings.as_object().expect("settings are a JSON object") {
+        figment = figment.merge((format!("signpost.{key}"), value.clone()));
+    }
+    figment
+}
+
 /// A server running in this test's runtime; stopped when `stop` is called or the runtime ends.
 pub struct Server {
     pub base: String,
@@ -32,18 +50,7 @@ impl Server {
 
     /// A server whose `signpost` settings are overridden by `settings` (a JSON object).
     pub async fn with(settings: Value) -> Server {
-        let mut figment: Figment = rocket::Config::figment()
-            .merge(("address", "127.0.0.1"))
-            .merge(("port", 0))
-            .merge(("log_level", "off"))
-            .merge(("shutdown.ctrlc", false))
-            .merge(("shutdown.grace", 1))
-            .merge(("shutdown.mercy", 1))
-            .merge(("signpost.log_level", "off"));
-        for (key, value) in settings.as_object().expect("settings are a JSON object") {
-            figment = figment.merge((format!("signpost.{key}"), value.clone()));
-        }
-        Server::from_figment(figment).await
+        Server::from_figment(test_figment(settings)).await
     }
 
     pub async fn from_figment(figment: Figment) -> Server {
@@ -148,6 +155,16 @@ impl Peer {
     /// Opens this peer's SSE stream, resuming after `last_event_id` if given, and waits for
     /// `ready`.
     pub async fn events(&self, last_event_id: Option<u64>) -> Events {
+        let response = self.events_response(last_event_id).await;
+        assert_eq!(response.status(), 200, "events stream opens");
+        let mut events = Events::from_response(response);
+        let ready = events.next().await;
+        assert_eq!(ready.event, "ready", "first event is ready");
+        events
+    }
+
+    /// The response to this peer's SSE request, unread: for tests of the bytes on the wire.
+    pub async fn events_response(&self, last_event_id: Option<u64>) -> reqwest::Response {
         let mut request = self
             .client
             .get(self.url(&format!("{}/events", self.peer_path())))
@@ -155,12 +172,7 @@ impl Peer {
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
         }
-        let response = request.send().await.expect("events request");
-        assert_eq!(response.status(), 200, "events stream opens");
-        let mut events = Events::from_response(response);
-        let ready = events.next().await;
-        assert_eq!(ready.event, "ready", "first event is ready");
-        events
+        request.send().await.expect("events request")
     }
 
     /// One long-poll; returns the status and the body.

@@ -197,9 +197,8 @@ async fn observe(
 ) {
     let mut ids = IdCheck::default();
     loop {
-        let event = tokio::select! {
-            event = events.next() => event,
-            _ = stop.changed() => break,
+        let Some(event) = crate::unless_stopped(&mut stop, events.next()).await else {
+            break;
         };
         match event {
             Some(Ok(event)) if event.event == "join" || event.event == "leave" => {

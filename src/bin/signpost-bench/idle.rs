@@ -224,9 +224,8 @@ async fn hold(
     let mut ids = IdCheck::default();
     let mut received = 0;
     loop {
-        let event = tokio::select! {
-            event = events.next() => event,
-            _ = stop.changed() => break,
+        let Some(event) = crate::unless_stopped(&mut stop, events.next()).await else {
+            break;
         };
         match event {
             Some(Ok(event)) if event.event == "reset" => {

@@ -28,9 +28,23 @@ mod options;
 mod relay;
 mod report;
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use options::Mode;
+use tokio::sync::watch;
+
+/// `work`'s output, or `None` once the run is told to stop (or its stop signal is gone): every
+/// receiving loop waits on both.
+async fn unless_stopped<T>(
+    stop: &mut watch::Receiver<bool>,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        output = work => Some(output),
+        _ = stop.changed() => None,
+    }
+}
 
 fn main() -> ExitCode {
     let options = match options::parse() {

@@ -456,9 +456,8 @@ async fn receive_sse(
     let mut latency = report::latency_histogram();
     let mut ids = IdCheck::default();
     loop {
-        let event = tokio::select! {
-            event = events.next() => event,
-            _ = stop.changed() => break,
+        let Some(event) = crate::unless_stopped(&mut stop, events.next()).await else {
+            break;
         };
         match event {
             Some(Ok(event)) if event.event == "reset" => {
@@ -515,9 +514,9 @@ async fn receive_poll(
     loop {
         let path = format!("{base}{after}");
         connection.head(&mut request, "GET", &path, Some(&me.token), 0);
-        let answer = tokio::select! {
-            answer = connection.request(&request) => answer,
-            _ = stop.changed() => break,
+        let Some(answer) = crate::unless_stopped(&mut stop, connection.request(&request)).await
+        else {
+            break;
         };
         match answer {
             Ok(answer) if answer.status == 200 => {
