@@ -2,8 +2,11 @@
 //! the read and acknowledgement a stream then does. A regression in the core shows up here
 //! without the noise of sockets and the runtime. `cargo bench --bench hub`.
 
+use std::future::Future;
 use std::hint::black_box;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::value::RawValue;
@@ -12,6 +15,24 @@ use signpost::hub::{Hub, Joined};
 use signpost::identity::{PeerId, RoomName};
 use signpost::mailbox::{Mailbox, Read};
 use signpost::message::{EncodedMessage, OutgoingMessage};
+use signpost::store::Reader;
+
+/// The memory store's operations never wait: their futures are ready at the first poll, so the
+/// benchmark measures them without a runtime.
+fn now<F: Future>(future: F) -> F::Output {
+    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => output,
+        Poll::Pending => unreachable!("the memory store never waits"),
+    }
+}
+
+/// The memory mailbox of a joined peer.
+fn mailbox_of(hub: &Hub, room: &RoomName, peer: &Joined) -> Arc<Mailbox> {
+    match now(hub.reader(room, peer.peer_id, Some(peer.token.reveal()))) {
+        Ok(Reader::Memory(mailbox)) => mailbox,
+        _ => unreachable!("a memory hub hands out memory mailboxes"),
+    }
+}
 
 /// A hub with no rate limit, as in the `bench` profile of `Rocket.toml`.
 fn hub() -> Hub {
@@ -27,7 +48,7 @@ fn hub() -> Hub {
 fn filled_room(hub: &Hub, name: &str, peers: usize) -> (RoomName, Vec<Joined>) {
     let room = RoomName::parse(name).unwrap();
     let joined = (0..peers)
-        .map(|_| hub.join(&room, None, None).unwrap())
+        .map(|_| now(hub.join(&room, None, None)).unwrap())
         .collect();
     (room, joined)
 }
@@ -63,15 +84,13 @@ fn send_and_receive(c: &mut Criterion) {
     let hub = hub();
     let (room, peers) = filled_room(&hub, "targeted", 2);
     let (sender, recipient) = (&peers[0], &peers[1]);
-    let mailbox = hub
-        .mailbox(&room, recipient.peer_id, Some(recipient.token.reveal()))
-        .unwrap();
+    let mailbox = mailbox_of(&hub, &room, recipient);
     let mut cursor = 0;
     group.bench_function("targeted send + read, 100 B", |b| {
         b.iter_batched(
             || vec![message(Some(recipient.peer_id), 100)],
             |batch| {
-                hub.send(&room, Some(sender.token.reveal()), batch).unwrap();
+                now(hub.send(&room, Some(sender.token.reveal()), batch)).unwrap();
                 drain(&mailbox, &mut cursor)
             },
             BatchSize::SmallInput,
@@ -87,7 +106,7 @@ fn send_and_receive(c: &mut Criterion) {
                     .collect()
             },
             |batch| {
-                hub.send(&room, Some(sender.token.reveal()), batch).unwrap();
+                now(hub.send(&room, Some(sender.token.reveal()), batch)).unwrap();
                 drain(&mailbox, &mut cursor)
             },
             BatchSize::SmallInput,
@@ -97,10 +116,7 @@ fn send_and_receive(c: &mut Criterion) {
     let (room, peers) = filled_room(&hub, "broadcast", 8);
     let mailboxes: Vec<Arc<Mailbox>> = peers[1..]
         .iter()
-        .map(|peer| {
-            hub.mailbox(&room, peer.peer_id, Some(peer.token.reveal()))
-                .unwrap()
-        })
+        .map(|peer| mailbox_of(&hub, &room, peer))
         .collect();
     let mut cursors = vec![0; mailboxes.len()];
     group.throughput(Throughput::Elements(7));
@@ -108,8 +124,7 @@ fn send_and_receive(c: &mut Criterion) {
         b.iter_batched(
             || vec![message(None, 100)],
             |batch| {
-                hub.send(&room, Some(peers[0].token.reveal()), batch)
-                    .unwrap();
+                now(hub.send(&room, Some(peers[0].token.reveal()), batch)).unwrap();
                 for (mailbox, cursor) in mailboxes.iter().zip(&mut cursors) {
                     drain(mailbox, cursor);
                 }

@@ -76,6 +76,13 @@ pub struct Config {
     /// Default none: the bundled client is served from the same origin and needs no CORS, and
     /// letting other sites embed signaling is the operator's decision.
     pub cors_allowed_origins: Vec<String>,
+    /// The shared store, e.g. `"redis://127.0.0.1:6379"` or `"redis+unix:///run/redis.sock"`:
+    /// with it, several instances pointed at one Redis behave as one server. Default none: rooms
+    /// live in this process's memory, and nothing else needs to run.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel. Default `"signpost"`; give each deployment that
+    /// shares one Redis its own.
+    pub redis_prefix: String,
 }
 
 /// `turn_secret`: deserialised from a plain string; `Debug` never shows it, so a logged config
@@ -142,6 +149,8 @@ impl Default for Config {
             stun_bind: None,
             stun_url: None,
             cors_allowed_origins: Vec::new(),
+            redis_url: None,
+            redis_prefix: "signpost".into(),
         }
     }
 }
@@ -216,6 +225,29 @@ impl Config {
                     "signpost.cors_allowed_origins: {origin:?} is not \"*\" nor an origin such as \"https://example.org\""
                 ));
             }
+        }
+        if let Some(url) = &self.redis_url {
+            let schemes = ["redis://", "redis+unix://", "unix://"];
+            if url.starts_with("rediss://") {
+                return Err("signpost.redis_url: rediss:// (TLS) is not built in; reach Redis over a private network, a unix socket or a TLS tunnel".into());
+            }
+            if !schemes.iter().any(|scheme| url.starts_with(scheme)) {
+                return Err(format!(
+                    "signpost.redis_url must start with redis:// or redis+unix://, not {:?}",
+                    url.split(':').next().unwrap_or_default()
+                ));
+            }
+        }
+        let prefix_ok = !self.redis_prefix.is_empty()
+            && self.redis_prefix.len() <= 64
+            && self
+                .redis_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+        if !prefix_ok {
+            return Err(
+                "signpost.redis_prefix must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-', ':'".into(),
+            );
         }
         Ok(())
     }

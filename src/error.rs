@@ -78,6 +78,9 @@ pub enum Error {
     RouteNotFound,
     /// A status Rocket produced before any handler ran, and that no variant above covers.
     Http(Status),
+    /// The shared store (Redis) did not answer; nothing was changed that the client can see
+    /// half done, and the request can be retried.
+    StoreUnavailable,
     /// A fault of the server's, not the client's (the OS refused randomness, say).
     Internal(&'static str),
 }
@@ -106,6 +109,7 @@ impl Error {
             | UnknownRecipient { .. }
             | SelfRecipient { .. } => Status::UnprocessableEntity,
             RateLimited { .. } => Status::TooManyRequests,
+            StoreUnavailable => Status::ServiceUnavailable,
             Http(status) => *status,
             Internal(_) => Status::InternalServerError,
         }
@@ -141,6 +145,7 @@ impl Error {
             CorsRefused(_) => "cors_refused",
             RouteNotFound => "not_found",
             Http(status) => http_code(*status),
+            StoreUnavailable => "store_unavailable",
             Internal(_) => "internal_error",
         }
     }
@@ -196,6 +201,9 @@ impl Error {
             CorsRefused(why) => why.clone().into(),
             RouteNotFound => "no such endpoint; see docs/API.md".into(),
             Http(status) => status.reason_lossy().to_owned().into(),
+            StoreUnavailable => {
+                "the shared store is unreachable; retry after the time in Retry-After".into()
+            }
             Internal(why) => Cow::Borrowed(why),
         }
     }
@@ -243,12 +251,16 @@ struct Body<'a> {
 }
 
 impl Error {
-    /// Whole seconds, rounded up, as the `Retry-After` header requires; only for `rate_limited`.
+    /// Whole seconds, rounded up, as the `Retry-After` header requires; for `rate_limited` and
+    /// `store_unavailable`.
     fn retry_after_secs(&self) -> Option<u64> {
         match self {
             Error::RateLimited { retry_after } => {
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
+            // A reconnect to Redis takes well under a second; a client that waits one retries
+            // soon without hammering an instance that cannot serve it.
+            Error::StoreUnavailable => Some(1),
             _ => None,
         }
     }
@@ -266,7 +278,7 @@ impl Error {
     }
 
     /// The headers that go with the status: `WWW-Authenticate` on the two 401s (RFC 9110
-    /// requires it) and `Retry-After` on a 429.
+    /// requires it) and `Retry-After` on a 429 and a 503.
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, String)> {
         let authenticate = matches!(self, Error::MissingToken | Error::InvalidToken)
             .then(|| ("WWW-Authenticate", "Bearer".to_owned()));

@@ -12,7 +12,9 @@
 //!   - [`identity`]: room names, peer ids and peer tokens.
 //!   - [`message`]: what clients send, and envelopes encoded once for every recipient.
 //!   - [`mailbox`]: a peer's gapless, resumable message sequence and its delivery state.
-//!   - [`hub`]: rooms and peers, and every operation on them (the seam for a shared store).
+//!   - [`hub`]: every operation on rooms and peers, and the rules that need no storage.
+//!   - [`store`]: where rooms, peers and mailboxes live: in memory, or in Redis so that several
+//!     instances act as one server.
 //!   - [`rate_limit`]: the per-peer token bucket.
 //!   - [`ice`]: the ICE servers a peer is given, with ephemeral TURN credentials.
 //! - Around the domain:
@@ -43,6 +45,7 @@ pub mod message;
 pub mod metrics;
 pub mod presence;
 pub mod rate_limit;
+pub mod store;
 pub mod stun;
 
 use rocket::fairing::AdHoc;
@@ -70,15 +73,18 @@ pub fn build(figment: Figment) -> Rocket<Build> {
                 .extract::<Config>()
                 .map_err(|error| error.to_string())
                 .and_then(|config| config.validate().map(|()| config));
+            let config = config.and_then(|config| {
+                Hub::with_metrics(&config, Metrics::new()).map(|hub| (config, hub))
+            });
             match config {
-                Ok(config) => {
+                Ok((config, hub)) => {
                     logging::set_level(config.log_level);
                     let static_files =
                         FileServer::new(&config.static_dir, Options::Index | Options::Missing)
                             .rank(20);
-                    let metrics = Metrics::new();
+                    let metrics = hub.metrics().clone();
                     Ok(rocket
-                        .manage(Hub::with_metrics(&config, metrics.clone()))
+                        .manage(hub)
                         .manage(IceConfig::new(&config))
                         .manage(metrics)
                         .manage(config)

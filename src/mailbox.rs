@@ -80,7 +80,7 @@ pub enum Push {
 
 /// Proof that a stream owns the peer's live stream, as of when it opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamTicket(u64);
+pub struct StreamTicket(pub u64);
 
 pub struct Mailbox {
     state: Mutex<MailboxState>,

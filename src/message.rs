@@ -5,7 +5,7 @@
 //! spliced in front of the shared encoding when the envelope is written out
 //! ([`EncodedMessage::render`]); nothing is re-serialised per recipient.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -129,7 +129,80 @@ struct EnvelopeBody<'a, D: Serialize + ?Sized> {
     data: &'a D,
 }
 
+/// The bytes `"from":"<peer id>",` add to an envelope: a hyphenated UUID is always 36 characters.
+const FROM_FIELD_LEN: usize = r#""from":"","#.len() + 36;
+
+/// A peer's message before the store has said who sent it: the envelope without its `from`,
+/// `{"type":…,"data":…}`, encoded once when the request is read. The store that identifies the
+/// sender (by its token, atomically with delivery) signs it by splicing `from` in, so a store
+/// that identifies and delivers in one round trip (Redis) needs no second trip to learn the
+/// sender first.
+#[derive(Debug)]
+pub struct Draft {
+    kind: Box<str>,
+    /// `{"type":…,"data":…}`: a non-empty object, so `from` can be spliced after its brace.
+    body: String,
+}
+
+impl Draft {
+    pub fn new(kind: &MessageType, data: Option<&RawValue>) -> Self {
+        let data = data.unwrap_or(RawValue::NULL);
+        let encoded = EncodedMessage::encode(None, kind.as_str(), data, data.get().len());
+        // Just created, so this is its only reference.
+        let encoded = Arc::try_unwrap(encoded).unwrap_or_else(|shared| EncodedMessage {
+            kind: shared.kind.clone(),
+            body: shared.body.clone(),
+        });
+        Self {
+            kind: encoded.kind,
+            body: encoded.body,
+        }
+    }
+
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The envelope without `from`, as sent to a store that signs it itself.
+    pub fn unsigned_body(&self) -> &str {
+        &self.body
+    }
+
+    /// The size the signed envelope will have, as counted against the message size limit.
+    pub fn signed_len(&self) -> usize {
+        self.body.len() + FROM_FIELD_LEN
+    }
+
+    /// The envelope with `from` set to `sender`: byte for byte what [`EncodedMessage::from_peer`]
+    /// encodes.
+    pub fn sign(&self, sender: PeerId) -> Arc<EncodedMessage> {
+        let mut body = String::with_capacity(self.signed_len());
+        body.push_str("{\"from\":\"");
+        // Writing to a String cannot fail.
+        let _ = write!(body, "{sender}");
+        body.push_str("\",");
+        body.push_str(&self.body[1..]);
+        Arc::new(EncodedMessage {
+            kind: self.kind.clone(),
+            body,
+        })
+    }
+}
+
 impl EncodedMessage {
+    /// A message as a store kept it: its type and its envelope without `id`, already encoded.
+    pub fn stored(kind: &str, body: String) -> Arc<Self> {
+        Arc::new(Self {
+            kind: kind.into(),
+            body,
+        })
+    }
+
+    /// The envelope without its `id`, as a store keeps it.
+    pub fn body(&self) -> &str {
+        &self.body
+    }
+
     /// A message from a peer.
     pub fn from_peer(from: PeerId, kind: &MessageType, data: Option<&RawValue>) -> Arc<Self> {
         let data = data.unwrap_or(RawValue::NULL);
@@ -223,6 +296,24 @@ mod tests {
         assert_eq!(rendered["type"], "offer");
         assert_eq!(rendered["data"]["sdp"], "v=0\r\n");
         assert_eq!(message.render(7).matches("\"id\"").count(), 1);
+    }
+
+    #[test]
+    fn a_signed_draft_is_the_envelope_encoded_with_its_sender() {
+        let from = PeerId::random();
+        let kind = MessageType::parse_client("candidate").unwrap();
+        let data = RawValue::from_string(r#"{"candidate":"a=1","n":[1,2]}"#.into()).unwrap();
+        let draft = Draft::new(&kind, Some(&data));
+        let signed = draft.sign(from);
+        let direct = EncodedMessage::from_peer(from, &kind, Some(&data));
+        assert_eq!(signed.body(), direct.body());
+        assert_eq!(draft.signed_len(), direct.encoded_len());
+        assert_eq!(signed.kind(), "candidate");
+        let without_data = Draft::new(&kind, None).sign(from);
+        assert_eq!(
+            without_data.body(),
+            EncodedMessage::from_peer(from, &kind, None).body()
+        );
     }
 
     #[test]

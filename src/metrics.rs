@@ -44,6 +44,10 @@ struct Inner {
     rejections: Family<Labels, Counter>,
     stun_answered: Counter,
     stun_ignored: Counter,
+    store_round_trips: Counter,
+    store_errors: Counter,
+    store_reconnects: Counter,
+    store_wakeups: Counter,
 }
 
 /// Decrements a gauge when dropped: what an open stream or a waiting poll holds.
@@ -121,6 +125,26 @@ impl Metrics {
             "messages_accepted",
             "Messages accepted from senders",
         );
+        let store_round_trips = counter(
+            &mut registry,
+            "store_round_trips",
+            "Commands and scripts sent to the shared store (Redis)",
+        );
+        let store_errors = counter(
+            &mut registry,
+            "store_errors",
+            "Round trips to the shared store that failed (unreachable, timed out, refused)",
+        );
+        let store_reconnects = counter(
+            &mut registry,
+            "store_reconnects",
+            "Times the shared store's wake-up (pub/sub) connection was established again",
+        );
+        let store_wakeups = counter(
+            &mut registry,
+            "store_wakeups",
+            "Wake-ups received from the shared store for readers on this instance",
+        );
         let rejections = Family::<Labels, Counter>::default();
         registry.register(
             "rejections",
@@ -147,6 +171,10 @@ impl Metrics {
                 rejections,
                 stun_answered: stun[0].clone(),
                 stun_ignored: stun[1].clone(),
+                store_round_trips,
+                store_errors,
+                store_reconnects,
+                store_wakeups,
             }),
         }
     }
@@ -189,6 +217,22 @@ impl Metrics {
         self.inner.rejections.get_or_create(&[("code", code)]).inc();
     }
 
+    /// A round trip to the shared store, and whether it failed.
+    pub fn store_round_trip(&self, failed: bool) {
+        self.inner.store_round_trips.inc();
+        if failed {
+            self.inner.store_errors.inc();
+        }
+    }
+
+    pub fn store_reconnected(&self) {
+        self.inner.store_reconnects.inc();
+    }
+
+    pub fn store_woke(&self) {
+        self.inner.store_wakeups.inc();
+    }
+
     pub fn stun_answered(&self) {
         self.inner.stun_answered.inc();
     }
@@ -217,10 +261,13 @@ impl Metrics {
         self.inner.polls_in_flight.get()
     }
 
-    /// The exposition text, with the room and peer gauges set to `rooms` and `peers`.
-    pub fn render(&self, rooms: usize, peers: usize) -> String {
-        self.inner.rooms.set(rooms as i64);
-        self.inner.peers.set(peers as i64);
+    /// The exposition text, with the room and peer gauges set from `counts`.
+    /// `counts` is `None` when the store could not count: the gauges keep their last values.
+    pub fn render(&self, counts: Option<(usize, usize)>) -> String {
+        if let Some((rooms, peers)) = counts {
+            self.inner.rooms.set(rooms as i64);
+            self.inner.peers.set(peers as i64);
+        }
         let mut text = String::with_capacity(4096);
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &self.inner.registry);
@@ -240,7 +287,7 @@ mod tests {
         drop(stream);
         metrics.rejected("room_full");
         metrics.peer_left(LeaveReason::Evicted);
-        let text = metrics.render(2, 3);
+        let text = metrics.render(Some((2, 3)));
         assert!(text.contains("signpost_sse_streams 0\n"), "{text}");
         assert!(text.contains("signpost_polls_in_flight 1\n"), "{text}");
         assert!(text.contains("signpost_rooms 2\n"), "{text}");

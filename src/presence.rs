@@ -1,5 +1,7 @@
 //! Presence: a background sweeper that removes peers with no open stream and no poll in flight
-//! for `peer_timeout_secs`, so that the others get a `leave` with reason `timeout`.
+//! for `peer_timeout_secs`, so that the others get a `leave` with reason `timeout`. With the
+//! Redis store, it also starts the store's own background tasks (wake-ups, presence refresh);
+//! every instance sweeps, and each removal happens once.
 
 use rocket::fairing::AdHoc;
 use rocket::tokio::{self, select, time};
@@ -16,6 +18,9 @@ pub fn stage() -> AdHoc {
                 return;
             };
             let hub = hub.clone();
+            if let crate::store::Store::Redis(store) = hub.store() {
+                store.start(rocket.shutdown());
+            }
             let timeout = config.peer_timeout();
             // A quarter of the timeout bounds how late a removal can be (by 25%) while keeping
             // the sweep, which walks every peer, rare.
@@ -29,7 +34,13 @@ pub fn stage() -> AdHoc {
                 ticks.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
                 loop {
                     select! {
-                        _ = ticks.tick() => { hub.sweep(std::time::Instant::now(), timeout); }
+                        _ = ticks.tick() => {
+                            // A store that is down is retried at the next tick; the sweep is
+                            // idempotent, so a missed one only delays a removal.
+                            if let Err(error) = hub.sweep(std::time::Instant::now(), timeout).await {
+                                crate::logging::warn(format_args!("presence sweep failed: {}", error.code()));
+                            }
+                        }
                         _ = &mut shutdown => break,
                     }
                 }

@@ -13,12 +13,17 @@ use std::time::{Duration, Instant};
 use common::{test_figment, Peer, Server};
 use serde_json::{json, Value};
 
-/// `/healthz` answers 200 with a JSON body and no token.
+/// `/healthz` (liveness) and `/readyz` (readiness) answer 200 with a JSON body and no token,
+/// naming the store they use.
 #[tokio::test]
-async fn healthz_says_ok() {
+async fn healthz_and_readyz_say_ok() {
     let server = Server::start().await;
     let (status, body) = server.get_json("/healthz").await;
-    assert_eq!((status, body), (200, json!({"status": "ok"})));
+    assert_eq!((status, &body["status"]), (200, &json!("ok")));
+    assert_eq!(body["store_status"], "ok");
+    let (status, ready) = server.get_json("/readyz").await;
+    assert_eq!((status, &ready["status"]), (200, &json!("ready")));
+    assert_eq!(ready["store"], body["store"]);
     server.stop().await;
 }
 

@@ -58,7 +58,7 @@ pub fn for_peer(ice: &IceConfig, peer: PeerId, stun: StunUrl) -> IceServers {
 }
 
 #[get("/rooms/<room>/peers/<peer>/ice-servers")]
-pub fn ice_servers(
+pub async fn ice_servers(
     hub: &State<Hub>,
     ice: &State<IceConfig>,
     room: Result<RoomName, Error>,
@@ -67,6 +67,6 @@ pub fn ice_servers(
     stun: StunUrl,
 ) -> ApiResult<Json<IceServers>> {
     let peer = peer?;
-    hub.authenticate(&room?, peer, token.as_deref())?;
+    hub.authenticate(&room?, peer, token.as_deref()).await?;
     Ok(Json(for_peer(ice, peer, stun)))
 }

@@ -8,7 +8,7 @@
 //! - `rooms`: join, leave, look at a room or a peer.
 //! - `ice`: the ICE servers (STUN, TURN credentials) a peer may use.
 //! - `cors`: cross-origin access for the origins in the config.
-//! - `ops`: `/healthz` and `/metrics`, outside `/api`.
+//! - `ops`: `/healthz`, `/readyz` and `/metrics`, outside `/api`.
 //! - `auth`, `body`, `params`: request guards that turn headers, bodies and path segments into
 //!   domain values or precise errors.
 
@@ -43,7 +43,7 @@ pub fn stage() -> AdHoc {
                     cors::preflight,
                 ],
             )
-            .mount("/", routes![ops::healthz, ops::metrics])
+            .mount("/", routes![ops::healthz, ops::readyz, ops::metrics])
             .register("/", catchers![default_catcher])
             .attach(RequestLog)
             .attach(NoStore)

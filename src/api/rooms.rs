@@ -62,7 +62,7 @@ fn peer_url(room: &RoomName, peer: PeerId) -> String {
 }
 
 #[post("/rooms/<room>/peers", data = "<body>")]
-pub fn join(
+pub async fn join(
     hub: &State<Hub>,
     config: &State<Config>,
     ice: &State<IceConfig>,
@@ -77,7 +77,7 @@ pub fn join(
     });
     let name = request.name.map(validate_name).transpose()?;
     let meta = request.meta.map(validate_meta).transpose()?;
-    let joined = hub.join(&room, name.clone(), meta)?;
+    let joined = hub.join(&room, name.clone(), meta).await?;
     let peer_url = peer_url(&room, joined.peer_id);
     let ice_servers = ice::for_peer(ice, joined.peer_id, stun);
     let response = JoinResponse {
@@ -123,9 +123,12 @@ fn validate_meta(meta: Box<RawValue>) -> ApiResult<Box<RawValue>> {
 }
 
 #[get("/rooms/<room>")]
-pub fn room(hub: &State<Hub>, room: Result<RoomName, Error>) -> ApiResult<Json<RoomResponse>> {
+pub async fn room(
+    hub: &State<Hub>,
+    room: Result<RoomName, Error>,
+) -> ApiResult<Json<RoomResponse>> {
     let room = room?;
-    let peers = hub.room(&room).ok_or(Error::RoomNotFound)?;
+    let peers = hub.room(&room).await?.ok_or(Error::RoomNotFound)?;
     Ok(Json(RoomResponse {
         room: room.to_string(),
         peers,
@@ -133,33 +136,33 @@ pub fn room(hub: &State<Hub>, room: Result<RoomName, Error>) -> ApiResult<Json<R
 }
 
 #[get("/rooms/<room>/peers/<peer>")]
-pub fn peer(
+pub async fn peer(
     hub: &State<Hub>,
     room: Result<RoomName, Error>,
     peer: Result<PeerId, Error>,
 ) -> ApiResult<Json<PeerInfo>> {
-    Ok(Json(hub.peer(&room?, peer?)?))
+    Ok(Json(hub.peer(&room?, peer?).await?))
 }
 
 #[delete("/rooms/<room>/peers/<peer>")]
-pub fn leave(
+pub async fn leave(
     hub: &State<Hub>,
     room: Result<RoomName, Error>,
     peer: Result<PeerId, Error>,
     token: Token,
 ) -> ApiResult<Status> {
-    hub.leave(&room?, peer?, token.as_deref())?;
+    hub.leave(&room?, peer?, token.as_deref()).await?;
     Ok(Status::NoContent)
 }
 
 /// The same as `DELETE`, for `navigator.sendBeacon`, which can only POST. Its body (whatever the
 /// browser sends) is ignored.
 #[post("/rooms/<room>/peers/<peer>/leave")]
-pub fn leave_beacon(
+pub async fn leave_beacon(
     hub: &State<Hub>,
     room: Result<RoomName, Error>,
     peer: Result<PeerId, Error>,
     token: Token,
 ) -> ApiResult<Status> {
-    leave(hub, room, peer, token)
+    leave(hub, room, peer, token).await
 }

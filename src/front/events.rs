@@ -80,7 +80,7 @@ struct Reset {
 /// `GET /api/rooms/{room}/peers/{peer}/events`: the stream, with the same bytes and headers
 /// Rocket's `EventStream` gives, except that all the events of one mailbox read go out as one
 /// chunk (Rocket writes every field of every event with a write of its own).
-pub fn events(
+pub async fn events(
     front: &Front,
     room: &str,
     peer: &str,
@@ -88,9 +88,10 @@ pub fn events(
 ) -> Result<Response<ResponseBody>, Error> {
     let peer = request::peer(peer)?;
     let token = request::token(request);
-    let mailbox = front
+    let reader = front
         .hub
-        .mailbox(&request::room(room)?, peer, token.as_deref())?;
+        .reader(&request::room(room)?, peer, token.as_deref())
+        .await?;
     // A reconnecting EventSource sends the header; the query is for a first connection that
     // resumes where an earlier client left off. The header is newer, so it wins.
     let resume_from = request::header(request, "Last-Event-ID")
@@ -101,17 +102,14 @@ pub fn events(
         Some(id) => Some(id.parse::<u64>().map_err(|_| Error::InvalidLastEventId)?),
         None => None,
     };
-    if let Some(id) = resume_from {
-        mailbox.acknowledge(id);
-    }
+    // Subscribed before the first read, so nothing appended after that read goes unnoticed.
+    let mut wake = reader.subscribe().await?;
+    let (ticket, last_id) = reader.open_stream(resume_from).await?;
     let mut cursor = resume_from.unwrap_or(0);
-    let ticket = mailbox.open_stream();
-    let presence = mailbox.listen();
+    let presence = reader.listen();
     let metrics = front.metrics.clone();
     let open = metrics.sse_stream_opened();
     let mut shutdown = front.shutdown.clone();
-    // Subscribed before the first read, so nothing pushed after that read goes unnoticed.
-    let mut wake = mailbox.subscribe();
 
     let period = front.config.heartbeat();
     let mut heartbeat = interval_at(Instant::now() + period, period);
@@ -121,13 +119,15 @@ pub fn events(
         let _presence = presence;
         let _open = open;
         let mut out = Vec::new();
-        write_json_event(&mut out, "ready", &Ready { peer_id: peer, last_id: mailbox.last_id() });
+        write_json_event(&mut out, "ready", &Ready { peer_id: peer, last_id });
         yield out;
         loop {
-            wake.borrow_and_update();
-            let batch = match mailbox.read_after(cursor, Some(ticket)) {
-                Read::Batch(batch) => batch,
-                Read::Closed | Read::Replaced => break,
+            wake.mark_seen();
+            // The store being unreachable ends the stream too: the client reconnects, to this
+            // instance or another, and resumes from its last id.
+            let batch = match reader.read(cursor, Some(ticket)).await {
+                Ok(Read::Batch(batch)) => batch,
+                Ok(Read::Closed | Read::Replaced) | Err(_) => break,
             };
             let mut out = Vec::new();
             if let Some(reason) = batch.reset {
@@ -155,9 +155,11 @@ pub fn events(
             if !out.is_empty() {
                 yield out;
             }
-            mailbox.acknowledge(cursor);
+            reader.acknowledge(cursor);
             select! {
                 changed = wake.changed() => if changed.is_err() { break },
+                // After a heartbeat the mailbox is read again, so a wake-up that a shared
+                // store lost delays a message by one heartbeat at most.
                 _ = heartbeat.tick() => yield b":\n".to_vec(),
                 _ = &mut shutdown => break,
             }

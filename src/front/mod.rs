@@ -279,7 +279,7 @@ impl Front {
         };
         let answer = match route {
             Route::Send { room } => send::send(self, room, &parts, body).await,
-            Route::Events { room, peer } => events::events(self, room, peer, &parts),
+            Route::Events { room, peer } => events::events(self, room, peer, &parts).await,
             Route::Poll { room, peer } => poll::poll(self, room, peer, &parts).await,
         };
         match answer {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use hyper::http::request::Parts;
 use hyper::Response;
 use tokio::select;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::api::params::number;
 use crate::error::Error;
@@ -25,11 +25,14 @@ pub async fn poll(
     request: &Parts,
 ) -> Result<Response<ResponseBody>, Error> {
     let token = request::token(request);
-    let mailbox = front.hub.mailbox(
-        &request::room(room)?,
-        request::peer(peer)?,
-        token.as_deref(),
-    )?;
+    let reader = front
+        .hub
+        .reader(
+            &request::room(room)?,
+            request::peer(peer)?,
+            token.as_deref(),
+        )
+        .await?;
     let after: u64 =
         number("after", request::query_value(request, "after").as_deref())?.unwrap_or(0);
     let max_wait = front.config.poll_max_wait();
@@ -47,14 +50,17 @@ pub async fn poll(
 
     let metrics = &front.metrics;
     let mut shutdown = front.shutdown.clone();
-    let _presence = mailbox.listen();
+    let _presence = reader.listen();
     let _in_flight = metrics.poll_started();
-    mailbox.acknowledge(after);
-    let mut wake = mailbox.subscribe();
+    reader.acknowledge(after);
+    // Subscribed before the first read, so nothing appended after that read goes unnoticed.
+    let mut wake = reader.subscribe().await?;
     let deadline = Instant::now() + wait;
+    // A shared store's wake-up may be lost with its connection: look again at least this often.
+    let recheck = front.config.heartbeat();
     loop {
-        wake.borrow_and_update();
-        let batch = match mailbox.read_after(after, None) {
+        wake.mark_seen();
+        let batch = match reader.read(after, None).await? {
             Read::Batch(batch) => batch,
             Read::Closed | Read::Replaced => return Err(Error::PeerNotFound),
         };
@@ -67,6 +73,7 @@ pub async fn poll(
             changed = wake.changed() => changed.is_err(),
             _ = sleep_until(deadline) => true,
             _ = &mut shutdown => true,
+            _ = sleep(recheck), if reader.may_miss_wakeups() => false,
         };
         if answer_now {
             return Ok(response::json(200, render(metrics, after, batch)));

@@ -25,7 +25,7 @@ pub async fn send(
     }
     let batch: MessageBatch =
         request::json_body(request, body, front.config.max_body_bytes).await?;
-    let accepted = front.hub.send(&room, token.as_deref(), batch.0)?;
+    let accepted = front.hub.send(&room, token.as_deref(), batch.0).await?;
     front.metrics.messages_accepted(accepted);
     let mut json = Vec::with_capacity(24);
     json.extend_from_slice(b"{\"accepted\":");

@@ -1,0 +1,319 @@
+//! The in-memory store, and the default: every room of one process in one map. It is the
+//! reference the Redis store is held to (the behaviour suite runs on both).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::error::{ApiResult, Error};
+use crate::identity::{PeerId, PeerToken, RoomName};
+use crate::mailbox::{Mailbox, Push};
+use crate::message::EncodedMessage;
+use crate::rate_limit::TokenBucket;
+use crate::store::{
+    leave_event, Departure, JoinOutcome, LeaveReason, Limits, NewPeer, Outgoing, PeerInfo, Sent,
+};
+
+pub struct MemoryStore {
+    /// All rooms, behind one `parking_lot::Mutex`. Every operation is O(peers in a room) and
+    /// short (no I/O, no `.await`, no JSON encoding: messages are encoded before locking), so one
+    /// lock keeps the invariants simple (a room exists iff it has peers; a sender's messages are
+    /// pushed to all its recipients atomically, which is what orders them) at a cost measured in
+    /// the benchmarks. Mailboxes have their own lock, always taken after this one, so readers
+    /// never touch it.
+    rooms: Mutex<HashMap<RoomName, Room>>,
+    limits: Limits,
+}
+
+/// A room with at least one peer; the last peer to go removes it.
+struct Room {
+    /// In join order. A Vec because rooms are small (`max_peers_per_room`) and scanned whole.
+    peers: Vec<Peer>,
+}
+
+struct Peer {
+    info: PeerInfo,
+    token: PeerToken,
+    mailbox: Arc<Mailbox>,
+    send_rate: TokenBucket,
+}
+
+impl MemoryStore {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            rooms: Mutex::new(HashMap::new()),
+            limits,
+        }
+    }
+
+    pub fn join(
+        &self,
+        room: &RoomName,
+        peer: NewPeer,
+        announcement: Arc<EncodedMessage>,
+    ) -> ApiResult<JoinOutcome> {
+        let limits = &self.limits;
+        let peer = Peer {
+            info: peer.info,
+            token: peer.token,
+            mailbox: Arc::new(Mailbox::new(limits.mailbox_capacity, limits.replay_window)),
+            send_rate: TokenBucket::new(
+                limits.send_rate_per_sec,
+                limits.send_burst,
+                Instant::now(),
+            ),
+        };
+        let mut rooms = self.rooms.lock();
+        if !rooms.contains_key(room) && rooms.len() >= limits.max_rooms {
+            return Err(Error::TooManyRooms {
+                limit: limits.max_rooms,
+            });
+        }
+        let members = rooms
+            .entry(room.clone())
+            .or_insert_with(|| Room { peers: Vec::new() });
+        if members.peers.len() >= limits.max_peers_per_room {
+            return Err(Error::RoomFull {
+                limit: limits.max_peers_per_room,
+            });
+        }
+        let peers = members.peers.iter().map(|p| p.info.clone()).collect();
+        let overflowing: Vec<PeerId> = members
+            .peers
+            .iter()
+            .filter(|other| other.mailbox.push(Arc::clone(&announcement)) == Push::Full)
+            .map(|other| other.info.peer_id)
+            .collect();
+        members.peers.push(peer);
+        let mut departures = Vec::new();
+        evict_all(&mut rooms, room, overflowing, &mut departures);
+        Ok(JoinOutcome { peers, departures })
+    }
+
+    pub fn leave(
+        &self,
+        room: &RoomName,
+        peer: PeerId,
+        token: Option<&str>,
+    ) -> ApiResult<Vec<Departure>> {
+        let mut rooms = self.rooms.lock();
+        let members = rooms.get(room).ok_or(Error::RoomNotFound)?;
+        authorize(members, peer, token)?;
+        let mut departures = Vec::new();
+        remove_peer(&mut rooms, room, peer, LeaveReason::Left, &mut departures);
+        Ok(departures)
+    }
+
+    /// The peer `token` belongs to.
+    pub fn identify(&self, room: &RoomName, token: Option<&str>) -> ApiResult<PeerId> {
+        let rooms = self.rooms.lock();
+        let members = rooms.get(room).ok_or(Error::RoomNotFound)?;
+        identify(members, token).map(|peer| peer.info.peer_id)
+    }
+
+    pub fn send(
+        &self,
+        room: &RoomName,
+        token: Option<&str>,
+        batch: &[Outgoing],
+    ) -> ApiResult<Sent> {
+        let sender = self.identify(room, token)?;
+        // Signed outside the lock: this is the only copy a message's bytes ever get.
+        let signed: Vec<_> = batch
+            .iter()
+            .map(|message| (message.to, message.draft.sign(sender)))
+            .collect();
+
+        let mut rooms = self.rooms.lock();
+        // The sender may have left while we signed: look it up again, by id this time.
+        let members = rooms.get_mut(room).ok_or(Error::PeerNotFound)?;
+        let sender_index = members
+            .peers
+            .iter()
+            .position(|p| p.info.peer_id == sender)
+            .ok_or(Error::PeerNotFound)?;
+        for (index, (to, _)) in signed.iter().enumerate() {
+            match to {
+                Some(to) if *to == sender => return Err(Error::SelfRecipient { index }),
+                Some(to) if !members.peers.iter().any(|p| p.info.peer_id == *to) => {
+                    return Err(Error::UnknownRecipient { index })
+                }
+                _ => {}
+            }
+        }
+        members.peers[sender_index]
+            .send_rate
+            .take(signed.len() as f64, Instant::now())
+            .map_err(|retry_after| Error::RateLimited { retry_after })?;
+
+        let mut overflowing = Vec::new();
+        for (to, envelope) in &signed {
+            let recipients = members.peers.iter().filter(|p| match to {
+                Some(to) => p.info.peer_id == *to,
+                None => p.info.peer_id != sender,
+            });
+            for recipient in recipients {
+                if recipient.mailbox.push(Arc::clone(envelope)) == Push::Full
+                    && !overflowing.contains(&recipient.info.peer_id)
+                {
+                    overflowing.push(recipient.info.peer_id);
+                }
+            }
+        }
+        let mut departures = Vec::new();
+        evict_all(&mut rooms, room, overflowing, &mut departures);
+        Ok(Sent {
+            accepted: signed.len(),
+            departures,
+        })
+    }
+
+    /// The mailbox of `peer`, for the request that proves to be that peer.
+    pub fn mailbox(
+        &self,
+        room: &RoomName,
+        peer: PeerId,
+        token: Option<&str>,
+    ) -> ApiResult<Arc<Mailbox>> {
+        let rooms = self.rooms.lock();
+        let members = rooms.get(room).ok_or(Error::RoomNotFound)?;
+        authorize(members, peer, token).map(|peer| Arc::clone(&peer.mailbox))
+    }
+
+    pub fn room(&self, room: &RoomName) -> Option<Vec<PeerInfo>> {
+        let rooms = self.rooms.lock();
+        rooms
+            .get(room)
+            .map(|members| members.peers.iter().map(|p| p.info.clone()).collect())
+    }
+
+    pub fn peer(&self, room: &RoomName, peer: PeerId) -> ApiResult<PeerInfo> {
+        let rooms = self.rooms.lock();
+        let members = rooms.get(room).ok_or(Error::RoomNotFound)?;
+        members
+            .peers
+            .iter()
+            .find(|p| p.info.peer_id == peer)
+            .map(|p| p.info.clone())
+            .ok_or(Error::PeerNotFound)
+    }
+
+    /// Removes every peer that has had no listener for `timeout`.
+    pub fn sweep(&self, now: Instant, timeout: Duration) -> Vec<(RoomName, Departure)> {
+        let mut rooms = self.rooms.lock();
+        let expired: Vec<(RoomName, PeerId)> = rooms
+            .iter()
+            .flat_map(|(name, members)| {
+                members
+                    .peers
+                    .iter()
+                    .filter(|p| p.mailbox.idle_for(now).is_some_and(|idle| idle >= timeout))
+                    .map(move |p| (name.clone(), p.info.peer_id))
+            })
+            .collect();
+        let mut gone = Vec::new();
+        for (room, peer) in expired {
+            let mut departures = Vec::new();
+            remove_peer(
+                &mut rooms,
+                &room,
+                peer,
+                LeaveReason::Timeout,
+                &mut departures,
+            );
+            gone.extend(departures.into_iter().map(|d| (room.clone(), d)));
+        }
+        gone
+    }
+
+    pub fn counts(&self) -> (usize, usize) {
+        let rooms = self.rooms.lock();
+        (
+            rooms.len(),
+            rooms.values().map(|members| members.peers.len()).sum(),
+        )
+    }
+}
+
+/// The peer a token belongs to. Every peer's token is compared, in constant time, so that
+/// timing says nothing about which part of a token was right.
+fn identify<'a>(members: &'a Room, token: Option<&str>) -> ApiResult<&'a Peer> {
+    let token = token.ok_or(Error::MissingToken)?;
+    members
+        .peers
+        .iter()
+        .fold(None, |found, peer| {
+            if peer.token.matches(token) {
+                Some(peer)
+            } else {
+                found
+            }
+        })
+        .ok_or(Error::InvalidToken)
+}
+
+/// `peer`, if `token` is its token. A peer that is not (or no longer) in the room is a 404
+/// whatever the token, so a removed client learns that it is gone; peer ids are public, so this
+/// reveals nothing. A token of another peer in the room is a 403, so a client with a mixed-up id
+/// is told so; a token of nobody is a 401.
+fn authorize<'a>(members: &'a Room, peer: PeerId, token: Option<&str>) -> ApiResult<&'a Peer> {
+    let target = members
+        .peers
+        .iter()
+        .find(|p| p.info.peer_id == peer)
+        .ok_or(Error::PeerNotFound)?;
+    let owner = identify(members, token)?;
+    if owner.info.peer_id == target.info.peer_id {
+        Ok(target)
+    } else {
+        Err(Error::WrongPeer)
+    }
+}
+
+/// Removes `peer`, closes its mailbox and tells the others; drops the room once it is empty.
+/// A `leave` that overflows another mailbox evicts that peer too, and so on. Every peer that
+/// went is added to `departures`, in order.
+fn remove_peer(
+    rooms: &mut HashMap<RoomName, Room>,
+    room: &RoomName,
+    peer: PeerId,
+    reason: LeaveReason,
+    departures: &mut Vec<Departure>,
+) {
+    let mut pending = vec![(peer, reason)];
+    while let Some((peer, reason)) = pending.pop() {
+        let Some(members) = rooms.get_mut(room) else {
+            return;
+        };
+        let Some(index) = members.peers.iter().position(|p| p.info.peer_id == peer) else {
+            continue;
+        };
+        let gone = members.peers.remove(index);
+        gone.mailbox.close();
+        departures.push(Departure { peer, reason });
+        let event = leave_event(peer, reason);
+        for other in &members.peers {
+            if other.mailbox.push(Arc::clone(&event)) == Push::Full
+                && !pending.iter().any(|(id, _)| *id == other.info.peer_id)
+            {
+                pending.push((other.info.peer_id, LeaveReason::Evicted));
+            }
+        }
+        if members.peers.is_empty() {
+            rooms.remove(room);
+        }
+    }
+}
+
+fn evict_all(
+    rooms: &mut HashMap<RoomName, Room>,
+    room: &RoomName,
+    peers: Vec<PeerId>,
+    departures: &mut Vec<Departure>,
+) {
+    for peer in peers {
+        remove_peer(rooms, room, peer, LeaveReason::Evicted, departures);
+    }
+}

@@ -1,0 +1,13 @@
+-- Leave: removes a peer at its own request (the token must be the peer's), tells the others,
+-- and evicts whoever that overflows.
+-- KEYS[1]: the room's peers hash.
+-- ARGV: peer id, token digest ("" when none was sent), mailbox capacity, key expiry (ms).
+-- Reply: {error code} or {"ok", {departures: peer, reason, ...}, emptied (0/1), now (µs)}.
+local peer, digest = ARGV[1], ARGV[2]
+local capacity, ttl_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
+
+local err = authorize(peer, digest)
+if err then return {err} end
+remove(peer, 'left', capacity)
+finish(ttl_ms)
+return {'ok', departures_reply(), emptied and 1 or 0, now_us()}

@@ -1,0 +1,18 @@
+-- Touch: peers with a stream or a poll open on the calling instance stay present: their
+-- presence deadline moves to now + timeout, and their keys and the room's stay unexpired.
+-- KEYS[1]: the room's peers hash.
+-- ARGV: presence timeout (ms), key expiry (ms), then the peer ids.
+-- Reply: the number of those peers still in the room.
+local timeout_ms, ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
+local deadline = now_ms() + timeout_ms
+local present = 0
+for index = 3, #ARGV do
+  local peer = ARGV[index]
+  if redis.call('ZSCORE', K_SEEN, peer) then
+    redis.call('ZADD', K_SEEN, deadline, peer)
+    present = present + 1
+    touched[peer] = true
+  end
+end
+if present > 0 then finish(ttl_ms) end
+return present

@@ -1,0 +1,775 @@
+//! The Redis store: rooms in a shared Redis, so that several signpost instances behave, to any
+//! client, as one server.
+//!
+//! Every atomic step is a Lua script of its own in `lua/` (join, leave, send, read, …), each
+//! with a header saying its keys, arguments and reply; `lua/room.lua` holds what the room
+//! scripts share (the key layout, appending to a mailbox, removing a peer and its cascade of
+//! evictions) and is prepended to each. A send is one round trip: the script identifies the
+//! sender by its token's digest, checks the recipients and the rate, assigns every recipient
+//! its mailbox's next id, appends, and publishes a wake-up, all at once.
+//!
+//! The stored mailbox is the truth; pub/sub only wakes readers ([`wakeups`]), who subscribe
+//! before they read and read by id, so a lost wake-up delays a message but never loses it.
+//! Presence: while an instance holds a stream or a poll for a peer it refreshes the peer's
+//! deadline ([`presence`]); every instance sweeps rooms whose earliest deadline has passed, and
+//! because the sweep of a room is one script, each peer leaves once.
+//!
+//! Keys of one room share the `{room}` hash tag, so every room script stays on one Redis
+//! Cluster slot; the two global keys (the room count, the sweep index) share a tag of their
+//! own and are written by separate scripts. Every key expires unless refreshed, so instances
+//! that crash leave nothing behind for long.
+
+mod presence;
+mod wakeups;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiResult, Error};
+use crate::identity::{PeerId, RoomName};
+use crate::logging;
+use crate::mailbox::{Batch, Entry, Read, ResetReason, StreamTicket};
+use crate::message::EncodedMessage;
+use crate::metrics::Metrics;
+use crate::store::{
+    Departure, JoinOutcome, LeaveReason, Limits, NewPeer, Outgoing, PeerInfo, Sent,
+};
+
+pub use self::presence::Listening;
+pub use self::wakeups::Subscription;
+
+/// Most entries one read returns; a reader with more waiting reads again at once. Bounds the
+/// reply (and the instance's memory) for a reader that resumes a full mailbox.
+const READ_LIMIT: usize = 256;
+/// Rooms one sweep tick looks at; the rest wait for the next tick.
+const SWEEP_LIMIT: usize = 256;
+/// How long a round trip may take before the request is answered `503 store_unavailable`: a
+/// healthy Redis answers in well under a millisecond, so this only bounds a hang.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Expiry of the global keys: refreshed by every sweep tick, so they outlive instances that
+/// crashed by this much and no more.
+const GLOBAL_TTL: Duration = Duration::from_secs(3600);
+
+macro_rules! room_script {
+    ($file:literal) => {
+        Script::new(concat!(
+            include_str!("lua/room.lua"),
+            include_str!(concat!("lua/", $file))
+        ))
+    };
+}
+
+/// The scripts, hashed once: `EVALSHA` after the first use, reloaded on `NOSCRIPT` (a Redis
+/// restarted empty forgets them).
+struct Scripts {
+    join: Script,
+    leave: Script,
+    send: Script,
+    authorize: Script,
+    open: Script,
+    read: Script,
+    touch: Script,
+    sweep: Script,
+    reserve: Script,
+    created: Script,
+    release: Script,
+    due: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            join: room_script!("join.lua"),
+            leave: room_script!("leave.lua"),
+            send: room_script!("send.lua"),
+            authorize: room_script!("authorize.lua"),
+            open: room_script!("open.lua"),
+            read: room_script!("read.lua"),
+            touch: room_script!("touch.lua"),
+            sweep: room_script!("sweep.lua"),
+            reserve: Script::new(include_str!("lua/reserve.lua")),
+            created: Script::new(include_str!("lua/created.lua")),
+            release: Script::new(include_str!("lua/release.lua")),
+            due: Script::new(include_str!("lua/due.lua")),
+        }
+    }
+}
+
+/// Key names, from the configured prefix.
+struct Keys {
+    prefix: String,
+    /// Room name -> when it was created (µs): counts rooms for `max_rooms`.
+    rooms: String,
+    /// Room name -> its earliest presence deadline (ms): what the sweepers look at.
+    due: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            rooms: format!("{prefix}:{{{prefix}:global}}:rooms"),
+            due: format!("{prefix}:{{{prefix}:global}}:due"),
+        }
+    }
+
+    /// The room's peers hash, `KEYS[1]` of every room script; the others derive from it.
+    fn peers(&self, room: &RoomName) -> String {
+        format!("{}:{{{room}}}:peers", self.prefix)
+    }
+
+    /// The channel that wakes `peer`'s readers.
+    fn wake(&self, room: &RoomName, peer: PeerId) -> String {
+        format!("{}:{{{room}}}:w:{peer}", self.prefix)
+    }
+}
+
+/// A cheap handle: the store's state is shared with its readers and background tasks.
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Reconnects by itself; a command sent while Redis is unreachable fails instead of waiting.
+    connection: ConnectionManager,
+    client: redis::Client,
+    scripts: Scripts,
+    keys: Keys,
+    limits: Limits,
+    /// Room keys expire this long after their last write or presence refresh: longer than any
+    /// peer may stay silent, so only rooms that no live instance looks after expire.
+    key_ttl_ms: u64,
+    wakeups: wakeups::Wakeups,
+    presence: presence::Presence,
+    metrics: Metrics,
+}
+
+impl RedisStore {
+    /// A store on `url`; connects lazily, so this succeeds while Redis is down.
+    pub fn new(url: &str, prefix: &str, limits: Limits, metrics: Metrics) -> Result<Self, String> {
+        let client = redis::Client::open(url)
+            .map_err(|error| format!("signpost.redis_url is not usable: {error}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|error| format!("cannot set up the Redis connection: {error}"))?;
+        let timeout_ms = limits.peer_timeout.as_millis() as u64;
+        let inner = Arc::new(Inner {
+            connection,
+            client: client.clone(),
+            scripts: Scripts::new(),
+            keys: Keys::new(prefix),
+            key_ttl_ms: (timeout_ms * 3).max(60_000),
+            limits,
+            wakeups: wakeups::Wakeups::new(),
+            presence: presence::Presence::new(),
+            metrics,
+        });
+        Ok(Self { inner })
+    }
+
+    /// Starts the wake-up connection and the presence refresher; both end with `shutdown`.
+    pub fn start(&self, shutdown: rocket::Shutdown) {
+        wakeups::spawn(
+            self.inner.client.clone(),
+            Arc::clone(&self.inner),
+            shutdown.clone(),
+        );
+        presence::spawn(Arc::clone(&self.inner), shutdown);
+    }
+
+    pub async fn ping(&self) -> ApiResult<()> {
+        let _: Value = self.inner.query(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    pub async fn join(
+        &self,
+        room: &RoomName,
+        peer: NewPeer,
+        announcement: Arc<EncodedMessage>,
+    ) -> ApiResult<JoinOutcome> {
+        let inner = &self.inner;
+        let limits = &inner.limits;
+        let reserved: String = inner
+            .run(
+                inner
+                    .scripts
+                    .reserve
+                    .key(&inner.keys.rooms)
+                    .key(&inner.keys.due)
+                    .arg(room.as_str())
+                    .arg(limits.max_rooms)
+                    .arg(GLOBAL_TTL.as_millis() as u64),
+            )
+            .await?;
+        if reserved == "too_many_rooms" {
+            return Err(Error::TooManyRooms {
+                limit: limits.max_rooms,
+            });
+        }
+        let info = serde_json::to_string(&peer.info).map_err(|_| Error::Internal("peer info"))?;
+        let reply: Value = inner
+            .run(
+                inner
+                    .scripts
+                    .join
+                    .key(inner.keys.peers(room))
+                    .arg(peer.info.peer_id.to_string())
+                    .arg(digest(peer.token.reveal()))
+                    .arg(info)
+                    .arg(stored(&announcement))
+                    .arg(limits.max_peers_per_room)
+                    .arg(limits.mailbox_capacity)
+                    .arg(limits.send_burst)
+                    .arg(limits.peer_timeout.as_millis() as u64)
+                    .arg(inner.key_ttl_ms),
+            )
+            .await?;
+        let reply = Reply::new(reply)?;
+        match reply.status()? {
+            "ok" => {}
+            "room_full" => {
+                return Err(Error::RoomFull {
+                    limit: limits.max_peers_per_room,
+                })
+            }
+            other => return Err(unexpected(other)),
+        }
+        let created = reply.int(1)? == 1;
+        let peers = reply
+            .strings(2)?
+            .iter()
+            .map(|json| serde_json::from_str::<PeerInfo>(json))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Error::Internal("a peer record in Redis is not valid JSON"))?;
+        let departures = reply.departures(3)?;
+        if created {
+            let now_us = reply.int(4)?;
+            let deadline = reply.int(5)?;
+            let _: Value = inner
+                .run(
+                    inner
+                        .scripts
+                        .created
+                        .key(&inner.keys.rooms)
+                        .key(&inner.keys.due)
+                        .arg(room.as_str())
+                        .arg(now_us)
+                        .arg(deadline)
+                        .arg(GLOBAL_TTL.as_millis() as u64),
+                )
+                .await?;
+        }
+        Ok(JoinOutcome { peers, departures })
+    }
+
+    pub async fn leave(
+        &self,
+        room: &RoomName,
+        peer: PeerId,
+        token: Option<&str>,
+    ) -> ApiResult<Vec<Departure>> {
+        let inner = &self.inner;
+        let reply: Value = inner
+            .run(
+                inner
+                    .scripts
+                    .leave
+                    .key(inner.keys.peers(room))
+                    .arg(peer.to_string())
+                    .arg(token.map(digest).unwrap_or_default())
+                    .arg(inner.limits.mailbox_capacity)
+                    .arg(inner.key_ttl_ms),
+            )
+            .await?;
+        let reply = Reply::new(reply)?;
+        match reply.status()? {
+            "ok" => {}
+            other => return Err(refusal(other, &reply)?),
+        }
+        let departures = reply.departures(1)?;
+        if reply.int(2)? == 1 {
+            inner.release(room, reply.int(3)?).await?;
+        }
+        Ok(departures)
+    }
+
+    pub async fn identify(&self, room: &RoomName, token: Option<&str>) -> ApiResult<PeerId> {
+        let inner = &self.inner;
+        let mut pipe = redis::pipe();
+        pipe.exists(inner.keys.peers(room));
+        pipe.hget(
+            format!("{}:{{{room}}}:tokens", inner.keys.prefix),
+            token.map(digest).unwrap_or_default(),
+        );
+        let (exists, owner): (bool, Option<String>) = inner.query_pipe(&pipe).await?;
+        if !exists {
+            return Err(Error::RoomNotFound);
+        }
+        if token.is_none() {
+            return Err(Error::MissingToken);
+        }
+        owner
+            .as_deref()
+            .and_then(PeerId::parse)
+            .ok_or(Error::InvalidToken)
+    }
+
+    pub async fn send(
+        &self,
+        room: &RoomName,
+        token: Option<&str>,
+        batch: &[Outgoing],
+    ) -> ApiResult<Sent> {
+        let inner = &self.inner;
+        let limits = &inner.limits;
+        let mut invocation = inner.scripts.send.key(inner.keys.peers(room));
+        invocation
+            .arg(token.map(digest).unwrap_or_default())
+            .arg(limits.mailbox_capacity)
+            .arg(limits.send_rate_per_sec)
+            .arg(limits.send_burst)
+            .arg(inner.key_ttl_ms);
+        for message in batch {
+            invocation.arg(message.to.map(|to| to.to_string()).unwrap_or_default());
+            let draft = &message.draft;
+            let mut value =
+                String::with_capacity(draft.kind().len() + 1 + draft.unsigned_body().len());
+            value.push_str(draft.kind());
+            value.push(' ');
+            value.push_str(draft.unsigned_body());
+            invocation.arg(value);
+        }
+        let reply: Value = inner.run(&invocation).await?;
+        let reply = Reply::new(reply)?;
+        match reply.status()? {
+            "ok" => {}
+            other => return Err(refusal(other, &reply)?),
+        }
+        let accepted = reply.int(1)? as usize;
+        let departures = reply.departures(2)?;
+        if reply.int(3)? == 1 {
+            inner.release(room, reply.int(4)?).await?;
+        }
+        Ok(Sent {
+            accepted,
+            departures,
+        })
+    }
+
+    pub async fn reader(
+        &self,
+        room: &RoomName,
+        peer: PeerId,
+        token: Option<&str>,
+    ) -> ApiResult<Reader> {
+        let inner = &self.inner;
+        let reply: Value = inner
+            .run(
+                inner
+                    .scripts
+                    .authorize
+                    .key(inner.keys.peers(room))
+                    .arg(peer.to_string())
+                    .arg(token.map(digest).unwrap_or_default())
+                    .arg(inner.limits.peer_timeout.as_millis() as u64),
+            )
+            .await?;
+        let reply = Reply::new(reply)?;
+        match reply.status()? {
+            "ok" => Ok(Reader {
+                inner: Arc::clone(inner),
+                room: room.clone(),
+                peer,
+                pending_ack: AtomicU64::new(0),
+            }),
+            other => Err(refusal(other, &reply)?),
+        }
+    }
+
+    pub async fn room(&self, room: &RoomName) -> ApiResult<Option<Vec<PeerInfo>>> {
+        let inner = &self.inner;
+        let mut command = redis::cmd("HVALS");
+        let records: Vec<String> = inner.query(command.arg(inner.keys.peers(room))).await?;
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let mut peers = records
+            .iter()
+            .map(|record| parse_record(record))
+            .collect::<ApiResult<Vec<_>>>()?;
+        peers.sort_by_key(|(seq, _)| *seq);
+        Ok(Some(peers.into_iter().map(|(_, info)| info).collect()))
+    }
+
+    pub async fn peer(&self, room: &RoomName, peer: PeerId) -> ApiResult<PeerInfo> {
+        let inner = &self.inner;
+        let mut pipe = redis::pipe();
+        pipe.exists(inner.keys.peers(room));
+        pipe.hget(inner.keys.peers(room), peer.to_string());
+        let (exists, record): (bool, Option<String>) = inner.query_pipe(&pipe).await?;
+        if !exists {
+            return Err(Error::RoomNotFound);
+        }
+        let record = record.ok_or(Error::PeerNotFound)?;
+        parse_record(&record).map(|(_, info)| info)
+    }
+
+    /// Sweeps the rooms due, by Redis's clock.
+    pub async fn sweep(&self) -> ApiResult<Vec<(RoomName, Departure)>> {
+        let inner = &self.inner;
+        let rooms: Vec<String> = inner
+            .run(
+                inner
+                    .scripts
+                    .due
+                    .key(&inner.keys.due)
+                    .key(&inner.keys.rooms)
+                    .arg(SWEEP_LIMIT)
+                    .arg(GLOBAL_TTL.as_millis() as u64),
+            )
+            .await?;
+        let mut gone = Vec::new();
+        for name in rooms {
+            let Ok(room) = RoomName::parse(&name) else {
+                continue;
+            };
+            let reply: Value = inner
+                .run(
+                    inner
+                        .scripts
+                        .sweep
+                        .key(inner.keys.peers(&room))
+                        .arg(inner.limits.mailbox_capacity)
+                        .arg(inner.key_ttl_ms),
+                )
+                .await?;
+            let reply = Reply::new(reply)?;
+            let departures = reply.departures(0)?;
+            let earliest = reply.int(1)?;
+            if reply.int(2)? == 1 {
+                inner.release(&room, reply.int(3)?).await?;
+            } else if earliest >= 0 {
+                let mut command = redis::cmd("ZADD");
+                command
+                    .arg(&inner.keys.due)
+                    .arg("XX")
+                    .arg(earliest)
+                    .arg(room.as_str());
+                let _: Value = inner.query(&command).await?;
+            }
+            gone.extend(departures.into_iter().map(|d| (room.clone(), d)));
+        }
+        Ok(gone)
+    }
+
+    /// Rooms and peers across every instance.
+    pub async fn counts(&self) -> ApiResult<(usize, usize)> {
+        let inner = &self.inner;
+        let mut command = redis::cmd("ZRANGE");
+        let rooms: Vec<String> = inner
+            .query(command.arg(&inner.keys.rooms).arg(0).arg(-1))
+            .await?;
+        let mut pipe = redis::pipe();
+        for room in &rooms {
+            pipe.hlen(format!("{}:{{{room}}}:peers", inner.keys.prefix));
+        }
+        let sizes: Vec<usize> = if rooms.is_empty() {
+            Vec::new()
+        } else {
+            inner.query_pipe(&pipe).await?
+        };
+        let existing = sizes.iter().filter(|size| **size > 0).count();
+        Ok((existing, sizes.iter().sum()))
+    }
+}
+
+impl Inner {
+    /// Runs a script, counting the round trip; any failure is `store_unavailable`.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> ApiResult<T> {
+        let mut connection = self.connection.clone();
+        let result = invocation.invoke_async(&mut connection).await;
+        self.account(result)
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> ApiResult<T> {
+        let mut connection = self.connection.clone();
+        let result = command.query_async(&mut connection).await;
+        self.account(result)
+    }
+
+    async fn query_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> ApiResult<T> {
+        let mut connection = self.connection.clone();
+        let result = pipe.query_async(&mut connection).await;
+        self.account(result)
+    }
+
+    fn account<T>(&self, result: redis::RedisResult<T>) -> ApiResult<T> {
+        self.metrics.store_round_trip(result.is_err());
+        result.map_err(|error| {
+            logging::warn(format_args!("redis: {}", error));
+            Error::StoreUnavailable
+        })
+    }
+
+    /// Forgets an emptied room (unless it was created again since).
+    async fn release(&self, room: &RoomName, emptied_us: i64) -> ApiResult<()> {
+        let _: Value = self
+            .run(
+                self.scripts
+                    .release
+                    .key(&self.keys.rooms)
+                    .key(&self.keys.due)
+                    .arg(room.as_str())
+                    .arg(emptied_us),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// A peer's mailbox in Redis, for its stream or poll.
+pub struct Reader {
+    inner: Arc<Inner>,
+    room: RoomName,
+    peer: PeerId,
+    /// The newest id the reader has delivered and not yet told Redis (0: none); sent with the
+    /// next read.
+    pending_ack: AtomicU64,
+}
+
+impl Reader {
+    pub async fn subscribe(&self) -> ApiResult<crate::store::Wake> {
+        let channel = self.inner.keys.wake(&self.room, self.peer);
+        self.inner.wakeups.subscribe(channel, &self.inner).await
+    }
+
+    pub async fn open_stream(&self, acknowledge: Option<u64>) -> ApiResult<(StreamTicket, u64)> {
+        let inner = &self.inner;
+        let reply: Value = inner
+            .run(
+                inner
+                    .scripts
+                    .open
+                    .key(inner.keys.peers(&self.room))
+                    .arg(self.peer.to_string())
+                    .arg(acknowledge.map(|id| id.to_string()).unwrap_or_default())
+                    .arg(inner.limits.replay_window),
+            )
+            .await?;
+        let reply = Reply::new(reply)?;
+        match reply.status()? {
+            "ok" => Ok((StreamTicket(reply.int(1)? as u64), reply.int(2)? as u64)),
+            "closed" => Err(Error::PeerNotFound),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn acknowledge(&self, id: u64) {
+        self.pending_ack.fetch_max(id, Ordering::Relaxed);
+    }
+
+    pub async fn read(&self, cursor: u64, ticket: Option<StreamTicket>) -> ApiResult<Read> {
+        let inner = &self.inner;
+        let ack = self.pending_ack.load(Ordering::Relaxed);
+        let reply: Value = inner
+            .run(
+                inner
+                    .scripts
+                    .read
+                    .key(inner.keys.peers(&self.room))
+                    .arg(self.peer.to_string())
+                    .arg(cursor)
+                    .arg(if ack > 0 {
+                        ack.to_string()
+                    } else {
+                        String::new()
+                    })
+                    .arg(
+                        ticket
+                            .map(|StreamTicket(epoch)| epoch.to_string())
+                            .unwrap_or_default(),
+                    )
+                    .arg(inner.limits.replay_window)
+                    .arg(READ_LIMIT),
+            )
+            .await?;
+        let reply = Reply::new(reply)?;
+        let batch = match reply.status()? {
+            "ok" => {
+                let last_id = reply.int(1)? as u64;
+                let reset = match reply.string(2)? {
+                    "" => None,
+                    "expired" => Some(ResetReason::Expired),
+                    "ahead" => Some(ResetReason::Ahead),
+                    other => return Err(unexpected(other)),
+                };
+                let first = reply.int(3)? as u64;
+                let entries = reply
+                    .strings(4)?
+                    .into_iter()
+                    .zip(first..)
+                    .map(|(value, id)| {
+                        let (kind, body) =
+                            value.split_once(' ').ok_or_else(|| unexpected(&value))?;
+                        Ok(Entry {
+                            id,
+                            message: EncodedMessage::stored(kind, body.to_owned()),
+                        })
+                    })
+                    .collect::<ApiResult<Vec<_>>>()?;
+                Read::Batch(Batch {
+                    reset,
+                    entries,
+                    last_id,
+                })
+            }
+            "closed" => Read::Closed,
+            "replaced" => Read::Replaced,
+            other => return Err(unexpected(other)),
+        };
+        Ok(batch)
+    }
+
+    pub fn listen(&self) -> Listening {
+        Listening::new(Arc::clone(&self.inner), self.room.clone(), self.peer)
+    }
+}
+
+/// SHA-256 of a peer token, in hex: what Redis keeps instead of the token, so that a look at
+/// Redis (or a dump of it) reveals no credential, and comparing digests leaks nothing useful
+/// about the token through timing.
+fn digest(token: &str) -> String {
+    let hash = Sha256::digest(token.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for byte in hash {
+        hex.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
+        hex.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
+    }
+    hex
+}
+
+/// A message as the room scripts keep it: `<type> <envelope without id>`.
+fn stored(message: &EncodedMessage) -> String {
+    format!("{} {}", message.kind(), message.body())
+}
+
+/// `<join seq>\n<token digest>\n<info JSON>` → (seq, info).
+fn parse_record(record: &str) -> ApiResult<(u64, PeerInfo)> {
+    let mut parts = record.splitn(3, '\n');
+    let (Some(seq), Some(_digest), Some(info)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(Error::Internal("a peer record in Redis is malformed"));
+    };
+    let seq = seq
+        .parse()
+        .map_err(|_| Error::Internal("a peer record in Redis is malformed"))?;
+    let info = serde_json::from_str(info)
+        .map_err(|_| Error::Internal("a peer record in Redis is malformed"))?;
+    Ok((seq, info))
+}
+
+/// A reply the scripts were not written to give: a bug, or keys written by something else.
+fn unexpected(what: &str) -> Error {
+    logging::warn(format_args!("redis: unexpected script reply {what:?}"));
+    Error::Internal("the shared store gave an unexpected reply")
+}
+
+/// The error a script refused with.
+fn refusal(code: &str, reply: &Reply) -> ApiResult<Error> {
+    Ok(match code {
+        "room_not_found" => Error::RoomNotFound,
+        "peer_not_found" => Error::PeerNotFound,
+        "missing_token" => Error::MissingToken,
+        "invalid_token" => Error::InvalidToken,
+        "wrong_peer" => Error::WrongPeer,
+        "self_recipient" => Error::SelfRecipient {
+            index: reply.int(1)? as usize,
+        },
+        "unknown_recipient" => Error::UnknownRecipient {
+            index: reply.int(1)? as usize,
+        },
+        "rate_limited" => Error::RateLimited {
+            retry_after: Duration::from_millis(reply.int(1)?.max(0) as u64),
+        },
+        other => unexpected(other),
+    })
+}
+
+/// A script's reply: an array whose first element is a status (or whatever the script says).
+struct Reply(Vec<Value>);
+
+impl Reply {
+    fn new(value: Value) -> ApiResult<Self> {
+        match value {
+            Value::Array(items) => Ok(Self(items)),
+            other => Err(unexpected(&format!("{other:?}"))),
+        }
+    }
+
+    fn get(&self, index: usize) -> ApiResult<&Value> {
+        self.0
+            .get(index)
+            .ok_or_else(|| unexpected("a reply with too few elements"))
+    }
+
+    fn string(&self, index: usize) -> ApiResult<&str> {
+        match self.get(index)? {
+            Value::BulkString(bytes) => std::str::from_utf8(bytes).map_err(|_| unexpected("bytes")),
+            Value::SimpleString(text) => Ok(text),
+            other => Err(unexpected(&format!("{other:?}"))),
+        }
+    }
+
+    fn status(&self) -> ApiResult<&str> {
+        self.string(0)
+    }
+
+    fn int(&self, index: usize) -> ApiResult<i64> {
+        match self.get(index)? {
+            Value::Int(n) => Ok(*n),
+            other => Err(unexpected(&format!("{other:?}"))),
+        }
+    }
+
+    fn strings(&self, index: usize) -> ApiResult<Vec<String>> {
+        match self.get(index)? {
+            Value::Array(items) => items
+                .iter()
+                .map(|item| match item {
+                    Value::BulkString(bytes) => {
+                        String::from_utf8(bytes.clone()).map_err(|_| unexpected("bytes"))
+                    }
+                    other => Err(unexpected(&format!("{other:?}"))),
+                })
+                .collect(),
+            other => Err(unexpected(&format!("{other:?}"))),
+        }
+    }
+
+    fn departures(&self, index: usize) -> ApiResult<Vec<Departure>> {
+        let flat = self.strings(index)?;
+        flat.chunks(2)
+            .map(|pair| match pair {
+                [peer, reason] => Ok(Departure {
+                    peer: PeerId::parse(peer).ok_or_else(|| unexpected(peer))?,
+                    reason: LeaveReason::parse(reason).ok_or_else(|| unexpected(reason))?,
+                }),
+                _ => Err(unexpected("an odd departure list")),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,116 @@
+//! Presence for the Redis store: while this instance holds a stream or a poll for a peer, it
+//! moves the peer's deadline forward every third of `peer_timeout_secs`, so a peer is timed out
+//! only when no instance has listened for it for that long — including when the instance that
+//! held its stream crashed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::select;
+use tokio::time::{interval, MissedTickBehavior};
+
+use crate::identity::{PeerId, RoomName};
+
+use super::Inner;
+
+pub struct Presence {
+    /// Peers with a listener on this instance, and how many. A `parking_lot::Mutex`: held for a
+    /// map update or a copy of the keys, never across `.await`.
+    listeners: Mutex<HashMap<(RoomName, PeerId), usize>>,
+}
+
+impl Presence {
+    pub fn new() -> Self {
+        Self {
+            listeners: Mutex::default(),
+        }
+    }
+}
+
+/// A stream or poll in progress; the last one for a peer to end refreshes its deadline one last
+/// time, so that its timeout counts from when it stopped listening.
+pub struct Listening {
+    inner: Arc<Inner>,
+    room: RoomName,
+    peer: PeerId,
+}
+
+impl Listening {
+    pub(super) fn new(inner: Arc<Inner>, room: RoomName, peer: PeerId) -> Self {
+        *inner
+            .presence
+            .listeners
+            .lock()
+            .entry((room.clone(), peer))
+            .or_default() += 1;
+        Self { inner, room, peer }
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let last = {
+            let mut listeners = self.inner.presence.listeners.lock();
+            let key = (self.room.clone(), self.peer);
+            match listeners.get_mut(&key) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                _ => {
+                    listeners.remove(&key);
+                    true
+                }
+            }
+        };
+        if last {
+            let inner = Arc::clone(&self.inner);
+            let room = self.room.clone();
+            let peer = self.peer;
+            // Outside a runtime (the process is ending) the peer simply times out sooner.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = touch(&inner, &room, &[peer]).await;
+                });
+            }
+        }
+    }
+}
+
+/// Moves the deadlines of `peers` of `room` to now + timeout.
+async fn touch(inner: &Inner, room: &RoomName, peers: &[PeerId]) -> crate::error::ApiResult<()> {
+    let mut invocation = inner.scripts.touch.key(inner.keys.peers(room));
+    invocation
+        .arg(inner.limits.peer_timeout.as_millis() as u64)
+        .arg(inner.key_ttl_ms);
+    for peer in peers {
+        invocation.arg(peer.to_string());
+    }
+    let _: i64 = inner.run(&invocation).await?;
+    Ok(())
+}
+
+/// Starts the refresher; it ends with `shutdown`.
+pub fn spawn(inner: Arc<Inner>, mut shutdown: rocket::Shutdown) {
+    let period = (inner.limits.peer_timeout / 3).max(Duration::from_millis(50));
+    tokio::spawn(async move {
+        let mut ticks = interval(period);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            select! {
+                _ = ticks.tick() => {}
+                _ = &mut shutdown => return,
+            }
+            let mut by_room: HashMap<RoomName, Vec<PeerId>> = HashMap::new();
+            for (room, peer) in inner.presence.listeners.lock().keys() {
+                by_room.entry(room.clone()).or_default().push(*peer);
+            }
+            for (room, peers) in by_room {
+                // A store that is down is tried again at the next tick.
+                let _ = touch(&inner, &room, &peers).await;
+            }
+        }
+    });
+}
