@@ -1,8 +1,13 @@
 //! Test support: a real signpost server on 127.0.0.1 with a random port, and a client-side peer
 //! that speaks the HTTP API with reqwest (SSE parsed by `eventsource-stream`).
+//!
+//! The behaviour suite runs on both stores: a test written inside [`store_tests!`] becomes two,
+//! `<name>::memory` and `<name>::redis`, and every [`Server`] such a test starts uses that store
+//! (the Redis one on a real `redis-server` the tests start, with a key prefix of its own).
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod external;
+pub mod redis;
 
 use std::time::Duration;
 
@@ -16,6 +21,55 @@ use serde_json::{json, Value};
 /// it does not pace the test.
 pub const EVENT_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The store the servers of the running test use.
+#[derive(Debug, Clone)]
+pub enum TestStore {
+    Memory,
+    /// A Redis at this URL.
+    Redis(String),
+}
+
+tokio::task_local! {
+    /// Set by [`store_tests!`] for the test's own task.
+    pub static STORE: TestStore;
+}
+
+/// Runs `test` with its servers on `store`; a Redis test is skipped (with the reason printed)
+/// when redis-server is missing outside CI.
+pub async fn on_store(store: &str, name: &str, test: impl std::future::Future<Output = ()>) {
+    let store = match store {
+        "redis" => match redis::shared(name) {
+            Some(url) => TestStore::Redis(url),
+            None => return,
+        },
+        _ => TestStore::Memory,
+    };
+    STORE.scope(store, test).await
+}
+
+/// Declares each test twice, once per store: `store_tests! { /// what it proves
+/// async fn name() { … } … }`.
+#[macro_export]
+macro_rules! store_tests {
+    ($($(#[$meta:meta])* async fn $name:ident() $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                $crate::common::on_store("memory", concat!(stringify!($name), "::memory"), async $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                $crate::common::on_store("redis", concat!(stringify!($name), "::redis"), async $body).await
+            }
+        }
+    )*};
+}
+
 /// The settings of a test server: `Rocket.toml`'s defaults, on 127.0.0.1 with a port the system
 /// picks, quiet, no Ctrl-C handler, a short shutdown, and `settings` (a JSON object) over the
 /// `signpost` table.
@@ -28,8 +82,17 @@ pub fn test_figment(settings: Value) -> Figment {
         .merge(("shutdown.grace", 1))
         .merge(("shutdown.mercy", 1))
         .merge(("signpost.log_level", "off"));
-    for (key, value) in settings.as_object().expect("settings are a JSON object") {
+    let settings = settings.as_object().expect("settings are a JSON object");
+    for (key, value) in settings {
         figment = figment.merge((format!("signpost.{key}"), value.clone()));
+    }
+    if let Ok(TestStore::Redis(url)) = STORE.try_with(Clone::clone) {
+        if !settings.contains_key("redis_url") {
+            let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+            figment = figment
+                .merge(("signpost.redis_url", url))
+                .merge(("signpost.redis_prefix", prefix));
+        }
     }
     figment
 }

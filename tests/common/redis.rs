@@ -1,0 +1,117 @@
+//! A real `redis-server` for the tests (Debian's package `redis-server`), started by the tests
+//! themselves on a free loopback port, without persistence (`--save ''`), and stopped when the
+//! test process exits: it runs under a `sh` that kills it once the test process's end of its
+//! stdin closes, which happens however the test process ends.
+//!
+//! Each test server gets its own key prefix, so one Redis serves every test of a binary.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::external;
+
+/// A redis-server process the test started.
+pub struct Redis {
+    pub port: u16,
+    child: Child,
+    /// Closing it stops the server.
+    stdin: Option<ChildStdin>,
+}
+
+impl Redis {
+    /// Whether the tests can start redis-server here.
+    pub fn available() -> Result<(), String> {
+        external::programs(&["redis-server", "redis-cli"], "redis-server")
+    }
+
+    /// A new, empty server on a free port.
+    pub fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        Redis::start_on(port)
+    }
+
+    /// A new, empty server on `port` (a restart of one that was stopped).
+    pub fn start_on(port: u16) -> Redis {
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                r#"redis-server "$@" & pid=$!; read _; kill -9 $pid; wait $pid"#,
+                "sh",
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sh starts redis-server");
+        let stdin = child.stdin.take();
+        let redis = Redis { port, child, stdin };
+        redis.wait_until_ready();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli` against this server and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Readiness probe: redis-server takes a few milliseconds to listen.
+    fn wait_until_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cli(&["ping"]) != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server at once (SIGKILL), losing everything it held.
+    pub fn kill(mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"\n");
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// One server shared by the tests of a binary that run on the Redis store; `None` (after the
+/// skip is printed) when redis-server is not installed and the tests are not required.
+pub fn shared(test: &str) -> Option<String> {
+    static SHARED: OnceLock<Mutex<Option<Redis>>> = OnceLock::new();
+    if !external::can_run(test, Redis::available()) {
+        return None;
+    }
+    let shared = SHARED.get_or_init(|| Mutex::new(Some(Redis::start())));
+    let redis = shared.lock().unwrap_or_else(|e| e.into_inner());
+    redis.as_ref().map(Redis::url)
+}
