@@ -15,7 +15,6 @@ use signpost::message::{EncodedMessage, OutgoingMessage};
 
 /// A hub with no rate limit, as in the `bench` profile of `Rocket.toml`.
 fn hub() -> Hub {
-    signpost::logging::set_level(signpost::config::LogLevel::Off);
     Hub::new(&Config {
         send_rate_per_sec: 1e12,
         send_burst: 1e12,

@@ -72,7 +72,6 @@ pub fn build(figment: Figment) -> Rocket<Build> {
                 .and_then(|config| config.validate().map(|()| config));
             match config {
                 Ok(config) => {
-                    logging::set_level(config.log_level);
                     let static_files =
                         FileServer::new(&config.static_dir, Options::Index | Options::Missing)
                             .rank(20);
@@ -85,8 +84,8 @@ pub fn build(figment: Figment) -> Rocket<Build> {
                         .mount("/", static_files))
                 }
                 Err(error) => {
-                    // Rocket's log is turned down (see `logging`), so say it here.
-                    eprintln!("signpost: invalid configuration: {error}");
+                    // Rocket's own word for this is only "launch fairing(s) failed".
+                    tracing::error!(target: "signpost", "invalid configuration: {error}");
                     Err(rocket)
                 }
             }
