@@ -36,7 +36,6 @@ fn mailbox_of(hub: &Hub, room: &RoomName, peer: &Joined) -> Arc<Mailbox> {
 
 /// A hub with no rate limit, as in the `bench` profile of `Rocket.toml`.
 fn hub() -> Hub {
-    signpost::logging::set_level(signpost::config::LogLevel::Off);
     Hub::new(&Config {
         send_rate_per_sec: 1e12,
         send_burst: 1e12,

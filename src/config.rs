@@ -50,10 +50,21 @@ pub struct Config {
     /// Directory of the browser client served at `/`. Default `static`, relative to the working
     /// directory (the repository root under `cargo run`).
     pub static_dir: String,
-    /// `"info"` logs each request and each join/leave; `"warn"` only problems; `"off"` nothing.
-    /// Default `info`. Rocket's own log is off (`log_level = "off"` in `Rocket.toml`), because
-    /// it prints request URLs, and with them `?token=` secrets, even at its `critical` level.
+    /// How much the server binary logs: `"info"` each failed request and each join, leave and
+    /// eviction; `"warn"` only problems; `"debug"` also what libraries (Rocket) say at their
+    /// `info` level; `"off"` nothing. Default `info`. `RUST_LOG`, when set, replaces this with
+    /// its own directives (`crate::logging` says what can never be logged, whatever the level).
     pub log_level: LogLevel,
+    /// The log's form on stderr: `"text"`, one line per record for people, or `"json"`, one JSON
+    /// object per line for a log collector. Default `text`: a terminal or `journalctl` is where
+    /// a single instance's log is read; several instances are aggregated by tools that want JSON.
+    pub log_format: LogFormat,
+    /// The name every log record carries, so that the aggregated logs of several instances can
+    /// be told apart. Default `<hostname>-<pid>`: unique among instances running at once, and
+    /// in a container the hostname is the container's (or the Kubernetes pod's) name, which is
+    /// what an operator looks up; set it to something stabler, such as a replica name, if one
+    /// exists.
+    pub instance: Option<String>,
     /// TURN URLs to hand out with ephemeral credentials, e.g.
     /// `["turn:turn.example.org:3478?transport=udp", "turns:turn.example.org:5349?transport=tcp"]`.
     /// Default none. Needs `turn_secret`: a TURN server without credentials is an open relay, so
@@ -118,12 +129,23 @@ pub struct IceServer {
     pub credential: Option<String>,
 }
 
+/// `log_level`: ordered from quietest to most verbose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     Off,
     Warn,
     Info,
+    Debug,
+}
+
+/// `log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for Config {
@@ -143,6 +165,8 @@ impl Default for Config {
             ice_servers: Vec::new(),
             static_dir: "static".into(),
             log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
+            instance: None,
             turn_urls: Vec::new(),
             turn_secret: None,
             turn_credential_ttl_secs: 24 * 60 * 60,
@@ -212,6 +236,13 @@ impl Config {
                 )
             }
             _ => {}
+        }
+        if let Some(instance) = &self.instance {
+            if instance.trim().is_empty() || instance.chars().any(char::is_control) {
+                return Err(format!(
+                    "signpost.instance must be a name without control characters, not {instance:?}"
+                ));
+            }
         }
         if self.turn_credential_ttl_secs == 0 {
             return Err("signpost.turn_credential_ttl_secs must be at least 1".into());
@@ -295,6 +326,10 @@ mod tests {
             },
             Config {
                 mailbox_capacity: 0,
+                ..Config::default()
+            },
+            Config {
+                instance: Some(" ".into()),
                 ..Config::default()
             },
         ];

@@ -78,7 +78,6 @@ pub fn build(figment: Figment) -> Rocket<Build> {
             });
             match config {
                 Ok((config, hub)) => {
-                    logging::set_level(config.log_level);
                     let static_files =
                         FileServer::new(&config.static_dir, Options::Index | Options::Missing)
                             .rank(20);
@@ -91,8 +90,8 @@ pub fn build(figment: Figment) -> Rocket<Build> {
                         .mount("/", static_files))
                 }
                 Err(error) => {
-                    // Rocket's log is turned down (see `logging`), so say it here.
-                    eprintln!("signpost: invalid configuration: {error}");
+                    // Rocket's own word for this is only "launch fairing(s) failed".
+                    tracing::error!(target: "signpost", "invalid configuration: {error}");
                     Err(rocket)
                 }
             }

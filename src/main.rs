@@ -11,6 +11,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[rocket::main]
 async fn main() -> ExitCode {
     let figment = rocket::Config::figment();
+    // The log is set up before the server, from the same settings; settings that do not parse
+    // get the default log, and the server then refuses to start and says why in it.
+    let config = figment
+        .focus("signpost")
+        .extract::<signpost::config::Config>()
+        .ok()
+        .filter(|config| config.validate().is_ok())
+        .unwrap_or_default();
+    signpost::logging::install(&config);
     let signals = signpost::shutdown_signals(&figment);
     match signpost::Server::bind(figment).await {
         Ok(server) => {
@@ -18,8 +27,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            // Rocket's own log is off (it would print tokens), so report start-up failures here.
-            eprintln!("signpost: could not start: {error}");
+            tracing::error!(target: "signpost", "could not start: {error}");
             ExitCode::FAILURE
         }
     }

@@ -61,8 +61,8 @@ pub fn stage() -> AdHoc {
         let (local_addr, socket) = match bound {
             Ok(bound) => bound,
             Err(error) => {
-                // Rocket's log is off (see `logging`), so say it here.
-                eprintln!("signpost: cannot bind the STUN server to udp {bind}: {error}");
+                // Rocket's own word for this is only "launch fairing(s) failed".
+                tracing::error!(target: "signpost", "cannot bind the STUN server to udp {bind}: {error}");
                 return Err(rocket);
             }
         };

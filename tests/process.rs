@@ -58,6 +58,7 @@ async fn sigterm_ends_streams_and_polls_and_the_log_keeps_tokens_out() {
         .env("ROCKET_ADDRESS", "127.0.0.1")
         .env("ROCKET_PORT", "0")
         .env("ROCKET_SIGNPOST", "{log_level=\"info\"}")
+        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -207,7 +208,7 @@ async fn sigterm_ends_streams_and_polls_and_the_log_keeps_tokens_out() {
     );
     assert!(
         log.contains(&format!(
-            "GET /api/rooms/sigterm/peers/{}/events 403 wrong_peer",
+            "request failed method=GET path=/api/rooms/sigterm/peers/{}/events status=403 code=wrong_peer",
             alice.id
         )),
         "{log}"
