@@ -11,6 +11,8 @@ usage: signpost-bench <relay|idle|churn> [options]
 
 common:
   --url URL            server (loopback only)          [http://127.0.0.1:8000]
+  --receive-url URL    relay: where receivers open their streams and polls, e.g. a second
+                       instance sharing a Redis store   [--url]
   --json               print the report as JSON instead of a summary
   --threads N          generator worker threads         [2]
   --server-pid PID     read the server's memory from /proc/PID/status
@@ -46,6 +48,8 @@ pub struct Options {
     pub mode: Mode,
     /// The server's address; always a loopback address.
     pub server: SocketAddr,
+    /// Where relay receivers connect: the same server, or another instance on the same store.
+    pub receive_server: SocketAddr,
     pub json: bool,
     pub threads: usize,
     pub server_pid: Option<u32>,
@@ -106,6 +110,7 @@ fn parse_from(
     let mut parser = lexopt::Parser::from_args(args);
     let mut mode_name: Option<String> = None;
     let mut url = String::from("http://127.0.0.1:8000");
+    let mut receive_url = None;
     let mut json = false;
     let mut threads = 2;
     let mut server_pid = None;
@@ -143,6 +148,7 @@ fn parse_from(
         match arg {
             Value(value) if mode_name.is_none() => mode_name = Some(value.string()?),
             Long("url") => url = parser.value()?.string()?,
+            Long("receive-url") => receive_url = Some(parser.value()?.string()?),
             Long("json") => json = true,
             Long("threads") => threads = parser.value()?.parse()?,
             Long("server-pid") => server_pid = Some(parser.value()?.parse()?),
@@ -212,6 +218,7 @@ fn parse_from(
     Ok(Options {
         mode,
         server: loopback(&url)?,
+        receive_server: loopback(receive_url.as_deref().unwrap_or(&url))?,
         json,
         threads,
         server_pid,

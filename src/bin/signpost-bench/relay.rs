@@ -133,6 +133,7 @@ impl Shared {
 
 pub async fn run(options: &Options, relay: Relay) -> Result<Report, String> {
     let server = options.server;
+    let receive_server = options.receive_server;
     let run_id = report::run_id();
     let recipients = if relay.broadcast { relay.peers - 1 } else { 1 };
     let shared = Arc::new(Shared {
@@ -197,7 +198,7 @@ pub async fn run(options: &Options, relay: Relay) -> Result<Report, String> {
                 match relay.transport {
                     Transport::Sse => {
                         let (room, peer) = (&rooms[room].name, &rooms[room].peers[peer]);
-                        let mut events = http::events(&client, server, room, peer).await?;
+                        let mut events = http::events(&client, receive_server, room, peer).await?;
                         match events.next().await {
                             Some(Ok(event)) if event.event == "ready" => {}
                             other => {
@@ -210,7 +211,12 @@ pub async fn run(options: &Options, relay: Relay) -> Result<Report, String> {
                         Ok(tokio::spawn(receive_sse(events, shared, stop)))
                     }
                     Transport::Poll => Ok(tokio::spawn(receive_poll(
-                        server, rooms, room, peer, shared, stop,
+                        receive_server,
+                        rooms,
+                        room,
+                        peer,
+                        shared,
+                        stop,
                     ))),
                 }
             }
