@@ -6,13 +6,15 @@
 //! which is one short transaction, and only reads messages through the [`Mailbox`] it hands out.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::client_limits::PeersPerClient;
 use crate::config::Config;
 use crate::error::{ApiResult, Error};
 use crate::identity::{PeerId, PeerToken, RoomName};
@@ -36,6 +38,9 @@ struct Shared {
     /// the benchmarks. Mailboxes have their own lock, always taken after this one, so readers
     /// never touch it.
     rooms: Mutex<HashMap<RoomName, Room>>,
+    /// Live peers per client address. Only ever locked while `rooms` is held (so after it), which
+    /// keeps each count equal to the peers of that address in `rooms`.
+    peers_per_client: Mutex<PeersPerClient>,
     limits: Limits,
     /// Told of every join and departure (atomic adds, fine under the lock).
     metrics: Metrics,
@@ -50,6 +55,10 @@ struct Limits {
     replay_window: usize,
     send_rate_per_sec: f64,
     send_burst: f64,
+    max_peers_per_client: usize,
+    /// The `Retry-After` of `too_many_peers_for_client`: by then a peer that went away without
+    /// leaving has timed out.
+    peer_timeout: Duration,
 }
 
 /// A room with at least one peer; the last peer to go removes it.
@@ -65,6 +74,8 @@ struct Peer {
     meta: Option<Box<RawValue>>,
     mailbox: Arc<Mailbox>,
     send_rate: TokenBucket,
+    /// The client address it joined from, counted in `peers_per_client` while it is here.
+    client: Option<IpAddr>,
 }
 
 /// What other peers may know about a peer; never its token.
@@ -122,22 +133,27 @@ impl Hub {
             replay_window: config.replay_window,
             send_rate_per_sec: config.send_rate_per_sec,
             send_burst: config.send_burst,
+            max_peers_per_client: config.max_peers_per_client,
+            peer_timeout: config.peer_timeout(),
         };
         Self {
             shared: Arc::new(Shared {
                 rooms: Mutex::new(HashMap::new()),
+                peers_per_client: Mutex::new(PeersPerClient::default()),
                 limits,
                 metrics,
             }),
         }
     }
 
-    /// Adds a new peer to `room`, creating the room if needed, and tells the others.
+    /// Adds a new peer to `room`, creating the room if needed, and tells the others. `client`
+    /// is the address it joins from, held to `max_peers_per_client` (`None`: not counted).
     pub fn join(
         &self,
         room: &RoomName,
         name: Option<String>,
         meta: Option<Box<RawValue>>,
+        client: Option<IpAddr>,
     ) -> ApiResult<Joined> {
         let limits = &self.shared.limits;
         let id = PeerId::random();
@@ -163,6 +179,7 @@ impl Hub {
                 limits.send_burst,
                 Instant::now(),
             ),
+            client,
         };
 
         let mut rooms = self.shared.rooms.lock();
@@ -179,6 +196,18 @@ impl Hub {
                 limit: limits.max_peers_per_room,
             });
         }
+        let mut peers_per_client = self.shared.peers_per_client.lock();
+        if let Some(client) = client {
+            if !peers_per_client.try_add(client, limits.max_peers_per_client) {
+                if members.peers.is_empty() {
+                    rooms.remove(room);
+                }
+                return Err(Error::TooManyPeersForClient {
+                    limit: limits.max_peers_per_client,
+                    retry_after: limits.peer_timeout,
+                });
+            }
+        }
         let peers = members.peers.iter().map(Peer::info).collect();
         let overflowing: Vec<PeerId> = members
             .peers
@@ -187,9 +216,13 @@ impl Hub {
             .map(|other| other.id)
             .collect();
         members.peers.push(peer);
-        logging::info(format_args!("join room={room} peer={id}"));
+        match client {
+            Some(client) => logging::info(format_args!("join room={room} peer={id} client={client}")),
+            None => logging::info(format_args!("join room={room} peer={id}")),
+        }
         self.shared.metrics.peer_joined();
-        evict_all(&mut rooms, &self.shared.metrics, room, overflowing);
+        let metrics = &self.shared.metrics;
+        evict_all(&mut rooms, &mut peers_per_client, metrics, room, overflowing);
         Ok(Joined {
             peer_id: id,
             token,
@@ -204,6 +237,7 @@ impl Hub {
         authorize(members, peer, token)?;
         remove_peer(
             &mut rooms,
+            &mut self.shared.peers_per_client.lock(),
             &self.shared.metrics,
             room,
             peer,
@@ -289,7 +323,9 @@ impl Hub {
                 }
             }
         }
-        evict_all(&mut rooms, &self.shared.metrics, room, overflowing);
+        let mut peers_per_client = self.shared.peers_per_client.lock();
+        let metrics = &self.shared.metrics;
+        evict_all(&mut rooms, &mut peers_per_client, metrics, room, overflowing);
         Ok(encoded.len())
     }
 
@@ -349,9 +385,11 @@ impl Hub {
                     .map(move |p| (name.clone(), p.id))
             })
             .collect();
+        let mut peers_per_client = self.shared.peers_per_client.lock();
         for (room, peer) in &expired {
             let metrics = &self.shared.metrics;
-            remove_peer(&mut rooms, metrics, room, *peer, LeaveReason::Timeout);
+            let clients = &mut peers_per_client;
+            remove_peer(&mut rooms, clients, metrics, room, *peer, LeaveReason::Timeout);
         }
         expired.len()
     }
@@ -415,6 +453,7 @@ fn authorize<'a>(members: &'a Room, peer: PeerId, token: Option<&str>) -> ApiRes
 /// A `leave` that overflows another mailbox evicts that peer too, and so on.
 fn remove_peer(
     rooms: &mut HashMap<RoomName, Room>,
+    peers_per_client: &mut PeersPerClient,
     metrics: &Metrics,
     room: &RoomName,
     peer: PeerId,
@@ -430,6 +469,9 @@ fn remove_peer(
         };
         let gone = members.peers.remove(index);
         gone.mailbox.close();
+        if let Some(client) = gone.client {
+            peers_per_client.remove(client);
+        }
         logging::info(format_args!(
             "leave room={room} peer={peer} reason={}",
             reason.as_str()
@@ -462,6 +504,7 @@ fn remove_peer(
 
 fn evict_all(
     rooms: &mut HashMap<RoomName, Room>,
+    peers_per_client: &mut PeersPerClient,
     metrics: &Metrics,
     room: &RoomName,
     peers: Vec<PeerId>,
@@ -470,6 +513,6 @@ fn evict_all(
         logging::warn(format_args!(
             "evict room={room} peer={peer}: undelivered backlog is full"
         ));
-        remove_peer(rooms, metrics, room, peer, LeaveReason::Evicted);
+        remove_peer(rooms, peers_per_client, metrics, room, peer, LeaveReason::Evicted);
     }
 }
