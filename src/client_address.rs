@@ -75,9 +75,7 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
 /// as `a.b.c.d`.
 pub fn canonical(address: IpAddr) -> IpAddr {
     match address {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -117,8 +115,7 @@ mod tests {
     /// wrote to the left of it; all headers count, in order.
     #[test]
     fn behind_trusted_proxies_the_rightmost_untrusted_entry_is_the_client() {
-        let trusted =
-            TrustedProxies::parse(&["127.0.0.1/32".into(), "10.0.0.0/8".into()]).unwrap();
+        let trusted = TrustedProxies::parse(&["127.0.0.1/32".into(), "10.0.0.0/8".into()]).unwrap();
         let client = trusted.client_address(
             ip("127.0.0.1"),
             ["6.6.6.6, 198.51.100.7", "10.1.2.3"].into_iter(),
@@ -144,8 +141,14 @@ mod tests {
     /// An IPv6 client is limited by its /64; IPv4, by its address.
     #[test]
     fn limit_keys_group_ipv6_by_64() {
-        assert_eq!(limit_key(ip("2001:db8::1")), limit_key(ip("2001:db8::ffff:1")));
-        assert_ne!(limit_key(ip("2001:db8::1")), limit_key(ip("2001:db8:0:1::1")));
+        assert_eq!(
+            limit_key(ip("2001:db8::1")),
+            limit_key(ip("2001:db8::ffff:1"))
+        );
+        assert_ne!(
+            limit_key(ip("2001:db8::1")),
+            limit_key(ip("2001:db8:0:1::1"))
+        );
         assert_eq!(limit_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
     }
 }

@@ -297,7 +297,11 @@ impl Config {
     /// The join tokens' and per-client limits' part of [`Config::validate`].
     fn validate_joins(&self) -> Result<(), String> {
         if self.join_auth != JoinAuth::Open && self.join_keys.is_empty() {
-            let mode = if self.join_auth == JoinAuth::Required { "required" } else { "optional" };
+            let mode = if self.join_auth == JoinAuth::Required {
+                "required"
+            } else {
+                "optional"
+            };
             return Err(format!(
                 "signpost.join_auth = \"{mode}\" needs signpost.join_keys ({{ kid = \"secret\" }}) to check tokens with"
             ));

@@ -229,7 +229,9 @@ impl Error {
                     .into()
             }
             InvalidJoinToken(why) => format!("the join token is not valid: {why}").into(),
-            JoinTokenExpired => "the join token has expired; ask the application for a new one".into(),
+            JoinTokenExpired => {
+                "the join token has expired; ask the application for a new one".into()
+            }
             RoomNotAllowed => "the join token is for another room".into(),
             ClaimMismatch(claim) => format!(
                 "the body's `{claim}` differs from the join token's; leave it out or send the same"
@@ -329,7 +331,7 @@ impl Error {
                 | Error::InvalidJoinToken(_)
                 | Error::JoinTokenExpired
         )
-            .then(|| ("WWW-Authenticate", "Bearer".to_owned()));
+        .then(|| ("WWW-Authenticate", "Bearer".to_owned()));
         let retry_after = self
             .retry_after_secs()
             .map(|seconds| ("Retry-After", seconds.to_string()));

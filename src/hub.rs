@@ -217,12 +217,20 @@ impl Hub {
             .collect();
         members.peers.push(peer);
         match client {
-            Some(client) => logging::info(format_args!("join room={room} peer={id} client={client}")),
+            Some(client) => {
+                logging::info(format_args!("join room={room} peer={id} client={client}"))
+            }
             None => logging::info(format_args!("join room={room} peer={id}")),
         }
         self.shared.metrics.peer_joined();
         let metrics = &self.shared.metrics;
-        evict_all(&mut rooms, &mut peers_per_client, metrics, room, overflowing);
+        evict_all(
+            &mut rooms,
+            &mut peers_per_client,
+            metrics,
+            room,
+            overflowing,
+        );
         Ok(Joined {
             peer_id: id,
             token,
@@ -325,7 +333,13 @@ impl Hub {
         }
         let mut peers_per_client = self.shared.peers_per_client.lock();
         let metrics = &self.shared.metrics;
-        evict_all(&mut rooms, &mut peers_per_client, metrics, room, overflowing);
+        evict_all(
+            &mut rooms,
+            &mut peers_per_client,
+            metrics,
+            room,
+            overflowing,
+        );
         Ok(encoded.len())
     }
 
@@ -389,7 +403,14 @@ impl Hub {
         for (room, peer) in &expired {
             let metrics = &self.shared.metrics;
             let clients = &mut peers_per_client;
-            remove_peer(&mut rooms, clients, metrics, room, *peer, LeaveReason::Timeout);
+            remove_peer(
+                &mut rooms,
+                clients,
+                metrics,
+                room,
+                *peer,
+                LeaveReason::Timeout,
+            );
         }
         expired.len()
     }
@@ -513,6 +534,13 @@ fn evict_all(
         logging::warn(format_args!(
             "evict room={room} peer={peer}: undelivered backlog is full"
         ));
-        remove_peer(rooms, peers_per_client, metrics, room, peer, LeaveReason::Evicted);
+        remove_peer(
+            rooms,
+            peers_per_client,
+            metrics,
+            room,
+            peer,
+            LeaveReason::Evicted,
+        );
     }
 }

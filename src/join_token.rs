@@ -75,7 +75,11 @@ impl JoinTokens {
             match (decoding, encoding) {
                 (Ok(decoding), Ok(encoding)) => keys.push((kid.clone(), decoding, encoding)),
                 // The secret's content is never quoted, only its name.
-                _ => return Err(format!("signpost.join_keys.{kid} is not a usable HS256 key")),
+                _ => {
+                    return Err(format!(
+                        "signpost.join_keys.{kid} is not a usable HS256 key"
+                    ))
+                }
             }
         }
         let mut validation = Validation::new(Algorithm::HS256);
@@ -118,7 +122,9 @@ impl JoinTokens {
             invalid("it is not a compact JWS with a JSON header naming a known `alg`")
         })?;
         if header.alg != Algorithm::HS256 {
-            return Err(invalid("its `alg` is not HS256, the only algorithm accepted"));
+            return Err(invalid(
+                "its `alg` is not HS256, the only algorithm accepted",
+            ));
         }
         let claims = match &header.kid {
             Some(kid) => {
@@ -131,8 +137,8 @@ impl JoinTokens {
             }
             None => self.decode_with_any_key(token)?,
         };
-        let room_claim = string_claim(&claims, "room")?
-            .ok_or_else(|| invalid("the claim `room` is missing"))?;
+        let room_claim =
+            string_claim(&claims, "room")?.ok_or_else(|| invalid("the claim `room` is missing"))?;
         let sub = string_claim(&claims, "sub")?;
         let name = string_claim(&claims, "name")?;
         let meta = match claims.get("meta") {
@@ -176,9 +182,9 @@ impl JoinTokens {
                     invalid("its `alg` is not HS256, the only algorithm accepted")
                 }
                 ErrorKind::ImmatureSignature => invalid("its `nbf` is still in the future"),
-                ErrorKind::InvalidAudience => Error::InvalidJoinToken(
-                    format!("its `aud` is not {:?}", self.audience).into(),
-                ),
+                ErrorKind::InvalidAudience => {
+                    Error::InvalidJoinToken(format!("its `aud` is not {:?}", self.audience).into())
+                }
                 ErrorKind::MissingRequiredClaim(claim) | ErrorKind::InvalidClaimFormat(claim) => {
                     match claim.as_str() {
                         "exp" => invalid("the claim `exp` is missing or not a number"),
@@ -203,7 +209,9 @@ impl JoinTokens {
                 .ok_or_else(|| format!("no key named {kid:?} in signpost.join_keys"))?,
             None => match self.keys.as_slice() {
                 [only] => only,
-                [] => return Err("signpost.join_keys is empty: there is no key to sign with".into()),
+                [] => {
+                    return Err("signpost.join_keys is empty: there is no key to sign with".into())
+                }
                 _ => {
                     let names: Vec<&str> = self.keys.iter().map(|(n, _, _)| n.as_str()).collect();
                     return Err(format!(
@@ -213,8 +221,7 @@ impl JoinTokens {
                 }
             },
         };
-        RoomName::parse(&request.room)
-            .map_err(|invalid| format!("--room: {}", invalid.0))?;
+        RoomName::parse(&request.room).map_err(|invalid| format!("--room: {}", invalid.0))?;
         if let Some(meta) = &request.meta {
             if !meta.is_object() {
                 return Err("--meta must be a JSON object".into());
@@ -224,7 +231,10 @@ impl JoinTokens {
         let mut claims = Map::new();
         claims.insert("aud".into(), self.audience.clone().into());
         claims.insert("iat".into(), now.into());
-        claims.insert("exp".into(), now.saturating_add(request.ttl.as_secs()).into());
+        claims.insert(
+            "exp".into(),
+            now.saturating_add(request.ttl.as_secs()).into(),
+        );
         claims.insert("room".into(), request.room.clone().into());
         for (claim, value) in [("name", &request.name), ("sub", &request.sub)] {
             if let Some(value) = value {
@@ -343,8 +353,14 @@ mod tests {
         );
         header.kid = None;
         let without_kid = jsonwebtoken::encode(&header, &claims, &key_b).unwrap();
-        assert!(tokens.verify(&without_kid, &room("demo")).is_ok(), "each key is tried");
-        assert!(tokens.mint(&MintRequest::default()).is_err(), "several keys need --kid");
+        assert!(
+            tokens.verify(&without_kid, &room("demo")).is_ok(),
+            "each key is tried"
+        );
+        assert!(
+            tokens.mint(&MintRequest::default()).is_err(),
+            "several keys need --kid"
+        );
     }
 
     /// Open mode never looks at a token; optional mode accepts none but checks one.
