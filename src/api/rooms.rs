@@ -165,8 +165,12 @@ fn admit_and_join(
     let name = request.name.map(validate_name).transpose()?;
     let meta = request.meta.map(validate_meta).transpose()?;
     let claims = admission.tokens.admit(admission.token.as_deref(), room)?;
-    let (name, meta, sub) = match claims {
-        None => (name, meta, None),
+    let JoinClaims { sub, name, meta } = match claims {
+        None => JoinClaims {
+            sub: None,
+            name,
+            meta,
+        },
         Some(claims) => apply_claims(claims, name, meta)?,
     };
     let joined = hub.join(room, name.clone(), meta, admission.client)?;
@@ -180,14 +184,14 @@ fn admit_and_join(
     Ok((joined, name))
 }
 
-/// The peer's name and meta when a token was presented: the token's, which the body may repeat
-/// but not contradict, or the body's for a claim the token leaves out. The token's claims meet
-/// the same rules as a body's.
+/// The peer's name and meta (and the token's `sub`) when a token was presented: the token's,
+/// which the body may repeat but not contradict, or the body's for a claim the token leaves
+/// out. The token's claims meet the same rules as a body's.
 fn apply_claims(
     claims: JoinClaims,
     name: Option<String>,
     meta: Option<Box<RawValue>>,
-) -> ApiResult<(Option<String>, Option<Box<RawValue>>, Option<String>)> {
+) -> ApiResult<JoinClaims> {
     let name = match (claims.name, name) {
         (Some(claimed), Some(sent)) if claimed != sent => return Err(Error::ClaimMismatch("name")),
         (Some(claimed), _) => Some(validate_name(claimed).map_err(|error| {
@@ -204,7 +208,11 @@ fn apply_claims(
         })?),
         (None, sent) => sent,
     };
-    Ok((name, meta, claims.sub))
+    Ok(JoinClaims {
+        sub: claims.sub,
+        name,
+        meta,
+    })
 }
 
 /// Whether two JSON texts hold the same value (key order and spacing aside).
