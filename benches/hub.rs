@@ -47,7 +47,7 @@ fn hub() -> Hub {
 fn filled_room(hub: &Hub, name: &str, peers: usize) -> (RoomName, Vec<Joined>) {
     let room = RoomName::parse(name).unwrap();
     let joined = (0..peers)
-        .map(|_| now(hub.join(&room, None, None)).unwrap())
+        .map(|_| now(hub.join(&room, None, None, None)).unwrap())
         .collect();
     (room, joined)
 }

@@ -2,6 +2,7 @@
 //! `ROCKET_SIGNPOST={key=value}` in the environment. Every field has a default, so an empty table
 //! (or none) is a working server.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -94,6 +95,71 @@ pub struct Config {
     /// Prefix of every Redis key and channel. Default `"signpost"`; give each deployment that
     /// shares one Redis its own.
     pub redis_prefix: String,
+    /// Who may join: `open` (anyone who knows the room's name), `optional` (a join token is
+    /// checked when one is sent), `required` (every join needs one). Default `open`, the
+    /// behaviour before tokens existed; the other two need `join_keys`.
+    pub join_auth: JoinAuth,
+    /// The HS256 secrets that sign join tokens, by key id (the token header's `kid`), each at
+    /// least 32 bytes (RFC 7518 asks for a key as long as the hash). Default none. Several keys
+    /// allow rotation (README). Rather set them from the environment, like `turn_secret`.
+    pub join_keys: BTreeMap<String, JoinSecret>,
+    /// The `aud` a join token must carry. Default `"signpost"`; give each deployment its own so
+    /// that a token minted for one does not open another that shares a key.
+    pub join_token_audience: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds. Default 60, as LiveKit and
+    /// jsonwebtoken do: servers' clocks drift by seconds, not minutes.
+    pub join_token_leeway_secs: u64,
+    /// Joins per second one client address may make, sustained. Default 20: hundreds of people
+    /// behind one corporate NAT joining their calls over the day stay far below it, while a
+    /// script that joins in a loop is held to a pace the room table survives.
+    pub join_rate_per_sec: f64,
+    /// Joins one client address may make at once. Default 100: a whole office joining the same
+    /// all-hands meeting within a second or two.
+    pub join_burst: f64,
+    /// Peers one client address may hold at once (429 beyond). Default 1,000: a large office
+    /// behind one NAT, each in a call; and a tenth of `max_rooms`, so that one address can never
+    /// fill the room table by itself.
+    pub max_peers_per_client: usize,
+    /// Proxies (CIDRs, e.g. `["127.0.0.1/32", "10.0.0.0/8"]`) whose `X-Forwarded-For` is
+    /// believed: behind them, the client is the rightmost address of that header that is not
+    /// itself a trusted proxy. Default none: the client is the TCP peer and the header is
+    /// ignored, since anyone can write it.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// `join_auth`: who may join a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinAuth {
+    /// Anyone; a join's `Authorization` header is not looked at.
+    #[default]
+    Open,
+    /// Anyone; but a join token that is sent must be valid, and its claims apply.
+    Optional,
+    /// Only with a valid join token.
+    Required,
+}
+
+/// One secret of `join_keys`: deserialised from a plain string; `Debug` never shows it, so a
+/// logged config cannot leak it.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct JoinSecret(String);
+
+impl JoinSecret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for JoinSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JoinSecret(<redacted>)")
+    }
 }
 
 /// `turn_secret`: deserialised from a plain string; `Debug` never shows it, so a logged config
@@ -175,6 +241,14 @@ impl Default for Config {
             cors_allowed_origins: Vec::new(),
             redis_url: None,
             redis_prefix: "signpost".into(),
+            join_auth: JoinAuth::Open,
+            join_keys: BTreeMap::new(),
+            join_token_audience: "signpost".into(),
+            join_token_leeway_secs: 60,
+            join_rate_per_sec: 20.0,
+            join_burst: 100.0,
+            max_peers_per_client: 1000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -257,6 +331,12 @@ impl Config {
                 ));
             }
         }
+        self.validate_store()?;
+        self.validate_joins()
+    }
+
+    /// The shared store's part of [`Config::validate`].
+    fn validate_store(&self) -> Result<(), String> {
         if let Some(url) = &self.redis_url {
             let schemes = ["redis://", "redis+unix://", "unix://"];
             if url.starts_with("rediss://") {
@@ -281,6 +361,42 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The join tokens' and per-client limits' part of [`Config::validate`].
+    fn validate_joins(&self) -> Result<(), String> {
+        if self.join_auth != JoinAuth::Open && self.join_keys.is_empty() {
+            let mode = if self.join_auth == JoinAuth::Required {
+                "required"
+            } else {
+                "optional"
+            };
+            return Err(format!(
+                "signpost.join_auth = \"{mode}\" needs signpost.join_keys ({{ kid = \"secret\" }}) to check tokens with"
+            ));
+        }
+        for (kid, secret) in &self.join_keys {
+            if secret.expose().len() < 32 {
+                // The length only: the secret itself is never printed.
+                return Err(format!(
+                    "signpost.join_keys.{kid} is {} bytes; an HS256 key needs at least 32",
+                    secret.expose().len()
+                ));
+            }
+        }
+        if self.join_token_audience.is_empty() {
+            return Err("signpost.join_token_audience may not be empty".into());
+        }
+        if !(self.join_rate_per_sec.is_finite() && self.join_rate_per_sec > 0.0) {
+            return Err("signpost.join_rate_per_sec must be a positive number".into());
+        }
+        if !(self.join_burst.is_finite() && self.join_burst >= 1.0) {
+            return Err("signpost.join_burst must be at least 1".into());
+        }
+        if self.max_peers_per_client == 0 {
+            return Err("signpost.max_peers_per_client must be at least 1".into());
+        }
+        crate::client_address::TrustedProxies::parse(&self.trusted_proxies).map(drop)
     }
 
     pub fn turn_credential_ttl(&self) -> Duration {

@@ -71,6 +71,27 @@ pub enum Error {
     RateLimited {
         retry_after: Duration,
     },
+    /// `join_auth = "required"` and the join carries no `Authorization: Bearer` token.
+    MissingJoinToken,
+    /// The join token fails a check other than its expiry or its room; the reason names the
+    /// check, never the token.
+    InvalidJoinToken(Cow<'static, str>),
+    /// The join token's `exp` is past by more than the leeway: the fix is a fresh token.
+    JoinTokenExpired,
+    /// A valid join token, for another room than the path's.
+    RoomNotAllowed,
+    /// The join body's `name` or `meta` contradicts the token's claim of that name.
+    ClaimMismatch(&'static str),
+    /// This client address is over `join_rate_per_sec` / `join_burst`.
+    TooManyJoins {
+        retry_after: Duration,
+    },
+    /// This client address already holds `max_peers_per_client` live peers; one of them
+    /// leaving or timing out frees a place.
+    TooManyPeersForClient {
+        limit: usize,
+        retry_after: Duration,
+    },
     /// A CORS preflight from an origin not in `cors_allowed_origins`, or for a method the API
     /// does not use.
     CorsRefused(String),
@@ -95,8 +116,9 @@ impl Error {
             | InvalidPeerId
             | InvalidQuery { .. }
             | InvalidLastEventId => Status::BadRequest,
-            MissingToken | InvalidToken => Status::Unauthorized,
-            WrongPeer | CorsRefused(_) => Status::Forbidden,
+            MissingToken | InvalidToken | MissingJoinToken | InvalidJoinToken(_)
+            | JoinTokenExpired => Status::Unauthorized,
+            WrongPeer | CorsRefused(_) | RoomNotAllowed | ClaimMismatch(_) => Status::Forbidden,
             RoomNotFound | PeerNotFound | RouteNotFound => Status::NotFound,
             RoomFull { .. } | TooManyRooms { .. } => Status::Conflict,
             BodyTooLarge { .. } | MessageTooLarge { .. } => Status::PayloadTooLarge,
@@ -108,7 +130,9 @@ impl Error {
             | InvalidType { .. }
             | UnknownRecipient { .. }
             | SelfRecipient { .. } => Status::UnprocessableEntity,
-            RateLimited { .. } => Status::TooManyRequests,
+            RateLimited { .. } | TooManyJoins { .. } | TooManyPeersForClient { .. } => {
+                Status::TooManyRequests
+            }
             StoreUnavailable => Status::ServiceUnavailable,
             Http(status) => *status,
             Internal(_) => Status::InternalServerError,
@@ -142,6 +166,13 @@ impl Error {
             RoomFull { .. } => "room_full",
             TooManyRooms { .. } => "too_many_rooms",
             RateLimited { .. } => "rate_limited",
+            MissingJoinToken => "missing_join_token",
+            InvalidJoinToken(_) => "invalid_join_token",
+            JoinTokenExpired => "join_token_expired",
+            RoomNotAllowed => "room_not_allowed",
+            ClaimMismatch(_) => "claim_mismatch",
+            TooManyJoins { .. } => "too_many_joins",
+            TooManyPeersForClient { .. } => "too_many_peers_for_client",
             CorsRefused(_) => "cors_refused",
             RouteNotFound => "not_found",
             Http(status) => http_code(*status),
@@ -198,6 +229,28 @@ impl Error {
                 retry_after.as_secs_f64()
             )
             .into(),
+            MissingJoinToken => {
+                "this room needs a join token from the application: `Authorization: Bearer <token>`"
+                    .into()
+            }
+            InvalidJoinToken(why) => format!("the join token is not valid: {why}").into(),
+            JoinTokenExpired => {
+                "the join token has expired; ask the application for a new one".into()
+            }
+            RoomNotAllowed => "the join token is for another room".into(),
+            ClaimMismatch(claim) => format!(
+                "the body's `{claim}` differs from the join token's; leave it out or send the same"
+            )
+            .into(),
+            TooManyJoins { retry_after } => format!(
+                "too many joins from this address; retry in {:.1} s",
+                retry_after.as_secs_f64()
+            )
+            .into(),
+            TooManyPeersForClient { limit, .. } => format!(
+                "this address already holds {limit} peers; one must leave before another joins"
+            )
+            .into(),
             CorsRefused(why) => why.clone().into(),
             RouteNotFound => "no such endpoint; see docs/API.md".into(),
             Http(status) => status.reason_lossy().to_owned().into(),
@@ -251,11 +304,13 @@ struct Body<'a> {
 }
 
 impl Error {
-    /// Whole seconds, rounded up, as the `Retry-After` header requires; for `rate_limited` and
+    /// Whole seconds, rounded up, as the `Retry-After` header requires; for the 429s and
     /// `store_unavailable`.
     fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            Error::RateLimited { retry_after } => {
+            Error::RateLimited { retry_after }
+            | Error::TooManyJoins { retry_after }
+            | Error::TooManyPeersForClient { retry_after, .. } => {
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
             // A reconnect to Redis takes well under a second; a client that waits one retries
@@ -277,11 +332,18 @@ impl Error {
         serde_json::to_string(&body).unwrap_or_default()
     }
 
-    /// The headers that go with the status: `WWW-Authenticate` on the two 401s (RFC 9110
-    /// requires it) and `Retry-After` on a 429 and a 503.
+    /// The headers that go with the status: `WWW-Authenticate` on the 401s (RFC 9110
+    /// requires it) and `Retry-After` on the 429s and the 503.
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, String)> {
-        let authenticate = matches!(self, Error::MissingToken | Error::InvalidToken)
-            .then(|| ("WWW-Authenticate", "Bearer".to_owned()));
+        let authenticate = matches!(
+            self,
+            Error::MissingToken
+                | Error::InvalidToken
+                | Error::MissingJoinToken
+                | Error::InvalidJoinToken(_)
+                | Error::JoinTokenExpired
+        )
+        .then(|| ("WWW-Authenticate", "Bearer".to_owned()));
         let retry_after = self
             .retry_after_secs()
             .map(|seconds| ("Retry-After", seconds.to_string()));

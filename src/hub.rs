@@ -6,6 +6,7 @@
 //! once, before the store sees it), the order in which errors are reported, and the log line
 //! and the metrics of every join and departure, whichever store or instance caused it.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,11 +75,14 @@ impl Hub {
     }
 
     /// Adds a new peer to `room`, creating the room if needed, and tells the others.
+    /// `client` is the address it joins from, held to `max_peers_per_client` (`None`: not
+    /// counted).
     pub async fn join(
         &self,
         room: &RoomName,
         name: Option<String>,
         meta: Option<Box<RawValue>>,
+        client: Option<IpAddr>,
     ) -> ApiResult<Joined> {
         let id = PeerId::random();
         let token = PeerToken::generate()
@@ -92,9 +96,15 @@ impl Hub {
         let peer = NewPeer {
             info,
             token: token.clone(),
+            client,
         };
         let outcome = self.shared.store.join(room, peer, announcement).await?;
-        logging::info(format_args!("join room={room} peer={id}"));
+        match client {
+            Some(client) => {
+                logging::info(format_args!("join room={room} peer={id} client={client}"))
+            }
+            None => logging::info(format_args!("join room={room} peer={id}")),
+        }
         self.shared.metrics.peer_joined();
         self.departed(room, &outcome.departures);
         Ok(Joined {
@@ -209,7 +219,7 @@ impl Hub {
 
     /// Logs and counts departures, once each.
     fn departed(&self, room: &RoomName, departures: &[Departure]) {
-        for Departure { peer, reason } in departures {
+        for Departure { peer, reason, .. } in departures {
             if *reason == LeaveReason::Evicted {
                 logging::warn(format_args!(
                     "evict room={room} peer={peer}: undelivered backlog is full"

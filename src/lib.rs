@@ -15,7 +15,10 @@
 //!   - [`hub`]: every operation on rooms and peers, and the rules that need no storage.
 //!   - [`store`]: where rooms, peers and mailboxes live: in memory, or in Redis so that several
 //!     instances act as one server.
-//!   - [`rate_limit`]: the per-peer token bucket.
+//!   - [`rate_limit`]: the token bucket (per-peer sends, per-client joins).
+//!   - [`join_token`]: join tokens signed by the application: checking and minting them.
+//!   - [`client_address`]: who a request comes from (`trusted_proxies`, `X-Forwarded-For`).
+//!   - [`client_limits`]: the join rate and live peers one client address may have.
 //!   - [`ice`]: the ICE servers a peer is given, with ephemeral TURN credentials.
 //! - Around the domain:
 //!   - `front`: the listening socket; serves the relay routes (send, SSE, long-poll) on hyper
@@ -25,6 +28,7 @@
 //!   - [`logging`]: the request and membership log, which never prints a token.
 //!   - [`metrics`]: counters and gauges for `GET /metrics`.
 //!   - [`stun`]: the optional built-in STUN server (UDP).
+//!   - [`token_command`]: `signpost token`, which mints a join token for operators and tests.
 //!
 //! [`Server::bind`] assembles the server from a figment and [`Server::run`] serves it; the binary
 //! and the tests both use them.
@@ -33,12 +37,15 @@
 extern crate rocket;
 
 mod api;
+pub mod client_address;
+pub mod client_limits;
 pub mod config;
 pub mod error;
 mod front;
 pub mod hub;
 pub mod ice;
 pub mod identity;
+pub mod join_token;
 pub mod logging;
 pub mod mailbox;
 pub mod message;
@@ -47,15 +54,19 @@ pub mod presence;
 pub mod rate_limit;
 pub mod store;
 pub mod stun;
+pub mod token_command;
 
 use rocket::fairing::AdHoc;
 use rocket::figment::Figment;
 use rocket::fs::{FileServer, Options};
 use rocket::{Build, Rocket};
 
+use crate::client_address::TrustedProxies;
+use crate::client_limits::JoinRate;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::ice::IceConfig;
+use crate::join_token::JoinTokens;
 use crate::metrics::Metrics;
 
 pub use crate::front::{shutdown_signals, Server, StartError};
@@ -72,12 +83,15 @@ pub fn build(figment: Figment) -> Rocket<Build> {
                 .focus("signpost")
                 .extract::<Config>()
                 .map_err(|error| error.to_string())
-                .and_then(|config| config.validate().map(|()| config));
-            let config = config.and_then(|config| {
-                Hub::with_metrics(&config, Metrics::new()).map(|hub| (config, hub))
-            });
+                .and_then(|config| config.validate().map(|()| config))
+                .and_then(|config| {
+                    let tokens = JoinTokens::new(&config)?;
+                    let proxies = TrustedProxies::parse(&config.trusted_proxies)?;
+                    let hub = Hub::with_metrics(&config, Metrics::new())?;
+                    Ok((config, tokens, proxies, hub))
+                });
             match config {
-                Ok((config, hub)) => {
+                Ok((config, tokens, proxies, hub)) => {
                     let static_files =
                         FileServer::new(&config.static_dir, Options::Index | Options::Missing)
                             .rank(20);
@@ -85,6 +99,9 @@ pub fn build(figment: Figment) -> Rocket<Build> {
                     Ok(rocket
                         .manage(hub)
                         .manage(IceConfig::new(&config))
+                        .manage(JoinRate::new(config.join_rate_per_sec, config.join_burst))
+                        .manage(tokens)
+                        .manage(proxies)
                         .manage(metrics)
                         .manage(config)
                         .mount("/", static_files))

@@ -1,5 +1,7 @@
 //! The signpost server binary: everything is in the library, so tests run the same server.
+//! `signpost token …` mints a join token instead of serving (`signpost::token_command`).
 
+use std::io::Write;
 use std::process::ExitCode;
 
 /// mimalloc instead of the system allocator: on the relay benchmark glibc's malloc and free took
@@ -8,8 +10,25 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[rocket::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1).peekable();
+    if args.peek().is_some_and(|first| first == "token") {
+        let figment = rocket::Config::figment();
+        return match signpost::token_command::run(args.skip(1), &figment) {
+            Ok(token) => {
+                let _ = writeln!(std::io::stdout(), "{token}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("signpost token: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    rocket::execute(serve())
+}
+
+async fn serve() -> ExitCode {
     let figment = rocket::Config::figment();
     // The log is set up before the server, from the same settings; settings that do not parse
     // get the default log, and the server then refuses to start and says why in it.

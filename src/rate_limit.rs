@@ -1,4 +1,4 @@
-//! A token bucket: the per-peer send rate.
+//! A token bucket: the per-peer send rate, and the per-client join rate.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,13 @@ impl TokenBucket {
             tokens: burst,
             updated: now,
         }
+    }
+
+    /// Whether the bucket would be full at `now`: then it is the same as a new one, and a table
+    /// of buckets may forget it.
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
     }
 
     /// Takes `cost` tokens, all or none. On refusal, says how long until they would be there.

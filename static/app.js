@@ -85,12 +85,17 @@ async function main() {
     $("share-link").select();
   };
 
+  // A join token from the application comes in the fragment (#token=…), which browsers never
+  // send to a server, so it stays out of every access log. With one, the token names the peer.
+  const joinToken = new URLSearchParams(location.hash.slice(1)).get("token") || undefined;
+
   // Asking for camera/microphone may wait on a person; join meanwhile.
   const media = startMedia(wanted);
   let client;
   try {
     client = await Signpost.join(room, {
-      name,
+      name: joinToken ? undefined : name,
+      joinToken,
       transport,
       types: ["offer", "answer", "candidate"],
     });
@@ -98,7 +103,7 @@ async function main() {
     media.then(() => app.localStream?.getTracks().forEach((track) => track.stop()));
     $("lobby").hidden = false;
     $("room").hidden = true;
-    $("lobby-error").textContent = `Could not join "${room}": ${error.message}`;
+    $("lobby-error").textContent = joinRefusal(room, error);
     fillLobby({ room, name, media: wanted });
     return;
   }
@@ -170,6 +175,18 @@ async function resynchronise() {
   for (const peer of peers) {
     if (peer.peer_id !== app.client.peerId && !app.links.has(peer.peer_id)) linkFor(peer.peer_id, peer.name)?.start();
   }
+}
+
+/** What to tell a person whose join was refused, by the API's error code. */
+function joinRefusal(room, error) {
+  const reasons = {
+    missing_join_token: `"${room}" is open by invitation only: open the link you were given.`,
+    join_token_expired: `Your invitation to "${room}" has expired: ask for a new link.`,
+    room_not_allowed: `Your invitation is for another room, not "${room}".`,
+    invalid_join_token: `Your invitation link for "${room}" is not valid (${error.message}).`,
+    too_many_joins: `Too many joins from your network just now: ${error.message}.`,
+  };
+  return reasons[error.code] ?? `Could not join "${room}": ${error.message}`;
 }
 
 function showLobby() {

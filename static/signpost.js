@@ -3,6 +3,8 @@
 //
 //   import { Signpost } from "/signpost.js";
 //   const client = await Signpost.join("demo", { name: "Alice", types: ["offer", "answer"] });
+//   // or, in a room that needs a join token from the application's backend:
+//   const client = await Signpost.join("demo", { joinToken, types: ["offer", "answer"] });
 //   client.on("offer", (envelope) => ...);   // {id, from, type, data}
 //   client.on("join", (envelope) => ...);    // envelope.data = {peer_id, name}
 //   client.send("offer", data, toPeerId);    // batched: one POST for what is sent together
@@ -47,20 +49,24 @@ const DEFAULTS = {
  */
 export class Signpost {
   /**
-   * Joins `room` and starts receiving. Options: `name`, `meta`, `types` (message types to
-   * receive besides join/leave: over SSE only subscribed types reach the page), and the keys of
-   * DEFAULTS. Throws an Error with `code` (the API's error code) when the join is refused.
+   * Joins `room` and starts receiving. Options: `name`, `meta`, `joinToken` (a join token
+   * signed by the application, sent as `Authorization: Bearer` on the join only; its name and
+   * meta are the peer's), `types` (message types to receive besides join/leave: over SSE only
+   * subscribed types reach the page), and the keys of DEFAULTS. Throws an Error with `code`
+   * (the API's error code, e.g. `join_token_expired`) when the join is refused.
    */
   static async join(room, options = {}) {
     const settings = { ...DEFAULTS, ...options };
     const body = {};
     if (settings.name) body.name = settings.name;
     if (settings.meta) body.meta = settings.meta;
+    const headers = { "Content-Type": "application/json" };
+    if (settings.joinToken) headers.Authorization = `Bearer ${settings.joinToken}`;
     let response;
     try {
       response = await fetch(`${settings.baseUrl}/api/rooms/${encodeURIComponent(room)}/peers`, {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers,
         body: JSON.stringify(body),
       });
     } catch (networkError) {

@@ -566,3 +566,75 @@ async fn signaling_module_resumes_cut_streams_without_loss() {
     chromium.close().await;
     server.stop().await;
 }
+
+/// A join token signed with `secret` for `room`, as an application's backend would mint it,
+/// with `exp` `expires_in` seconds from now (negative: in the past).
+fn join_token(secret: &str, room: &str, name: &str, expires_in: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = json!({"aud": "signpost", "exp": now + expires_in, "room": room, "name": name});
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap();
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+/// In a room that requires a join token, the page joins with the one in its `#token=` fragment,
+/// under the token's name; with an expired token it stays in the lobby and says the invitation
+/// expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_joins_with_a_token_from_the_fragment_and_explains_an_expired_one() {
+    let Some(chromium) =
+        Chromium::launch("page_joins_with_a_token_from_the_fragment_and_explains_an_expired_one")
+            .await
+    else {
+        return;
+    };
+    let secret = "browser-test-secret-of-at-least-32-bytes";
+    let server = Server::with(json!({"join_auth": "required", "join_keys": {"app": secret}})).await;
+
+    let token = join_token(secret, "invited", "Invitee", 300);
+    let invited = chromium
+        .open(&room_url(
+            &server,
+            "invited",
+            &format!("media=none#token={token}"),
+        ))
+        .await;
+    let peer_id = invited.peer_id().await;
+    let (_, listing) = server.get_json("/api/rooms/invited").await;
+    assert_eq!(listing["peers"][0]["peer_id"], peer_id.as_str());
+    assert_eq!(
+        listing["peers"][0]["name"], "Invitee",
+        "the token names the peer"
+    );
+
+    let stale = join_token(secret, "invited", "Late", -600);
+    let late = chromium
+        .open(&room_url(
+            &server,
+            "invited",
+            &format!("media=none&name=Late#token={stale}"),
+        ))
+        .await;
+    let message = late
+        .wait_for(
+            "the page to explain the refusal",
+            "document.getElementById('lobby-error').textContent",
+        )
+        .await;
+    // In the page's words, not only the server's message passed through.
+    assert!(
+        message.as_str().unwrap().contains("invitation")
+            && message.as_str().unwrap().contains("has expired"),
+        "the page says the invitation expired: {message}"
+    );
+    let (_, listing) = server.get_json("/api/rooms/invited").await;
+    assert_eq!(
+        listing["peers"].as_array().unwrap().len(),
+        1,
+        "the late page did not join"
+    );
+    chromium.close().await;
+    server.stop().await;
+}

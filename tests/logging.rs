@@ -152,7 +152,7 @@ async fn a_text_line_has_a_timestamp_a_level_and_the_instance() {
     let (peer, _) = signpost.join("text", "alice").await;
     let log = signpost.stop();
 
-    let join = format!("join room=text peer={peer}");
+    let join = format!("join room=text peer={peer} client=127.0.0.1");
     let line = log
         .iter()
         .find(|line| line.ends_with(&join))
@@ -220,7 +220,7 @@ async fn with_log_format_json_every_line_is_an_object_with_the_instance() {
     assert!(
         has(
             "signpost",
-            json!({"message": format!("join room=json peer={peer}")})
+            json!({"message": format!("join room=json peer={peer} client=127.0.0.1")})
         ),
         "{}",
         log.join("\n")

@@ -25,6 +25,21 @@ impl Token {
     }
 }
 
+/// A join token: from `Authorization: Bearer` only. Unlike a peer token it has no `?token=`
+/// form, since every client that joins can set a header, and a URL ends up in logs.
+pub struct BearerHeader(Option<String>);
+
+impl BearerHeader {
+    pub fn of(request: &Request<'_>) -> BearerHeader {
+        let token = request.headers().get_one("Authorization").and_then(bearer);
+        BearerHeader(token.filter(|token| !token.is_empty()).map(str::to_owned))
+    }
+
+    pub fn as_deref(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` header value.
 fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;

@@ -9,11 +9,13 @@
 //! - `ice`: the ICE servers (STUN, TURN credentials) a peer may use.
 //! - `cors`: cross-origin access for the origins in the config.
 //! - `ops`: `/healthz`, `/readyz` and `/metrics`, outside `/api`.
+//! - `client`: the client address the join limits are charged to.
 //! - `auth`, `body`, `params`: request guards that turn headers, bodies and path segments into
 //!   domain values or precise errors.
 
 pub mod auth;
 pub mod body;
+mod client;
 pub mod cors;
 mod ice;
 mod ops;

@@ -7,14 +7,21 @@ use rocket::State;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::api::auth::Token;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use crate::api::auth::{BearerHeader, Token};
 use crate::api::body::JsonBody;
+use crate::api::client::ClientAddress;
 use crate::api::ice::{self, StunUrl};
+use crate::client_limits::JoinRate;
 use crate::config::{Config, IceServer};
 use crate::error::{ApiResult, Error};
 use crate::hub::{Hub, PeerInfo};
 use crate::ice::IceConfig;
 use crate::identity::{PeerId, RoomName};
+use crate::join_token::{JoinClaims, JoinTokens};
+use crate::logging;
 
 /// The longest display name, in characters: enough for a full name, short enough for a tile.
 const MAX_NAME_CHARS: usize = 64;
@@ -61,23 +68,62 @@ fn peer_url(room: &RoomName, peer: PeerId) -> String {
     format!("/api/rooms/{room}/peers/{peer}")
 }
 
+/// What a join needs besides the hub: who may join, and the per-client join rate.
+pub struct Admission<'r> {
+    tokens: &'r JoinTokens,
+    join_rate: &'r JoinRate,
+    client: Option<IpAddr>,
+    token: BearerHeader,
+}
+
+#[rocket::async_trait]
+impl<'r> rocket::request::FromRequest<'r> for Admission<'r> {
+    type Error = Error;
+
+    async fn from_request(
+        request: &'r rocket::Request<'_>,
+    ) -> rocket::request::Outcome<Self, Error> {
+        let (Some(tokens), Some(join_rate)) = (
+            request.rocket().state::<JoinTokens>(),
+            request.rocket().state::<JoinRate>(),
+        ) else {
+            let error = Error::Internal("the join admission state is not managed");
+            return rocket::request::Outcome::Error((error.status(), error));
+        };
+        let client = ClientAddress::of(request).0;
+        let token = BearerHeader::of(request);
+        rocket::request::Outcome::Success(Admission {
+            tokens,
+            join_rate,
+            client,
+            token,
+        })
+    }
+}
+
 #[post("/rooms/<room>/peers", data = "<body>")]
 pub async fn join(
     hub: &State<Hub>,
     config: &State<Config>,
     ice: &State<IceConfig>,
     stun: StunUrl,
+    admission: Admission<'_>,
     room: Result<RoomName, Error>,
     body: Result<JsonBody<Option<JoinRequest>>, Error>,
 ) -> ApiResult<Created<Json<JoinResponse>>> {
     let room = room?;
-    let request = body?.0.unwrap_or(JoinRequest {
-        name: None,
-        meta: None,
-    });
-    let name = request.name.map(validate_name).transpose()?;
-    let meta = request.meta.map(validate_meta).transpose()?;
-    let joined = hub.join(&room, name.clone(), meta).await?;
+    let client = admission.client;
+    let joined = admit_and_join(hub, &admission, &room, body)
+        .await
+        .inspect_err(|error| {
+            // The address that was refused, for operators; the token never.
+            let client = client.map_or_else(|| "-".to_owned(), |client| client.to_string());
+            logging::info(format_args!(
+                "join refused room={room} client={client} error={}",
+                error.code()
+            ));
+        })?;
+    let (joined, name) = joined;
     let peer_url = peer_url(&room, joined.peer_id);
     let ice_servers = ice::for_peer(ice, joined.peer_id, stun);
     let response = JoinResponse {
@@ -98,6 +144,83 @@ pub async fn join(
         peer_timeout_secs: config.peer_timeout_secs,
     };
     Ok(Created::new(peer_url).body(Json(response)))
+}
+
+/// The join's checks in order: the client's join rate (first, so that a flood of bad tokens is
+/// held to it too), the body, the token and its claims, then the hub (room and client limits).
+async fn admit_and_join(
+    hub: &Hub,
+    admission: &Admission<'_>,
+    room: &RoomName,
+    body: Result<JsonBody<Option<JoinRequest>>, Error>,
+) -> ApiResult<(crate::hub::Joined, Option<String>)> {
+    if let Some(client) = admission.client {
+        admission
+            .join_rate
+            .charge(client, Instant::now())
+            .map_err(|retry_after| Error::TooManyJoins { retry_after })?;
+    }
+    let request = body?.0.unwrap_or(JoinRequest {
+        name: None,
+        meta: None,
+    });
+    let name = request.name.map(validate_name).transpose()?;
+    let meta = request.meta.map(validate_meta).transpose()?;
+    let claims = admission.tokens.admit(admission.token.as_deref(), room)?;
+    let JoinClaims { sub, name, meta } = match claims {
+        None => JoinClaims {
+            sub: None,
+            name,
+            meta,
+        },
+        Some(claims) => apply_claims(claims, name, meta)?,
+    };
+    let joined = hub.join(room, name.clone(), meta, admission.client).await?;
+    if let Some(sub) = sub {
+        // `sub` is the application's and may hold anything: quoted, so it cannot forge a line.
+        logging::info(format_args!(
+            "join token room={room} peer={} sub={sub:?}",
+            joined.peer_id
+        ));
+    }
+    Ok((joined, name))
+}
+
+/// The peer's name and meta (and the token's `sub`) when a token was presented: the token's,
+/// which the body may repeat but not contradict, or the body's for a claim the token leaves
+/// out. The token's claims meet the same rules as a body's.
+fn apply_claims(
+    claims: JoinClaims,
+    name: Option<String>,
+    meta: Option<Box<RawValue>>,
+) -> ApiResult<JoinClaims> {
+    let name = match (claims.name, name) {
+        (Some(claimed), Some(sent)) if claimed != sent => return Err(Error::ClaimMismatch("name")),
+        (Some(claimed), _) => Some(validate_name(claimed).map_err(|error| {
+            Error::InvalidJoinToken(format!("the claim `name`: {}", error.message()).into())
+        })?),
+        (None, sent) => sent,
+    };
+    let meta = match (claims.meta, meta) {
+        (Some(claimed), Some(sent)) if !same_json(&claimed, &sent) => {
+            return Err(Error::ClaimMismatch("meta"))
+        }
+        (Some(claimed), _) => Some(validate_meta(claimed).map_err(|error| {
+            Error::InvalidJoinToken(format!("the claim `meta`: {}", error.message()).into())
+        })?),
+        (None, sent) => sent,
+    };
+    Ok(JoinClaims {
+        sub: claims.sub,
+        name,
+        meta,
+    })
+}
+
+/// Whether two JSON texts hold the same value (key order and spacing aside).
+fn same_json(a: &RawValue, b: &RawValue) -> bool {
+    let parse = |raw: &RawValue| serde_json::from_str::<serde_json::Value>(raw.get()).ok();
+    parse(a).is_some() && parse(a) == parse(b)
 }
 
 fn validate_name(name: String) -> ApiResult<String> {

@@ -2,11 +2,13 @@
 //! reference the Redis store is held to (the behaviour suite runs on both).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::client_limits::PeersPerClient;
 use crate::error::{ApiResult, Error};
 use crate::identity::{PeerId, PeerToken, RoomName};
 use crate::mailbox::{Mailbox, Push};
@@ -23,8 +25,15 @@ pub struct MemoryStore {
     /// pushed to all its recipients atomically, which is what orders them) at a cost measured in
     /// the benchmarks. Mailboxes have their own lock, always taken after this one, so readers
     /// never touch it.
-    rooms: Mutex<HashMap<RoomName, Room>>,
+    rooms: Mutex<Rooms>,
     limits: Limits,
+}
+
+struct Rooms {
+    rooms: HashMap<RoomName, Room>,
+    /// Live peers per client address, under the same lock, so that each count always equals
+    /// the peers of that address in `rooms`.
+    clients: PeersPerClient,
 }
 
 /// A room with at least one peer; the last peer to go removes it.
@@ -35,6 +44,8 @@ struct Room {
 
 struct Peer {
     info: PeerInfo,
+    /// The address it joined from, counted in `clients` while it is here.
+    client: Option<IpAddr>,
     token: PeerToken,
     mailbox: Arc<Mailbox>,
     send_rate: TokenBucket,
@@ -43,7 +54,10 @@ struct Peer {
 impl MemoryStore {
     pub fn new(limits: Limits) -> Self {
         Self {
-            rooms: Mutex::new(HashMap::new()),
+            rooms: Mutex::new(Rooms {
+                rooms: HashMap::new(),
+                clients: PeersPerClient::default(),
+            }),
             limits,
         }
     }
@@ -55,8 +69,10 @@ impl MemoryStore {
         announcement: Arc<EncodedMessage>,
     ) -> ApiResult<JoinOutcome> {
         let limits = &self.limits;
+        let client = peer.client;
         let peer = Peer {
             info: peer.info,
+            client,
             token: peer.token,
             mailbox: Arc::new(Mailbox::new(limits.mailbox_capacity, limits.replay_window)),
             send_rate: TokenBucket::new(
@@ -65,20 +81,32 @@ impl MemoryStore {
                 Instant::now(),
             ),
         };
-        let mut rooms = self.rooms.lock();
+        let mut state = self.rooms.lock();
+        let Rooms { rooms, clients } = &mut *state;
         if !rooms.contains_key(room) && rooms.len() >= limits.max_rooms {
             return Err(Error::TooManyRooms {
                 limit: limits.max_rooms,
             });
         }
-        let members = rooms
-            .entry(room.clone())
-            .or_insert_with(|| Room { peers: Vec::new() });
-        if members.peers.len() >= limits.max_peers_per_room {
+        if rooms
+            .get(room)
+            .is_some_and(|members| members.peers.len() >= limits.max_peers_per_room)
+        {
             return Err(Error::RoomFull {
                 limit: limits.max_peers_per_room,
             });
         }
+        if let Some(client) = client {
+            if !clients.try_add(client, limits.max_peers_per_client) {
+                return Err(Error::TooManyPeersForClient {
+                    limit: limits.max_peers_per_client,
+                    retry_after: limits.peer_timeout,
+                });
+            }
+        }
+        let members = rooms
+            .entry(room.clone())
+            .or_insert_with(|| Room { peers: Vec::new() });
         let peers = members.peers.iter().map(|p| p.info.clone()).collect();
         let overflowing: Vec<PeerId> = members
             .peers
@@ -88,7 +116,7 @@ impl MemoryStore {
             .collect();
         members.peers.push(peer);
         let mut departures = Vec::new();
-        evict_all(&mut rooms, room, overflowing, &mut departures);
+        evict_all(&mut state, room, overflowing, &mut departures);
         Ok(JoinOutcome { peers, departures })
     }
 
@@ -98,18 +126,18 @@ impl MemoryStore {
         peer: PeerId,
         token: Option<&str>,
     ) -> ApiResult<Vec<Departure>> {
-        let mut rooms = self.rooms.lock();
-        let members = rooms.get(room).ok_or(Error::RoomNotFound)?;
+        let mut state = self.rooms.lock();
+        let members = state.rooms.get(room).ok_or(Error::RoomNotFound)?;
         authorize(members, peer, token)?;
         let mut departures = Vec::new();
-        remove_peer(&mut rooms, room, peer, LeaveReason::Left, &mut departures);
+        remove_peer(&mut state, room, peer, LeaveReason::Left, &mut departures);
         Ok(departures)
     }
 
     /// The peer `token` belongs to.
     pub fn identify(&self, room: &RoomName, token: Option<&str>) -> ApiResult<PeerId> {
-        let rooms = self.rooms.lock();
-        let members = rooms.get(room).ok_or(Error::RoomNotFound)?;
+        let state = self.rooms.lock();
+        let members = state.rooms.get(room).ok_or(Error::RoomNotFound)?;
         identify(members, token).map(|peer| peer.info.peer_id)
     }
 
@@ -126,9 +154,9 @@ impl MemoryStore {
             .map(|message| (message.to, message.draft.sign(sender)))
             .collect();
 
-        let mut rooms = self.rooms.lock();
+        let mut state = self.rooms.lock();
         // The sender may have left while we signed: look it up again, by id this time.
-        let members = rooms.get_mut(room).ok_or(Error::PeerNotFound)?;
+        let members = state.rooms.get_mut(room).ok_or(Error::PeerNotFound)?;
         let sender_index = members
             .peers
             .iter()
@@ -163,7 +191,7 @@ impl MemoryStore {
             }
         }
         let mut departures = Vec::new();
-        evict_all(&mut rooms, room, overflowing, &mut departures);
+        evict_all(&mut state, room, overflowing, &mut departures);
         Ok(Sent {
             accepted: signed.len(),
             departures,
@@ -177,21 +205,22 @@ impl MemoryStore {
         peer: PeerId,
         token: Option<&str>,
     ) -> ApiResult<Arc<Mailbox>> {
-        let rooms = self.rooms.lock();
-        let members = rooms.get(room).ok_or(Error::RoomNotFound)?;
+        let state = self.rooms.lock();
+        let members = state.rooms.get(room).ok_or(Error::RoomNotFound)?;
         authorize(members, peer, token).map(|peer| Arc::clone(&peer.mailbox))
     }
 
     pub fn room(&self, room: &RoomName) -> Option<Vec<PeerInfo>> {
-        let rooms = self.rooms.lock();
-        rooms
+        let state = self.rooms.lock();
+        state
+            .rooms
             .get(room)
             .map(|members| members.peers.iter().map(|p| p.info.clone()).collect())
     }
 
     pub fn peer(&self, room: &RoomName, peer: PeerId) -> ApiResult<PeerInfo> {
-        let rooms = self.rooms.lock();
-        let members = rooms.get(room).ok_or(Error::RoomNotFound)?;
+        let state = self.rooms.lock();
+        let members = state.rooms.get(room).ok_or(Error::RoomNotFound)?;
         members
             .peers
             .iter()
@@ -202,8 +231,9 @@ impl MemoryStore {
 
     /// Removes every peer that has had no listener for `timeout`.
     pub fn sweep(&self, now: Instant, timeout: Duration) -> Vec<(RoomName, Departure)> {
-        let mut rooms = self.rooms.lock();
-        let expired: Vec<(RoomName, PeerId)> = rooms
+        let mut state = self.rooms.lock();
+        let expired: Vec<(RoomName, PeerId)> = state
+            .rooms
             .iter()
             .flat_map(|(name, members)| {
                 members
@@ -217,7 +247,7 @@ impl MemoryStore {
         for (room, peer) in expired {
             let mut departures = Vec::new();
             remove_peer(
-                &mut rooms,
+                &mut state,
                 &room,
                 peer,
                 LeaveReason::Timeout,
@@ -229,10 +259,14 @@ impl MemoryStore {
     }
 
     pub fn counts(&self) -> (usize, usize) {
-        let rooms = self.rooms.lock();
+        let state = self.rooms.lock();
         (
-            rooms.len(),
-            rooms.values().map(|members| members.peers.len()).sum(),
+            state.rooms.len(),
+            state
+                .rooms
+                .values()
+                .map(|members| members.peers.len())
+                .sum(),
         )
     }
 }
@@ -276,7 +310,7 @@ fn authorize<'a>(members: &'a Room, peer: PeerId, token: Option<&str>) -> ApiRes
 /// A `leave` that overflows another mailbox evicts that peer too, and so on. Every peer that
 /// went is added to `departures`, in order.
 fn remove_peer(
-    rooms: &mut HashMap<RoomName, Room>,
+    state: &mut Rooms,
     room: &RoomName,
     peer: PeerId,
     reason: LeaveReason,
@@ -284,7 +318,7 @@ fn remove_peer(
 ) {
     let mut pending = vec![(peer, reason)];
     while let Some((peer, reason)) = pending.pop() {
-        let Some(members) = rooms.get_mut(room) else {
+        let Some(members) = state.rooms.get_mut(room) else {
             return;
         };
         let Some(index) = members.peers.iter().position(|p| p.info.peer_id == peer) else {
@@ -292,7 +326,14 @@ fn remove_peer(
         };
         let gone = members.peers.remove(index);
         gone.mailbox.close();
-        departures.push(Departure { peer, reason });
+        if let Some(client) = gone.client {
+            state.clients.remove(client);
+        }
+        departures.push(Departure {
+            peer,
+            reason,
+            client: gone.client,
+        });
         let event = leave_event(peer, reason);
         for other in &members.peers {
             if other.mailbox.push(Arc::clone(&event)) == Push::Full
@@ -302,18 +343,18 @@ fn remove_peer(
             }
         }
         if members.peers.is_empty() {
-            rooms.remove(room);
+            state.rooms.remove(room);
         }
     }
 }
 
 fn evict_all(
-    rooms: &mut HashMap<RoomName, Room>,
+    state: &mut Rooms,
     room: &RoomName,
     peers: Vec<PeerId>,
     departures: &mut Vec<Departure>,
 ) {
     for peer in peers {
-        remove_peer(rooms, room, peer, LeaveReason::Evicted, departures);
+        remove_peer(state, room, peer, LeaveReason::Evicted, departures);
     }
 }

@@ -16,6 +16,7 @@
 pub mod memory;
 pub mod redis;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,7 @@ pub struct Limits {
     pub send_rate_per_sec: f64,
     pub send_burst: f64,
     pub peer_timeout: Duration,
+    pub max_peers_per_client: usize,
 }
 
 impl Limits {
@@ -55,6 +57,7 @@ impl Limits {
             send_rate_per_sec: config.send_rate_per_sec,
             send_burst: config.send_burst,
             peer_timeout: config.peer_timeout(),
+            max_peers_per_client: config.max_peers_per_client,
         }
     }
 }
@@ -119,6 +122,8 @@ pub fn leave_event(peer: PeerId, reason: LeaveReason) -> Arc<EncodedMessage> {
 pub struct NewPeer {
     pub info: PeerInfo,
     pub token: PeerToken,
+    /// The address it joins from, held to `max_peers_per_client` (`None`: not counted).
+    pub client: Option<IpAddr>,
 }
 
 /// A peer that left its room, and why; stores report them so that the hub logs and counts each
@@ -127,6 +132,8 @@ pub struct NewPeer {
 pub struct Departure {
     pub peer: PeerId,
     pub reason: LeaveReason,
+    /// The address it had joined from, whose count of live peers it no longer adds to.
+    pub client: Option<IpAddr>,
 }
 
 pub struct JoinOutcome {

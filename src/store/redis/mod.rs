@@ -30,6 +30,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use sha2::{Digest, Sha256};
 
+use crate::client_address::limit_key;
 use crate::error::{ApiResult, Error};
 use crate::identity::{PeerId, RoomName};
 use crate::logging;
@@ -81,6 +82,7 @@ struct Scripts {
     created: Script,
     release: Script,
     due: Script,
+    clients: Script,
 }
 
 impl Scripts {
@@ -98,6 +100,7 @@ impl Scripts {
             created: Script::new(include_str!("lua/created.lua")),
             release: Script::new(include_str!("lua/release.lua")),
             due: Script::new(include_str!("lua/due.lua")),
+            clients: Script::new(include_str!("lua/clients.lua")),
         }
     }
 }
@@ -109,6 +112,8 @@ struct Keys {
     rooms: String,
     /// Room name -> its earliest presence deadline (ms): what the sweepers look at.
     due: String,
+    /// Client address -> its live peers, for `max_peers_per_client`.
+    clients: String,
 }
 
 impl Keys {
@@ -117,6 +122,7 @@ impl Keys {
             prefix: prefix.to_owned(),
             rooms: format!("{prefix}:{{{prefix}:global}}:rooms"),
             due: format!("{prefix}:{{{prefix}:global}}:due"),
+            clients: format!("{prefix}:{{{prefix}:global}}:clients"),
         }
     }
 
@@ -218,6 +224,56 @@ impl RedisStore {
                 limit: limits.max_rooms,
             });
         }
+        let client = peer.client.map(|client| limit_key(client).to_string());
+        if let Some(client) = &client {
+            let admitted: String = inner
+                .run(
+                    inner
+                        .scripts
+                        .clients
+                        .key(&inner.keys.clients)
+                        .arg("admit")
+                        .arg(client)
+                        .arg(limits.max_peers_per_client)
+                        .arg(GLOBAL_TTL.as_millis() as u64),
+                )
+                .await?;
+            if admitted != "ok" {
+                // A full room is reported first, as the memory store does.
+                let mut command = redis::cmd("HLEN");
+                let peers: usize = inner.query(command.arg(inner.keys.peers(room))).await?;
+                return Err(if peers >= limits.max_peers_per_room {
+                    Error::RoomFull {
+                        limit: limits.max_peers_per_room,
+                    }
+                } else {
+                    Error::TooManyPeersForClient {
+                        limit: limits.max_peers_per_client,
+                        retry_after: limits.peer_timeout,
+                    }
+                });
+            }
+        }
+        let joined = self
+            .join_room(room, peer, client.as_deref(), announcement)
+            .await;
+        if joined.is_err() {
+            if let Some(client) = &client {
+                inner.release_clients(std::slice::from_ref(client)).await?;
+            }
+        }
+        joined
+    }
+
+    async fn join_room(
+        &self,
+        room: &RoomName,
+        peer: NewPeer,
+        client: Option<&str>,
+        announcement: Arc<EncodedMessage>,
+    ) -> ApiResult<JoinOutcome> {
+        let inner = &self.inner;
+        let limits = &inner.limits;
         let info = serde_json::to_string(&peer.info).map_err(|_| Error::Internal("peer info"))?;
         let reply: Value = inner
             .run(
@@ -227,6 +283,7 @@ impl RedisStore {
                     .key(inner.keys.peers(room))
                     .arg(peer.info.peer_id.to_string())
                     .arg(digest(peer.token.reveal()))
+                    .arg(client.unwrap_or_default())
                     .arg(info)
                     .arg(stored(&announcement))
                     .arg(limits.max_peers_per_room)
@@ -254,6 +311,7 @@ impl RedisStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| Error::Internal("a peer record in Redis is not valid JSON"))?;
         let departures = reply.departures(3)?;
+        inner.departed(&departures).await?;
         if created {
             let now_us = reply.int(4)?;
             let deadline = reply.int(5)?;
@@ -299,6 +357,7 @@ impl RedisStore {
             other => return Err(refusal(other, &reply)?),
         }
         let departures = reply.departures(1)?;
+        inner.departed(&departures).await?;
         if reply.int(2)? == 1 {
             inner.release(room, reply.int(3)?).await?;
         }
@@ -359,6 +418,7 @@ impl RedisStore {
         }
         let accepted = reply.int(1)? as usize;
         let departures = reply.departures(2)?;
+        inner.departed(&departures).await?;
         if reply.int(3)? == 1 {
             inner.release(room, reply.int(4)?).await?;
         }
@@ -457,6 +517,7 @@ impl RedisStore {
                 .await?;
             let reply = Reply::new(reply)?;
             let departures = reply.departures(0)?;
+            inner.departed(&departures).await?;
             let earliest = reply.int(1)?;
             if reply.int(2)? == 1 {
                 inner.release(&room, reply.int(3)?).await?;
@@ -524,6 +585,28 @@ impl Inner {
             logging::warn(format_args!("redis: {}", error));
             Error::StoreUnavailable
         })
+    }
+
+    /// Gives back the places of departed peers in their addresses' counts.
+    async fn departed(&self, departures: &[Departure]) -> ApiResult<()> {
+        let clients: Vec<String> = departures
+            .iter()
+            .filter_map(|departure| departure.client.map(|client| client.to_string()))
+            .collect();
+        if clients.is_empty() {
+            return Ok(());
+        }
+        self.release_clients(&clients).await
+    }
+
+    async fn release_clients(&self, clients: &[String]) -> ApiResult<()> {
+        let mut invocation = self.scripts.clients.key(&self.keys.clients);
+        invocation.arg("release").arg(GLOBAL_TTL.as_millis() as u64);
+        for client in clients {
+            invocation.arg(client);
+        }
+        let _: i64 = self.run(&invocation).await?;
+        Ok(())
     }
 
     /// Forgets an emptied room (unless it was created again since).
@@ -668,10 +751,12 @@ fn stored(message: &EncodedMessage) -> String {
     format!("{} {}", message.kind(), message.body())
 }
 
-/// `<join seq>\n<token digest>\n<info JSON>` → (seq, info).
+/// `<join seq>\n<token digest>\n<client key>\n<info JSON>` → (seq, info).
 fn parse_record(record: &str) -> ApiResult<(u64, PeerInfo)> {
-    let mut parts = record.splitn(3, '\n');
-    let (Some(seq), Some(_digest), Some(info)) = (parts.next(), parts.next(), parts.next()) else {
+    let mut parts = record.splitn(4, '\n');
+    let (Some(seq), Some(_digest), Some(_client), Some(info)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(Error::Internal("a peer record in Redis is malformed"));
     };
     let seq = seq
@@ -762,11 +847,12 @@ impl Reply {
 
     fn departures(&self, index: usize) -> ApiResult<Vec<Departure>> {
         let flat = self.strings(index)?;
-        flat.chunks(2)
-            .map(|pair| match pair {
-                [peer, reason] => Ok(Departure {
+        flat.chunks(3)
+            .map(|triple| match triple {
+                [peer, reason, client] => Ok(Departure {
                     peer: PeerId::parse(peer).ok_or_else(|| unexpected(peer))?,
                     reason: LeaveReason::parse(reason).ok_or_else(|| unexpected(reason))?,
+                    client: client.parse().ok(),
                 }),
                 _ => Err(unexpected("an odd departure list")),
             })

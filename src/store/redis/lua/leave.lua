@@ -2,7 +2,7 @@
 -- and evicts whoever that overflows.
 -- KEYS[1]: the room's peers hash.
 -- ARGV: peer id, token digest ("" when none was sent), mailbox capacity, key expiry (ms).
--- Reply: {error code} or {"ok", {departures: peer, reason, ...}, emptied (0/1), now (µs)}.
+-- Reply: {error code} or {"ok", {departures: peer, reason, client key, ...}, emptied (0/1), now (µs)}.
 local peer, digest = ARGV[1], ARGV[2]
 local capacity, ttl_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
 

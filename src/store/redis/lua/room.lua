@@ -6,7 +6,8 @@
 -- known inside it (a join announces itself to every peer).
 --
 -- Keys of a room:
---   peers      hash  peer id -> "<join seq>\n<token digest>\n<peer info JSON>"
+--   peers      hash  peer id -> "<join seq>\n<token digest>\n<client key>\n<peer info JSON>"
+--                    (client key: the address held to max_peers_per_client, or "")
 --   tokens     hash  token digest (SHA-256, hex) -> peer id
 --   seen       zset  peer id -> presence deadline (ms): removed with reason timeout after it
 --   seq        string, the last join sequence number (join order)
@@ -58,7 +59,8 @@ local function push(peer, value, capacity)
 end
 
 -- Removes `peer` with `reason` and tells the others; a `leave` that overflows another mailbox
--- evicts that peer too, and so on. Appends each departure to `departures` as {peer, reason}.
+-- evicts that peer too, and so on. Appends each departure to `departures` as
+-- {peer, reason, client key}.
 -- Returns nothing; `emptied` is set once the last peer went (and the room's keys are gone).
 local departures = {}
 local emptied = false
@@ -69,14 +71,14 @@ local function remove(peer, reason, capacity)
     local gone, why = item[1], item[2]
     local record = redis.call('HGET', K_PEERS, gone)
     if record then
-      local digest = string.match(record, '^[^\n]*\n([^\n]*)\n')
+      local digest, client = string.match(record, '^[^\n]*\n([^\n]*)\n([^\n]*)\n')
       redis.call('HDEL', K_PEERS, gone)
       redis.call('HDEL', K_TOKENS, digest)
       redis.call('ZREM', K_SEEN, gone)
       redis.call('DEL', k_list(gone), k_meta(gone))
       touched[gone] = nil
       woken[gone] = true
-      table.insert(departures, {gone, why})
+      table.insert(departures, {gone, why, client})
       local event = 'leave {"type":"leave","data":{"peer_id":"' .. gone .. '","reason":"' .. why .. '"}}'
       for _, other in ipairs(redis.call('HKEYS', K_PEERS)) do
         if not push(other, event, capacity) then
@@ -129,12 +131,13 @@ local function finish(ttl_ms)
   end
 end
 
--- The departures as a flat reply: {peer, reason, peer, reason, ...}.
+-- The departures as a flat reply: {peer, reason, client key, peer, reason, client key, ...}.
 local function departures_reply()
   local flat = {}
   for _, d in ipairs(departures) do
     table.insert(flat, d[1])
     table.insert(flat, d[2])
+    table.insert(flat, d[3])
   end
   return flat
 end

@@ -6,7 +6,7 @@
 --       (ms), then for each message: recipient id ("" for everyone else) and
 --       "<type> <envelope without from and id>".
 -- Reply: {error code [, message index | retry after (ms)]} or
---        {"ok", accepted, {departures: peer, reason, ...}, emptied (0/1), now (µs)}.
+--        {"ok", accepted, {departures: peer, reason, client key, ...}, emptied (0/1), now (µs)}.
 local digest = ARGV[1]
 local capacity, rate, burst, ttl_ms =
   tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])

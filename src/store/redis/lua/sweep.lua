@@ -2,7 +2,7 @@
 -- Atomic, so that however many instances sweep the same room at once, each peer leaves once.
 -- KEYS[1]: the room's peers hash.
 -- ARGV: mailbox capacity, key expiry (ms).
--- Reply: {{departures: peer, reason, ...}, the earliest deadline left (ms, -1 when the room is
+-- Reply: {{departures: peer, reason, client key, ...}, the earliest deadline left (ms, -1 when the room is
 --        gone), emptied (0/1), now (µs)}.
 local capacity, ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
