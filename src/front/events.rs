@@ -156,6 +156,10 @@ pub async fn events(
                 yield out;
             }
             reader.acknowledge(cursor);
+            // With more to read, the acknowledgement goes with that read; otherwise now.
+            if !wake.pending() && reader.flush().await.is_err() {
+                break;
+            }
             select! {
                 changed = wake.changed() => if changed.is_err() { break },
                 // After a heartbeat the mailbox is read again, so a wake-up that a shared

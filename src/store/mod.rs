@@ -305,6 +305,11 @@ impl Wake {
         self.receiver.borrow_and_update();
     }
 
+    /// Whether a wake-up came since the last [`mark_seen`](Self::mark_seen).
+    pub fn pending(&self) -> bool {
+        self.receiver.has_changed().unwrap_or(true)
+    }
+
     /// Resolves at the next wake-up after the last [`mark_seen`](Self::mark_seen); an error
     /// means no more will come.
     pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
@@ -346,12 +351,21 @@ impl Reader {
     }
 
     /// Marks every message up to `id` as delivered. The memory store applies it at once; the
-    /// Redis store sends it with the next read, saving a round trip per batch (until then the
-    /// batch still counts as undelivered, which only matters to a reader that stopped reading).
+    /// Redis store sends it with the next read, saving a round trip per batch, or with
+    /// [`flush`](Self::flush) when no read follows.
     pub fn acknowledge(&self, id: u64) {
         match self {
             Reader::Memory(mailbox) => mailbox.acknowledge(id),
             Reader::Redis(reader) => reader.acknowledge(id),
+        }
+    }
+
+    /// Applies an acknowledgement that is still waiting for a read: a reader calls it before it
+    /// waits with nothing to read, so that what it delivered counts as delivered.
+    pub async fn flush(&self) -> ApiResult<()> {
+        match self {
+            Reader::Memory(_) => Ok(()),
+            Reader::Redis(reader) => reader.flush().await,
         }
     }
 

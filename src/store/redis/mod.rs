@@ -76,6 +76,7 @@ struct Scripts {
     authorize: Script,
     open: Script,
     read: Script,
+    ack: Script,
     touch: Script,
     sweep: Script,
     reserve: Script,
@@ -94,6 +95,7 @@ impl Scripts {
             authorize: room_script!("authorize.lua"),
             open: room_script!("open.lua"),
             read: room_script!("read.lua"),
+            ack: room_script!("ack.lua"),
             touch: room_script!("touch.lua"),
             sweep: room_script!("sweep.lua"),
             reserve: Script::new(include_str!("lua/reserve.lua")),
@@ -443,7 +445,8 @@ impl RedisStore {
                     .key(inner.keys.peers(room))
                     .arg(peer.to_string())
                     .arg(token.map(digest).unwrap_or_default())
-                    .arg(inner.limits.peer_timeout.as_millis() as u64),
+                    .arg(inner.limits.peer_timeout.as_millis() as u64)
+                    .arg(inner.key_ttl_ms),
             )
             .await?;
         let reply = Reply::new(reply)?;
@@ -453,6 +456,7 @@ impl RedisStore {
                 room: room.clone(),
                 peer,
                 pending_ack: AtomicU64::new(0),
+                sent_ack: AtomicU64::new(0),
             }),
             other => Err(refusal(other, &reply)?),
         }
@@ -630,9 +634,11 @@ pub struct Reader {
     inner: Arc<Inner>,
     room: RoomName,
     peer: PeerId,
-    /// The newest id the reader has delivered and not yet told Redis (0: none); sent with the
-    /// next read.
+    /// The newest id the reader has delivered (0: none); sent with the next read, or by
+    /// [`Reader::flush`] when there is none to come.
     pending_ack: AtomicU64,
+    /// The newest id Redis has been told of.
+    sent_ack: AtomicU64,
 }
 
 impl Reader {
@@ -669,6 +675,7 @@ impl Reader {
     pub async fn read(&self, cursor: u64, ticket: Option<StreamTicket>) -> ApiResult<Read> {
         let inner = &self.inner;
         let ack = self.pending_ack.load(Ordering::Relaxed);
+        let unsent = ack > self.sent_ack.load(Ordering::Relaxed);
         let reply: Value = inner
             .run(
                 inner
@@ -677,7 +684,7 @@ impl Reader {
                     .key(inner.keys.peers(&self.room))
                     .arg(self.peer.to_string())
                     .arg(cursor)
-                    .arg(if ack > 0 {
+                    .arg(if unsent {
                         ack.to_string()
                     } else {
                         String::new()
@@ -691,6 +698,7 @@ impl Reader {
                     .arg(READ_LIMIT),
             )
             .await?;
+        self.sent_ack.fetch_max(ack, Ordering::Relaxed);
         let reply = Reply::new(reply)?;
         let batch = match reply.status()? {
             "ok" => {
@@ -726,6 +734,28 @@ impl Reader {
             other => return Err(unexpected(other)),
         };
         Ok(batch)
+    }
+
+    /// Sends an acknowledgement that no read has carried yet.
+    pub async fn flush(&self) -> ApiResult<()> {
+        let ack = self.pending_ack.load(Ordering::Relaxed);
+        if ack <= self.sent_ack.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let _: i64 = inner
+            .run(
+                inner
+                    .scripts
+                    .ack
+                    .key(inner.keys.peers(&self.room))
+                    .arg(self.peer.to_string())
+                    .arg(ack)
+                    .arg(inner.limits.replay_window),
+            )
+            .await?;
+        self.sent_ack.fetch_max(ack, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn listen(&self) -> Listening {

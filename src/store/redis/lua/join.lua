@@ -9,7 +9,8 @@
 --        {departures: peer, reason, client key, ...}, now (µs), presence deadline (ms)}.
 local peer, digest, client, info, announcement = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_peers, capacity, burst = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
-local timeout_ms, ttl_ms = tonumber(ARGV[9]), tonumber(ARGV[10])
+local timeout_ms = tonumber(ARGV[9])
+key_ttl_ms = tonumber(ARGV[10])
 
 local count = redis.call('HLEN', K_PEERS)
 if count >= max_peers then
@@ -44,5 +45,5 @@ for _, other in ipairs(overflowing) do
   remove(other, 'evicted', capacity)
 end
 
-finish(ttl_ms)
+finish(true)
 return {'ok', count == 0 and 1 or 0, before, departures_reply(), now_us(), now + timeout_ms}

@@ -4,10 +4,11 @@
 -- ARGV: peer id, token digest ("" when none was sent), mailbox capacity, key expiry (ms).
 -- Reply: {error code} or {"ok", {departures: peer, reason, client key, ...}, emptied (0/1), now (µs)}.
 local peer, digest = ARGV[1], ARGV[2]
-local capacity, ttl_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
+local capacity = tonumber(ARGV[3])
+key_ttl_ms = tonumber(ARGV[4])
 
 local err = authorize(peer, digest)
 if err then return {err} end
 remove(peer, 'left', capacity)
-finish(ttl_ms)
+finish(false)
 return {'ok', departures_reply(), emptied and 1 or 0, now_us()}

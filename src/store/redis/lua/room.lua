@@ -39,6 +39,10 @@ end
 -- Peers whose readers must look again, and mailboxes whose expiry must be refreshed.
 local woken = {}
 local touched = {}
+-- How long keys live after their last refresh (ms); set by each script from its arguments.
+-- Every key gets it when created; joins and presence refreshes renew the room's and the
+-- listening peers' keys, so keys outlive their peers but not the instances looking after them.
+local key_ttl_ms = 0
 
 -- Appends `value` under the mailbox's next id, unless `capacity` messages are undelivered.
 local function push(peer, value, capacity)
@@ -51,10 +55,12 @@ local function push(peer, value, capacity)
   if last - delivered >= capacity then
     return false
   end
-  redis.call('RPUSH', k_list(peer), value)
+  if redis.call('RPUSH', k_list(peer), value) == 1 then
+    -- A list that was empty did not exist: the new one needs its expiry.
+    redis.call('PEXPIRE', k_list(peer), key_ttl_ms)
+  end
   redis.call('HSET', meta, 'last', last + 1)
   woken[peer] = true
-  touched[peer] = true
   return true
 end
 
@@ -114,20 +120,22 @@ local function acknowledge(peer, id, replay_window)
   end
 end
 
--- Publishes the wake-ups and refreshes the expiry of what this script wrote.
-local function finish(ttl_ms)
+-- Publishes the wake-ups; with `refresh`, renews the expiry of the room's keys and of the
+-- mailboxes in `touched`.
+local function finish(refresh)
   for peer, _ in pairs(woken) do
     redis.call('PUBLISH', k_wake(peer), '1')
   end
+  if not refresh then return end
   if not emptied then
-    redis.call('PEXPIRE', K_PEERS, ttl_ms)
-    redis.call('PEXPIRE', K_TOKENS, ttl_ms)
-    redis.call('PEXPIRE', K_SEEN, ttl_ms)
-    redis.call('PEXPIRE', K_SEQ, ttl_ms)
+    redis.call('PEXPIRE', K_PEERS, key_ttl_ms)
+    redis.call('PEXPIRE', K_TOKENS, key_ttl_ms)
+    redis.call('PEXPIRE', K_SEEN, key_ttl_ms)
+    redis.call('PEXPIRE', K_SEQ, key_ttl_ms)
   end
   for peer, _ in pairs(touched) do
-    redis.call('PEXPIRE', k_list(peer), ttl_ms)
-    redis.call('PEXPIRE', k_meta(peer), ttl_ms)
+    redis.call('PEXPIRE', k_list(peer), key_ttl_ms)
+    redis.call('PEXPIRE', k_meta(peer), key_ttl_ms)
   end
 end
 

@@ -8,8 +8,8 @@
 -- Reply: {error code [, message index | retry after (ms)]} or
 --        {"ok", accepted, {departures: peer, reason, client key, ...}, emptied (0/1), now (µs)}.
 local digest = ARGV[1]
-local capacity, rate, burst, ttl_ms =
-  tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local capacity, rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+key_ttl_ms = tonumber(ARGV[5])
 local first_message = 6
 
 local sender, err = identify(digest)
@@ -39,7 +39,6 @@ if count > tokens then
   return {'rate_limited', math.ceil(missing / rate * 1000)}
 end
 redis.call('HSET', meta, 'rt', tostring(tokens - count), 'ru', now)
-touched[sender] = true
 
 local members = redis.call('HKEYS', K_PEERS)
 local overflowing, seen_overflow = {}, {}
@@ -67,5 +66,5 @@ for _, peer in ipairs(overflowing) do
   remove(peer, 'evicted', capacity)
 end
 
-finish(ttl_ms)
+finish(false)
 return {'ok', count, departures_reply(), emptied and 1 or 0, now_us()}

@@ -4,7 +4,8 @@
 -- ARGV: mailbox capacity, key expiry (ms).
 -- Reply: {{departures: peer, reason, client key, ...}, the earliest deadline left (ms, -1 when the room is
 --        gone), emptied (0/1), now (µs)}.
-local capacity, ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
+local capacity = tonumber(ARGV[1])
+key_ttl_ms = tonumber(ARGV[2])
 local now = now_ms()
 for _, peer in ipairs(redis.call('ZRANGEBYSCORE', K_SEEN, '-inf', now)) do
   remove(peer, 'timeout', capacity)
@@ -15,5 +16,5 @@ if not emptied then
   if first[2] then earliest = tonumber(first[2]) end
   if redis.call('EXISTS', K_PEERS) == 0 then emptied = true end
 end
-finish(ttl_ms)
+finish(false)
 return {departures_reply(), earliest, emptied and 1 or 0, now_us()}

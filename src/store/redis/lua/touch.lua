@@ -3,7 +3,8 @@
 -- KEYS[1]: the room's peers hash.
 -- ARGV: presence timeout (ms), key expiry (ms), then the peer ids.
 -- Reply: the number of those peers still in the room.
-local timeout_ms, ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
+local timeout_ms = tonumber(ARGV[1])
+key_ttl_ms = tonumber(ARGV[2])
 local deadline = now_ms() + timeout_ms
 local present = 0
 for index = 3, #ARGV do
@@ -14,5 +15,5 @@ for index = 3, #ARGV do
     touched[peer] = true
   end
 end
-if present > 0 then finish(ttl_ms) end
+if present > 0 then finish(true) end
 return present
