@@ -1005,3 +1005,67 @@ async fn metrics_count_store_round_trips_and_reconnects() {
         assert_eq!(metric(server, "signpost_store_reconnects_total").await, 1.0);
     }
 }
+
+/// The wake-up connections as `CLIENT LIST TYPE pubsub` shows them: (client id, last command).
+fn wakeup_connections(cluster: &Cluster) -> Vec<(String, String)> {
+    let field = |line: &str, name: &str| {
+        line.split(' ')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    cluster
+        .cli(&["CLIENT", "LIST", "TYPE", "pubsub"])
+        .lines()
+        .map(|line| (field(line, "id"), field(line, "cmd")))
+        .collect()
+}
+
+/// 13. A healthy wake-up connection stays up: the periodic PING that checks it (every 5 s) is
+///     answered, while readers are subscribed, with Redis's subscribed-mode reply, which must
+///     not count as a failure (it did: every instance with a reader dropped and re-established
+///     its connection every 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_wakeup_connection_survives_its_ping() {
+    let Some(cluster) = Cluster::start("cluster_ping", 2, json!({})).await else {
+        return;
+    };
+    let alice = cluster.at(0).join("pinged", "alice").await;
+    let bob = cluster.at(1).join("pinged", "bob").await;
+    let mut alice_events = alice.events(Some(1)).await;
+    let _bob_events = bob.events(None).await;
+    cluster.until_wakeup_connections(2).await;
+    let mut before: Vec<String> = wakeup_connections(&cluster)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    before.sort();
+
+    until("both connections were checked with a PING", || {
+        let pinged = wakeup_connections(&cluster)
+            .iter()
+            .filter(|(id, cmd)| before.contains(id) && cmd == "ping")
+            .count();
+        async move { pinged == 2 }
+    })
+    .await;
+    // A round trip across the instances gives a connection that took the reply for a failure
+    // ample time to drop.
+    bob.send_ok(json!({"type": "offer", "to": alice.id, "data": 1}))
+        .await;
+    assert_eq!(
+        seen(&alice_events.next_message().await),
+        (2, bob.id.as_str(), &json!(1))
+    );
+
+    let mut after: Vec<String> = wakeup_connections(&cluster)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    after.sort();
+    assert_eq!(after, before, "the same connections, still up");
+    assert_eq!(
+        cluster.metric_sum("signpost_store_reconnects_total").await,
+        0.0
+    );
+}
