@@ -869,6 +869,53 @@ async fn redis_restarted_empty_tells_clients_they_are_gone() {
     assert_eq!((status, &body["error"]), (404, &json!("peer_not_found")));
 }
 
+/// 9b. Redis emptied while it stays up (what a failover to an empty replica looks like:
+///     `FLUSHALL`, `SCRIPT FLUSH`, every connection dropped): a stream and a poll that were
+///     reading find their mailbox gone and end, told their peer is gone, rather than wait in an
+///     empty mailbox or start again from id 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_emptied_under_open_readers_ends_them() {
+    let Some(cluster) = Cluster::start("cluster_redis_flushed", 2, json!({})).await else {
+        return;
+    };
+    let (a, b) = (cluster.at(0), cluster.at(1));
+    let alice = a.join("flushed", "alice").await;
+    let bob = b.join("flushed", "bob").await;
+    let mut alice_events = alice.events(None).await;
+    assert_eq!(alice_events.next_message().await["id"], 1);
+    let poll = tokio::spawn({
+        let bob = bob.clone();
+        async move { bob.poll(0, 20.0).await }
+    });
+    cluster.until_subscribed(&bob, 1).await;
+
+    cluster.cli(&["FLUSHALL"]);
+    cluster.cli(&["SCRIPT", "FLUSH"]);
+    cluster.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    cluster.cli(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+
+    while let Some(event) = alice_events.try_next().await {
+        assert!(
+            event.id.is_empty() && event.event == "reset",
+            "after the flush the stream only ends (or resets): {event:?}"
+        );
+    }
+    let (status, body) = poll.await.unwrap();
+    assert_eq!((status, &body["error"]), (404, &json!("peer_not_found")), "{body}");
+    until("the instance is ready again", || async {
+        b.get_json("/readyz").await.0 == 200
+    })
+    .await;
+    let resume = answer(
+        b.client
+            .get(b.url(&format!("{}/events", alice.peer_path())))
+            .bearer_auth(&alice.token)
+            .header("Last-Event-ID", "1"),
+    )
+    .await;
+    assert_eq!((resume.status, &resume.body["error"]), (404, &json!("room_not_found")));
+}
+
 /// 10. The instances' pub/sub connections killed (`CLIENT KILL TYPE pubsub`): no message is
 ///     lost, and a stream open across the kill is woken promptly for messages sent after it,
 ///     well within the heartbeat.
