@@ -901,7 +901,11 @@ async fn redis_emptied_under_open_readers_ends_them() {
         );
     }
     let (status, body) = poll.await.unwrap();
-    assert_eq!((status, &body["error"]), (404, &json!("peer_not_found")), "{body}");
+    assert_eq!(
+        (status, &body["error"]),
+        (404, &json!("peer_not_found")),
+        "{body}"
+    );
     until("the instance is ready again", || async {
         b.get_json("/readyz").await.0 == 200
     })
@@ -913,7 +917,10 @@ async fn redis_emptied_under_open_readers_ends_them() {
             .header("Last-Event-ID", "1"),
     )
     .await;
-    assert_eq!((resume.status, &resume.body["error"]), (404, &json!("room_not_found")));
+    assert_eq!(
+        (resume.status, &resume.body["error"]),
+        (404, &json!("room_not_found"))
+    );
 }
 
 /// 10. The instances' pub/sub connections killed (`CLIENT KILL TYPE pubsub`): no message is
