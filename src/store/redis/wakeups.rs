@@ -203,7 +203,9 @@ pub fn spawn(client: redis::Client, inner: Arc<Inner>, mut shutdown: rocket::Shu
                         None => break,
                     },
                     _ = ping.tick() => {
-                        let pong: Result<Result<String, _>, _> = timeout(PATIENCE, sink.ping()).await;
+                        // Any reply will do: with subscriptions, Redis answers ["pong", ""], not
+                        // the "PONG" a String would parse.
+                        let pong: Result<Result<redis::Value, _>, _> = timeout(PATIENCE, sink.ping()).await;
                         if !matches!(pong, Ok(Ok(_))) { break; }
                     }
                     _ = &mut shutdown => return,

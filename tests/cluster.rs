@@ -1,0 +1,1125 @@
+//! Several signpost instances on one Redis behave, to every client, as one server; and faults of
+//! Redis (stopped, restarted empty, its pub/sub connections killed) or of an instance (SIGKILL)
+//! lose no message, repeat none, hang no request and need no restart (issue 9).
+//!
+//! Each test starts a `redis-server` of its own (so that its faults disturb no other test) and
+//! two or three instances on it sharing one key prefix: in-process servers, except the one that
+//! is SIGKILLed, which is the real binary in a child process. Without redis-server, the tests
+//! are skipped outside CI (`tests/common/external.rs`).
+//!
+//! The SSE heartbeat stays at its default (15 s), longer than [`common::EVENT_DEADLINE`]: a
+//! stream also reads its mailbox again at each heartbeat, which would otherwise hide a lost
+//! wake-up.
+
+#[macro_use]
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::redis::Redis;
+use common::{external, Peer, Server, EVENT_DEADLINE};
+use eventsource_stream::{Event, Eventsource};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+/// What "promptly" means for a wake-up that crosses instances through Redis: far below the
+/// heartbeat and a long-poll's `wait`, far above a loaded machine's scheduling delays.
+const PROMPT: Duration = Duration::from_secs(2);
+
+/// What "at once" means for a request that fails because Redis is down: under the store's own
+/// 2 s response timeout, so an answer within it did not wait for that timeout.
+const AT_ONCE: Duration = Duration::from_millis(1000);
+
+/// A Redis of the test's own and instances on it sharing one prefix.
+struct Cluster {
+    /// `None` while stopped. A `Mutex` so that tests can stop and restart it while they hold
+    /// their instances; never held across `.await`.
+    redis: std::sync::Mutex<Option<Redis>>,
+    /// Redis's port, kept across restarts: the instances were configured with it.
+    port: u16,
+    instances: Vec<Server>,
+    prefix: String,
+}
+
+impl Cluster {
+    /// `count` in-process instances with `settings` over the defaults; `None` (the skip is
+    /// printed) when redis-server is missing outside CI.
+    async fn start(test: &str, count: usize, settings: Value) -> Option<Cluster> {
+        if !external::can_run(test, Redis::available()) {
+            return None;
+        }
+        let redis = Redis::start();
+        let prefix = format!("cluster-{}", uuid::Uuid::new_v4().simple());
+        let mut instances = Vec::new();
+        for _ in 0..count {
+            instances.push(Server::with(shared(&redis, &prefix, &settings)).await);
+        }
+        Some(Cluster {
+            port: redis.port,
+            redis: std::sync::Mutex::new(Some(redis)),
+            instances,
+            prefix,
+        })
+    }
+
+    /// `redis-cli` on the cluster's Redis.
+    fn cli(&self, args: &[&str]) -> String {
+        let redis = self.redis.lock().unwrap();
+        redis.as_ref().expect("Redis is running").cli(args)
+    }
+
+    /// Kills Redis (SIGKILL): everything it held is lost.
+    fn kill_redis(&self) {
+        let redis = self.redis.lock().unwrap().take();
+        redis.expect("Redis is running").kill();
+    }
+
+    /// Starts an empty Redis on the port the instances were configured with.
+    fn restart_redis(&self) {
+        *self.redis.lock().unwrap() = Some(Redis::start_on(self.port));
+    }
+
+    /// Waits until `count` instances hold their wake-up (pub/sub) connection. Redis counts a
+    /// connection as pub/sub (for `CLIENT LIST` and `CLIENT KILL TYPE pubsub`) only while it
+    /// has a subscription: each instance needs a reader for this.
+    async fn until_wakeup_connections(&self, count: usize) {
+        until("every instance holds a wake-up connection", || {
+            let found = self
+                .cli(&["CLIENT", "LIST", "TYPE", "pubsub"])
+                .lines()
+                .count();
+            async move { found == count }
+        })
+        .await;
+    }
+
+    /// Instance `index`.
+    fn at(&self, index: usize) -> &Server {
+        &self.instances[index]
+    }
+
+    /// `sample` summed over every instance.
+    async fn metric_sum(&self, sample: &str) -> f64 {
+        let mut sum = 0.0;
+        for server in &self.instances {
+            sum += metric(server, sample).await;
+        }
+        sum
+    }
+
+    /// The channel that wakes `peer`'s readers (`src/store/redis/mod.rs`, `Keys::wake`).
+    fn wake_channel(&self, peer: &Peer) -> String {
+        format!("{}:{{{}}}:w:{}", self.prefix, peer.room, peer.id)
+    }
+
+    /// Waits until `subscribers` instances subscribe to `peer`'s wake-ups: its stream or poll
+    /// has subscribed (and reads next), so what is sent from now on must wake it.
+    async fn until_subscribed(&self, peer: &Peer, subscribers: usize) {
+        let channel = self.wake_channel(peer);
+        let expected = format!("{channel}\n{subscribers}");
+        until("the reader subscribed to its wake-ups", || {
+            let subscribed = self.cli(&["PUBSUB", "NUMSUB", &channel]) == expected;
+            async move { subscribed }
+        })
+        .await;
+    }
+}
+
+/// `settings` plus the shared Redis and prefix.
+fn shared(redis: &Redis, prefix: &str, settings: &Value) -> Value {
+    let mut settings = settings.clone();
+    settings["redis_url"] = json!(redis.url());
+    settings["redis_prefix"] = json!(prefix);
+    settings
+}
+
+/// Polls `condition` until it holds, failing the test after [`EVENT_DEADLINE`]: for states that
+/// announce themselves with no event (a sweep, a reconnection, a subscription).
+async fn until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + EVENT_DEADLINE;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The value of one sample of `server`'s `/metrics` (0 when absent).
+async fn metric(server: &Server, sample: &str) -> f64 {
+    let text = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics request")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().expect("a sample value"))
+        .unwrap_or(0.0)
+}
+
+/// `peer` as a client of `server`: the same peer, reached through another instance.
+fn via(peer: &Peer, server: &Server) -> Peer {
+    Peer {
+        base: server.base.clone(),
+        client: server.client.clone(),
+        ..peer.clone()
+    }
+}
+
+/// A raw request's status, error body and `Retry-After`, and how long it took.
+struct Answer {
+    status: u16,
+    body: Value,
+    retry_after: Option<String>,
+    took: Duration,
+}
+
+async fn answer(request: reqwest::RequestBuilder) -> Answer {
+    let started = Instant::now();
+    let response = tokio::time::timeout(EVENT_DEADLINE, request.send())
+        .await
+        .expect("the request hung")
+        .expect("the request completed");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("Retry-After")
+        .map(|value| value.to_str().unwrap().to_owned());
+    let body = response.json().await.unwrap_or(Value::Null);
+    Answer {
+        status,
+        body,
+        retry_after,
+        took: started.elapsed(),
+    }
+}
+
+/// A message `from` sent to its recipient, as the recipient sees it: `(id, from, data)`.
+fn seen(message: &Value) -> (u64, &str, &Value) {
+    (
+        message["id"].as_u64().expect("an id"),
+        message["from"].as_str().unwrap_or(""),
+        &message["data"],
+    )
+}
+
+/// 1. A stream on instance A receives what is posted on instance B: ids gapless from 1 and
+///    `from` set by the server to the sender, whichever instance either used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_one_instance_receives_what_is_posted_on_another() {
+    let Some(cluster) = Cluster::start("cross_instance_sse", 3, json!({})).await else {
+        return;
+    };
+    let alice = cluster.at(0).join("across", "alice").await;
+    let mut alice_events = alice.events(None).await;
+    let bob = cluster.at(1).join("across", "bob").await;
+    let carol = cluster.at(2).join("across", "carol").await;
+
+    let join = alice_events.next_message().await;
+    assert_eq!(
+        (join["id"].as_u64(), join["type"].as_str()),
+        (Some(1), Some("join"))
+    );
+    assert_eq!(join["data"]["peer_id"], bob.id);
+    let join = alice_events.next_message().await;
+    assert_eq!(join["id"], 2);
+    assert_eq!(join["data"]["peer_id"], carol.id);
+
+    for n in 0..5 {
+        let (sender, instance) = if n % 2 == 0 { (&bob, 1) } else { (&carol, 2) };
+        sender
+            .send_ok(json!({"type": "offer", "to": alice.id, "data": n}))
+            .await;
+        let sent = Instant::now();
+        let message = alice_events.next_message().await;
+        assert!(
+            sent.elapsed() < PROMPT,
+            "delivered after {:?}",
+            sent.elapsed()
+        );
+        assert_eq!(
+            seen(&message),
+            (n + 3, sender.id.as_str(), &json!(n)),
+            "message {n}, sent through instance {instance}"
+        );
+    }
+}
+
+/// 2. A long-poll waiting on instance A answers promptly when a message for it is posted on
+///    instance B: the wake-up crosses instances, well before the poll's `wait`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_on_one_instance_wakes_for_a_send_on_another() {
+    let Some(cluster) = Cluster::start("cross_instance_poll", 2, json!({})).await else {
+        return;
+    };
+    let alice = cluster.at(0).join("poll-across", "alice").await;
+    let bob = cluster.at(1).join("poll-across", "bob").await;
+
+    let poll = tokio::spawn({
+        let alice = alice.clone();
+        async move {
+            let result = alice.poll(1, 20.0).await; // id 1 is Bob's join
+            (result, Instant::now())
+        }
+    });
+    cluster.until_subscribed(&alice, 1).await;
+
+    bob.send_ok(json!({"type": "offer", "to": alice.id, "data": "hi"}))
+        .await;
+    let sent = Instant::now();
+    let ((status, body), answered) = poll.await.unwrap();
+    assert_eq!(status, 200);
+    let took = answered.saturating_duration_since(sent);
+    assert!(took < PROMPT, "the poll answered {took:?} after the send");
+    let messages = body["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "{body}");
+    assert_eq!(seen(&messages[0]), (2, bob.id.as_str(), &json!("hi")));
+    assert_eq!(body["last_id"], 2);
+}
+
+/// Joins `room` through `server` without asserting the outcome: the status and error code.
+async fn try_join(server: &Server, room: &str, name: &str) -> (u16, String) {
+    let response = server
+        .client
+        .post(server.url(&format!("/api/rooms/{room}/peers")))
+        .json(&json!({ "name": name }))
+        .send()
+        .await
+        .expect("join request");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (status, body["error"].as_str().unwrap_or("").to_owned())
+}
+
+/// Counts the outcomes of 20 joins, run at once, alternately through the two instances;
+/// `room(i)` names the room of join `i`.
+async fn concurrent_joins(
+    cluster: &Cluster,
+    room: impl Fn(usize) -> String,
+) -> HashMap<(u16, String), usize> {
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let server = cluster.at(i % 2);
+            let (url, client) = (
+                server.url(&format!("/api/rooms/{}/peers", room(i))),
+                server.client.clone(),
+            );
+            tokio::spawn(async move {
+                let response = client
+                    .post(url)
+                    .json(&json!({ "name": format!("peer-{i}") }))
+                    .send()
+                    .await
+                    .expect("join request");
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                (status, body["error"].as_str().unwrap_or("").to_owned())
+            })
+        })
+        .collect();
+    let mut outcomes = HashMap::new();
+    for task in tasks {
+        *outcomes.entry(task.await.unwrap()).or_insert(0) += 1;
+    }
+    outcomes
+}
+
+/// 3. `max_peers_per_room` and `max_rooms` hold exactly across instances: of 20 joins at once,
+///    split over two instances, exactly the limit succeed and every other is a `409`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_joins_on_two_instances_honour_the_limits_exactly() {
+    let Some(cluster) = Cluster::start(
+        "cluster_limits",
+        2,
+        json!({"max_peers_per_room": 5, "max_rooms": 3}),
+    )
+    .await
+    else {
+        return;
+    };
+
+    let outcomes = concurrent_joins(&cluster, |_| "crowded".to_owned()).await;
+    assert_eq!(
+        outcomes,
+        HashMap::from([
+            ((201, String::new()), 5),
+            ((409, "room_full".to_owned()), 15)
+        ])
+    );
+    let (status, room) = cluster.at(1).get_json("/api/rooms/crowded").await;
+    assert_eq!(status, 200);
+    assert_eq!(room["peers"].as_array().map(Vec::len), Some(5), "{room}");
+
+    // "crowded" is one of the 3 rooms: 2 more may be created, by whichever instance.
+    let outcomes = concurrent_joins(&cluster, |i| format!("room-{i}")).await;
+    assert_eq!(
+        outcomes,
+        HashMap::from([
+            ((201, String::new()), 2),
+            ((409, "too_many_rooms".to_owned()), 18)
+        ])
+    );
+    assert_eq!(
+        try_join(cluster.at(0), "crowded", "late").await,
+        (409, "room_full".to_owned()),
+        "an existing room is not refused for max_rooms"
+    );
+    assert_eq!(metric(cluster.at(0), "signpost_rooms").await, 3.0);
+}
+
+/// 4. With three instances sweeping, a silent peer is removed once: the room hears exactly one
+///    `leave` with reason `timeout`, and the instances count one such departure between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_sweeping_instances_time_a_silent_peer_out_once() {
+    let Some(cluster) = Cluster::start("cluster_sweep", 3, json!({"peer_timeout_secs": 1.0})).await
+    else {
+        return;
+    };
+    let alice = cluster.at(0).join("sweep", "alice").await;
+    let mut alice_events = alice.events(None).await;
+    let bob = cluster.at(1).join("sweep", "bob").await; // and never listens
+    let carol = cluster.at(2).join("sweep", "carol").await;
+    let mut carol_events = carol.events(None).await;
+
+    assert_eq!(alice_events.next_message().await["data"]["peer_id"], bob.id);
+    assert_eq!(
+        alice_events.next_message().await["data"]["peer_id"],
+        carol.id
+    );
+    let leave = alice_events.next_message().await;
+    assert_eq!(leave["type"], "leave");
+    assert_eq!(
+        leave["data"],
+        json!({"peer_id": bob.id, "reason": "timeout"})
+    );
+
+    // Every instance sweeps every quarter second: give each several chances to remove Bob
+    // again, then check that nothing came before a marker sent after them.
+    until("the departure was counted", || async {
+        cluster
+            .metric_sum("signpost_peers_left_total{reason=\"timeout\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    carol
+        .send_ok(json!({"type": "marker", "to": alice.id}))
+        .await;
+    let next = alice_events.next_message().await;
+    assert_eq!(
+        (next["type"].as_str(), next["id"].as_u64()),
+        (Some("marker"), Some(leave["id"].as_u64().unwrap() + 1)),
+        "no second leave: {next}"
+    );
+    let carol_leave = carol_events.next_message().await;
+    assert_eq!(
+        carol_leave["data"],
+        json!({"peer_id": bob.id, "reason": "timeout"})
+    );
+    assert_eq!(
+        cluster
+            .metric_sum("signpost_peers_left_total{reason=\"timeout\"}")
+            .await,
+        1.0
+    );
+    let (status, room) = cluster.at(2).get_json("/api/rooms/sweep").await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = room["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["peer_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [alice.id.as_str(), carol.id.as_str()]);
+}
+
+/// The real binary, on the cluster's Redis, killed (SIGKILL) when dropped if it still runs.
+struct Instance {
+    base: String,
+    child: Child,
+}
+
+impl Instance {
+    fn start(cluster: &Cluster, settings: &str) -> Instance {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_signpost"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("ROCKET_ADDRESS", "127.0.0.1")
+            .env("ROCKET_PORT", "0")
+            .env(
+                "ROCKET_SIGNPOST",
+                format!(
+                    "{{redis_url=\"redis://127.0.0.1:{}\",redis_prefix=\"{}\",log_level=\"info\",{settings}}}",
+                    cluster.port,
+                    cluster.prefix
+                ),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the signpost binary starts");
+        let (lines_tx, lines) = mpsc::channel::<String>();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let base = loop {
+            let line = lines.recv_timeout(EVENT_DEADLINE).expect("the banner");
+            if let Some(address) = line.split("listening on ").nth(1) {
+                break address.trim().to_owned();
+            }
+        };
+        Instance { base, child }
+    }
+
+    /// SIGKILL: no shutdown, no last word to Redis.
+    fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("the killed instance is reaped");
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An SSE stream that may be cut (its instance killed): an error is its end.
+struct CutStream {
+    stream: BoxStream<'static, Result<Event, eventsource_stream::EventStreamError<reqwest::Error>>>,
+}
+
+impl CutStream {
+    async fn open(peer: &Peer) -> CutStream {
+        let response = peer.events_response(None).await;
+        assert_eq!(response.status(), 200);
+        let mut stream = CutStream {
+            stream: response.bytes_stream().eventsource().boxed(),
+        };
+        assert_eq!(stream.next().await.map(|e| e.event), Some("ready".into()));
+        stream
+    }
+
+    /// The next event, or `None` once the stream ended or was cut.
+    async fn next(&mut self) -> Option<Event> {
+        match tokio::time::timeout(EVENT_DEADLINE, self.stream.next()).await {
+            Ok(Some(Ok(event))) => Some(event),
+            Ok(Some(Err(_)) | None) => None,
+            Err(_) => panic!("no event within {EVENT_DEADLINE:?}"),
+        }
+    }
+}
+
+/// 5. An instance SIGKILLed: its stream's client reconnects to another instance with
+///    `Last-Event-ID` and resumes with nothing lost (messages sent while it was disconnected
+///    included) and nothing repeated; and the peers whose streams it held, which never come
+///    back, are timed out by the survivor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instances_clients_resume_elsewhere_and_its_silent_peers_time_out() {
+    let Some(cluster) =
+        Cluster::start("cluster_sigkill", 1, json!({"peer_timeout_secs": 2.0})).await
+    else {
+        return;
+    };
+    let survivor = cluster.at(0);
+    let mut doomed = Instance::start(&cluster, "peer_timeout_secs=2.0");
+    let doomed_client = reqwest::Client::new();
+    let on_doomed = |peer: &Peer| Peer {
+        base: doomed.base.clone(),
+        client: doomed_client.clone(),
+        ..peer.clone()
+    };
+
+    let alice = on_doomed(&survivor.join("crash", "alice").await);
+    let bob = survivor.join("crash", "bob").await;
+    let carol = on_doomed(&survivor.join("crash", "carol").await);
+    let mut alice_stream = CutStream::open(&alice).await;
+    // Held open: Carol listens on the instance that will die, and only there.
+    let _carol_stream = CutStream::open(&carol).await;
+    let mut bob_events = bob.events(None).await;
+    assert_eq!(bob_events.next_message().await["data"]["peer_id"], carol.id);
+
+    let mut last_seen = 0;
+    let mut delivered = Vec::new();
+    for n in 0..2 {
+        bob.send_ok(json!({"type": "offer", "to": alice.id, "data": n}))
+            .await;
+    }
+    while delivered.len() < 4 {
+        let event = alice_stream
+            .next()
+            .await
+            .expect("delivered before the crash");
+        last_seen = event.id.parse().unwrap();
+        delivered.push((last_seen, event.event, event.data));
+    }
+    assert_eq!(last_seen, 4, "Bob's and Carol's joins, then two offers");
+
+    doomed.kill();
+    assert!(alice_stream.next().await.is_none(), "the stream is cut");
+    for n in 2..5 {
+        bob.send_ok(json!({"type": "offer", "to": alice.id, "data": n}))
+            .await;
+    }
+
+    let alice = via(&alice, survivor);
+    let mut resumed = alice.events(Some(last_seen)).await;
+    for n in 2..5u64 {
+        let message = resumed.next_message().await;
+        assert_eq!(
+            seen(&message),
+            (n + 3, bob.id.as_str(), &json!(n)),
+            "resumed after id {last_seen}: nothing lost, nothing repeated"
+        );
+    }
+
+    // Carol's stream died with its instance, and no instance listens for her any more.
+    for events in [&mut resumed, &mut bob_events] {
+        let leave = events.next_message().await;
+        assert_eq!(leave["type"], "leave");
+        assert_eq!(
+            leave["data"],
+            json!({"peer_id": carol.id, "reason": "timeout"})
+        );
+    }
+    assert_eq!(
+        metric(survivor, "signpost_peers_left_total{reason=\"timeout\"}").await,
+        1.0
+    );
+}
+
+/// 6. One live stream per peer across the cluster: a new stream on instance B ends the old one
+///    on instance A at once, and the new one gets what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_stream_on_one_instance_ends_the_old_one_on_another() {
+    let Some(cluster) = Cluster::start("cluster_one_stream", 2, json!({})).await else {
+        return;
+    };
+    let alice = cluster.at(0).join("single", "alice").await;
+    let bob = cluster.at(1).join("single", "bob").await;
+    let mut old = alice.events(None).await;
+    assert_eq!(old.next_message().await["data"]["peer_id"], bob.id);
+
+    let mut new = via(&alice, cluster.at(1)).events(Some(1)).await;
+    let opened = Instant::now();
+    assert!(old.ends().await, "the old stream ends");
+    assert!(
+        opened.elapsed() < PROMPT,
+        "ended after {:?}",
+        opened.elapsed()
+    );
+
+    bob.send_ok(json!({"type": "offer", "to": alice.id, "data": 1}))
+        .await;
+    assert_eq!(
+        seen(&new.next_message().await),
+        (2, bob.id.as_str(), &json!(1))
+    );
+}
+
+/// 7. The per-peer send rate is one bucket across the cluster: with `send_burst = 10`, sending
+///    alternately through two instances, the 11th message is refused with `429`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_rate_is_one_bucket_across_instances() {
+    let Some(cluster) = Cluster::start(
+        "cluster_rate",
+        2,
+        json!({"send_burst": 10.0, "send_rate_per_sec": 0.01}),
+    )
+    .await
+    else {
+        return;
+    };
+    let alice = cluster.at(0).join("rate", "alice").await;
+    let bob = cluster.at(1).join("rate", "bob").await;
+    let through = [alice.clone(), via(&alice, cluster.at(1))];
+
+    for n in 0..10 {
+        through[n % 2]
+            .send_ok(json!({"type": "candidate", "to": bob.id, "data": n}))
+            .await;
+    }
+    for instance in &through {
+        let refused = answer(
+            instance
+                .client
+                .post(instance.url("/api/rooms/rate/messages"))
+                .bearer_auth(&instance.token)
+                .json(&json!({"type": "candidate", "to": bob.id})),
+        )
+        .await;
+        assert_eq!(refused.status, 429);
+        assert_eq!(refused.body["error"], "rate_limited");
+        assert!(refused.retry_after.is_some(), "Retry-After is set");
+    }
+    let (_, inbox) = bob.poll(0, 0.0).await;
+    assert_eq!(inbox["messages"].as_array().unwrap().len(), 10);
+}
+
+/// Asserts that `answer` is the immediate `503 store_unavailable` of an unreachable store.
+fn assert_unavailable(what: &str, answer: &Answer) {
+    assert_eq!(answer.status, 503, "{what}: {}", answer.body);
+    assert_eq!(answer.body["error"], "store_unavailable", "{what}");
+    assert!(answer.body["message"].is_string(), "{what}");
+    assert_eq!(
+        answer.retry_after.as_deref(),
+        Some("1"),
+        "{what}: Retry-After"
+    );
+    assert!(answer.took < AT_ONCE, "{what} took {:?}", answer.took);
+}
+
+/// 8. Redis stopped: every request that needs it answers at once with `503 store_unavailable`
+///    and `Retry-After`, open streams and polls end, `/readyz` says 503 while `/healthz` stays
+///    200; Redis back on the same port, service resumes by itself, wake-ups included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_fails_fast_and_service_resumes_when_it_returns() {
+    let Some(cluster) = Cluster::start("cluster_redis_down", 2, json!({})).await else {
+        return;
+    };
+    let (a, b) = (cluster.at(0), cluster.at(1));
+    let alice = a.join("outage", "alice").await;
+    let bob = b.join("outage", "bob").await;
+    let mut alice_events = alice.events(None).await;
+    assert_eq!(alice_events.next_message().await["data"]["peer_id"], bob.id);
+    let poll = tokio::spawn({
+        let bob = bob.clone();
+        async move { bob.poll(0, 20.0).await }
+    });
+    cluster.until_subscribed(&bob, 1).await;
+
+    cluster.kill_redis();
+    let killed = Instant::now();
+
+    assert!(alice_events.ends().await, "the open stream ends");
+    let (status, body) = poll.await.unwrap();
+    assert_eq!((status, &body["error"]), (503, &json!("store_unavailable")));
+    assert!(
+        killed.elapsed() < PROMPT,
+        "stream and poll ended after {:?}",
+        killed.elapsed()
+    );
+
+    let requests = [
+        (
+            "join",
+            a.client
+                .post(a.url("/api/rooms/outage/peers"))
+                .json(&json!({})),
+        ),
+        (
+            "send",
+            b.client
+                .post(b.url("/api/rooms/outage/messages"))
+                .bearer_auth(&bob.token)
+                .json(&json!({"type": "offer", "to": alice.id})),
+        ),
+        ("room", a.client.get(a.url("/api/rooms/outage"))),
+        (
+            "peer",
+            b.client
+                .get(b.url(&format!("/api/rooms/outage/peers/{}", alice.id))),
+        ),
+        (
+            "leave",
+            a.client
+                .delete(a.url(&alice.peer_path()))
+                .bearer_auth(&alice.token),
+        ),
+        (
+            "events",
+            b.client
+                .get(b.url(&format!("{}/events", alice.peer_path())))
+                .bearer_auth(&alice.token),
+        ),
+        (
+            "poll",
+            a.client
+                .get(a.url(&format!("{}/messages?after=0&wait=20", bob.peer_path())))
+                .bearer_auth(&bob.token),
+        ),
+        ("readyz", a.client.get(a.url("/readyz"))),
+    ];
+    for (what, request) in requests {
+        assert_unavailable(what, &answer(request).await);
+    }
+    for server in [a, b] {
+        let health = answer(server.client.get(server.url("/healthz"))).await;
+        assert_eq!(health.status, 200);
+        assert_eq!(health.body["store_status"], "unavailable");
+        assert!(health.took < AT_ONCE, "healthz took {:?}", health.took);
+    }
+
+    cluster.restart_redis();
+    for server in [a, b] {
+        until("the instance is ready again", || async {
+            server.get_json("/readyz").await.0 == 200
+        })
+        .await;
+        let (_, health) = server.get_json("/healthz").await;
+        assert_eq!(health["store_status"], "ok");
+    }
+    // Redis came back empty: the room starts again, and wake-ups cross instances again.
+    let carol = a.join("after-outage", "carol").await;
+    let dave = b.join("after-outage", "dave").await;
+    let mut carol_events = carol.events(Some(1)).await;
+    dave.send_ok(json!({"type": "offer", "to": carol.id, "data": "back"}))
+        .await;
+    let sent = Instant::now();
+    assert_eq!(
+        seen(&carol_events.next_message().await),
+        (2, dave.id.as_str(), &json!("back"))
+    );
+    assert!(sent.elapsed() < PROMPT, "woken after {:?}", sent.elapsed());
+}
+
+/// 9. Redis restarted empty: existing clients are told their room or their peer is gone, and
+///    never get a silent gap or an id again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_tells_clients_they_are_gone() {
+    let Some(cluster) = Cluster::start("cluster_redis_empty", 2, json!({})).await else {
+        return;
+    };
+    let (a, b) = (cluster.at(0), cluster.at(1));
+    let alice = a.join("amnesia", "alice").await;
+    let bob = b.join("amnesia", "bob").await;
+    let mut alice_events = alice.events(None).await;
+    bob.send_ok(json!({"type": "offer", "to": alice.id, "data": 1}))
+        .await;
+    assert_eq!(alice_events.next_message().await["id"], 1);
+    assert_eq!(
+        seen(&alice_events.next_message().await),
+        (2, bob.id.as_str(), &json!(1))
+    );
+
+    cluster.kill_redis();
+    cluster.restart_redis();
+
+    // Whatever the stream says before it ends, it is never a message: ids 1 and 2 are taken.
+    while let Some(event) = alice_events.try_next().await {
+        assert!(
+            event.id.is_empty() && event.event == "reset",
+            "after the restart the stream only ends (or resets): {event:?}"
+        );
+    }
+    for server in [a, b] {
+        until("the instance is ready again", || async {
+            server.get_json("/readyz").await.0 == 200
+        })
+        .await;
+    }
+
+    let resume = answer(
+        b.client
+            .get(b.url(&format!("{}/events", alice.peer_path())))
+            .bearer_auth(&alice.token)
+            .header("Last-Event-ID", "2"),
+    )
+    .await;
+    assert_eq!(
+        (resume.status, &resume.body["error"]),
+        (404, &json!("room_not_found"))
+    );
+    let send = answer(
+        a.client
+            .post(a.url("/api/rooms/amnesia/messages"))
+            .bearer_auth(&bob.token)
+            .json(&json!({"type": "offer", "to": alice.id})),
+    )
+    .await;
+    assert_eq!(
+        (send.status, &send.body["error"]),
+        (404, &json!("room_not_found"))
+    );
+    let (status, body) = via(&alice, b).poll(2, 0.0).await;
+    assert_eq!((status, &body["error"]), (404, &json!("room_not_found")));
+
+    // Someone creates the room again: the old peers are still gone from it.
+    let carol = a.join("amnesia", "carol").await;
+    assert!(carol.joined["peers"].as_array().unwrap().is_empty());
+    let resume = answer(
+        a.client
+            .get(a.url(&format!("{}/events", alice.peer_path())))
+            .bearer_auth(&alice.token)
+            .header("Last-Event-ID", "2"),
+    )
+    .await;
+    assert_eq!(
+        (resume.status, &resume.body["error"]),
+        (404, &json!("peer_not_found"))
+    );
+    let (status, body) = via(&bob, a).poll(0, 0.0).await;
+    assert_eq!((status, &body["error"]), (404, &json!("peer_not_found")));
+}
+
+/// 9b. Redis emptied while it stays up (what a failover to an empty replica looks like:
+///     `FLUSHALL`, `SCRIPT FLUSH`, every connection dropped): a stream and a poll that were
+///     reading find their mailbox gone and end, told their peer is gone, rather than wait in an
+///     empty mailbox or start again from id 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_emptied_under_open_readers_ends_them() {
+    let Some(cluster) = Cluster::start("cluster_redis_flushed", 2, json!({})).await else {
+        return;
+    };
+    let (a, b) = (cluster.at(0), cluster.at(1));
+    let alice = a.join("flushed", "alice").await;
+    let bob = b.join("flushed", "bob").await;
+    let mut alice_events = alice.events(None).await;
+    assert_eq!(alice_events.next_message().await["id"], 1);
+    let poll = tokio::spawn({
+        let bob = bob.clone();
+        async move { bob.poll(0, 20.0).await }
+    });
+    cluster.until_subscribed(&bob, 1).await;
+
+    cluster.cli(&["FLUSHALL"]);
+    cluster.cli(&["SCRIPT", "FLUSH"]);
+    cluster.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    cluster.cli(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+
+    while let Some(event) = alice_events.try_next().await {
+        assert!(
+            event.id.is_empty() && event.event == "reset",
+            "after the flush the stream only ends (or resets): {event:?}"
+        );
+    }
+    let (status, body) = poll.await.unwrap();
+    assert_eq!(
+        (status, &body["error"]),
+        (404, &json!("peer_not_found")),
+        "{body}"
+    );
+    until("the instance is ready again", || async {
+        b.get_json("/readyz").await.0 == 200
+    })
+    .await;
+    let resume = answer(
+        b.client
+            .get(b.url(&format!("{}/events", alice.peer_path())))
+            .bearer_auth(&alice.token)
+            .header("Last-Event-ID", "1"),
+    )
+    .await;
+    assert_eq!(
+        (resume.status, &resume.body["error"]),
+        (404, &json!("room_not_found"))
+    );
+}
+
+/// 10. The instances' pub/sub connections killed (`CLIENT KILL TYPE pubsub`): no message is
+///     lost, and a stream open across the kill is woken promptly for messages sent after it,
+///     well within the heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_subscriptions_lose_nothing_and_wakeups_resume() {
+    let Some(cluster) = Cluster::start("cluster_pubsub_kill", 2, json!({})).await else {
+        return;
+    };
+    let alice = cluster.at(0).join("pubsub", "alice").await;
+    let bob = cluster.at(1).join("pubsub", "bob").await;
+    let mut alice_events = alice.events(Some(1)).await;
+    let _bob_events = bob.events(None).await; // so that B's wake-up connection is killed too
+    bob.send_ok(json!({"type": "offer", "to": alice.id, "data": 0}))
+        .await;
+    assert_eq!(
+        seen(&alice_events.next_message().await),
+        (2, bob.id.as_str(), &json!(0))
+    );
+
+    cluster.until_wakeup_connections(2).await;
+    let killed = cluster.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(killed, "2", "one wake-up connection per instance");
+    // Sent while the instances reconnect: its wake-up may be lost, the message must not be.
+    bob.send_ok(json!({"type": "offer", "to": alice.id, "data": 1}))
+        .await;
+    assert_eq!(
+        seen(&alice_events.next_message().await),
+        (3, bob.id.as_str(), &json!(1))
+    );
+
+    until("instance A subscribed again", || async {
+        metric(cluster.at(0), "signpost_store_reconnects_total").await >= 1.0
+    })
+    .await;
+    for n in 2..5 {
+        bob.send_ok(json!({"type": "offer", "to": alice.id, "data": n}))
+            .await;
+        let sent = Instant::now();
+        assert_eq!(
+            seen(&alice_events.next_message().await),
+            (n + 2, bob.id.as_str(), &json!(n))
+        );
+        assert!(sent.elapsed() < PROMPT, "woken after {:?}", sent.elapsed());
+    }
+}
+
+/// 11. Many senders on three instances at once, to one recipient: every message arrives once,
+///     ids 1..N without a gap, and each sender's messages in the order it sent them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_on_three_instances_keep_order_and_ids() {
+    const SENDERS: usize = 8;
+    const PER_SENDER: u64 = 50;
+    let Some(cluster) = Cluster::start(
+        "cluster_concurrent_senders",
+        3,
+        json!({"send_rate_per_sec": 1e6, "send_burst": 1e6}),
+    )
+    .await
+    else {
+        return;
+    };
+    let receiver = cluster.at(0).join("many", "receiver").await;
+    let mut events = receiver.events(None).await;
+    let mut senders = Vec::new();
+    for i in 0..SENDERS {
+        senders.push(cluster.at(i % 3).join("many", &format!("sender-{i}")).await);
+    }
+
+    let tasks: Vec<_> = senders
+        .iter()
+        .enumerate()
+        .map(|(i, sender)| {
+            // Each sender moves from instance to instance as it sends.
+            let through: Vec<Peer> = (0..3)
+                .map(|k| via(sender, cluster.at((i + k) % 3)))
+                .collect();
+            let to = receiver.id.clone();
+            tokio::spawn(async move {
+                for seq in 0..PER_SENDER {
+                    through[seq as usize % 3]
+                        .send_ok(json!({"type": "seq", "to": to, "data": seq}))
+                        .await;
+                }
+            })
+        })
+        .collect();
+
+    let mut next_seq: HashMap<String, u64> = HashMap::new();
+    let total = SENDERS as u64 * PER_SENDER + SENDERS as u64;
+    for expected_id in 1..=total {
+        let message = events.next_message().await;
+        assert_eq!(message["id"], expected_id, "no gap and no duplicate");
+        if message["type"] == "join" {
+            continue;
+        }
+        let from = message["from"].as_str().unwrap().to_owned();
+        let next = next_seq.entry(from).or_insert(0);
+        assert_eq!(
+            message["data"], *next,
+            "a sender's messages arrive in the order it sent them"
+        );
+        *next += 1;
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(next_seq.len(), SENDERS);
+    assert!(next_seq.values().all(|&n| n == PER_SENDER));
+}
+
+/// 12. `/metrics` of an instance on Redis counts its round trips to the store, and each
+///     re-establishment of its wake-up connection after a pub/sub kill, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_store_round_trips_and_reconnects() {
+    let Some(cluster) = Cluster::start("cluster_metrics", 2, json!({})).await else {
+        return;
+    };
+    let alice = cluster.at(0).join("counted", "alice").await;
+    let _stream = alice.events(None).await;
+    let bob = cluster.at(1).join("counted", "bob").await;
+    let _bob_stream = bob.events(None).await;
+    bob.send_ok(json!({"type": "offer", "to": alice.id})).await;
+    for server in &cluster.instances {
+        assert!(metric(server, "signpost_store_round_trips_total").await > 0.0);
+        assert_eq!(metric(server, "signpost_store_reconnects_total").await, 0.0);
+    }
+    cluster.until_wakeup_connections(2).await;
+    assert_eq!(cluster.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "2");
+    until("both instances reconnected", || async {
+        cluster.metric_sum("signpost_store_reconnects_total").await >= 2.0
+    })
+    .await;
+    for server in &cluster.instances {
+        assert_eq!(metric(server, "signpost_store_reconnects_total").await, 1.0);
+    }
+}
+
+/// The wake-up connections as `CLIENT LIST TYPE pubsub` shows them: (client id, last command).
+fn wakeup_connections(cluster: &Cluster) -> Vec<(String, String)> {
+    let field = |line: &str, name: &str| {
+        line.split(' ')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    cluster
+        .cli(&["CLIENT", "LIST", "TYPE", "pubsub"])
+        .lines()
+        .map(|line| (field(line, "id"), field(line, "cmd")))
+        .collect()
+}
+
+/// 13. A healthy wake-up connection stays up: the periodic PING that checks it (every 5 s) is
+///     answered, while readers are subscribed, with Redis's subscribed-mode reply, which must
+///     not count as a failure (it did: every instance with a reader dropped and re-established
+///     its connection every 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_wakeup_connection_survives_its_ping() {
+    let Some(cluster) = Cluster::start("cluster_ping", 2, json!({})).await else {
+        return;
+    };
+    let alice = cluster.at(0).join("pinged", "alice").await;
+    let bob = cluster.at(1).join("pinged", "bob").await;
+    let mut alice_events = alice.events(Some(1)).await;
+    let _bob_events = bob.events(None).await;
+    cluster.until_wakeup_connections(2).await;
+    let mut before: Vec<String> = wakeup_connections(&cluster)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    before.sort();
+
+    until("both connections were checked with a PING", || {
+        let pinged = wakeup_connections(&cluster)
+            .iter()
+            .filter(|(id, cmd)| before.contains(id) && cmd == "ping")
+            .count();
+        async move { pinged == 2 }
+    })
+    .await;
+    // A round trip across the instances gives a connection that took the reply for a failure
+    // ample time to drop.
+    bob.send_ok(json!({"type": "offer", "to": alice.id, "data": 1}))
+        .await;
+    assert_eq!(
+        seen(&alice_events.next_message().await),
+        (2, bob.id.as_str(), &json!(1))
+    );
+
+    let mut after: Vec<String> = wakeup_connections(&cluster)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    after.sort();
+    assert_eq!(after, before, "the same connections, still up");
+    assert_eq!(
+        cluster.metric_sum("signpost_store_reconnects_total").await,
+        0.0
+    );
+}
