@@ -114,7 +114,7 @@ impl Cluster {
 
     /// The channel that wakes `peer`'s readers (`src/store/redis/mod.rs`, `Keys::wake`).
     fn wake_channel(&self, peer: &Peer) -> String {
-        format!("{}:{{{}}}:w:{}", self.prefix, peer.room, peer.id)
+        format!("{}:w:{}", self.prefix, peer.id)
     }
 
     /// Waits until `subscribers` instances subscribe to `peer`'s wake-ups: its stream or poll

@@ -133,9 +133,9 @@ impl Keys {
         format!("{}:{{{room}}}:peers", self.prefix)
     }
 
-    /// The channel that wakes `peer`'s readers.
-    fn wake(&self, room: &RoomName, peer: PeerId) -> String {
-        format!("{}:{{{room}}}:w:{peer}", self.prefix)
+    /// The channel that wakes `peer`'s readers (`lua/room.lua` names it the same way).
+    fn wake(&self, peer: PeerId) -> String {
+        format!("{}:w:{peer}", self.prefix)
     }
 }
 
@@ -218,7 +218,8 @@ impl RedisStore {
                     .key(&inner.keys.due)
                     .arg(room.as_str())
                     .arg(limits.max_rooms)
-                    .arg(GLOBAL_TTL.as_millis() as u64),
+                    .arg(GLOBAL_TTL.as_millis() as u64)
+                    .arg(limits.peer_timeout.as_millis() as u64),
             )
             .await?;
         if reserved == "too_many_rooms" {
@@ -276,7 +277,11 @@ impl RedisStore {
     ) -> ApiResult<JoinOutcome> {
         let inner = &self.inner;
         let limits = &inner.limits;
-        let info = serde_json::to_string(&peer.info).map_err(|_| Error::Internal("peer info"))?;
+        let info = StoredInfo {
+            name: peer.info.name.clone(),
+            meta: peer.info.meta.clone(),
+        };
+        let info = serde_json::to_string(&info).map_err(|_| Error::Internal("peer info"))?;
         let reply: Value = inner
             .run(
                 inner
@@ -308,10 +313,12 @@ impl RedisStore {
         let created = reply.int(1)? == 1;
         let peers = reply
             .strings(2)?
-            .iter()
-            .map(|json| serde_json::from_str::<PeerInfo>(json))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| Error::Internal("a peer record in Redis is not valid JSON"))?;
+            .chunks(2)
+            .map(|pair| match pair {
+                [id, info] => parse_info(id, info),
+                _ => Err(unexpected("an odd list of peers")),
+            })
+            .collect::<ApiResult<Vec<_>>>()?;
         let departures = reply.departures(3)?;
         inner.departed(&departures).await?;
         if created {
@@ -464,14 +471,15 @@ impl RedisStore {
 
     pub async fn room(&self, room: &RoomName) -> ApiResult<Option<Vec<PeerInfo>>> {
         let inner = &self.inner;
-        let mut command = redis::cmd("HVALS");
-        let records: Vec<String> = inner.query(command.arg(inner.keys.peers(room))).await?;
+        let mut command = redis::cmd("HGETALL");
+        let records: Vec<(String, String)> =
+            inner.query(command.arg(inner.keys.peers(room))).await?;
         if records.is_empty() {
             return Ok(None);
         }
         let mut peers = records
             .iter()
-            .map(|record| parse_record(record))
+            .map(|(id, record)| parse_record(id, record))
             .collect::<ApiResult<Vec<_>>>()?;
         peers.sort_by_key(|(seq, _)| *seq);
         Ok(Some(peers.into_iter().map(|(_, info)| info).collect()))
@@ -487,7 +495,7 @@ impl RedisStore {
             return Err(Error::RoomNotFound);
         }
         let record = record.ok_or(Error::PeerNotFound)?;
-        parse_record(&record).map(|(_, info)| info)
+        parse_record(&peer.to_string(), &record).map(|(_, info)| info)
     }
 
     /// Sweeps the rooms due, by Redis's clock.
@@ -643,7 +651,7 @@ pub struct Reader {
 
 impl Reader {
     pub async fn subscribe(&self) -> ApiResult<crate::store::Wake> {
-        let channel = self.inner.keys.wake(&self.room, self.peer);
+        let channel = self.inner.keys.wake(self.peer);
         self.inner.wakeups.subscribe(channel, &self.inner).await
     }
 
@@ -766,10 +774,13 @@ impl Reader {
 /// SHA-256 of a peer token, in hex: what Redis keeps instead of the token, so that a look at
 /// Redis (or a dump of it) reveals no credential, and comparing digests leaks nothing useful
 /// about the token through timing.
+///
+/// The first 128 bits are kept: as hard to find a token for as the whole, and half the bytes in
+/// Redis for every peer.
 fn digest(token: &str) -> String {
     let hash = Sha256::digest(token.as_bytes());
-    let mut hex = String::with_capacity(64);
-    for byte in hash {
+    let mut hex = String::with_capacity(32);
+    for byte in &hash[..16] {
         hex.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
         hex.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
     }
@@ -781,8 +792,30 @@ fn stored(message: &EncodedMessage) -> String {
     format!("{} {}", message.kind(), message.body())
 }
 
-/// `<join seq>\n<token digest>\n<client key>\n<info JSON>` → (seq, info).
-fn parse_record(record: &str) -> ApiResult<(u64, PeerInfo)> {
+/// A peer's name and meta as Redis keeps them: the peer id is the record's field.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    meta: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// The peer `id` from its stored name and meta.
+fn parse_info(id: &str, info: &str) -> ApiResult<PeerInfo> {
+    let malformed = || Error::Internal("a peer record in Redis is malformed");
+    let peer_id = PeerId::parse(id).ok_or_else(malformed)?;
+    let StoredInfo { name, meta } = serde_json::from_str(info).map_err(|_| malformed())?;
+    Ok(PeerInfo {
+        peer_id,
+        name,
+        meta,
+    })
+}
+
+/// Peer `id`'s record, `<join seq>\n<token digest>\n<client key>\n<name and meta JSON>` → (seq,
+/// info).
+fn parse_record(id: &str, record: &str) -> ApiResult<(u64, PeerInfo)> {
     let mut parts = record.splitn(4, '\n');
     let (Some(seq), Some(_digest), Some(_client), Some(info)) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -792,9 +825,7 @@ fn parse_record(record: &str) -> ApiResult<(u64, PeerInfo)> {
     let seq = seq
         .parse()
         .map_err(|_| Error::Internal("a peer record in Redis is malformed"))?;
-    let info = serde_json::from_str(info)
-        .map_err(|_| Error::Internal("a peer record in Redis is malformed"))?;
-    Ok((seq, info))
+    Ok((seq, parse_info(id, info)?))
 }
 
 /// A reply the scripts were not written to give: a bug, or keys written by something else.

@@ -2,10 +2,12 @@
 -- and evicts those whose backlog the announcement overflows. One atomic step, so that
 -- max_peers_per_room holds however many instances accept joins at once.
 -- KEYS[1]: the room's peers hash.
--- ARGV: peer id, token digest, client key ("" when not counted), peer info JSON,
+-- ARGV: peer id, token digest, client key ("" when not counted), peer info JSON (without
+--       the peer id, which is the field's name),
 --       announcement ("join <envelope>"),
 --       max peers, mailbox capacity, send burst, presence timeout (ms), key expiry (ms).
--- Reply: {"room_full"} or {"ok", created (0/1), {info JSON of the peers before, in join order},
+-- Reply: {"room_full"} or {"ok", created (0/1), {peer id, info JSON, ... of the peers before,
+--        in join order},
 --        {departures: peer, reason, client key, ...}, now (µs), presence deadline (ms)}.
 local peer, digest, client, info, announcement = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_peers, capacity, burst = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
@@ -18,21 +20,24 @@ if count >= max_peers then
 end
 
 local records = {}
-for _, record in ipairs(redis.call('HVALS', K_PEERS)) do
-  local seq, rest = string.match(record, '^(%d+)\n[^\n]*\n[^\n]*\n(.*)$')
-  table.insert(records, {tonumber(seq), rest})
+local all = redis.call('HGETALL', K_PEERS)
+for index = 1, #all, 2 do
+  local seq, rest = string.match(all[index + 1], '^(%d+)\n[^\n]*\n[^\n]*\n(.*)$')
+  table.insert(records, {tonumber(seq), all[index], rest})
 end
 table.sort(records, function(a, b) return a[1] < b[1] end)
 local before = {}
-for _, r in ipairs(records) do table.insert(before, r[2]) end
+for _, r in ipairs(records) do
+  table.insert(before, r[2])
+  table.insert(before, r[3])
+end
 
 local now = now_ms()
 local seq = redis.call('INCR', K_SEQ)
 redis.call('HSET', K_PEERS, peer, seq .. '\n' .. digest .. '\n' .. client .. '\n' .. info)
 redis.call('HSET', K_TOKENS, digest, peer)
 redis.call('ZADD', K_SEEN, now + timeout_ms, peer)
-redis.call('HSET', k_meta(peer), 'last', 0, 'first', 1, 'delivered', 0, 'epoch', 0,
-  'rt', burst, 'ru', now)
+save(peer, {last = 0, first = 1, delivered = 0, epoch = 0, rt = tonumber(burst), ru = now})
 touched[peer] = true
 
 local overflowing = {}

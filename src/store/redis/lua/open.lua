@@ -7,7 +7,10 @@
 local peer, ack, replay_window = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if redis.call('HEXISTS', K_PEERS, peer) == 0 then return {'closed'} end
 if ack ~= '' then acknowledge(peer, tonumber(ack), replay_window) end
-local epoch = redis.call('HINCRBY', k_meta(peer), 'epoch', 1)
-local last = tonumber(redis.call('HGET', k_meta(peer), 'last')) or 0
+local box = load(peer)
+if box == nil then return {'closed'} end
+box.epoch = box.epoch + 1
+save(peer, box)
+local epoch, last = box.epoch, box.last
 redis.call('PUBLISH', k_wake(peer), '1')
 return {'ok', epoch, last}

@@ -9,10 +9,10 @@ local peer, cursor, ack, epoch = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local replay_window, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
 if redis.call('HEXISTS', K_PEERS, peer) == 0 then return {'closed'} end
 if ack ~= '' then acknowledge(peer, tonumber(ack), replay_window) end
-local state = redis.call('HMGET', k_meta(peer), 'last', 'first', 'epoch')
-local last, first = tonumber(state[1]), tonumber(state[2])
-if last == nil then return {'closed'} end
-if epoch ~= '' and state[3] ~= epoch then return {'replaced'} end
+local box = load(peer)
+if box == nil then return {'closed'} end
+local last, first = box.last, box.first
+if epoch ~= '' and box.epoch ~= tonumber(epoch) then return {'replaced'} end
 if cursor > last then
   return {'ok', last, 'ahead', last + 1, {}}
 end

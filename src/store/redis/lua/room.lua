@@ -6,25 +6,50 @@
 -- known inside it (a join announces itself to every peer).
 --
 -- Keys of a room:
---   peers      hash  peer id -> "<join seq>\n<token digest>\n<client key>\n<peer info JSON>"
+--   peers      hash  peer id -> "<join seq>\n<token digest>\n<client key>\n<name and meta JSON>"
 --                    (client key: the address held to max_peers_per_client, or "")
---   tokens     hash  token digest (SHA-256, hex) -> peer id
+--   tokens     hash  token digest (the first 128 bits of its SHA-256, hex) -> peer id
 --   seen       zset  peer id -> presence deadline (ms): removed with reason timeout after it
 --   seq        string, the last join sequence number (join order)
+--   boxes      hash  peer id -> its mailbox state, "last,first,delivered,epoch,rt,ru": the newest
+--                    id, the id of the list's head (last + 1 when empty), ids up to `delivered`
+--                    are delivered, `epoch` is bumped by each new live stream, `rt`/`ru` are the
+--                    send-rate tokens and when they were counted (ms). One hash for the room
+--                    rather than a key per peer: a key costs Redis more than a field.
 --   m:<peer>   list  the peer's stored messages, "<type> <envelope without id>", oldest first
---   h:<peer>   hash  the peer's mailbox state: last (newest id), first (id of the list's head;
---                    last + 1 when empty), delivered (ids up to it are delivered), epoch (bumped
---                    by each new live stream), rt/ru (send-rate tokens and when they were counted)
--- Channel w:<peer> wakes the peer's readers; it carries nothing they rely on.
+-- Channel "<prefix>:w:<peer>" wakes the peer's readers; it carries nothing they rely on. (Peer
+-- ids are unique across rooms, and a shorter channel name is less for Redis to keep per
+-- listening peer.)
 
 local base = string.sub(KEYS[1], 1, #KEYS[1] - 5) -- strip "peers"
 local K_PEERS = KEYS[1]
 local K_TOKENS = base .. 'tokens'
 local K_SEEN = base .. 'seen'
 local K_SEQ = base .. 'seq'
+local K_BOXES = base .. 'boxes'
 local function k_list(peer) return base .. 'm:' .. peer end
-local function k_meta(peer) return base .. 'h:' .. peer end
-local function k_wake(peer) return base .. 'w:' .. peer end
+
+-- A peer's mailbox state, or nil when it has none.
+local function load(peer)
+  local packed = redis.call('HGET', K_BOXES, peer)
+  if not packed then return nil end
+  local last, first, delivered, epoch, rt, ru =
+    string.match(packed, '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),(.*)$')
+  return {last = tonumber(last), first = tonumber(first), delivered = tonumber(delivered),
+          epoch = tonumber(epoch), rt = tonumber(rt), ru = tonumber(ru)}
+end
+
+local function fmt(n)
+  if n == math.floor(n) then return string.format('%d', n) end
+  return tostring(n)
+end
+
+local function save(peer, box)
+  redis.call('HSET', K_BOXES, peer, fmt(box.last) .. ',' .. fmt(box.first) .. ',' ..
+    fmt(box.delivered) .. ',' .. fmt(box.epoch) .. ',' .. fmt(box.rt) .. ',' .. fmt(box.ru))
+end
+local prefix = string.match(base, '^(.*):{')
+local function k_wake(peer) return prefix .. ':w:' .. peer end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -46,20 +71,19 @@ local key_ttl_ms = 0
 
 -- Appends `value` under the mailbox's next id, unless `capacity` messages are undelivered.
 local function push(peer, value, capacity)
-  local meta = k_meta(peer)
-  local state = redis.call('HMGET', meta, 'last', 'delivered')
-  local last, delivered = tonumber(state[1]), tonumber(state[2])
-  if last == nil then
+  local box = load(peer)
+  if box == nil then
     return false -- a peer without mailbox state (lost to eviction by Redis): remove it
   end
-  if last - delivered >= capacity then
+  if box.last - box.delivered >= capacity then
     return false
   end
   if redis.call('RPUSH', k_list(peer), value) == 1 then
     -- A list that was empty did not exist: the new one needs its expiry.
     redis.call('PEXPIRE', k_list(peer), key_ttl_ms)
   end
-  redis.call('HSET', meta, 'last', last + 1)
+  box.last = box.last + 1
+  save(peer, box)
   woken[peer] = true
   return true
 end
@@ -81,7 +105,8 @@ local function remove(peer, reason, capacity)
       redis.call('HDEL', K_PEERS, gone)
       redis.call('HDEL', K_TOKENS, digest)
       redis.call('ZREM', K_SEEN, gone)
-      redis.call('DEL', k_list(gone), k_meta(gone))
+      redis.call('DEL', k_list(gone))
+      redis.call('HDEL', K_BOXES, gone)
       touched[gone] = nil
       woken[gone] = true
       table.insert(departures, {gone, why, client})
@@ -98,7 +123,7 @@ local function remove(peer, reason, capacity)
     end
   end
   if redis.call('HLEN', K_PEERS) == 0 then
-    redis.call('DEL', K_PEERS, K_TOKENS, K_SEEN, K_SEQ)
+    redis.call('DEL', K_PEERS, K_TOKENS, K_SEEN, K_SEQ, K_BOXES)
     emptied = true
   end
 end
@@ -106,18 +131,17 @@ end
 -- Marks ids up to `id` delivered (clamped to the newest) and drops delivered messages beyond
 -- the replay window.
 local function acknowledge(peer, id, replay_window)
-  local meta = k_meta(peer)
-  local state = redis.call('HMGET', meta, 'last', 'first', 'delivered')
-  local last, first, delivered = tonumber(state[1]), tonumber(state[2]), tonumber(state[3])
-  if last == nil then return end
-  if id > last then id = last end
-  if id <= delivered then return end
-  redis.call('HSET', meta, 'delivered', id)
-  local drop = (id - replay_window) - first + 1
+  local box = load(peer)
+  if box == nil then return end
+  if id > box.last then id = box.last end
+  if id <= box.delivered then return end
+  box.delivered = id
+  local drop = (id - replay_window) - box.first + 1
   if drop > 0 then
     redis.call('LTRIM', k_list(peer), drop, -1)
-    redis.call('HSET', meta, 'first', first + drop)
+    box.first = box.first + drop
   end
+  save(peer, box)
 end
 
 -- Publishes the wake-ups; with `refresh`, renews the expiry of the room's keys and of the
@@ -132,10 +156,10 @@ local function finish(refresh)
     redis.call('PEXPIRE', K_TOKENS, key_ttl_ms)
     redis.call('PEXPIRE', K_SEEN, key_ttl_ms)
     redis.call('PEXPIRE', K_SEQ, key_ttl_ms)
+    redis.call('PEXPIRE', K_BOXES, key_ttl_ms)
   end
   for peer, _ in pairs(touched) do
     redis.call('PEXPIRE', k_list(peer), key_ttl_ms)
-    redis.call('PEXPIRE', k_meta(peer), key_ttl_ms)
   end
 end
 

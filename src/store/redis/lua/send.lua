@@ -27,10 +27,10 @@ end
 -- The sender's token bucket, as src/rate_limit.rs counts it, on Redis's clock so that every
 -- instance charges the same bucket.
 local now = now_ms()
-local meta = k_meta(sender)
-local bucket = redis.call('HMGET', meta, 'rt', 'ru')
-local tokens = tonumber(bucket[1]) or burst
-local updated = tonumber(bucket[2]) or now
+local box = load(sender)
+if box == nil then return {'peer_not_found'} end
+local tokens = box.rt or burst
+local updated = box.ru or now
 local elapsed = now - updated
 if elapsed < 0 then elapsed = 0 end
 tokens = math.min(burst, tokens + elapsed / 1000 * rate)
@@ -38,7 +38,8 @@ if count > tokens then
   local missing = math.min(count, burst) - tokens
   return {'rate_limited', math.ceil(missing / rate * 1000)}
 end
-redis.call('HSET', meta, 'rt', tostring(tokens - count), 'ru', now)
+box.rt, box.ru = tokens - count, now
+save(sender, box)
 
 local members = redis.call('HKEYS', K_PEERS)
 local overflowing, seen_overflow = {}, {}
