@@ -39,31 +39,6 @@ async fn eventually(what: &str, condition: impl Fn() -> bool) {
     }
 }
 
-/// Waits until `tab` sees every peer of `others` with an open chat channel and a connected
-/// peer connection.
-async fn wait_connected(tab: &Tab, others: &[&str]) {
-    let expected: Vec<Value> = others.iter().map(|id| Value::from(*id)).collect();
-    let check = format!(
-        "(() => {{ const ids = {}; const peers = signpostApp.peers(); \
-         return ids.every(id => peers.some(p => p.peer_id === id && p.connectionState === 'connected' \
-         && p.dataChannelState === 'open')) }})()",
-        Value::from(expected)
-    );
-    tab.wait_for(&format!("connecting to {others:?}"), &check)
-        .await;
-}
-
-/// Waits until `tab`'s chat log holds `text` from `from`.
-async fn wait_chat(tab: &Tab, from: &str, text: &str) {
-    let check = format!(
-        "signpostApp.chatLog().some(m => m.from === {} && m.text === {})",
-        Value::from(from),
-        Value::from(text)
-    );
-    tab.wait_for(&format!("chat {text:?} from {from}"), &check)
-        .await;
-}
-
 /// Opens one page per query string in `room`, in order (so each joins after the previous one),
 /// and returns each page with its peer id.
 async fn open_pages<const N: usize>(
@@ -89,7 +64,7 @@ async fn wait_full_mesh(pages: &[(&Tab, &str)]) {
             .map(|(_, other)| *other)
             .filter(|other| other != id)
             .collect();
-        wait_connected(tab, &others).await;
+        tab.wait_connected(&others).await;
     }
 }
 
@@ -118,9 +93,9 @@ async fn two_pages_chat_both_ways() {
 
     let reached = alice.eval("signpostApp.sendChat('hello from Alice')").await;
     assert_eq!(reached, 1, "Alice's message goes to one peer");
-    wait_chat(&bob, &alice_id, "hello from Alice").await;
+    bob.wait_chat(&alice_id, "hello from Alice").await;
     bob.eval("signpostApp.sendChat('hi Alice, Bob here')").await;
-    wait_chat(&alice, &bob_id, "hi Alice, Bob here").await;
+    alice.wait_chat(&bob_id, "hi Alice, Bob here").await;
 
     let log = alice.eval("signpostApp.chatLog()").await;
     assert_eq!(
@@ -170,7 +145,7 @@ async fn pages_see_and_hear_each_other() {
         .await;
     }
     alice.eval("signpostApp.sendChat('Can you see me?')").await;
-    wait_chat(&bob, &alice_id, "Can you see me?").await;
+    bob.wait_chat(&alice_id, "Can you see me?").await;
     alice.screenshot("media-alice").await;
     bob.screenshot("media-bob").await;
     chromium.close().await;
@@ -206,12 +181,12 @@ async fn refused_media_page_joins_data_only_and_says_so() {
         note.as_str().unwrap().contains("refused"),
         "the page says why: {note}"
     );
-    wait_connected(&refused, &[&other_id]).await;
-    wait_connected(&other, &[&refused_id]).await;
+    refused.wait_connected(&[&other_id]).await;
+    other.wait_connected(&[&refused_id]).await;
     refused
         .eval("signpostApp.sendChat('no camera, still here')")
         .await;
-    wait_chat(&other, &refused_id, "no camera, still here").await;
+    other.wait_chat(&refused_id, "no camera, still here").await;
     refused.screenshot("refused-media").await;
     chromium.close().await;
     server.stop().await;
@@ -240,9 +215,9 @@ async fn long_poll_page_connects_with_sse_page() {
     assert_eq!(streaming.eval("signpostApp.transport()").await, "sse");
     wait_full_mesh(&[(&polling, &polling_id), (&streaming, &streaming_id)]).await;
     streaming.eval("signpostApp.sendChat('over SSE')").await;
-    wait_chat(&polling, &streaming_id, "over SSE").await;
+    polling.wait_chat(&streaming_id, "over SSE").await;
     polling.eval("signpostApp.sendChat('over long-poll')").await;
-    wait_chat(&streaming, &polling_id, "over long-poll").await;
+    streaming.wait_chat(&polling_id, "over long-poll").await;
     chromium.close().await;
     server.stop().await;
 }
@@ -287,9 +262,9 @@ async fn three_pages_mesh_then_one_leaves() {
         2,
         "the server removed the page"
     );
-    wait_connected(&ann, &[&ben_id]).await;
+    ann.wait_connected(&[&ben_id]).await;
     ann.eval("signpostApp.sendChat('still here')").await;
-    wait_chat(&ben, &ann_id, "still here").await;
+    ben.wait_chat(&ann_id, "still here").await;
     chromium.close().await;
     server.stop().await;
 }
@@ -424,14 +399,14 @@ async fn auto_transport_gets_through_a_hostile_proxy() {
         .await;
     let direct_id = direct.peer_id().await;
 
-    wait_connected(&behind, &[&direct_id]).await;
-    wait_connected(&direct, &[&behind_id]).await;
+    behind.wait_connected(&[&direct_id]).await;
+    direct.wait_connected(&[&behind_id]).await;
     behind
         .eval("signpostApp.sendChat('through the proxy')")
         .await;
-    wait_chat(&direct, &behind_id, "through the proxy").await;
+    direct.wait_chat(&behind_id, "through the proxy").await;
     direct.eval("signpostApp.sendChat('back through it')").await;
-    wait_chat(&behind, &direct_id, "back through it").await;
+    behind.wait_chat(&direct_id, "back through it").await;
     assert_eq!(behind.eval("signpostApp.transport()").await, "poll");
 
     // Once signaling goes quiet, a poll waits long enough to be cut; the ones after it must not.

@@ -15,11 +15,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::instance::Instance;
 use common::redis::Redis;
 use common::{external, Peer, Server, EVENT_DEADLINE};
 use eventsource_stream::{Event, Eventsource};
@@ -446,59 +444,12 @@ async fn three_sweeping_instances_time_a_silent_peer_out_once() {
     assert_eq!(ids, [alice.id.as_str(), carol.id.as_str()]);
 }
 
-/// The real binary, on the cluster's Redis, killed (SIGKILL) when dropped if it still runs.
-struct Instance {
-    base: String,
-    child: Child,
-}
-
-impl Instance {
-    fn start(cluster: &Cluster, settings: &str) -> Instance {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_signpost"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("ROCKET_ADDRESS", "127.0.0.1")
-            .env("ROCKET_PORT", "0")
-            .env(
-                "ROCKET_SIGNPOST",
-                format!(
-                    "{{redis_url=\"redis://127.0.0.1:{}\",redis_prefix=\"{}\",log_level=\"info\",{settings}}}",
-                    cluster.port,
-                    cluster.prefix
-                ),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the signpost binary starts");
-        let (lines_tx, lines) = mpsc::channel::<String>();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
-        });
-        let base = loop {
-            let line = lines.recv_timeout(EVENT_DEADLINE).expect("the banner");
-            if let Some(address) = line.split("listening on ").nth(1) {
-                break address.trim().to_owned();
-            }
-        };
-        Instance { base, child }
-    }
-
-    /// SIGKILL: no shutdown, no last word to Redis.
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("the killed instance is reaped");
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The real binary, on the cluster's Redis and prefix, with `settings` added to its table.
+fn start_instance(cluster: &Cluster, settings: &str) -> Instance {
+    Instance::start(&format!(
+        "redis_url=\"redis://127.0.0.1:{}\",redis_prefix=\"{}\",log_level=\"info\",{settings}",
+        cluster.port, cluster.prefix
+    ))
 }
 
 /// An SSE stream that may be cut (its instance killed): an error is its end.
@@ -539,7 +490,7 @@ async fn a_killed_instances_clients_resume_elsewhere_and_its_silent_peers_time_o
         return;
     };
     let survivor = cluster.at(0);
-    let mut doomed = Instance::start(&cluster, "peer_timeout_secs=2.0");
+    let mut doomed = start_instance(&cluster, "peer_timeout_secs=2.0");
     let doomed_client = reqwest::Client::new();
     let on_doomed = |peer: &Peer| Peer {
         base: doomed.base.clone(),

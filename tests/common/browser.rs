@@ -224,6 +224,31 @@ impl Tab {
         }
     }
 
+    /// Waits until this page sees every peer of `others` with an open chat channel and a
+    /// connected peer connection.
+    pub async fn wait_connected(&self, others: &[&str]) {
+        let expected: Vec<Value> = others.iter().map(|id| Value::from(*id)).collect();
+        let check = format!(
+            "(() => {{ const ids = {}; const peers = signpostApp.peers(); \
+             return ids.every(id => peers.some(p => p.peer_id === id && p.connectionState === 'connected' \
+             && p.dataChannelState === 'open')) }})()",
+            Value::from(expected)
+        );
+        self.wait_for(&format!("connecting to {others:?}"), &check)
+            .await;
+    }
+
+    /// Waits until this page's chat log holds `text` from `from`.
+    pub async fn wait_chat(&self, from: &str, text: &str) {
+        let check = format!(
+            "signpostApp.chatLog().some(m => m.from === {} && m.text === {})",
+            Value::from(from),
+            Value::from(text)
+        );
+        self.wait_for(&format!("chat {text:?} from {from}"), &check)
+            .await;
+    }
+
     /// This page's peer id, once it has joined.
     pub async fn peer_id(&self) -> String {
         let value = self

@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod external;
+pub mod instance;
 pub mod redis;
 
 use std::time::Duration;

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The in-memory store before and after a change, in one run: two server binaries, BEFORE and
+# AFTER, measured alternately (A B A B …) on the same shapes, so that the machine's drift falls
+# on both alike. The generator is this tree's. docs/BENCHMARKS.md, "The store seam", has the
+# figures.
+#
+#   bash benches/compare.sh BEFORE_BINARY [ROUNDS] [OUT]
+#
+# The BEFORE binary reads the Rocket.toml of its own tree (BEFORE_CONFIG, by default the one two
+# levels above target/release/), since a newer Rocket.toml may have keys it does not know.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BEFORE=$1
+ROUNDS=${2:-3}
+OUT=${3:-target/bench-compare}
+mkdir -p "$OUT"
+cargo build --release --bin signpost --bin signpost-bench
+BEFORE_CONFIG=${BEFORE_CONFIG:-$(cd "$(dirname "$BEFORE")/../.." && pwd)/Rocket.toml}
+AFTER=target/release/signpost
+BENCH=target/release/signpost-bench
+
+measure() {
+  local label=$1 binary=$2 name=$3; shift 3
+  local config=Rocket.toml
+  [ "$label" = before ] && config=$BEFORE_CONFIG
+  ROCKET_CONFIG=$config ROCKET_PROFILE=bench "$binary" > "$OUT/server.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 50); do curl -sf http://127.0.0.1:8000/healthz >/dev/null && break; sleep 0.1; done
+  "$BENCH" "$@" --json > "$OUT/$name-$label.json" 2>/dev/null
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  jq -r --arg l "$label" --arg n "$name" \
+    '"\($n) \($l) delivered/s \(.results.delivered_per_s) p50 \(.latency_ms.p50) p99 \(.latency_ms.p99) lost \(.lost) dup \(.duplicated)"' \
+    "$OUT/$name-$label.json"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  for shape in "target relay --duration 5 --warmup 1" \
+               "batch16 relay --duration 5 --warmup 1 --batch 16" \
+               "poll relay --duration 5 --warmup 1 --transport poll"; do
+    set -- $shape
+    name=$1; shift
+    measure before "$BEFORE" "$name-$round" "$@"
+    measure after "$AFTER" "$name-$round" "$@"
+  done
+done

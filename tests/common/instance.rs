@@ -1,0 +1,66 @@
+//! The real signpost binary as a child process, for tests that kill an instance (SIGKILL) or
+//! put a real proxy in front of it: started on a free port (`ROCKET_PORT=0`, the port read
+//! from its `listening on` log line), and killed when dropped if it still runs.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use super::EVENT_DEADLINE;
+
+pub struct Instance {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    pub port: u16,
+    child: Child,
+}
+
+impl Instance {
+    /// Starts the binary with `signpost`, the inside of the `signpost` table as TOML inline
+    /// table entries (`redis_url="…",log_level="info"`), over `Rocket.toml`'s defaults.
+    pub fn start(signpost: &str) -> Instance {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_signpost"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("ROCKET_ADDRESS", "127.0.0.1")
+            .env("ROCKET_PORT", "0")
+            .env("ROCKET_SIGNPOST", format!("{{{signpost}}}"))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the signpost binary starts");
+        let (lines_tx, lines) = mpsc::channel::<String>();
+        let stderr = child.stderr.take().expect("stderr is piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let base = loop {
+            let line = lines.recv_timeout(EVENT_DEADLINE).expect("the banner");
+            if let Some(address) = line.split("listening on ").nth(1) {
+                break address.trim().to_owned();
+            }
+        };
+        let port = base
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("the banner names a port");
+        Instance { base, port, child }
+    }
+
+    /// SIGKILL: no shutdown, no last word to anyone.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("the killed instance is reaped");
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
