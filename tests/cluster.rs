@@ -1074,3 +1074,46 @@ async fn a_healthy_wakeup_connection_survives_its_ping() {
         0.0
     );
 }
+
+/// A room reserved by an instance that never got to join it (it crashed, or lost Redis, between
+/// the reservation and the join) does not count against `max_rooms` for good: the sweep finds
+/// no room behind the reservation once the presence timeout has passed, and releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_whose_join_never_came_is_forgotten() {
+    let settings = json!({"max_rooms": 1, "peer_timeout_secs": 1.0});
+    let Some(cluster) = Cluster::start(
+        "a_reservation_whose_join_never_came_is_forgotten",
+        1,
+        settings,
+    )
+    .await
+    else {
+        return;
+    };
+    // What an instance does first when it joins a new room, and then nothing more.
+    let prefix = &cluster.prefix;
+    let rooms = format!("{prefix}:{{{prefix}:global}}:rooms");
+    let due = format!("{prefix}:{{{prefix}:global}}:due");
+    let reserved = cluster.cli(&[
+        "EVAL",
+        include_str!("../src/store/redis/lua/reserve.lua"),
+        "2",
+        &rooms,
+        &due,
+        "ghost",
+        "1",
+        "3600000",
+        "1000",
+    ]);
+    assert_eq!(reserved, "ok");
+    let server = cluster.at(0);
+    assert_eq!(
+        try_join(server, "real", "alice").await,
+        (409, "too_many_rooms".to_owned()),
+        "the reservation counts while it may still become a room"
+    );
+    until("the orphaned reservation is released", || async {
+        try_join(server, "real", "alice").await.0 == 201
+    })
+    .await;
+}

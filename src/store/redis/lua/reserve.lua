@@ -11,7 +11,8 @@ if redis.call('ZSCORE', KEYS[1], room) then return 'ok' end
 if redis.call('ZCARD', KEYS[1]) >= max_rooms then return 'too_many_rooms' end
 local t = redis.call('TIME')
 redis.call('ZADD', KEYS[1], tonumber(t[1]) * 1000000 + tonumber(t[2]), room)
-redis.call('ZADD', KEYS[2], 'NX', tonumber(t[1]) * 1000 + timeout_ms, room)
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], 'NX', now_ms + timeout_ms, room)
 redis.call('PEXPIRE', KEYS[1], ttl_ms)
 redis.call('PEXPIRE', KEYS[2], ttl_ms)
 return 'ok'
