@@ -462,6 +462,8 @@ impl RedisStore {
                 inner: Arc::clone(inner),
                 room: room.clone(),
                 peer,
+                peers_key: inner.keys.peers(room),
+                peer_arg: peer.to_string(),
                 pending_ack: AtomicU64::new(0),
                 sent_ack: AtomicU64::new(0),
             }),
@@ -642,6 +644,9 @@ pub struct Reader {
     inner: Arc<Inner>,
     room: RoomName,
     peer: PeerId,
+    /// `KEYS[1]` and the peer id as the scripts take them, formatted once for every read.
+    peers_key: String,
+    peer_arg: String,
     /// The newest id the reader has delivered (0: none); sent with the next read, or by
     /// [`Reader::flush`] when there is none to come.
     pending_ack: AtomicU64,
@@ -662,8 +667,8 @@ impl Reader {
                 inner
                     .scripts
                     .open
-                    .key(inner.keys.peers(&self.room))
-                    .arg(self.peer.to_string())
+                    .key(&self.peers_key)
+                    .arg(&self.peer_arg)
                     .arg(acknowledge.map(|id| id.to_string()).unwrap_or_default())
                     .arg(inner.limits.replay_window),
             )
@@ -689,8 +694,8 @@ impl Reader {
                 inner
                     .scripts
                     .read
-                    .key(inner.keys.peers(&self.room))
-                    .arg(self.peer.to_string())
+                    .key(&self.peers_key)
+                    .arg(&self.peer_arg)
                     .arg(cursor)
                     .arg(if unsent {
                         ack.to_string()
@@ -707,7 +712,7 @@ impl Reader {
             )
             .await?;
         self.sent_ack.fetch_max(ack, Ordering::Relaxed);
-        let reply = Reply::new(reply)?;
+        let mut reply = Reply::new(reply)?;
         let batch = match reply.status()? {
             "ok" => {
                 let last_id = reply.int(1)? as u64;
@@ -719,15 +724,17 @@ impl Reader {
                 };
                 let first = reply.int(3)? as u64;
                 let entries = reply
-                    .strings(4)?
+                    .take_strings(4)?
                     .into_iter()
                     .zip(first..)
-                    .map(|(value, id)| {
-                        let (kind, body) =
-                            value.split_once(' ').ok_or_else(|| unexpected(&value))?;
+                    .map(|(mut value, id)| {
+                        // `<type> <envelope>`: the type is cut off the front in place, so the
+                        // envelope keeps the bytes Redis sent.
+                        let space = value.find(' ').ok_or_else(|| unexpected(&value))?;
+                        let kind: String = value.drain(..=space).collect();
                         Ok(Entry {
                             id,
-                            message: EncodedMessage::stored(kind, body.to_owned()),
+                            message: EncodedMessage::stored(kind.trim_end(), value),
                         })
                     })
                     .collect::<ApiResult<Vec<_>>>()?;
@@ -756,8 +763,8 @@ impl Reader {
                 inner
                     .scripts
                     .ack
-                    .key(inner.keys.peers(&self.room))
-                    .arg(self.peer.to_string())
+                    .key(&self.peers_key)
+                    .arg(&self.peer_arg)
                     .arg(ack)
                     .arg(inner.limits.replay_window),
             )
@@ -904,6 +911,22 @@ impl Reply {
                 .collect(),
             other => Err(unexpected(&format!("{other:?}"))),
         }
+    }
+
+    /// [`strings`](Self::strings), moving the bytes out of the reply instead of copying them.
+    fn take_strings(&mut self, index: usize) -> ApiResult<Vec<String>> {
+        let Some(Value::Array(items)) = self.0.get_mut(index) else {
+            return Err(unexpected("a reply without the expected array"));
+        };
+        std::mem::take(items)
+            .into_iter()
+            .map(|item| match item {
+                Value::BulkString(bytes) => {
+                    String::from_utf8(bytes).map_err(|_| unexpected("bytes"))
+                }
+                other => Err(unexpected(&format!("{other:?}"))),
+            })
+            .collect()
     }
 
     fn departures(&self, index: usize) -> ApiResult<Vec<Departure>> {
