@@ -1,11 +1,13 @@
 //! Wake-ups over Redis pub/sub: one subscriber connection per instance, shared by every reader
 //! on it, with a local `watch` per channel that fans a wake-up out to that mailbox's readers.
 //!
-//! One task owns the connection and performs every SUBSCRIBE and UNSUBSCRIBE in the order the
-//! readers asked for them (the decision to unsubscribe is taken under the same lock as a new
-//! reader's registration, so an unsubscribe can never overtake a later subscribe). A reader's
-//! `subscribe` returns once Redis has confirmed the subscription, so anything appended after
-//! the reader's next read is published to it. When the connection drops (Redis restarted,
+//! One task owns the connection and performs every SUBSCRIBE and UNSUBSCRIBE, one after the
+//! other. A reader's `subscribe` returns once Redis has confirmed the subscription (at once if
+//! it already was), so anything appended after the reader's next read is published to it. A
+//! channel whose last reader went stays subscribed for a while ([`LINGER`]): a long-polling
+//! peer asks again right after each answer. The task unsubscribes the channels that lingered
+//! long enough, having removed them from the map under its lock, so that a reader arriving
+//! after that asks for a new subscription, which the task performs after the unsubscribe. When the connection drops (Redis restarted,
 //! `CLIENT KILL TYPE pubsub`), the task reconnects, subscribes again to every channel, and
 //! wakes every reader, who reads its mailbox again: wake-ups lost in between delay nothing
 //! further and lose nothing. A periodic PING finds a connection that died silently.
@@ -18,7 +20,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::select;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{sleep, timeout};
+use tokio::time::{sleep, timeout, Instant};
 
 use crate::error::{ApiResult, Error};
 use crate::logging;
@@ -33,6 +35,10 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 const PATIENCE: Duration = Duration::from_secs(2);
 /// Wait between reconnection attempts: short, since readers wait on it.
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+/// How long a channel with no reader stays subscribed: a long-poll's next request comes within
+/// a round trip of its answer, and re-subscribing for each would cost two round trips per poll
+/// on the instance's one subscriber connection.
+const LINGER: Duration = Duration::from_secs(10);
 
 pub struct Wakeups {
     /// Channel name → its local fan-out. A `parking_lot::Mutex`: held for a map update, never
@@ -47,18 +53,25 @@ struct Channel {
     wake: watch::Sender<u64>,
     /// Subscriptions alive for this channel on this instance.
     readers: usize,
+    /// Whether Redis has confirmed the subscription: a reader that finds it so needs no round
+    /// trip of its own.
+    confirmed: bool,
+    /// When the last reader went; the channel stays subscribed for [`LINGER`] after, since a
+    /// long-polling peer asks again at once.
+    idle_since: Option<Instant>,
 }
 
-enum Command {
-    Subscribe(String, oneshot::Sender<bool>),
-    Unsubscribe(String),
+/// A reader's request for a subscription, answered once Redis confirmed it (or could not).
+struct Command {
+    channel: String,
+    confirm: oneshot::Sender<bool>,
 }
 
-/// A reader's hold on its channel; the last one dropped unsubscribes.
+/// A reader's hold on its channel; once the last one is dropped, the channel is unsubscribed
+/// after [`LINGER`] unless a reader comes back.
 pub struct Subscription {
     channel: String,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
-    commands: mpsc::UnboundedSender<Command>,
 }
 
 impl Drop for Subscription {
@@ -69,10 +82,8 @@ impl Drop for Subscription {
         };
         entry.readers -= 1;
         if entry.readers == 0 {
-            channels.remove(&self.channel);
-            let _ = self
-                .commands
-                .send(Command::Unsubscribe(std::mem::take(&mut self.channel)));
+            // Unsubscribed later, by the connection's task, if no reader comes back.
+            entry.idle_since = Some(Instant::now());
         }
     }
 }
@@ -94,28 +105,71 @@ impl Wakeups {
             let entry = channels.entry(channel.clone()).or_insert_with(|| Channel {
                 wake: watch::channel(0).0,
                 readers: 0,
+                confirmed: false,
+                idle_since: None,
             });
             entry.readers += 1;
-            let (confirm, confirmed) = oneshot::channel();
-            let _ = self
-                .commands
-                .send(Command::Subscribe(channel.clone(), confirm));
-            (entry.wake.subscribe(), confirmed)
+            entry.idle_since = None;
+            let command = (!entry.confirmed).then(|| {
+                let (confirm, confirmed) = oneshot::channel();
+                let _ = self.commands.send(Command {
+                    channel: channel.clone(),
+                    confirm,
+                });
+                confirmed
+            });
+            (entry.wake.subscribe(), command)
         };
         let subscription = Subscription {
-            channel,
+            channel: channel.clone(),
             channels: Arc::clone(&self.channels),
-            commands: self.commands.clone(),
         };
-        let confirmed = matches!(timeout(PATIENCE, command).await, Ok(Ok(true)));
-        inner.metrics.store_round_trip(!confirmed);
-        if !confirmed {
-            return Err(Error::StoreUnavailable);
+        if let Some(command) = command {
+            let confirmed = matches!(timeout(PATIENCE, command).await, Ok(Ok(true)));
+            inner.metrics.store_round_trip(!confirmed);
+            if !confirmed {
+                return Err(Error::StoreUnavailable);
+            }
+            if let Some(entry) = self.channels.lock().get_mut(&channel) {
+                entry.confirmed = true;
+            }
         }
         Ok(Wake {
             receiver,
             _subscription: Some(subscription),
         })
+    }
+
+    /// Forgets the channels that have had no reader for [`LINGER`], returning their names to
+    /// unsubscribe from (the caller, the connection's task, does so in order).
+    fn expired(&self, now: Instant) -> Vec<String> {
+        let mut channels = self.channels.lock();
+        let expired: Vec<String> = channels
+            .iter()
+            .filter(|(_, entry)| {
+                entry
+                    .idle_since
+                    .is_some_and(|since| now.duration_since(since) >= LINGER)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &expired {
+            channels.remove(name);
+        }
+        expired
+    }
+
+    /// After a reconnection: no subscription is confirmed until the new connection confirms it.
+    fn unconfirm_all(&self) {
+        for entry in self.channels.lock().values_mut() {
+            entry.confirmed = false;
+        }
+    }
+
+    fn confirm_all(&self) {
+        for entry in self.channels.lock().values_mut() {
+            entry.confirmed = true;
+        }
     }
 
     /// Wakes the readers of `channel` on this instance.
@@ -149,9 +203,7 @@ pub fn spawn(client: redis::Client, inner: Arc<Inner>, mut shutdown: rocket::Shu
             let Ok(Ok(pubsub)) = connection else {
                 // Readers asking now are told at once that the store is unavailable.
                 while let Ok(command) = commands.try_recv() {
-                    if let Command::Subscribe(_, confirm) = command {
-                        let _ = confirm.send(false);
-                    }
+                    let _ = command.confirm.send(false);
                 }
                 select! {
                     _ = sleep(RECONNECT_DELAY) => continue,
@@ -159,6 +211,7 @@ pub fn spawn(client: redis::Client, inner: Arc<Inner>, mut shutdown: rocket::Shu
                 }
             };
             let (mut sink, mut messages) = pubsub.split();
+            inner.wakeups.unconfirm_all();
             let channels: Vec<String> = inner.wakeups.channels.lock().keys().cloned().collect();
             if !channels.is_empty()
                 && !matches!(
@@ -168,6 +221,7 @@ pub fn spawn(client: redis::Client, inner: Arc<Inner>, mut shutdown: rocket::Shu
             {
                 continue;
             }
+            inner.wakeups.confirm_all();
             if connected_before {
                 inner.metrics.store_reconnected();
                 logging::info(format_args!(
@@ -184,15 +238,10 @@ pub fn spawn(client: redis::Client, inner: Arc<Inner>, mut shutdown: rocket::Shu
                 select! {
                     command = commands.recv() => match command {
                         None => return,
-                        Some(Command::Subscribe(channel, confirm)) => {
+                        Some(Command { channel, confirm }) => {
                             let done = matches!(timeout(PATIENCE, sink.subscribe(&channel)).await, Ok(Ok(())));
                             let _ = confirm.send(done);
                             if !done { break; }
-                        }
-                        Some(Command::Unsubscribe(channel)) => {
-                            if !matches!(timeout(PATIENCE, sink.unsubscribe(&channel)).await, Ok(Ok(()))) {
-                                break;
-                            }
                         }
                     },
                     message = messages.next() => match message {
@@ -203,6 +252,12 @@ pub fn spawn(client: redis::Client, inner: Arc<Inner>, mut shutdown: rocket::Shu
                         None => break,
                     },
                     _ = ping.tick() => {
+                        let expired = inner.wakeups.expired(Instant::now());
+                        if !expired.is_empty()
+                            && !matches!(timeout(PATIENCE, sink.unsubscribe(&expired)).await, Ok(Ok(())))
+                        {
+                            break;
+                        }
                         // Any reply will do: with subscriptions, Redis answers ["pong", ""], not
                         // the "PONG" a String would parse.
                         let pong: Result<Result<redis::Value, _>, _> = timeout(PATIENCE, sink.ping()).await;
@@ -212,6 +267,8 @@ pub fn spawn(client: redis::Client, inner: Arc<Inner>, mut shutdown: rocket::Shu
                 }
             }
             logging::warn(format_args!("redis: wake-up connection lost; reconnecting"));
+            // Readers that come now must wait for the new connection's confirmation.
+            inner.wakeups.unconfirm_all();
             // Readers wake now and read again (the store may be gone: they end and their
             // clients reconnect), and again once the connection is back.
             inner.wakeups.wake_all();
