@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The in-memory store before and after a change, in one run: two server binaries, BEFORE and
 # AFTER, measured alternately (A B A B …) on the same shapes, so that the machine's drift falls
-# on both alike. The generator is this tree's. docs/BENCHMARKS.md, "The store seam", has the
+# on both alike, and each run also reports the server's own CPU time per delivered message
+# (user + system, from /proc), which other load on the machine disturbs far less than
+# throughput. The generator is this tree's. docs/BENCHMARKS.md, "The store seam", has the
 # figures.
 #
 #   bash benches/compare.sh BEFORE_BINARY [ROUNDS] [OUT]
@@ -26,10 +28,14 @@ measure() {
   ROCKET_CONFIG=$config ROCKET_PROFILE=bench "$binary" > "$OUT/server.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 50); do curl -sf http://127.0.0.1:8000/healthz >/dev/null && break; sleep 0.1; done
+  local ticks_before ticks_after
+  ticks_before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   "$BENCH" "$@" --json > "$OUT/$name-$label.json" 2>/dev/null
+  ticks_after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  jq -r --arg l "$label" --arg n "$name" \
-    '"\($n) \($l) delivered/s \(.results.delivered_per_s) p50 \(.latency_ms.p50) p99 \(.latency_ms.p99) lost \(.lost) dup \(.duplicated)"' \
+  jq -r --arg l "$label" --arg n "$name" --argjson ticks "$((ticks_after - ticks_before))" \
+    --argjson hz "$(getconf CLK_TCK)" \
+    '"\($n) \($l) delivered/s \(.results.delivered_per_s) p50 \(.latency_ms.p50) p99 \(.latency_ms.p99) lost \(.lost) dup \(.duplicated) server-cpu-us/msg \((($ticks / $hz) * 1e6 / .results.delivered_total * 100 | round) / 100)"' \
     "$OUT/$name-$label.json"
 }
 
