@@ -1117,3 +1117,30 @@ async fn a_reservation_whose_join_never_came_is_forgotten() {
     })
     .await;
 }
+
+/// `redis+unix://` works as `redis://` does: an instance on Redis's unix socket and one on its
+/// TCP port, sharing a prefix, relay to each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_on_the_unix_socket_shares_rooms_with_one_on_tcp() {
+    if !external::can_run(
+        "an_instance_on_the_unix_socket_shares_rooms_with_one_on_tcp",
+        Redis::available(),
+    ) {
+        return;
+    }
+    let redis = Redis::start();
+    let settings = |url: String| json!({"redis_url": url, "redis_prefix": "unix"});
+    let over_tcp = Server::with(settings(redis.url())).await;
+    let over_unix = Server::with(settings(redis.unix_url())).await;
+    let alice = over_unix.join("sockets", "alice").await;
+    let bob = over_tcp.join("sockets", "bob").await;
+    let mut alice_events = alice.events(None).await;
+    bob.send_ok(json!({"type": "offer", "to": alice.id, "data": 1}))
+        .await;
+    assert_eq!(alice_events.next_message().await["type"], "join");
+    let offer = alice_events.next_message().await;
+    assert_eq!(
+        (offer["type"].as_str(), offer["from"].as_str()),
+        (Some("offer"), Some(bob.id.as_str()))
+    );
+}

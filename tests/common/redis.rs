@@ -38,6 +38,7 @@ impl Redis {
 
     /// A new, empty server on `port` (a restart of one that was stopped).
     pub fn start_on(port: u16) -> Redis {
+        let socket = Redis::socket(port);
         let mut child = Command::new("sh")
             .args([
                 "-c",
@@ -47,6 +48,8 @@ impl Redis {
                 &port.to_string(),
                 "--bind",
                 "127.0.0.1",
+                "--unixsocket",
+                &socket,
                 "--save",
                 "",
                 "--appendonly",
@@ -67,6 +70,19 @@ impl Redis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The same server through its unix socket.
+    pub fn unix_url(&self) -> String {
+        format!("redis+unix://{}", Redis::socket(self.port))
+    }
+
+    /// The unix socket of the server on `port`: one per port, so never shared by two servers.
+    fn socket(port: u16) -> String {
+        format!(
+            "{}/signpost-redis-{port}.sock",
+            std::env::temp_dir().display()
+        )
     }
 
     /// Runs `redis-cli` against this server and returns its output.
