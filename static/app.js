@@ -85,6 +85,8 @@ window.signpostApp = {
   inboundStats: (peerId) => inboundStats(app.links.get(peerId)),
   /** How many times this page rejoined after the server forgot it. */
   rejoins: () => app.rejoins ?? 0,
+  /** How many `resume` messages this page refused (a bad signature, or nobody it knows). */
+  refusedResumes: () => app.refusedResumes ?? 0,
 };
 
 // ---- joining ----
@@ -301,12 +303,13 @@ async function onRejoined({ peerId, peers }) {
  */
 async function onResume({ from, data }) {
   if (from === app.client.peerId) return;
-  if (!(await verifyResume(data?.key, data?.signature, from))) {
-    console.warn(`signpost: a resume from ${from} does not verify; ignored`);
-    return;
-  }
+  const refuse = (why) => {
+    app.refusedResumes = (app.refusedResumes ?? 0) + 1;
+    console.warn(`signpost: a resume from ${from} ${why}; ignored`);
+  };
+  if (!(await verifyResume(data?.key, data?.signature, from))) return refuse("does not verify");
   const matches = [...app.links.values()].filter((link) => sameKey(link.peerKey, data.key));
-  if (matches.length !== 1) return;
+  if (matches.length !== 1) return refuse("names no connection of ours");
   const [link] = matches;
   if (link.id !== from) {
     // A connection started with `from` before its proof arrived is a duplicate of this one.

@@ -404,3 +404,180 @@ async fn a_forgotten_page_rejoins_as_itself() {
     assert_channels_stayed_open(&bob, "Bob", 1).await;
     chromium.close().await;
 }
+
+/// A participant that takes no part in the call: joins over HTTP and keeps polling its mailbox
+/// (so that the server keeps it), to see what others broadcast and to send what it likes.
+struct Stranger {
+    server: String,
+    room: String,
+    token: String,
+    messages: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    poller: tokio::task::JoinHandle<()>,
+    http: reqwest::Client,
+}
+
+impl Stranger {
+    async fn join(server: &Signpost, room: &str) -> Stranger {
+        let http = reqwest::Client::new();
+        let joined: Value = http
+            .post(server.url(&format!("/api/rooms/{room}/peers")))
+            .json(&json!({"name": "Mallory"}))
+            .send()
+            .await
+            .expect("a join")
+            .json()
+            .await
+            .expect("a join response");
+        let token = joined["token"].as_str().expect("a token").to_owned();
+        let poll_url = server.url(joined["poll_url"].as_str().expect("a poll url"));
+        let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
+        let poller = {
+            let (http, token) = (http.clone(), token.clone());
+            tokio::spawn(async move {
+                let mut after = 0;
+                loop {
+                    let body: Value = http
+                        .get(format!("{poll_url}?after={after}&wait=1"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                        .expect("a poll")
+                        .json()
+                        .await
+                        .expect("a poll response");
+                    after = body["last_id"].as_u64().expect("last_id");
+                    for message in body["messages"].as_array().expect("messages") {
+                        let _ = tx.send(message.clone());
+                    }
+                }
+            })
+        };
+        Stranger {
+            server: server.url(""),
+            room: room.to_owned(),
+            token,
+            messages,
+            poller,
+            http,
+        }
+    }
+
+    /// Waits for the next message of type `kind`, skipping others.
+    async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let message = tokio::time::timeout(chrome::PAGE_DEADLINE, self.messages.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {kind} within {:?}", chrome::PAGE_DEADLINE))
+                .expect("the poller runs");
+            if message["type"] == kind {
+                return message;
+            }
+        }
+    }
+
+    /// Sends one message of type `kind` to `to`, and asserts that the server accepted it.
+    async fn send(&self, kind: &str, data: Value, to: &str) {
+        let status = self
+            .http
+            .post(format!("{}/api/rooms/{}/messages", self.server, self.room))
+            .bearer_auth(&self.token)
+            .json(&json!([{"type": kind, "data": data, "to": to}]))
+            .send()
+            .await
+            .expect("a send")
+            .status();
+        assert_eq!(status, 202);
+    }
+}
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
+/// Nobody takes over another participant's place: a stranger in the room who saw Alice's
+/// `resume` (after she rejoined) replays it to Bob, and then sends one with Alice's key and a
+/// forged signature. Bob refuses both and still lists exactly Alice, on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_can_take_over_a_participant() {
+    let Some(chromium) = Chromium::launch("nobody_can_take_over_a_participant").await else {
+        return;
+    };
+    let server = Signpost::start("peer_timeout_secs=2.0");
+    let room = "takeover";
+    let cable = Cable::to(&server).await;
+    let alice = chromium
+        .open(&cable.url(&format!("/?room={room}&name=Alice&media=none")))
+        .await;
+    let alice_id = alice.peer_id().await;
+    let (bob, bob_id) = open_page(&chromium, &server, room, "Bob").await;
+    wait_exactly(&bob, std::slice::from_ref(&alice_id)).await;
+    let mut mallory = Stranger::join(&server, room).await;
+
+    // Alice is forgotten and rejoins; her `resume` reaches everyone, Mallory included.
+    cable.set_cut(true);
+    server.wait_room(room, 2, Duration::from_secs(20)).await;
+    cable.set_cut(false);
+    let resume = mallory.next_of("resume").await;
+    let alice_now = resume["from"].as_str().expect("from").to_owned();
+    wait_exactly(&bob, std::slice::from_ref(&alice_now)).await;
+    let refused_before = bob.eval("signpostApp.refusedResumes()").await;
+
+    // The replay: Alice's proof, sent by Mallory. The server says it is from Mallory.
+    mallory
+        .send("resume", resume["data"].clone(), &bob_id)
+        .await;
+    // A forgery: Alice's public key with a signature Mallory made up.
+    let mut forged = resume["data"].clone();
+    forged["signature"] = json!("AAAA".repeat(21));
+    mallory.send("resume", forged, &bob_id).await;
+
+    let refused = bob
+        .wait_for(
+            "Bob refusing both",
+            &format!("signpostApp.refusedResumes() - {refused_before} >= 2 && signpostApp.refusedResumes()"),
+        )
+        .await;
+    assert_eq!(
+        refused.as_u64().unwrap() - refused_before.as_u64().unwrap(),
+        2
+    );
+    wait_exactly(&bob, std::slice::from_ref(&alice_now)).await;
+    chat(&alice, &bob, "Alice, still herself").await;
+    let log = bob.eval("signpostApp.chatLog()").await;
+    let last = &log.as_array().expect("a log").last().expect("a message")["from"];
+    assert_eq!(last, &json!(alice_now), "Bob credits Alice, not Mallory");
+    chromium.close().await;
+}
+
+/// A peer whose tab closed without its leave beacon (as Firefox sometimes does) is shown gone at
+/// once, long before the server's peer timeout, because its data channel closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_peer_is_shown_gone_at_once() {
+    let Some(chromium) = Chromium::launch("a_vanished_peer_is_shown_gone_at_once").await else {
+        return;
+    };
+    let server = Signpost::start("");
+    let room = "vanish";
+    let (alice, alice_id) = open_page(&chromium, &server, room, "Alice").await;
+    let (bob, bob_id) = open_page(&chromium, &server, room, "Bob").await;
+    wait_exactly(&alice, std::slice::from_ref(&bob_id)).await;
+    wait_exactly(&bob, std::slice::from_ref(&alice_id)).await;
+
+    // No beacon: the server keeps Bob for its 30 s peer timeout.
+    bob.eval("navigator.sendBeacon = () => true").await;
+    let closed = Instant::now();
+    bob.page.close().await.expect("Bob's tab closes");
+    alice
+        .wait_for("Bob gone", "signpostApp.peers().length === 0")
+        .await;
+    println!("Bob shown gone after {:?}", closed.elapsed());
+    assert!(closed.elapsed() < Duration::from_secs(10), "promptly");
+    assert_eq!(
+        server.room_peers(room).await.len(),
+        2,
+        "the server still lists Bob: the page did not learn it from a leave"
+    );
+    chromium.close().await;
+}
