@@ -38,11 +38,13 @@ const DEFAULTS = {
   /** How long send() waits to gather messages sent together (trickle ICE) into one POST. */
   batchDelayMs: 10,
   /**
-   * Reconnect and rejoin backoff (full jitter: a random wait up to min(cap, min * 2^n)): first
-   * ceiling, cap, and the shortest poll wait worth trying. The cap bounds how long a page waits
-   * after the server is back; the jitter spreads thousands of pages returning at once.
+   * Reconnect and rejoin backoff (full jitter: a random wait up to min(cap, first * 2^(n-1))):
+   * the first ceiling, the cap, and the shortest poll wait worth trying. A first ceiling of 1 s
+   * spreads the pages of a restarted server over a second: with 250 ms, 2,000 of them made its
+   * joins wait 0.5 s (p99); with 1 s, 4 ms (docs/BENCHMARKS.md, "Reconnect storm"). The cap
+   * bounds how long a page waits once the server is back.
    */
-  backoffMinMs: 250,
+  backoffMinMs: 1000,
   backoffMaxMs: 4000,
   minPollWaitSecs: 2,
   /** Base URL of the server; the page's own origin by default. */
