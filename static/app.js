@@ -280,10 +280,11 @@ async function announceResume(to, reply) {
  * This page rejoined under a new peer id, its connections intact: proves to the room who it is,
  * and connects to the listed peers that do not prove to be ones it knows within the grace.
  */
-async function onRejoined({ peerId, peers }) {
+async function onRejoined({ peerId, previousPeerId, peers }) {
   showError("The server lost track of this page (a restart?); rejoined the room, connections kept.");
   for (const link of app.links.values()) link.polite = peerId < link.id;
-  await announceResume(null, false);
+  // Resumed under the same id (the server's resume credential): nobody needs telling.
+  if (peerId !== previousPeerId) await announceResume(null, false);
   const strangers = peers.filter((peer) => !app.links.has(peer.peer_id));
   for (const peer of strangers) app.names.set(peer.peer_id, peer.name ?? null);
   const grace = app.links.size > 0 ? RESUME_GRACE_MS : 0;

@@ -19,8 +19,9 @@
 // Outages: while the server cannot be reached the client keeps trying, with exponential backoff
 // and full jitter (capped), honouring `Retry-After`; it never gives up while the page is open.
 // When the server has forgotten this peer (a restart, or a timeout while it was cut off), it
-// joins the room again by itself, with the same name, meta and join token, and emits `rejoined`
-// with the new peer id. Peer connections are the page's and are never touched: a page that
+// joins the room again by itself, with the same name, meta and join token (and the resume
+// credential, which brings back the same peer id where the server has a `resume_secret`), and
+// emits `rejoined` with its peer id, new or the same. Peer connections are the page's and are never touched: a page that
 // wants the others to recognise it after a rejoin follows docs/PROTOCOL.md, section 7.
 
 /** Message types the server itself emits. */
@@ -495,12 +496,18 @@ export class Signpost {
       let response = null;
       let body = {};
       try {
-        response = await joinRequest(this.room, this.settings);
+        response = await joinRequest(this.room, this.settings, this.joined.resume);
         body = await response.json().catch(() => ({}));
       } catch (networkError) {
         response = null;
       }
       if (this.closed) return;
+      if (RESUME_REFUSED.has(body.error)) {
+        // The credential cannot bring this peer id back (no secret on this server now, or the
+        // old peer is still there): join as a new peer at once; the pages re-pair by key.
+        this.joined = { ...this.joined, resume: null };
+        continue;
+      }
       if (response?.status === 201) {
         this.adopt(body);
         this.unreachableSince = null;
@@ -593,9 +600,16 @@ const LOCAL_EVENTS = new Set(["reset", "transport", "status", "error", "closed",
 /** Error codes that mean the server no longer knows this peer: rejoin. */
 const FORGOTTEN = new Set(["peer_not_found", "room_not_found", "invalid_token"]);
 
-/** POST /api/rooms/{room}/peers with the name, meta and join token of `settings`. */
-function joinRequest(room, settings) {
+/** Join refusals of a resume credential, after which a plain join is the way back. */
+const RESUME_REFUSED = new Set(["resume_not_enabled", "invalid_resume", "peer_present"]);
+
+/**
+ * POST /api/rooms/{room}/peers with the name, meta and join token of `settings`, and `resume`
+ * (a resume credential from an earlier join response) when there is one.
+ */
+function joinRequest(room, settings, resume = null) {
   const body = {};
+  if (resume) body.resume = resume;
   if (settings.name) body.name = settings.name;
   if (settings.meta) body.meta = settings.meta;
   const headers = { "Content-Type": "application/json" };

@@ -221,8 +221,10 @@ async fn assert_channels_stayed_open(tab: &Tab, who: &str, peers: u64) {
 }
 
 /// The whole story of a deploy: two connected pages, the server stopped with SIGTERM for
-/// `down`, then started again on the same port.
+/// `down`, then started again on the same port. With a `resume_secret` in `settings` the pages
+/// come back under their old peer ids, otherwise under new ones.
 async fn call_survives_restart(test: &str, settings: &str, down: Duration) {
+    let same_ids = settings.contains("resume_secret");
     let Some(chromium) = Chromium::launch(test).await else {
         return;
     };
@@ -243,7 +245,7 @@ async fn call_survives_restart(test: &str, settings: &str, down: Duration) {
     server.start_again();
     let back = Instant::now();
 
-    // Both rejoin by themselves, with new peer ids (the server forgot everything).
+    // Both rejoin by themselves (the server forgot everything).
     let peers = server.wait_room(room, 2, BACK_WITHIN).await;
     println!("both pages back in the room after {:?}", back.elapsed());
     let alice_now = alice.peer_id().await;
@@ -254,7 +256,18 @@ async fn call_survives_restart(test: &str, settings: &str, down: Duration) {
         peers, expected,
         "the room holds the two pages, as they know themselves"
     );
-    assert_ne!(alice_now, alice_id, "a new peer id after the restart");
+    if same_ids {
+        assert_eq!(
+            alice_now, alice_id,
+            "the same peer id, by the resume credential"
+        );
+        assert_eq!(
+            bob_now, bob_id,
+            "the same peer id, by the resume credential"
+        );
+    } else {
+        assert_ne!(alice_now, alice_id, "a new peer id after the restart");
+    }
     // Each recognises the other under its new id: the same connection, no second tile.
     wait_exactly(&alice, std::slice::from_ref(&bob_now)).await;
     wait_exactly(&bob, std::slice::from_ref(&alice_now)).await;
@@ -299,6 +312,17 @@ async fn a_call_survives_an_outage_longer_than_the_peer_timeout() {
         "a_call_survives_an_outage_longer_than_the_peer_timeout",
         "peer_timeout_secs=2.0",
         Duration::from_secs(5),
+    )
+    .await;
+}
+
+/// With a `resume_secret`, the restarted server re-admits each page under its old peer id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_survives_a_restart_under_the_same_peer_ids() {
+    call_survives_restart(
+        "a_call_survives_a_restart_under_the_same_peer_ids",
+        "resume_secret=\"a-resume-secret-of-at-least-32-bytes\"",
+        Duration::ZERO,
     )
     .await;
 }
