@@ -11,7 +11,6 @@
 #[path = "common/browser.rs"]
 #[allow(dead_code)]
 mod chrome;
-#[allow(dead_code)]
 mod common;
 
 use std::io::{BufRead, BufReader};
