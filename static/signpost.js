@@ -11,8 +11,10 @@
 //   await client.leave();
 //
 // Receiving uses Server-Sent Events or long-polling (`transport: "auto" | "sse" | "poll"`). In
-// "auto" it starts on SSE and moves to long-polling for good when no `ready` event arrives within
-// `readyTimeoutMs` or the stream keeps failing: the signature of a proxy that buffers responses.
+// "auto" it starts on SSE and moves to long-polling when no `ready` event arrives within
+// `readyTimeoutMs`, or streams keep failing while the server answers: the signature of a proxy
+// that buffers responses. An unreachable server is not that signature; and after an outage
+// "auto" tries SSE again, in case the verdict was the outage's.
 // Either way it remembers the last message id it delivered and resumes after it, so a
 // reconnection loses nothing and repeats nothing.
 //
@@ -48,6 +50,11 @@ const DEFAULTS = {
   backoffMinMs: 1000,
   backoffMaxMs: 4000,
   minPollWaitSecs: 2,
+  /**
+   * How long a join, or the question "does the server still know me?", may take before it
+   * counts as unanswered: a server that hangs must not stall the way back.
+   */
+  requestTimeoutMs: 10000,
   /** Base URL of the server; the page's own origin by default. */
   baseUrl: "",
 };
@@ -398,6 +405,7 @@ export class Signpost {
         if (!current()) return;
         if (body) {
           failures = 0;
+          const afterOutage = this.unreachableSince !== null;
           this.unreachableSince = null;
           if (!connected) {
             connected = true;
@@ -406,6 +414,13 @@ export class Signpost {
           if (body.reset) this.onReset({ reason: body.reset_reason, last_id: body.last_id });
           for (const envelope of body.messages) this.deliver(envelope);
           if (body.reset || body.messages.length === 0) this.lastId = Math.max(this.lastId, body.last_id);
+          if (afterOutage && this.settings.transport === "auto" && this.sseBlocked) {
+            // Streaming was judged blocked, but the server has been away since: the verdict may
+            // have been the outage's. Try streaming again; a proxy that blocks it sends us back.
+            this.sseBlocked = false;
+            this.startReceiving();
+            return;
+          }
           continue;
         }
       }
@@ -455,7 +470,10 @@ export class Signpost {
     }
     let response = null;
     try {
-      response = await fetch(this.url(this.joined.leave_url), { cache: "no-store" });
+      response = await fetch(this.url(this.joined.leave_url), {
+        cache: "no-store",
+        signal: AbortSignal.timeout(this.settings.requestTimeoutMs),
+      });
     } catch (networkError) {
       response = null;
     }
@@ -509,6 +527,8 @@ export class Signpost {
         continue;
       }
       if (response?.status === 201) {
+        // As after any outage, "auto" tries streaming again (see startPoll).
+        if (this.unreachableSince !== null) this.sseBlocked = false;
         this.adopt(body);
         this.unreachableSince = null;
         this.emit("rejoined", { peerId: this.peerId, previousPeerId, peers: this.peers });
@@ -618,6 +638,7 @@ function joinRequest(room, settings, resume = null) {
     method: "POST",
     headers,
     body: JSON.stringify(body),
+    signal: AbortSignal.timeout(settings.requestTimeoutMs),
   });
 }
 

@@ -326,13 +326,24 @@ async fn a_call_survives_a_restart_under_the_same_peer_ids() {
     .await;
 }
 
-/// A TCP forwarder in front of the server that can cut a page's HTTP off (its open connections
-/// closed, new ones refused) and let it through again; the page's peer connections, which do
-/// not go through it, are untouched.
+/// What a [`Cable`] does with a page's connections.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Line {
+    /// Forwards them to the server.
+    Open,
+    /// Closes them at once, open ones included: the server is unreachable.
+    Cut,
+    /// Accepts them and never answers (open ones are closed): a server that hangs. They are
+    /// closed when the line changes.
+    Silent,
+}
+
+/// A TCP forwarder in front of the server that can cut a page's HTTP off or make it hang, and
+/// let it through again; the page's peer connections, which do not go through it, are
+/// untouched.
 struct Cable {
     port: u16,
-    /// Whether connections are cut; every connection task holds a receiver.
-    cut: tokio::sync::watch::Sender<bool>,
+    line: tokio::sync::watch::Sender<Line>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -343,37 +354,45 @@ impl Cable {
             .expect("bind");
         let port = listener.local_addr().expect("an address").port();
         let upstream = format!("127.0.0.1:{}", server.port);
-        let (cut, _) = tokio::sync::watch::channel(false);
+        let (line, _) = tokio::sync::watch::channel(Line::Open);
         let task = {
-            let cut = cut.clone();
+            let line = line.clone();
             tokio::spawn(async move {
                 while let Ok((mut client, _)) = listener.accept().await {
-                    let mut cut = cut.subscribe();
-                    if *cut.borrow() {
-                        continue; // dropped: the connection closes at once
-                    }
+                    let mut changes = line.subscribe();
+                    let now = *changes.borrow_and_update();
                     let upstream = upstream.clone();
                     tokio::spawn(async move {
-                        let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
-                            return;
-                        };
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                            _ = cut.wait_for(|cut| *cut) => {}
+                        match now {
+                            Line::Cut => {} // dropped: the connection closes at once
+                            Line::Silent => {
+                                let _ = changes.wait_for(|line| *line != Line::Silent).await;
+                            }
+                            Line::Open => {
+                                let Ok(mut server) =
+                                    tokio::net::TcpStream::connect(&upstream).await
+                                else {
+                                    return;
+                                };
+                                tokio::select! {
+                                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                    _ = changes.wait_for(|line| *line != Line::Open) => {}
+                                }
+                            }
                         }
                     });
                 }
             })
         };
-        Cable { port, cut, task }
+        Cable { port, line, task }
     }
 
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn set_cut(&self, cut: bool) {
-        self.cut.send_replace(cut);
+    fn set(&self, line: Line) {
+        self.line.send_replace(line);
     }
 }
 
@@ -381,6 +400,70 @@ impl Drop for Cable {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A page that fell back to long-polling because its server hung (no `ready` within 5 s looks
+/// like a buffering proxy) returns to SSE once the server answers again; one cut off from a
+/// server that is merely unreachable never leaves SSE at all. Neither was forgotten: the same
+/// peer id throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_returns_to_sse_after_an_outage() {
+    let Some(chromium) = Chromium::launch("a_page_returns_to_sse_after_an_outage").await else {
+        return;
+    };
+    let server = Signpost::start("");
+    let cable = Cable::to(&server).await;
+    let alice = chromium
+        .open(&cable.url("/?room=outage&name=Alice&media=none&transport=auto"))
+        .await;
+    let alice_id = alice.peer_id().await;
+    alice
+        .wait_for("streaming", "signpostApp.transport() === 'sse'")
+        .await;
+    alice
+        .eval(
+            "(() => { window.transports = []; setInterval(() => { const t = signpostApp.transport(); \
+             if (window.transports[window.transports.length - 1] !== t) window.transports.push(t); }, 20); })()",
+        )
+        .await;
+
+    // Unreachable for 8 s: several failed streams, none of them a sign of a blocking proxy.
+    cable.set(Line::Cut);
+    tokio::time::sleep(Duration::from_secs(8)).await; // the outage itself
+    cable.set(Line::Open);
+    alice
+        .wait_for(
+            "streaming again",
+            "signpostApp.transport() === 'sse' && signpostApp.rejoins() === 0",
+        )
+        .await;
+    assert_eq!(
+        alice.eval("window.transports").await,
+        json!(["sse"]),
+        "never polled"
+    );
+
+    // A server that hangs: the stream gets no `ready`, so the page moves to long-polling...
+    cable.set(Line::Silent);
+    alice
+        .wait_for(
+            "falling back to polling",
+            "signpostApp.transport() === 'poll'",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // hanging a while longer
+                                                      // ...and once the server answers again, back to SSE, as the same peer.
+    cable.set(Line::Open);
+    alice
+        .wait_for("back on SSE", "signpostApp.transport() === 'sse'")
+        .await;
+    assert_eq!(
+        alice.eval("window.transports").await,
+        json!(["sse", "poll", "sse"])
+    );
+    assert_eq!(alice.eval("signpostApp.peerId()").await, json!(alice_id));
+    assert_eq!(alice.eval("signpostApp.rejoins()").await, json!(0));
+    chromium.close().await;
 }
 
 /// A page the server forgot (it timed out while its HTTP was cut off, its peer connection
@@ -403,11 +486,11 @@ async fn a_forgotten_page_rejoins_as_itself() {
     wait_exactly(&bob, std::slice::from_ref(&alice_id)).await;
     sample_channels(&bob).await;
 
-    cable.set_cut(true);
+    cable.set(Line::Cut);
     // The server times Alice out; Bob hears `leave` but keeps the working connection.
     server.wait_room(room, 1, Duration::from_secs(20)).await;
     chat(&bob, &alice, "Bob, while Alice is cut off").await;
-    cable.set_cut(false);
+    cable.set(Line::Open);
 
     let peers = server.wait_room(room, 2, BACK_WITHIN).await;
     let alice_now = alice
@@ -539,9 +622,9 @@ async fn nobody_can_take_over_a_participant() {
     let mut mallory = Stranger::join(&server, room).await;
 
     // Alice is forgotten and rejoins; her `resume` reaches everyone, Mallory included.
-    cable.set_cut(true);
+    cable.set(Line::Cut);
     server.wait_room(room, 2, Duration::from_secs(20)).await;
-    cable.set_cut(false);
+    cable.set(Line::Open);
     let resume = mallory.next_of("resume").await;
     let alice_now = resume["from"].as_str().expect("from").to_owned();
     wait_exactly(&bob, std::slice::from_ref(&alice_now)).await;
