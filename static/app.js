@@ -155,7 +155,11 @@ async function main() {
   // A newcomer's connection starts with its offer (it offers, the others wait), so a `join`
   // only notes the name: a participant who rejoined proves who it is (`resume`) instead of
   // offering, and must not get a second tile meanwhile.
-  client.on("join", afterMedia(({ data }) => app.names.set(data.peer_id, data.name ?? null)));
+  client.on("join", afterMedia(({ data }) => {
+    app.names.set(data.peer_id, data.name ?? null);
+    // Back under the same id (a resume credential): the connection we kept is its again.
+    app.links.get(data.peer_id)?.adopted();
+  }));
   client.on("leave", afterMedia(({ data }) => {
     const link = app.links.get(data.peer_id);
     if (!link) return;
@@ -659,6 +663,13 @@ class Link {
     this.badge.textContent = "reconnecting to the server…";
     clearTimeout(this.orphanTimer);
     this.orphanTimer = setTimeout(() => this.vanish("did not come back to the room"), ORPHAN_GRACE_MS);
+  }
+
+  /** The server lists this peer again (it rejoined under its id): no longer an orphan. */
+  adopted() {
+    clearTimeout(this.orphanTimer);
+    this.orphanTimer = null;
+    this.renderTile();
   }
 
   /** This connection's peer proved to be `id` now (it rejoined): the same tile, a new id. */

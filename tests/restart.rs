@@ -471,10 +471,35 @@ async fn a_page_returns_to_sse_after_an_outage() {
 /// meanwhile and re-pairs it to the new peer id, with no second tile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forgotten_page_rejoins_as_itself() {
-    let Some(chromium) = Chromium::launch("a_forgotten_page_rejoins_as_itself").await else {
+    forgotten_page_rejoins(
+        "a_forgotten_page_rejoins_as_itself",
+        "peer_timeout_secs=2.0",
+    )
+    .await;
+}
+
+/// The same with a `resume_secret`: the page comes back under its old peer id, and the other
+/// page, which heard it leave (timed out), keeps the connection for good, not only for the
+/// grace it gives an orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_page_resumes_its_peer_id() {
+    forgotten_page_rejoins(
+        "a_forgotten_page_resumes_its_peer_id",
+        "peer_timeout_secs=2.0,resume_secret=\"a-resume-secret-of-at-least-32-bytes\"",
+    )
+    .await;
+}
+
+/// How long the page keeps a working connection whose peer the server reported gone (app.js,
+/// ORPHAN_GRACE_MS), and a margin.
+const ORPHAN_GRACE: Duration = Duration::from_secs(22);
+
+async fn forgotten_page_rejoins(test: &str, settings: &str) {
+    let Some(chromium) = Chromium::launch(test).await else {
         return;
     };
-    let server = Signpost::start("peer_timeout_secs=2.0");
+    let same_id = settings.contains("resume_secret");
+    let server = Signpost::start(settings);
     let room = "forgotten";
     let cable = Cable::to(&server).await;
     let alice = chromium
@@ -492,21 +517,25 @@ async fn a_forgotten_page_rejoins_as_itself() {
     chat(&bob, &alice, "Bob, while Alice is cut off").await;
     cable.set(Line::Open);
 
-    let peers = server.wait_room(room, 2, BACK_WITHIN).await;
-    let alice_now = alice
-        .wait_for(
-            "Alice's new peer id",
-            &format!(
-                "signpostApp.peerId() !== {} && signpostApp.peerId()",
-                json!(alice_id)
-            ),
-        )
+    alice
+        .wait_for("Alice rejoining", "signpostApp.rejoins() === 1")
         .await;
-    let alice_now = alice_now.as_str().expect("a peer id").to_owned();
+    let peers = server.wait_room(room, 2, BACK_WITHIN).await;
+    let alice_now = alice.peer_id().await;
+    assert_eq!(
+        alice_now == alice_id,
+        same_id,
+        "a new peer id unless resumed"
+    );
     assert!(peers.contains(&alice_now) && peers.contains(&bob_id));
     wait_exactly(&bob, std::slice::from_ref(&alice_now)).await;
     wait_exactly(&alice, std::slice::from_ref(&bob_id)).await;
     chat(&alice, &bob, "Alice, back as herself").await;
+    if same_id {
+        // Nothing to await: what must not happen is Bob dropping Alice when the grace ends.
+        tokio::time::sleep(ORPHAN_GRACE).await;
+        wait_exactly(&bob, std::slice::from_ref(&alice_now)).await;
+    }
     assert_channels_stayed_open(&bob, "Bob", 1).await;
     chromium.close().await;
 }
