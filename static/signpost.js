@@ -23,8 +23,9 @@
 // When the server has forgotten this peer (a restart, or a timeout while it was cut off), it
 // joins the room again by itself, with the same name, meta and join token (and the resume
 // credential, which brings back the same peer id where the server has a `resume_secret`), and
-// emits `rejoined` with its peer id, new or the same. Peer connections are the page's and are never touched: a page that
-// wants the others to recognise it after a rejoin follows docs/PROTOCOL.md, section 7.
+// emits `rejoined` with its peer id, new or the same. Peer connections are the page's and are
+// never touched: a page that wants the others to recognise it under a new peer id follows
+// docs/PROTOCOL.md, section 7.
 
 /** Message types the server itself emits. */
 const SERVER_TYPES = ["join", "leave"];
@@ -67,7 +68,8 @@ const DEFAULTS = {
  * - `status`: `fn({connected, detail})` as the receiving side connects and disconnects;
  * - `error`: `fn({code, message})` for failures a person may want to see;
  * - `rejoined`: `fn({peerId, previousPeerId, peers})` after the server forgot this peer and the
- *   client joined the room again by itself: `peerId` is the new id, `peers` those in the room;
+ *   client joined the room again by itself: `peerId` is its id now (new, or the same when the
+ *   server took its resume credential), `peers` those in the room;
  * - `closed`: `fn({reason})` when the client stops for good (left, or a rejoin was refused, e.g.
  *   because the join token expired).
  */
@@ -110,8 +112,8 @@ export class Signpost {
     this.rejoining = null;
     /**
      * Set in "auto" once streaming is shown not to work while the server answers (a proxy
-     * buffers it): from then on this client long-polls, rejoins included. An unreachable
-     * server never sets it.
+     * buffers it): from then on this client long-polls, until an outage makes the verdict
+     * doubtful (see startPoll). An unreachable server never sets it.
      */
     this.sseBlocked = false;
     /** When the server was first found unreachable in the current outage (ms), or null. */
