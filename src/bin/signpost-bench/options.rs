@@ -325,4 +325,23 @@ mod tests {
         );
         assert!(parse("relay --duration 99999").is_err(), "unbounded run");
     }
+
+    /// A storm has 2,000 peers unless told otherwise, and runs the server binary that sits
+    /// next to the generator unless given another.
+    #[test]
+    fn a_storm_defaults_to_2000_peers_and_the_neighbouring_server() {
+        let Mode::Storm(storm) = parse("storm").unwrap().mode else {
+            panic!("storm mode")
+        };
+        assert_eq!(storm.peers, 2000);
+        assert_eq!(storm.server_bin.file_name().unwrap(), "signpost");
+        let Mode::Storm(storm) = parse("storm --peers 8 --server-bin /opt/signpost")
+            .unwrap()
+            .mode
+        else {
+            panic!("storm mode")
+        };
+        assert_eq!((storm.peers, storm.server_bin), (8, "/opt/signpost".into()));
+        assert!(parse("storm --peers 0").is_err());
+    }
 }
