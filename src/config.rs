@@ -125,6 +125,13 @@ pub struct Config {
     /// itself a trusted proxy. Default none: the client is the TCP peer and the header is
     /// ignored, since anyone can write it.
     pub trusted_proxies: Vec<String>,
+    /// The secret (at least 32 bytes) that signs resume credentials: with it, every join
+    /// response carries one, and a peer that the server forgot (a restart of a memory-store
+    /// server, a timeout) rejoins under the same peer id by presenting it, on any instance that
+    /// shares the secret. Default none: no credentials, and a rejoin gets a new peer id, which
+    /// the pages re-pair by their participant keys (docs/PROTOCOL.md, section 7). Rather set it
+    /// from the environment, like `turn_secret`.
+    pub resume_secret: Option<JoinSecret>,
 }
 
 /// `join_auth`: who may join a room.
@@ -243,6 +250,7 @@ impl Default for Config {
             redis_prefix: "signpost".into(),
             join_auth: JoinAuth::Open,
             join_keys: BTreeMap::new(),
+            resume_secret: None,
             join_token_audience: "signpost".into(),
             join_token_leeway_secs: 60,
             join_rate_per_sec: 20.0,
@@ -386,6 +394,14 @@ impl Config {
         }
         if self.join_token_audience.is_empty() {
             return Err("signpost.join_token_audience may not be empty".into());
+        }
+        if let Some(secret) = &self.resume_secret {
+            if secret.expose().len() < 32 {
+                return Err(format!(
+                    "signpost.resume_secret is {} bytes; an HS256 key needs at least 32",
+                    secret.expose().len()
+                ));
+            }
         }
         if !(self.join_rate_per_sec.is_finite() && self.join_rate_per_sec > 0.0) {
             return Err("signpost.join_rate_per_sec must be a positive number".into());

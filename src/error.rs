@@ -102,6 +102,12 @@ pub enum Error {
     /// The shared store (Redis) did not answer; nothing was changed that the client can see
     /// half done, and the request can be retried.
     StoreUnavailable,
+    /// A join presented a resume credential, and this server issues none (no `resume_secret`).
+    ResumeNotEnabled,
+    /// A resume credential that this server did not sign, or signed for another room.
+    InvalidResume(Cow<'static, str>),
+    /// A resume credential for a peer that is in the room right now.
+    PeerPresent,
     /// A fault of the server's, not the client's (the OS refused randomness, say).
     Internal(&'static str),
 }
@@ -134,6 +140,9 @@ impl Error {
                 Status::TooManyRequests
             }
             StoreUnavailable => Status::ServiceUnavailable,
+            ResumeNotEnabled => Status::BadRequest,
+            InvalidResume(_) => Status::Forbidden,
+            PeerPresent => Status::Conflict,
             Http(status) => *status,
             Internal(_) => Status::InternalServerError,
         }
@@ -177,6 +186,9 @@ impl Error {
             RouteNotFound => "not_found",
             Http(status) => http_code(*status),
             StoreUnavailable => "store_unavailable",
+            ResumeNotEnabled => "resume_not_enabled",
+            InvalidResume(_) => "invalid_resume",
+            PeerPresent => "peer_present",
             Internal(_) => "internal_error",
         }
     }
@@ -256,6 +268,15 @@ impl Error {
             Http(status) => status.reason_lossy().to_owned().into(),
             StoreUnavailable => {
                 "the shared store is unreachable; retry after the time in Retry-After".into()
+            }
+            ResumeNotEnabled => {
+                "this server issues no resume credentials (no resume_secret): join without one"
+                    .into()
+            }
+            InvalidResume(why) => format!("the resume credential is refused: {why}").into(),
+            PeerPresent => {
+                "that peer is in the room now: its place cannot be taken over; join as a new peer"
+                    .into()
             }
             Internal(why) => Cow::Borrowed(why),
         }

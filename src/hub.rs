@@ -84,7 +84,21 @@ impl Hub {
         meta: Option<Box<RawValue>>,
         client: Option<IpAddr>,
     ) -> ApiResult<Joined> {
-        let id = PeerId::random();
+        self.join_as(room, None, name, meta, client).await
+    }
+
+    /// [`Hub::join`], under the peer id `resumed` when given (a verified resume credential):
+    /// refused with `peer_present` while a peer with that id is in the room, so that a
+    /// credential never takes over a live peer's place.
+    pub async fn join_as(
+        &self,
+        room: &RoomName,
+        resumed: Option<PeerId>,
+        name: Option<String>,
+        meta: Option<Box<RawValue>>,
+        client: Option<IpAddr>,
+    ) -> ApiResult<Joined> {
+        let id = resumed.unwrap_or_else(PeerId::random);
         let token = PeerToken::generate()
             .map_err(|_| Error::Internal("the operating system has no randomness to give"))?;
         let info = PeerInfo {
@@ -99,11 +113,12 @@ impl Hub {
             client,
         };
         let outcome = self.shared.store.join(room, peer, announcement).await?;
+        let resumed = if resumed.is_some() { " resumed" } else { "" };
         match client {
-            Some(client) => {
-                logging::info(format_args!("join room={room} peer={id} client={client}"))
-            }
-            None => logging::info(format_args!("join room={room} peer={id}")),
+            Some(client) => logging::info(format_args!(
+                "join room={room} peer={id} client={client}{resumed}"
+            )),
+            None => logging::info(format_args!("join room={room} peer={id}{resumed}")),
         }
         self.shared.metrics.peer_joined();
         self.departed(room, &outcome.departures);

@@ -17,6 +17,7 @@
 //!     instances act as one server.
 //!   - [`rate_limit`]: the token bucket (per-peer sends, per-client joins).
 //!   - [`join_token`]: join tokens signed by the application: checking and minting them.
+//!   - [`resume`]: resume credentials, with which a forgotten peer rejoins as itself.
 //!   - [`client_address`]: who a request comes from (`trusted_proxies`, `X-Forwarded-For`).
 //!   - [`client_limits`]: the join rate and live peers one client address may have.
 //!   - [`ice`]: the ICE servers a peer is given, with ephemeral TURN credentials.
@@ -52,6 +53,7 @@ pub mod message;
 pub mod metrics;
 pub mod presence;
 pub mod rate_limit;
+pub mod resume;
 pub mod store;
 pub mod stun;
 pub mod token_command;
@@ -68,6 +70,7 @@ use crate::hub::Hub;
 use crate::ice::IceConfig;
 use crate::join_token::JoinTokens;
 use crate::metrics::Metrics;
+use crate::resume::ResumeKeys;
 
 pub use crate::front::{shutdown_signals, Server, StartError};
 
@@ -86,12 +89,13 @@ pub fn build(figment: Figment) -> Rocket<Build> {
                 .and_then(|config| config.validate().map(|()| config))
                 .and_then(|config| {
                     let tokens = JoinTokens::new(&config)?;
+                    let resume = ResumeKeys::new(&config)?;
                     let proxies = TrustedProxies::parse(&config.trusted_proxies)?;
                     let hub = Hub::with_metrics(&config, Metrics::new())?;
-                    Ok((config, tokens, proxies, hub))
+                    Ok((config, tokens, resume, proxies, hub))
                 });
             match config {
-                Ok((config, tokens, proxies, hub)) => {
+                Ok((config, tokens, resume, proxies, hub)) => {
                     let static_files =
                         FileServer::new(&config.static_dir, Options::Index | Options::Missing)
                             .rank(20);
@@ -101,6 +105,7 @@ pub fn build(figment: Figment) -> Rocket<Build> {
                         .manage(IceConfig::new(&config))
                         .manage(JoinRate::new(config.join_rate_per_sec, config.join_burst))
                         .manage(tokens)
+                        .manage(resume)
                         .manage(proxies)
                         .manage(metrics)
                         .manage(config)

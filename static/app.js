@@ -15,6 +15,19 @@ const FILE_LOW_WATER = 256 * 1024;
 const HASH_LIMIT_BYTES = 64 * 1024 * 1024;
 /** Shown error lines. */
 const MAX_ERRORS = 6;
+/**
+ * After this page rejoins, how long it waits for the peers listed in the room to prove they are
+ * ones it is already connected to (their `resume`, docs/PROTOCOL.md section 7) before offering
+ * to them as to strangers.
+ */
+const RESUME_GRACE_MS = 3000;
+/**
+ * How long a connection the server reported gone (timed out, not left) is kept while its data
+ * channel still works: the peer is cut off from the server, not from us, and will rejoin.
+ */
+const ORPHAN_GRACE_MS = 20000;
+/** How long a failed connection gets to recover (ICE restart) before its peer is shown gone. */
+const FAILED_GRACE_MS = 5000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -25,6 +38,14 @@ const app = {
   links: new Map(),
   /** Peers that left: late messages from them must not create a new connection. */
   departed: new Set(),
+  /** peer_id → name, from `join` events: the name for the connection its offer will start. */
+  names: new Map(),
+  /**
+   * This page's participant key (ECDSA P-256), for the life of the page: the others learn its
+   * public half over the data channel and recognise this page by it after a rejoin. Null where
+   * WebCrypto is missing (pages without HTTPS or localhost).
+   */
+  identity: null,
   localStream: null,
   /** "video", "audio" or "none": what this page sends; null while asking for it. */
   mediaMode: null,
@@ -62,6 +83,10 @@ window.signpostApp = {
   sendFile: (file) => sendFileToAll(file),
   /** Inbound RTP statistics from `peerId`: {audio, video}, each null or the stats object. */
   inboundStats: (peerId) => inboundStats(app.links.get(peerId)),
+  /** How many times this page rejoined after the server forgot it. */
+  rejoins: () => app.rejoins ?? 0,
+  /** How many `resume` messages this page refused (a bad signature, or nobody it knows). */
+  refusedResumes: () => app.refusedResumes ?? 0,
 };
 
 // ---- joining ----
@@ -91,13 +116,14 @@ async function main() {
 
   // Asking for camera/microphone may wait on a person; join meanwhile.
   const media = startMedia(wanted);
+  const identity = createIdentity().then((key) => { app.identity = key; });
   let client;
   try {
     client = await Signpost.join(room, {
       name: joinToken ? undefined : name,
       joinToken,
       transport,
-      types: ["offer", "answer", "candidate"],
+      types: ["offer", "answer", "candidate", "resume"],
     });
   } catch (error) {
     media.then(() => app.localStream?.getTracks().forEach((track) => track.stop()));
@@ -108,7 +134,8 @@ async function main() {
     return;
   }
   app.client = client;
-  $("status-self").textContent = `${client.name ?? "(no name)"} · ${client.peerId.slice(0, 8)}`;
+  const showSelf = () => { $("status-self").textContent = `${client.name ?? "(no name)"} · ${client.peerId.slice(0, 8)}`; };
+  showSelf();
   $("local-label").textContent = client.name ? `${client.name} (you)` : "You";
 
   client.on("transport", renderStatus);
@@ -119,29 +146,49 @@ async function main() {
   client.on("error", ({ message }) => showError(message));
   // Signaling waits for local media so that offers and answers carry it. Every handler chains on
   // the same promise, so messages are still handled in the order they arrived.
-  const afterMedia = (handler) => (event) => media.then(() => handler(event));
+  const ready = Promise.all([media, identity]);
+  const afterMedia = (handler) => (event) => ready.then(() => handler(event));
   // Conventions (docs/PROTOCOL.md): the newcomer offers to everyone already there.
-  media.then(() => {
+  ready.then(() => {
     for (const peer of client.peers) linkFor(peer.peer_id, peer.name)?.start();
   });
-  client.on("join", afterMedia(({ data }) => linkFor(data.peer_id, data.name)));
+  // A newcomer's connection starts with its offer (it offers, the others wait), so a `join`
+  // only notes the name: a participant who rejoined proves who it is (`resume`) instead of
+  // offering, and must not get a second tile meanwhile.
+  client.on("join", afterMedia(({ data }) => {
+    app.names.set(data.peer_id, data.name ?? null);
+    // Back under the same id (a resume credential): the connection we kept is its again.
+    app.links.get(data.peer_id)?.adopted();
+  }));
   client.on("leave", afterMedia(({ data }) => {
     const link = app.links.get(data.peer_id);
     if (!link) return;
+    if (data.reason !== "left" && link.working()) {
+      // Timed out on the server, yet still talking to us: cut off from signaling only. It will
+      // rejoin and resume; if it does not, the connection ends (or the grace runs out).
+      link.orphan();
+      return;
+    }
     const why = { timeout: "timed out", evicted: "was disconnected by the server" }[data.reason];
     if (why) showError(`${link.label()} ${why}.`);
     link.close();
   }));
   for (const type of ["offer", "answer"]) {
-    client.on(type, afterMedia(({ from, data }) => linkFor(from)?.onDescription(data)));
+    client.on(type, afterMedia(({ from, data }) => linkFor(from, app.names.get(from))?.onDescription(data)));
   }
-  client.on("candidate", afterMedia(({ from, data }) => linkFor(from)?.onCandidate(data)));
+  client.on("candidate", afterMedia(({ from, data }) => app.links.get(from)?.onCandidate(data)));
+  client.on("resume", afterMedia((envelope) => onResume(envelope)));
   client.on("reset", afterMedia(() => resynchronise()));
+  client.on("rejoined", afterMedia((rejoined) => {
+    app.rejoins = (app.rejoins ?? 0) + 1;
+    showSelf();
+    onRejoined(rejoined);
+  }));
   client.on("closed", ({ reason }) => {
     for (const link of [...app.links.values()]) link.close();
     app.localStream?.getTracks().forEach((track) => track.stop());
     if (reason === "left") showError("You left the room.");
-    if (reason === "removed") showError("You are no longer in the room (the server lost track of this page). Reload to rejoin.");
+    if (reason === "refused") showError("You are no longer in the room, and could not rejoin it. Reload to try again.");
     $("leave").textContent = "Rejoin";
     $("leave").onclick = () => location.reload();
     renderStatus();
@@ -162,19 +209,120 @@ async function main() {
   renderStatus();
 }
 
-/** After a `reset` the signaling history is unknown: re-read the room and renegotiate. */
+/**
+ * After a `reset` the signaling history is unknown: re-read the room and renegotiate. A
+ * connection that works needs no signaling and is left alone, whatever the room says.
+ */
 async function resynchronise() {
   showError("Some signaling messages were lost; reconnecting to the other peers.");
   const peers = await app.client.roomPeers();
   if (!peers) return;
   const present = new Set(peers.map((peer) => peer.peer_id));
   for (const link of [...app.links.values()]) {
+    if (link.working()) continue;
     if (!present.has(link.id)) link.close();
     else link.pc?.restartIce();
   }
   for (const peer of peers) {
     if (peer.peer_id !== app.client.peerId && !app.links.has(peer.peer_id)) linkFor(peer.peer_id, peer.name)?.start();
   }
+}
+
+// ---- identity across rejoins (docs/PROTOCOL.md, section 7) ----
+
+/** Generates this page's participant key, or returns null where WebCrypto is missing. */
+async function createIdentity() {
+  if (!crypto.subtle) return null;
+  try {
+    const pair = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign", "verify"]);
+    const { kty, crv, x, y } = await crypto.subtle.exportKey("jwk", pair.publicKey);
+    return { privateKey: pair.privateKey, publicJwk: { kty, crv, x, y } };
+  } catch (error) {
+    showError(`No participant key (${error.message}): after a server restart, connections will be set up again.`);
+    return null;
+  }
+}
+
+/** What a `resume` signs: the room and the signer's new peer id, which the server vouches for. */
+function resumeStatement(room, peerId) {
+  return new TextEncoder().encode(`signpost-resume\n${room}\n${peerId}`);
+}
+
+function isPublicKey(key) {
+  return key?.kty === "EC" && key.crv === "P-256" && typeof key.x === "string" && typeof key.y === "string";
+}
+
+function sameKey(a, b) {
+  return isPublicKey(a) && isPublicKey(b) && a.x === b.x && a.y === b.y;
+}
+
+/** Whether `signature` (base64url, r‖s) is `key`'s over the statement for `peerId`. */
+async function verifyResume(key, signature, peerId) {
+  if (!crypto.subtle || !isPublicKey(key) || typeof signature !== "string") return false;
+  try {
+    const publicKey = await crypto.subtle.importKey("jwk", { kty: key.kty, crv: key.crv, x: key.x, y: key.y }, { name: "ECDSA", namedCurve: "P-256" }, false, ["verify"]);
+    const bytes = Uint8Array.from(atob(signature.replace(/-/g, "+").replace(/_/g, "/")), (c) => c.charCodeAt(0));
+    return await crypto.subtle.verify({ name: "ECDSA", hash: "SHA-256" }, publicKey, bytes, resumeStatement(app.client.room, peerId));
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Tells `to` (null: everyone in the room) that this page, under its current peer id, holds the
+ * participant key its connections know it by. `reply`: an answer to another's `resume`.
+ */
+async function announceResume(to, reply) {
+  if (!app.identity) return;
+  const statement = resumeStatement(app.client.room, app.client.peerId);
+  const raw = new Uint8Array(await crypto.subtle.sign({ name: "ECDSA", hash: "SHA-256" }, app.identity.privateKey, statement));
+  const signature = btoa(String.fromCharCode(...raw)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  await app.client.send("resume", { key: app.identity.publicJwk, signature, reply }, to).catch(() => {});
+}
+
+/**
+ * This page rejoined under a new peer id, its connections intact: proves to the room who it is,
+ * and connects to the listed peers that do not prove to be ones it knows within the grace.
+ */
+async function onRejoined({ peerId, previousPeerId, peers }) {
+  showError("The server lost track of this page (a restart?); rejoined the room, connections kept.");
+  for (const link of app.links.values()) link.polite = peerId < link.id;
+  // Resumed under the same id (the server's resume credential): nobody needs telling.
+  if (peerId !== previousPeerId) await announceResume(null, false);
+  const strangers = peers.filter((peer) => !app.links.has(peer.peer_id));
+  for (const peer of strangers) app.names.set(peer.peer_id, peer.name ?? null);
+  const grace = app.links.size > 0 ? RESUME_GRACE_MS : 0;
+  setTimeout(() => {
+    if (app.client.closed) return;
+    for (const peer of strangers) {
+      if (!app.links.has(peer.peer_id)) linkFor(peer.peer_id, peer.name)?.start();
+    }
+  }, grace);
+}
+
+/**
+ * A peer says its connection to us is the one whose data channel told us its key. Believed only
+ * when the signature over (room, the sender's peer id as the server reports it) verifies with a
+ * key exactly one connection of ours was told over its own DTLS-protected channel: a replay from
+ * another peer id, a key nobody here uses, or a forged signature changes nothing.
+ */
+async function onResume({ from, data }) {
+  if (from === app.client.peerId) return;
+  const refuse = (why) => {
+    app.refusedResumes = (app.refusedResumes ?? 0) + 1;
+    console.warn(`signpost: a resume from ${from} ${why}; ignored`);
+  };
+  if (!(await verifyResume(data?.key, data?.signature, from))) return refuse("does not verify");
+  const matches = [...app.links.values()].filter((link) => sameKey(link.peerKey, data.key));
+  if (matches.length !== 1) return refuse("names no connection of ours");
+  const [link] = matches;
+  if (link.id !== from) {
+    // A connection started with `from` before its proof arrived is a duplicate of this one.
+    const duplicate = app.links.get(from);
+    if (duplicate && duplicate !== link) duplicate.discard();
+    link.rekey(from);
+  }
+  if (!data.reply) await announceResume(from, true);
 }
 
 /** What to tell a person whose join was refused, by the API's error code. */
@@ -297,7 +445,14 @@ class Link {
     this.ignoreOffer = false;
     this.settingRemoteAnswer = false;
     this.chat = null;
+    /** Every chat channel of this connection (two after a collision). */
+    this.chats = new Set();
+    /** The participant key the other side sent over the chat channel (DTLS-protected). */
+    this.peerKey = null;
     this.closed = false;
+    /** Pending ends: a failed connection that does not recover, an orphan that does not resume. */
+    this.failedTimer = null;
+    this.orphanTimer = null;
     /** Incoming signaling, handled strictly one message after the other. */
     this.inbox = Promise.resolve();
     this.remoteStream = new MediaStream();
@@ -343,6 +498,13 @@ class Link {
       if (pc.connectionState === "failed") {
         showError(`The connection with ${this.label()} failed; trying again.`);
         pc.restartIce();
+        // A peer whose tab died without a word: its connection fails and stays failed.
+        this.failedTimer ??= setTimeout(() => this.vanish("is gone (the connection failed)"), FAILED_GRACE_MS);
+      } else if (pc.connectionState === "connected") {
+        clearTimeout(this.failedTimer);
+        this.failedTimer = null;
+      } else if (pc.connectionState === "closed") {
+        this.vanish("is gone (the connection closed)");
       }
       this.renderTile();
       renderStatus();
@@ -411,9 +573,19 @@ class Link {
   }
 
   useChat(channel) {
-    channel.onopen = channel.onclose = () => {
+    this.chats.add(channel);
+    channel.onopen = () => {
       // With two chat channels (after a collision), send on whichever is open.
-      if (channel.readyState === "open" || this.chat === channel) this.chat = channel;
+      this.chat = channel;
+      if (app.identity) channel.send(JSON.stringify({ type: "key", key: app.identity.publicJwk }));
+      renderStatus();
+    };
+    channel.onclose = () => {
+      this.chats.delete(channel);
+      const open = [...this.chats].find((other) => other.readyState === "open");
+      if (open) this.chat = open;
+      // The other side closed its connection (a tab closed without its leave beacon): gone.
+      else if (this.chat === channel) this.vanish("is gone (the connection closed)");
       renderStatus();
     };
     channel.onmessage = ({ data }) => {
@@ -424,6 +596,8 @@ class Link {
         return;
       }
       if (message?.type === "chat" && typeof message.text === "string") addChat(this.id, message.text);
+      // The first key is the one: a connection's peer does not change.
+      if (message?.type === "key" && isPublicKey(message.key)) this.peerKey ??= message.key;
     };
     if (!this.chat || this.chat.readyState !== "open") this.chat = channel;
     renderStatus();
@@ -479,9 +653,61 @@ class Link {
     this.tile?.classList.toggle("no-video", !hasVideo);
   }
 
+  /** Whether media and chat flow: no signaling is needed to keep it. */
+  working() {
+    return this.pc.connectionState === "connected" && this.chat?.readyState === "open";
+  }
+
+  /** The server reports this peer gone but the connection works: wait for it to resume. */
+  orphan() {
+    this.badge.textContent = "reconnecting to the server…";
+    clearTimeout(this.orphanTimer);
+    this.orphanTimer = setTimeout(() => this.vanish("did not come back to the room"), ORPHAN_GRACE_MS);
+  }
+
+  /** The server lists this peer again (it rejoined under its id): no longer an orphan. */
+  adopted() {
+    clearTimeout(this.orphanTimer);
+    this.orphanTimer = null;
+    this.renderTile();
+  }
+
+  /** This connection's peer proved to be `id` now (it rejoined): the same tile, a new id. */
+  rekey(id) {
+    const previous = this.id;
+    app.links.delete(previous);
+    this.id = id;
+    app.links.set(id, this);
+    this.polite = app.client.peerId < id;
+    this.name = app.names.get(id) ?? this.name;
+    clearTimeout(this.orphanTimer);
+    this.orphanTimer = null;
+    this.tile.dataset.peerId = id;
+    this.video.dataset.peerId = id;
+    for (const entry of app.chat) if (entry.from === previous) entry.from = id;
+    for (const transfer of app.transfers) if (transfer.peer_id === previous) transfer.peer_id = id;
+    this.renderTile();
+    renderStatus();
+  }
+
+  /** Shown gone at once: its connection ended without a `leave` from the server (yet). */
+  vanish(why) {
+    if (this.closed) return;
+    showError(`${this.label()} ${why}.`);
+    this.close();
+  }
+
+  /** Drops a duplicate connection, without marking the peer departed. */
+  discard() {
+    this.close();
+    app.departed.delete(this.id);
+  }
+
   close() {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.failedTimer);
+    clearTimeout(this.orphanTimer);
     app.departed.add(this.id);
     this.pc.close();
     this.tile.remove();

@@ -11,10 +11,21 @@
 //   await client.leave();
 //
 // Receiving uses Server-Sent Events or long-polling (`transport: "auto" | "sse" | "poll"`). In
-// "auto" it starts on SSE and moves to long-polling for good when no `ready` event arrives within
-// `readyTimeoutMs` or the stream keeps failing: the signature of a proxy that buffers responses.
+// "auto" it starts on SSE and moves to long-polling when no `ready` event arrives within
+// `readyTimeoutMs`, or streams keep failing while the server answers: the signature of a proxy
+// that buffers responses. An unreachable server is not that signature; and after an outage
+// "auto" tries SSE again, in case the verdict was the outage's.
 // Either way it remembers the last message id it delivered and resumes after it, so a
 // reconnection loses nothing and repeats nothing.
+//
+// Outages: while the server cannot be reached the client keeps trying, with exponential backoff
+// and full jitter (capped), honouring `Retry-After`; it never gives up while the page is open.
+// When the server has forgotten this peer (a restart, or a timeout while it was cut off), it
+// joins the room again by itself, with the same name, meta and join token (and the resume
+// credential, which brings back the same peer id where the server has a `resume_secret`), and
+// emits `rejoined` with its peer id, new or the same. Peer connections are the page's and are
+// never touched: a page that wants the others to recognise it under a new peer id follows
+// docs/PROTOCOL.md, section 7.
 
 /** Message types the server itself emits. */
 const SERVER_TYPES = ["join", "leave"];
@@ -30,10 +41,21 @@ const DEFAULTS = {
   sseFailuresBeforePoll: 3,
   /** How long send() waits to gather messages sent together (trickle ICE) into one POST. */
   batchDelayMs: 10,
-  /** Reconnect backoff: first delay, cap, and the shortest poll wait worth trying. */
-  backoffMinMs: 250,
-  backoffMaxMs: 10000,
+  /**
+   * Reconnect and rejoin backoff (full jitter: a random wait up to min(cap, first * 2^(n-1))):
+   * the first ceiling, the cap, and the shortest poll wait worth trying. A first ceiling of 1 s
+   * spreads the pages of a restarted server over a second: with 250 ms, 2,000 of them made its
+   * joins wait 0.5 s (p99); with 1 s, 4 ms (docs/BENCHMARKS.md, "Reconnect storm"). The cap
+   * bounds how long a page waits once the server is back.
+   */
+  backoffMinMs: 1000,
+  backoffMaxMs: 4000,
   minPollWaitSecs: 2,
+  /**
+   * How long a join, or the question "does the server still know me?", may take before it
+   * counts as unanswered: a server that hangs must not stall the way back.
+   */
+  requestTimeoutMs: 10000,
   /** Base URL of the server; the page's own origin by default. */
   baseUrl: "",
 };
@@ -45,7 +67,11 @@ const DEFAULTS = {
  * - `transport`: `fn("sse" | "poll")` when the transport is chosen or changes;
  * - `status`: `fn({connected, detail})` as the receiving side connects and disconnects;
  * - `error`: `fn({code, message})` for failures a person may want to see;
- * - `closed`: `fn({reason})` when the client stops for good (left, or removed by the server).
+ * - `rejoined`: `fn({peerId, previousPeerId, peers})` after the server forgot this peer and the
+ *   client joined the room again by itself: `peerId` is its id now (new, or the same when the
+ *   server took its resume credential), `peers` those in the room;
+ * - `closed`: `fn({reason})` when the client stops for good (left, or a rejoin was refused, e.g.
+ *   because the join token expired).
  */
 export class Signpost {
   /**
@@ -57,42 +83,22 @@ export class Signpost {
    */
   static async join(room, options = {}) {
     const settings = { ...DEFAULTS, ...options };
-    const body = {};
-    if (settings.name) body.name = settings.name;
-    if (settings.meta) body.meta = settings.meta;
-    const headers = { "Content-Type": "application/json" };
-    if (settings.joinToken) headers.Authorization = `Bearer ${settings.joinToken}`;
     let response;
     try {
-      response = await fetch(`${settings.baseUrl}/api/rooms/${encodeURIComponent(room)}/peers`, {
-        method: "POST",
-        headers,
-        body: JSON.stringify(body),
-      });
+      response = await joinRequest(room, settings);
     } catch (networkError) {
       throw apiError(0, { error: "network", message: "the server cannot be reached" });
     }
     const joined = await response.json().catch(() => ({}));
     if (response.status !== 201) throw apiError(response.status, joined);
-    const client = new Signpost(joined, settings);
-    return client;
+    return new Signpost(joined, settings);
   }
 
   constructor(joined, settings) {
-    /** The join response: peer_id, token, peers, ice_servers, *_url, timings. */
-    this.joined = joined;
-    this.room = joined.room;
-    this.peerId = joined.peer_id;
-    this.name = joined.name ?? null;
-    /** Peers already in the room when this one joined, in join order. */
-    this.peers = joined.peers ?? [];
-    /** RTCIceServer objects from the server's configuration. */
-    this.iceServers = joined.ice_servers ?? [];
     this.settings = settings;
     this.handlers = new Map();
     this.types = new Set([...SERVER_TYPES, ...(settings.types ?? [])]);
-    /** The id of the last message delivered; receiving resumes after it. */
-    this.lastId = 0;
+    this.adopt(joined);
     this.current = null; // "sse" | "poll"
     this.closed = false;
     this.outbox = [];
@@ -100,6 +106,18 @@ export class Signpost {
     this.sending = null;
     this.source = null;
     this.pollAbort = null;
+    /** Bumped whenever receiving stops or restarts: a loop of an older generation ends. */
+    this.generation = 0;
+    /** The rejoin in progress, if any (one at a time). */
+    this.rejoining = null;
+    /**
+     * Set in "auto" once streaming is shown not to work while the server answers (a proxy
+     * buffers it): from then on this client long-polls, until an outage makes the verdict
+     * doubtful (see startPoll). An unreachable server never sets it.
+     */
+    this.sseBlocked = false;
+    /** When the server was first found unreachable in the current outage (ms), or null. */
+    this.unreachableSince = null;
     /** The poll wait that gets through; shortened when a proxy cuts longer requests. */
     this.pollWaitSecs = joined.poll_max_wait_secs ?? 25;
     this.onSseMessage = (event) => {
@@ -109,7 +127,22 @@ export class Signpost {
     globalThis.addEventListener?.("pagehide", this.onPageHide);
     // Start on a later task, so that the caller, resuming from `await Signpost.join()`,
     // subscribes before anything is emitted.
-    setTimeout(() => (settings.transport === "poll" ? this.startPoll() : this.startSse()), 0);
+    setTimeout(() => this.startReceiving(), 0);
+  }
+
+  /** Takes on the identity a join response gives: on the first join and on every rejoin. */
+  adopt(joined) {
+    /** The join response: peer_id, token, peers, ice_servers, *_url, timings. */
+    this.joined = joined;
+    this.room = joined.room;
+    this.peerId = joined.peer_id;
+    this.name = joined.name ?? null;
+    /** Peers already in the room when this one (re)joined, in join order. */
+    this.peers = joined.peers ?? [];
+    /** RTCIceServer objects from the server's configuration. */
+    this.iceServers = joined.ice_servers ?? [];
+    /** The id of the last message delivered; receiving resumes after it. Ids are per peer. */
+    this.lastId = 0;
   }
 
   /** Subscribes `fn` to `type`; returns a function that unsubscribes. */
@@ -207,9 +240,10 @@ export class Signpost {
         return;
       }
       const body_ = await response.json().catch(() => ({}));
-      if (response.status === 429) {
-        const seconds = Number(response.headers.get("Retry-After") ?? body_.retry_after ?? 1);
-        await delay(Math.max(0.05, seconds) * 1000);
+      const retryAfter = retryAfterMs(response, body_);
+      if (response.status === 429 || (response.status === 503 && retryAfter !== null)) {
+        failures += 1;
+        await delay((retryAfter ?? 1000) + this.backoff(failures));
         continue;
       }
       if (response.status >= 500 || (response.status >= 400 && !body_.error)) {
@@ -219,8 +253,10 @@ export class Signpost {
         continue;
       }
       const error = apiError(response.status, body_);
-      if (error.code === "peer_not_found" || error.code === "invalid_token") {
-        this.close("removed");
+      if (FORGOTTEN.has(error.code)) {
+        // The server forgot this peer: rejoin. The batch was addressed as the old peer, to
+        // peers that may have new ids too; the page negotiates afresh after `rejoined`.
+        this.rejoin();
       } else if (error.code !== "unknown_recipient") {
         // unknown_recipient: the peer left meanwhile, which the `leave` event reports.
         this.reportError(error.code, error.message);
@@ -249,36 +285,62 @@ export class Signpost {
     this.emit("reset", reset);
   }
 
-  /** Opens an SSE stream that resumes after lastId. */
-  startSse(failures = 0) {
+  /** Starts receiving on the transport the settings (and what was learnt) call for. */
+  startReceiving() {
     if (this.closed) return;
+    this.stopReceiving();
+    const poll = this.settings.transport === "poll" || (this.settings.transport === "auto" && this.sseBlocked);
+    if (poll) this.startPoll();
+    else this.startSse();
+  }
+
+  /** Stops the stream or poll in progress; its loop sees a new generation and ends. */
+  stopReceiving() {
+    this.generation += 1;
+    this.source?.close();
+    this.source = null;
+    this.pollAbort?.abort();
+    this.pollAbort = null;
+  }
+
+  /**
+   * Opens an SSE stream that resumes after lastId. `attempt` counts failures in a row (for the
+   * backoff); `blocked` those among them where the server answered and still the stream did
+   * not open: only those show that streaming does not get through.
+   */
+  startSse(attempt = 0, blocked = 0) {
+    if (this.closed) return;
+    const generation = this.generation;
     this.setTransport("sse");
     const params = new URLSearchParams({ token: this.joined.token });
     if (this.lastId > 0) params.set("last_event_id", String(this.lastId));
     const source = new EventSource(this.url(`${this.joined.events_url}?${params}`));
     this.source = source;
     let ready = false;
-    const fail = (reason) => {
+    const fail = async (reason) => {
       if (this.source !== source) return;
       source.close();
       this.source = null;
       clearTimeout(readyTimer);
-      const failed = ready ? 1 : failures + 1;
       this.emit("status", { connected: false, detail: reason });
-      if (!ready && this.settings.transport === "auto" && failed >= this.settings.sseFailuresBeforePoll) {
-        this.reportError("sse_blocked", "Streaming does not get through this network; switched to long-polling.");
-        this.startPoll();
+      const failures = ready ? 1 : attempt + 1;
+      const state = await this.recover(failures);
+      if (this.closed || generation !== this.generation || state === "rejoining") return;
+      // A stream that never opened although the server answers: streaming is held back.
+      const held = !ready && state === "known" ? blocked + 1 : ready ? 0 : blocked;
+      if (this.settings.transport === "auto" && held >= this.settings.sseFailuresBeforePoll) {
+        this.fallBackToPoll("Streaming does not get through this network; switched to long-polling.");
         return;
       }
-      this.reconnect(failed, () => this.startSse(failed));
+      this.startSse(failures, held);
     };
     const readyTimer = setTimeout(() => {
+      if (this.source !== source) return;
       if (this.settings.transport === "auto") {
-        // Nothing arrived: a proxy is holding the stream back. Long-polling gets through.
+        // Connected, yet nothing arrived: a proxy is holding the stream back.
         source.close();
         this.source = null;
-        this.reportError("sse_blocked", "No answer on the event stream within 5 s; switched to long-polling.");
-        this.startPoll();
+        this.fallBackToPoll("No answer on the event stream within 5 s; switched to long-polling.");
       } else {
         fail("no ready event");
       }
@@ -286,6 +348,7 @@ export class Signpost {
     source.addEventListener("ready", () => {
       ready = true;
       clearTimeout(readyTimer);
+      this.unreachableSince = null;
       this.emit("status", { connected: true, detail: "stream open" });
     });
     source.addEventListener("reset", (event) => this.onReset(JSON.parse(event.data)));
@@ -298,13 +361,22 @@ export class Signpost {
     };
   }
 
+  fallBackToPoll(message) {
+    this.sseBlocked = true;
+    this.reportError("sse_blocked", message);
+    this.stopReceiving();
+    this.startPoll();
+  }
+
   /** Long-polls after lastId until closed, adapting the wait to what the network lets through. */
   async startPoll() {
     if (this.closed) return;
+    const generation = this.generation;
+    const current = () => !this.closed && generation === this.generation;
     this.setTransport("poll");
     let failures = 0;
     let connected = false;
-    while (!this.closed && this.current === "poll") {
+    while (current()) {
       const wait = this.pollWaitSecs;
       const started = Date.now();
       const abort = new AbortController();
@@ -322,7 +394,7 @@ export class Signpost {
       } finally {
         clearTimeout(watchdog);
       }
-      if (this.closed) return;
+      if (!current()) return;
       const elapsedSecs = (Date.now() - started) / 1000;
       if (response?.status === 200) {
         let body;
@@ -332,8 +404,11 @@ export class Signpost {
           // The body was cut off mid-way: treat it like a cut request.
           body = null;
         }
+        if (!current()) return;
         if (body) {
           failures = 0;
+          const afterOutage = this.unreachableSince !== null;
+          this.unreachableSince = null;
           if (!connected) {
             connected = true;
             this.emit("status", { connected: true, detail: "polling" });
@@ -341,16 +416,26 @@ export class Signpost {
           if (body.reset) this.onReset({ reason: body.reset_reason, last_id: body.last_id });
           for (const envelope of body.messages) this.deliver(envelope);
           if (body.reset || body.messages.length === 0) this.lastId = Math.max(this.lastId, body.last_id);
+          if (afterOutage && this.settings.transport === "auto" && this.sseBlocked) {
+            // Streaming was judged blocked, but the server has been away since: the verdict may
+            // have been the outage's. Try streaming again; a proxy that blocks it sends us back.
+            this.sseBlocked = false;
+            this.startReceiving();
+            return;
+          }
           continue;
         }
       }
+      let retryAfter = null;
       if (response && response.status !== 200 && response.status < 500) {
-        const error = apiError(response.status, await response.json().catch(() => ({})));
-        if (["peer_not_found", "room_not_found", "invalid_token"].includes(error.code)) {
-          this.close("removed");
+        const body = await response.json().catch(() => ({}));
+        const error = apiError(response.status, body);
+        if (FORGOTTEN.has(error.code)) {
+          this.rejoin();
           return;
         }
-        this.reportError(error.code, error.message);
+        retryAfter = retryAfterMs(response, body);
+        if (error.code !== "rate_limited") this.reportError(error.code, error.message);
       }
       connected = false;
       this.emit("status", { connected: false, detail: "poll interrupted" });
@@ -364,37 +449,113 @@ export class Signpost {
         this.reportError("poll_cut", `The network cut a ${wait} s poll; now waiting at most ${this.pollWaitSecs} s.`);
         continue;
       }
-      await this.reconnectDelay(failures);
+      if (retryAfter !== null) await delay(retryAfter);
+      if ((await this.recover(failures)) === "rejoining") return;
     }
   }
 
-  /** Waits before reconnecting, and stops if the server says this peer is gone. */
-  async reconnect(failures, again) {
-    await this.reconnectDelay(failures);
-    if (!this.closed) again();
-  }
-
-  async reconnectDelay(failures) {
-    if (failures >= 2) {
-      // Several failures: ask whether this peer still exists (it may have timed out).
-      try {
-        const response = await fetch(this.url(this.joined.leave_url), { cache: "no-store" });
-        if (response.status === 404) {
-          this.close("removed");
-          return;
-        }
-      } catch (networkError) {
-        // The server is unreachable: keep trying with backoff.
-      }
-      this.reportError("reconnecting", "Lost the connection to the server; reconnecting.");
-    }
+  /**
+   * After `failures` failed attempts in a row to receive: waits (backoff with full jitter),
+   * then finds out why from the server. Returns "known" (the server answers and knows this
+   * peer: try again), "unreachable" (try again later) or "rejoining" (the server forgot this
+   * peer, or it was unreachable for longer than the peer timeout: a rejoin has started and
+   * this receiving loop must end).
+   */
+  async recover(failures) {
     await delay(this.backoff(failures));
+    if (this.closed) return "rejoining";
+    const timeoutMs = (this.joined.peer_timeout_secs ?? Infinity) * 1000;
+    if (this.unreachableSince !== null && Date.now() - this.unreachableSince > timeoutMs) {
+      // Cut off for longer than the server keeps a silent peer: it has forgotten this one.
+      this.rejoin();
+      return "rejoining";
+    }
+    let response = null;
+    try {
+      response = await fetch(this.url(this.joined.leave_url), {
+        cache: "no-store",
+        signal: AbortSignal.timeout(this.settings.requestTimeoutMs),
+      });
+    } catch (networkError) {
+      response = null;
+    }
+    if (response?.status === 404) {
+      const body = await response.json().catch(() => ({}));
+      if (FORGOTTEN.has(body.error)) {
+        this.rejoin();
+        return "rejoining";
+      }
+    }
+    if (response === null || response.status >= 500) {
+      this.unreachableSince ??= Date.now();
+      if (failures >= 2) this.reportError("reconnecting", "Lost the connection to the server; reconnecting.");
+      return "unreachable";
+    }
+    return "known";
   }
 
+  /**
+   * Joins the room again after the server forgot this peer: same name, meta and join token,
+   * retried with backoff (and `Retry-After`) until it succeeds or is refused for good. Emits
+   * `rejoined`, then receives as the new peer. One rejoin at a time; callers share it.
+   */
+  rejoin() {
+    if (this.closed) return Promise.resolve();
+    this.rejoining ??= this.rejoinUntilBack().finally(() => {
+      this.rejoining = null;
+    });
+    return this.rejoining;
+  }
+
+  async rejoinUntilBack() {
+    this.stopReceiving();
+    this.emit("status", { connected: false, detail: "rejoining" });
+    const previousPeerId = this.peerId;
+    let failures = 0;
+    while (!this.closed) {
+      let response = null;
+      let body = {};
+      try {
+        response = await joinRequest(this.room, this.settings, this.joined.resume);
+        body = await response.json().catch(() => ({}));
+      } catch (networkError) {
+        response = null;
+      }
+      if (this.closed) return;
+      if (RESUME_REFUSED.has(body.error)) {
+        // The credential cannot bring this peer id back (no secret on this server now, or the
+        // old peer is still there): join as a new peer at once; the pages re-pair by key.
+        this.joined = { ...this.joined, resume: null };
+        continue;
+      }
+      if (response?.status === 201) {
+        // As after any outage, "auto" tries streaming again (see startPoll).
+        if (this.unreachableSince !== null) this.sseBlocked = false;
+        this.adopt(body);
+        this.unreachableSince = null;
+        this.emit("rejoined", { peerId: this.peerId, previousPeerId, peers: this.peers });
+        this.startReceiving();
+        return;
+      }
+      failures += 1;
+      const status = response?.status ?? 0;
+      if (status >= 400 && status < 500 && ![408, 409, 429].includes(status) && body.error) {
+        // Refused for good (the join token expired, say): a person must decide what next.
+        const error = apiError(status, body);
+        this.reportError(error.code, `Could not rejoin the room: ${error.message}`);
+        this.close("refused");
+        return;
+      }
+      const retryAfter = retryAfterMs(response, body);
+      await delay((retryAfter ?? 0) + this.backoff(failures));
+    }
+  }
+
+  /** Exponential backoff with full jitter: a random wait up to min(cap, first * 2^(n-1)). */
   backoff(failures) {
     const { backoffMinMs, backoffMaxMs } = this.settings;
-    const base = Math.min(backoffMaxMs, backoffMinMs * 2 ** Math.max(0, failures - 1));
-    return base / 2 + Math.random() * (base / 2);
+    const ceiling = Math.min(backoffMaxMs, backoffMinMs * 2 ** Math.max(0, failures - 1));
+    return Math.random() * ceiling;
   }
 
   /** The peers in the room now (`GET /api/rooms/{room}`), this one included, or null. */
@@ -437,7 +598,6 @@ export class Signpost {
     this.pollAbort?.abort();
     clearTimeout(this.flushTimer);
     globalThis.removeEventListener?.("pagehide", this.onPageHide);
-    if (reason === "removed") this.reportError("removed", "The server no longer knows this peer (it timed out or was removed). Rejoin to continue.");
     this.emit("closed", { reason });
   }
 
@@ -457,7 +617,39 @@ export class Signpost {
 }
 
 /** Events the client emits itself, which never come from the server. */
-const LOCAL_EVENTS = new Set(["reset", "transport", "status", "error", "closed"]);
+const LOCAL_EVENTS = new Set(["reset", "transport", "status", "error", "closed", "rejoined"]);
+
+/** Error codes that mean the server no longer knows this peer: rejoin. */
+const FORGOTTEN = new Set(["peer_not_found", "room_not_found", "invalid_token"]);
+
+/** Join refusals of a resume credential, after which a plain join is the way back. */
+const RESUME_REFUSED = new Set(["resume_not_enabled", "invalid_resume", "peer_present"]);
+
+/**
+ * POST /api/rooms/{room}/peers with the name, meta and join token of `settings`, and `resume`
+ * (a resume credential from an earlier join response) when there is one.
+ */
+function joinRequest(room, settings, resume = null) {
+  const body = {};
+  if (resume) body.resume = resume;
+  if (settings.name) body.name = settings.name;
+  if (settings.meta) body.meta = settings.meta;
+  const headers = { "Content-Type": "application/json" };
+  if (settings.joinToken) headers.Authorization = `Bearer ${settings.joinToken}`;
+  return fetch(`${settings.baseUrl}/api/rooms/${encodeURIComponent(room)}/peers`, {
+    method: "POST",
+    headers,
+    body: JSON.stringify(body),
+    signal: AbortSignal.timeout(settings.requestTimeoutMs),
+  });
+}
+
+/** The wait a 429 or 503 asks for (`Retry-After`, or the body's `retry_after`), in ms, or null. */
+function retryAfterMs(response, body) {
+  const header = response?.headers?.get("Retry-After");
+  const seconds = Number(header ?? body?.retry_after ?? NaN);
+  return Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : null;
+}
 
 function apiError(status, body) {
   const error = new Error(body?.message ?? `HTTP ${status}`);

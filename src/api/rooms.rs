@@ -22,6 +22,7 @@ use crate::ice::IceConfig;
 use crate::identity::{PeerId, RoomName};
 use crate::join_token::{JoinClaims, JoinTokens};
 use crate::logging;
+use crate::resume::ResumeKeys;
 
 /// The longest display name, in characters: enough for a full name, short enough for a tile.
 const MAX_NAME_CHARS: usize = 64;
@@ -35,6 +36,9 @@ pub struct JoinRequest {
     name: Option<String>,
     #[serde(default)]
     meta: Option<Box<RawValue>>,
+    /// A resume credential from an earlier join response: join under that peer id.
+    #[serde(default)]
+    resume: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -43,6 +47,9 @@ pub struct JoinResponse {
     peer_id: PeerId,
     /// The peer's secret; this response is the only place it ever appears.
     token: String,
+    /// The credential to rejoin as this peer after the server forgot it; `null` without a
+    /// `resume_secret`.
+    resume: Option<String>,
     name: Option<String>,
     peers: Vec<PeerInfo>,
     ice_servers: Vec<IceServer>,
@@ -71,6 +78,7 @@ fn peer_url(room: &RoomName, peer: PeerId) -> String {
 /// What a join needs besides the hub: who may join, and the per-client join rate.
 pub struct Admission<'r> {
     tokens: &'r JoinTokens,
+    resume: &'r ResumeKeys,
     join_rate: &'r JoinRate,
     client: Option<IpAddr>,
     token: BearerHeader,
@@ -83,8 +91,9 @@ impl<'r> rocket::request::FromRequest<'r> for Admission<'r> {
     async fn from_request(
         request: &'r rocket::Request<'_>,
     ) -> rocket::request::Outcome<Self, Error> {
-        let (Some(tokens), Some(join_rate)) = (
+        let (Some(tokens), Some(resume), Some(join_rate)) = (
             request.rocket().state::<JoinTokens>(),
+            request.rocket().state::<ResumeKeys>(),
             request.rocket().state::<JoinRate>(),
         ) else {
             let error = Error::Internal("the join admission state is not managed");
@@ -94,6 +103,7 @@ impl<'r> rocket::request::FromRequest<'r> for Admission<'r> {
         let token = BearerHeader::of(request);
         rocket::request::Outcome::Success(Admission {
             tokens,
+            resume,
             join_rate,
             client,
             token,
@@ -125,11 +135,13 @@ pub async fn join(
         })?;
     let (joined, name) = joined;
     let peer_url = peer_url(&room, joined.peer_id);
+    let resume = admission.resume.issue(&room, joined.peer_id);
     let ice_servers = ice::for_peer(ice, joined.peer_id, stun);
     let response = JoinResponse {
         room: room.to_string(),
         peer_id: joined.peer_id,
         token: joined.token.reveal().to_owned(),
+        resume,
         name,
         peers: joined.peers,
         ice_servers: ice_servers.ice_servers,
@@ -147,7 +159,8 @@ pub async fn join(
 }
 
 /// The join's checks in order: the client's join rate (first, so that a flood of bad tokens is
-/// held to it too), the body, the token and its claims, then the hub (room and client limits).
+/// held to it too), the body, the token and its claims, the resume credential, then the hub
+/// (the resumed peer's absence, room and client limits).
 async fn admit_and_join(
     hub: &Hub,
     admission: &Admission<'_>,
@@ -163,6 +176,7 @@ async fn admit_and_join(
     let request = body?.0.unwrap_or(JoinRequest {
         name: None,
         meta: None,
+        resume: None,
     });
     let name = request.name.map(validate_name).transpose()?;
     let meta = request.meta.map(validate_meta).transpose()?;
@@ -175,7 +189,14 @@ async fn admit_and_join(
         },
         Some(claims) => apply_claims(claims, name, meta)?,
     };
-    let joined = hub.join(room, name.clone(), meta, admission.client).await?;
+    let resumed = request
+        .resume
+        .as_deref()
+        .map(|credential| admission.resume.verify(room, credential))
+        .transpose()?;
+    let joined = hub
+        .join_as(room, resumed, name.clone(), meta, admission.client)
+        .await?;
     if let Some(sub) = sub {
         // `sub` is the application's and may hold anything: quoted, so it cannot forge a line.
         logging::info(format_args!(

@@ -88,6 +88,14 @@ impl MemoryStore {
                 limit: limits.max_rooms,
             });
         }
+        let id = peer.info.peer_id;
+        if rooms
+            .get(room)
+            .is_some_and(|members| members.peers.iter().any(|p| p.info.peer_id == id))
+        {
+            // Only a resumed join names its id, and it may not replace a live peer.
+            return Err(Error::PeerPresent);
+        }
         if rooms
             .get(room)
             .is_some_and(|members| members.peers.len() >= limits.max_peers_per_room)

@@ -118,7 +118,9 @@ pub fn leave_event(peer: PeerId, reason: LeaveReason) -> Arc<EncodedMessage> {
     )
 }
 
-/// A peer about to join.
+/// A peer about to join. Its id is new, or, for a resumed join, one that was in the room before:
+/// a store refuses the join with [`PeerPresent`](crate::error::Error::PeerPresent) while that id is in the room, before
+/// any other check, and changes nothing.
 pub struct NewPeer {
     pub info: PeerInfo,
     pub token: PeerToken,

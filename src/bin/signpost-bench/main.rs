@@ -10,6 +10,8 @@
 //!   its recipient), over SSE or long-poll, targeted or broadcast, closed-loop or at a fixed rate.
 //! - `idle`: many idle SSE streams; the time to open them and the server's memory per stream.
 //! - `churn`: joins plus leaves per second.
+//! - `storm`: a reconnect storm: the server (started by the generator) restarted under N peers
+//!   with open streams, every peer rejoining as signpost.js does; the time until all are back.
 //!
 //! Every mode checks delivery: lost and duplicated messages (from the gapless per-mailbox ids and
 //! a sequence number the generator puts in each message's `data`) must be 0. Errors are counted
@@ -18,8 +20,8 @@
 //! and the commands behind the published figures.
 //!
 //! Layout: [`options`] parses the command line, [`http`] is the client side of the API,
-//! [`report`] gathers counters, latencies and the summary, and [`relay`], [`idle`] and [`churn`]
-//! are the modes.
+//! [`report`] gathers counters, latencies and the summary, and [`relay`], [`idle`], [`churn`]
+//! and [`storm`] are the modes.
 
 mod churn;
 mod http;
@@ -27,6 +29,7 @@ mod idle;
 mod options;
 mod relay;
 mod report;
+mod storm;
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
             Mode::Relay(relay) => relay::run(&options, relay).await,
             Mode::Idle(idle) => idle::run(&options, idle).await,
             Mode::Churn(churn) => churn::run(&options, churn).await,
+            Mode::Storm(storm) => storm::run(&options, storm).await,
         }
     });
     match outcome {

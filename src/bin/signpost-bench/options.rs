@@ -2,12 +2,13 @@
 //! `--max-messages`, and it only accepts a server on the loopback interface.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use lexopt::prelude::*;
 
 pub const USAGE: &str = "\
-usage: signpost-bench <relay|idle|churn> [options]
+usage: signpost-bench <relay|idle|churn|storm> [options]
 
 common:
   --url URL            server (loopback only)          [http://127.0.0.1:8000]
@@ -41,6 +42,11 @@ churn:
   --rooms N            rooms                            [100]
   --workers N          concurrent join+leave loops      [32]
   --duration SECS      how long                         [10]
+
+storm (starts and restarts the server itself, on the port of --url):
+  --peers N            peers, in rooms of 4, streams open [2000]
+  --server-bin PATH    the signpost binary to run with ROCKET_PROFILE=bench
+                       [signpost, next to this program]
 ";
 
 #[derive(Debug, Clone)]
@@ -60,6 +66,7 @@ pub enum Mode {
     Relay(Relay),
     Idle(Idle),
     Churn(Churn),
+    Storm(Storm),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +105,13 @@ pub struct Churn {
     pub rooms: usize,
     pub workers: usize,
     pub duration: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Storm {
+    pub peers: usize,
+    /// The server binary the storm starts, stops with SIGTERM and starts again.
+    pub server_bin: PathBuf,
 }
 
 pub fn parse() -> Result<Options, String> {
@@ -140,6 +154,7 @@ fn parse_from(
         workers: 32,
         duration: Duration::from_secs(10),
     };
+    let mut server_bin = None;
     let mut rooms = None;
     let mut peers = None;
     let mut duration = None;
@@ -177,6 +192,7 @@ fn parse_from(
             Long("concurrency") => idle.concurrency = parser.value()?.parse()?,
             Long("hold") => idle.hold = seconds(parser.value()?.parse()?)?,
             Long("workers") => churn.workers = parser.value()?.parse()?,
+            Long("server-bin") => server_bin = Some(PathBuf::from(parser.value()?)),
             Long("help") | Short('h') => return Err(USAGE.into()),
             _ => return Err(arg.unexpected()),
         }
@@ -211,8 +227,19 @@ fn parse_from(
             check(churn.workers >= 1, "--workers must be at least 1")?;
             Mode::Churn(churn)
         }
+        Some("storm") => {
+            let peers = peers.unwrap_or(2000);
+            check(peers >= 1, "--peers must be at least 1")?;
+            let server_bin = match server_bin {
+                Some(path) => path,
+                None => std::env::current_exe()
+                    .map_err(|error| format!("where is this program? {error}"))?
+                    .with_file_name("signpost"),
+            };
+            Mode::Storm(Storm { peers, server_bin })
+        }
         Some(other) => return Err(format!("unknown mode {other:?}").into()),
-        None => return Err("a mode is required: relay, idle or churn".into()),
+        None => return Err("a mode is required: relay, idle, churn or storm".into()),
     };
     check(threads >= 1, "--threads must be at least 1")?;
     Ok(Options {
@@ -297,5 +324,24 @@ mod tests {
             "more senders than peers"
         );
         assert!(parse("relay --duration 99999").is_err(), "unbounded run");
+    }
+
+    /// A storm has 2,000 peers unless told otherwise, and runs the server binary that sits
+    /// next to the generator unless given another.
+    #[test]
+    fn a_storm_defaults_to_2000_peers_and_the_neighbouring_server() {
+        let Mode::Storm(storm) = parse("storm").unwrap().mode else {
+            panic!("storm mode")
+        };
+        assert_eq!(storm.peers, 2000);
+        assert_eq!(storm.server_bin.file_name().unwrap(), "signpost");
+        let Mode::Storm(storm) = parse("storm --peers 8 --server-bin /opt/signpost")
+            .unwrap()
+            .mode
+        else {
+            panic!("storm mode")
+        };
+        assert_eq!((storm.peers, storm.server_bin), (8, "/opt/signpost".into()));
+        assert!(parse("storm --peers 0").is_err());
     }
 }

@@ -303,6 +303,7 @@ impl RedisStore {
         let reply = Reply::new(reply)?;
         match reply.status()? {
             "ok" => {}
+            "peer_present" => return Err(Error::PeerPresent),
             "room_full" => {
                 return Err(Error::RoomFull {
                     limit: limits.max_peers_per_room,

@@ -6,7 +6,8 @@
 --       the peer id, which is the field's name),
 --       announcement ("join <envelope>"),
 --       max peers, mailbox capacity, send burst, presence timeout (ms), key expiry (ms).
--- Reply: {"room_full"} or {"ok", created (0/1), {peer id, info JSON, ... of the peers before,
+-- Reply: {"peer_present"} (the peer id is in the room: a resumed join may not replace it),
+--        {"room_full"} or {"ok", created (0/1), {peer id, info JSON, ... of the peers before,
 --        in join order},
 --        {departures: peer, reason, client key, ...}, now (µs), presence deadline (ms)}.
 local peer, digest, client, info, announcement = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -14,6 +15,9 @@ local max_peers, capacity, burst = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local timeout_ms = tonumber(ARGV[9])
 key_ttl_ms = tonumber(ARGV[10])
 
+if redis.call('HEXISTS', K_PEERS, peer) == 1 then
+  return {'peer_present'}
+end
 local count = redis.call('HLEN', K_PEERS)
 if count >= max_peers then
   return {'room_full'}
