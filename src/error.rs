@@ -97,6 +97,11 @@ pub enum Error {
     CorsRefused(String),
     /// No route for this method and path.
     RouteNotFound,
+    /// A route has this path, but not this method; `allow` lists the methods it has, as the
+    /// `Allow` header says them (`GET, HEAD, OPTIONS`).
+    MethodNotAllowed {
+        allow: String,
+    },
     /// A status Rocket produced before any handler ran, and that no variant above covers.
     Http(Status),
     /// The shared store (Redis) did not answer; nothing was changed that the client can see
@@ -120,6 +125,7 @@ impl Error {
             | JoinTokenExpired => Status::Unauthorized,
             WrongPeer | CorsRefused(_) | RoomNotAllowed | ClaimMismatch(_) => Status::Forbidden,
             RoomNotFound | PeerNotFound | RouteNotFound => Status::NotFound,
+            MethodNotAllowed { .. } => Status::MethodNotAllowed,
             RoomFull { .. } | TooManyRooms { .. } => Status::Conflict,
             BodyTooLarge { .. } | MessageTooLarge { .. } => Status::PayloadTooLarge,
             UnsupportedMediaType(_) => Status::UnsupportedMediaType,
@@ -175,6 +181,7 @@ impl Error {
             TooManyPeersForClient { .. } => "too_many_peers_for_client",
             CorsRefused(_) => "cors_refused",
             RouteNotFound => "not_found",
+            MethodNotAllowed { .. } => "method_not_allowed",
             Http(status) => http_code(*status),
             StoreUnavailable => "store_unavailable",
             Internal(_) => "internal_error",
@@ -253,6 +260,9 @@ impl Error {
             .into(),
             CorsRefused(why) => why.clone().into(),
             RouteNotFound => "no such endpoint; see docs/API.md".into(),
+            MethodNotAllowed { allow } => {
+                format!("this endpoint does not answer that method; it answers {allow}").into()
+            }
             Http(status) => status.reason_lossy().to_owned().into(),
             StoreUnavailable => {
                 "the shared store is unreachable; retry after the time in Retry-After".into()
@@ -332,8 +342,8 @@ impl Error {
         serde_json::to_string(&body).unwrap_or_default()
     }
 
-    /// The headers that go with the status: `WWW-Authenticate` on the 401s (RFC 9110
-    /// requires it) and `Retry-After` on the 429s and the 503.
+    /// The headers that go with the status: `WWW-Authenticate` on the 401s and `Allow` on the
+    /// 405 (RFC 9110 requires both), and `Retry-After` on the 429s and the 503.
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, String)> {
         let authenticate = matches!(
             self,
@@ -347,7 +357,11 @@ impl Error {
         let retry_after = self
             .retry_after_secs()
             .map(|seconds| ("Retry-After", seconds.to_string()));
-        authenticate.into_iter().chain(retry_after)
+        let allow = match self {
+            Error::MethodNotAllowed { allow } => Some(("Allow", allow.clone())),
+            _ => None,
+        };
+        authenticate.into_iter().chain(retry_after).chain(allow)
     }
 }
 

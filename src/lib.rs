@@ -69,7 +69,7 @@ use crate::ice::IceConfig;
 use crate::join_token::JoinTokens;
 use crate::metrics::Metrics;
 
-pub use crate::front::{shutdown_signals, Server, StartError};
+pub use crate::front::{shutdown_signals, Endpoint, Server, StartError};
 
 /// The Rocket application as configured by `figment`, with signpost's settings read from its
 /// `signpost` key: the shared state, every route but the three relay routes, the fairings and

@@ -513,7 +513,8 @@ store_tests! {
         }
 
         // HEAD on the receiving routes would replace the live stream or acknowledge messages that
-        // nobody reads: it is refused, and Alice's stream below is still the one delivering.
+        // nobody reads: it is refused (405, they answer GET only), and Alice's stream below is
+        // still the one delivering.
         let mut alice_events = alice.events(None).await;
         for route in ["events", "messages"] {
             let head = server
@@ -523,7 +524,7 @@ store_tests! {
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(head.status(), 404, "HEAD {route}");
+            assert_eq!(head.status(), 405, "HEAD {route}");
         }
         let bob = server.join("hostile", "bob").await;
         assert_eq!(alice_events.next_message().await["data"]["peer_id"], bob.id);
