@@ -126,7 +126,10 @@ impl Error {
             WrongPeer | CorsRefused(_) | RoomNotAllowed | ClaimMismatch(_) => Status::Forbidden,
             RoomNotFound | PeerNotFound | RouteNotFound => Status::NotFound,
             MethodNotAllowed { .. } => Status::MethodNotAllowed,
-            RoomFull { .. } | TooManyRooms { .. } => Status::Conflict,
+            // `to` names no peer of the room *now*: most often one that just left (its `leave`
+            // is on the way). The room's state, not the request's form, is at odds: a 409, as
+            // for a full room, and a request that is valid by docs/openapi.yaml is never a 422.
+            RoomFull { .. } | TooManyRooms { .. } | UnknownRecipient { .. } => Status::Conflict,
             BodyTooLarge { .. } | MessageTooLarge { .. } => Status::PayloadTooLarge,
             UnsupportedMediaType(_) => Status::UnsupportedMediaType,
             InvalidBody(_)
@@ -134,7 +137,6 @@ impl Error {
             | InvalidName(_)
             | InvalidMeta(_)
             | InvalidType { .. }
-            | UnknownRecipient { .. }
             | SelfRecipient { .. } => Status::UnprocessableEntity,
             RateLimited { .. } | TooManyJoins { .. } | TooManyPeersForClient { .. } => {
                 Status::TooManyRequests

@@ -94,6 +94,9 @@ store_tests! {
                 "invalid_body",
             ),
             (send(&alice).json(&json!("offer")), 422, "invalid_body"),
+            // serde would read a message from an array of its fields; a message is an object.
+            (send(&alice).json(&json!([["chat"]])), 422, "invalid_body"),
+            (send(&alice).json(&json!([["chat", null, 1]])), 422, "invalid_body"),
             (send(&alice).json(&json!([])), 422, "empty_batch"),
             (
                 send(&alice).json(&vec![json!({"type": "c"}); 65]),
@@ -137,7 +140,7 @@ store_tests! {
             ),
             (
                 send(&alice).json(&json!({"type": "offer", "to": uuid::Uuid::new_v4()})),
-                422,
+                409,
                 "unknown_recipient",
             ),
             (
@@ -350,6 +353,14 @@ store_tests! {
             refused(join("ok").json(&json!({"nickname": "x"}))).await,
             (422, "invalid_body".into())
         );
+        // Found by schemathesis: serde would read a join from an array of its fields.
+        for body in [json!([null, null]), json!(["Alice"]), json!(7)] {
+            assert_eq!(
+                refused(join("ok").json(&body)).await,
+                (422, "invalid_body".into()),
+                "{body}"
+            );
+        }
         assert_eq!(
             server.get_json("/api/rooms/ok").await.0,
             404,
