@@ -402,6 +402,29 @@ store_tests! {
             refused(get("/events?last_event_id=-3")).await,
             (400, "invalid_last_event_id".into())
         );
+        // Found by schemathesis: which of two values was meant cannot be known, and an empty
+        // id is no id (EventSource sends no header rather than an empty one).
+        assert_eq!(
+            refused(get("/events?last_event_id=&last_event_id=2")).await,
+            (400, "invalid_query".into())
+        );
+        assert_eq!(
+            refused(get("/events?last_event_id=")).await,
+            (400, "invalid_last_event_id".into())
+        );
+        // The header wins, but a malformed query is still a malformed request.
+        assert_eq!(
+            refused(get("/events?last_event_id=x").header("last-event-id", "1")).await,
+            (400, "invalid_last_event_id".into())
+        );
+        assert_eq!(
+            refused(get("/messages?after=1&after=2")).await,
+            (400, "invalid_query".into())
+        );
+        assert_eq!(
+            refused(get("/messages?wait=0&wait=1")).await,
+            (400, "invalid_query".into())
+        );
     }
 }
 
