@@ -29,6 +29,8 @@
 //!   - [`metrics`]: counters and gauges for `GET /metrics`.
 //!   - [`stun`]: the optional built-in STUN server (UDP).
 //!   - [`token_command`]: `signpost token`, which mints a join token for operators and tests.
+//! - For clients: `client` (the `client` feature, on by default), a typed client of the API on
+//!   reqwest, for tests and Rust peers.
 //!
 //! [`Server::bind`] assembles the server from a figment and [`Server::run`] serves it; the binary
 //! and the tests both use them.
@@ -37,6 +39,8 @@
 extern crate rocket;
 
 mod api;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod client_address;
 pub mod client_limits;
 pub mod config;

@@ -55,7 +55,14 @@ impl PythonPeer {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python-peer/peer.py");
         let mut child = Command::new(python)
             .arg(script)
-            .args([&server.base, room, "--name", "robot", "--transport", transport])
+            .args([
+                &server.base,
+                room,
+                "--name",
+                "robot",
+                "--transport",
+                transport,
+            ])
             .args(["--chat", "hello from aiortc", "--until-chat-and-video"])
             .args(["--timeout", "60"])
             .stdout(Stdio::piped())
@@ -69,7 +76,12 @@ impl PythonPeer {
     /// The next line whose `event` is `event`, skipping others; fails after the page deadline.
     async fn next(&mut self, event: &str) -> Value {
         let wait = async {
-            while let Some(line) = self.lines.next_line().await.expect("read the peer's output") {
+            while let Some(line) = self
+                .lines
+                .next_line()
+                .await
+                .expect("read the peer's output")
+            {
                 let value: Value = serde_json::from_str(&line).expect("a JSON line");
                 if value["event"] == event {
                     return value;
@@ -103,7 +115,8 @@ async fn talk(tab: &Tab, tab_id: &str, mut peer: PythonPeer, peer_id: &str, tran
         ),
     )
     .await;
-    tab.eval("signpostApp.sendChat('hello from the page')").await;
+    tab.eval("signpostApp.sendChat('hello from the page')")
+        .await;
     let chat = peer.next("chat").await;
     assert_eq!(chat["from"], tab_id);
     assert_eq!(chat["text"], "hello from the page");
