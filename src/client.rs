@@ -26,7 +26,7 @@
 //! # tokio::spawn(server.run(std::future::pending()));
 //! let client = Client::new(&base); // e.g. "http://127.0.0.1:8000"
 //! let alice = client.join("demo", JoinOptions::named("Alice")).await?;
-//! let mut alice_events = alice.events();
+//! let mut alice_events = alice.events().await?;
 //! let bob = client.join("demo", JoinOptions::named("Bob")).await?;
 //! assert_eq!(bob.peers()[0].peer_id, alice.id());
 //!
@@ -575,30 +575,35 @@ impl Peer {
         answer(response).await
     }
 
-    /// The peer's messages on the SSE stream, for as long as the peer is in the room. When the
-    /// stream ends (a proxy's timeout, a restart) it reconnects with `Last-Event-ID` and goes on
-    /// where it was: no message lost or repeated. It ends after yielding the error that refused
-    /// a reconnection (`peer_not_found` once the peer left or was removed).
+    /// Opens the peer's SSE stream (the peer counts as present from then on) and returns its
+    /// events, for as long as the peer is in the room. When the stream ends (a proxy's timeout,
+    /// a restart) it reconnects with `Last-Event-ID` and goes on where it was: no message lost
+    /// or repeated. It ends after yielding the error that refused a reconnection
+    /// (`peer_not_found` once the peer left or was removed). One stream per peer: opening
+    /// another ends this one's connection, and the two would take turns.
+    ///
+    /// A refusal of the first connection is returned here.
     ///
     /// ```no_run
     /// # async fn run(peer: signpost::client::Peer) -> Result<(), signpost::client::ClientError> {
     /// use futures_util::StreamExt;
-    /// let mut events = peer.events();
+    /// let mut events = peer.events().await?;
     /// while let Some(event) = events.next().await {
     ///     println!("{:?}", event?);
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn events(&self) -> Events {
-        let state = Connection {
+    pub async fn events(&self) -> Result<Events, ClientError> {
+        let mut state = Connection {
             peer: self.clone(),
             last_id: None,
             stream: None,
             ended: false,
         };
-        Events {
+        state.connect().await?;
+        Ok(Events {
             inner: futures_util::stream::unfold(state, Connection::next).boxed(),
-        }
+        })
     }
 
     /// Leaves the room (`DELETE` on the peer).

@@ -6,32 +6,18 @@ mod common;
 #[path = "common/proxy.rs"]
 #[allow(dead_code)] // what the browser tests use besides
 mod proxy;
+#[path = "common/typed.rs"]
+mod typed;
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::json;
-use signpost::client::{Client, ClientError, Envelope, Event, Events, JoinOptions, Message};
+use signpost::client::{Client, ClientError, Event, JoinOptions, Message};
 
 use common::{Server, EVENT_DEADLINE};
 use proxy::{Hostility, Proxy};
-
-/// The next mailbox message on `events`, skipping `ready`; fails after the deadline.
-async fn next_message(events: &mut Events) -> Envelope {
-    let wait = async {
-        loop {
-            match events.next().await.expect("the stream goes on") {
-                Ok(Event::Message(envelope)) => return envelope,
-                Ok(Event::Ready { .. }) => continue,
-                Ok(other) => panic!("unexpected {other:?}"),
-                Err(error) => panic!("the stream failed: {error}"),
-            }
-        }
-    };
-    tokio::time::timeout(EVENT_DEADLINE, wait)
-        .await
-        .expect("a message in time")
-}
+use typed::next_message;
 
 /// Two peers join; one sends a message and a batch, the other receives them in order on its
 /// stream with the sender's id, and the join answers carry what the client exposes.
@@ -46,7 +32,7 @@ async fn peers_join_send_and_receive() {
         )
         .await
         .unwrap();
-    let mut alice_events = alice.events();
+    let mut alice_events = alice.events().await.unwrap();
     let bob = client.join("client", JoinOptions::default()).await.unwrap();
     assert_eq!(bob.room(), "client");
     assert_eq!(bob.peers().len(), 1);
@@ -108,7 +94,7 @@ async fn the_stream_resumes_by_itself() {
         .join("resume", JoinOptions::named("Bob"))
         .await
         .unwrap();
-    let mut alice_events = alice.events();
+    let mut alice_events = alice.events().await.unwrap();
     assert_eq!(next_message(&mut alice_events).await.kind, "join");
     let mut expected_id = 2;
     for round in 0..3 {
@@ -188,7 +174,7 @@ async fn refusals_are_typed() {
     let reserved = alice.send(Message::new("join")).await.unwrap_err();
     assert_eq!(reserved.code(), Some("invalid_type"));
 
-    let mut events = alice.events();
+    let mut events = alice.events().await.unwrap();
     assert!(matches!(
         events.next().await,
         Some(Ok(Event::Ready { last_id: 0 }))
