@@ -97,6 +97,11 @@ pub enum Error {
     CorsRefused(String),
     /// No route for this method and path.
     RouteNotFound,
+    /// A route has this path, but not this method; `allow` lists the methods it has, as the
+    /// `Allow` header says them (`GET, HEAD, OPTIONS`).
+    MethodNotAllowed {
+        allow: String,
+    },
     /// A status Rocket produced before any handler ran, and that no variant above covers.
     Http(Status),
     /// The shared store (Redis) did not answer; nothing was changed that the client can see
@@ -126,7 +131,11 @@ impl Error {
             | JoinTokenExpired => Status::Unauthorized,
             WrongPeer | CorsRefused(_) | RoomNotAllowed | ClaimMismatch(_) => Status::Forbidden,
             RoomNotFound | PeerNotFound | RouteNotFound => Status::NotFound,
-            RoomFull { .. } | TooManyRooms { .. } => Status::Conflict,
+            MethodNotAllowed { .. } => Status::MethodNotAllowed,
+            // `to` names no peer of the room *now*: most often one that just left (its `leave`
+            // is on the way). The room's state, not the request's form, is at odds: a 409, as
+            // for a full room, and a request that is valid by docs/openapi.yaml is never a 422.
+            RoomFull { .. } | TooManyRooms { .. } | UnknownRecipient { .. } => Status::Conflict,
             BodyTooLarge { .. } | MessageTooLarge { .. } => Status::PayloadTooLarge,
             UnsupportedMediaType(_) => Status::UnsupportedMediaType,
             InvalidBody(_)
@@ -134,7 +143,6 @@ impl Error {
             | InvalidName(_)
             | InvalidMeta(_)
             | InvalidType { .. }
-            | UnknownRecipient { .. }
             | SelfRecipient { .. } => Status::UnprocessableEntity,
             RateLimited { .. } | TooManyJoins { .. } | TooManyPeersForClient { .. } => {
                 Status::TooManyRequests
@@ -184,6 +192,7 @@ impl Error {
             TooManyPeersForClient { .. } => "too_many_peers_for_client",
             CorsRefused(_) => "cors_refused",
             RouteNotFound => "not_found",
+            MethodNotAllowed { .. } => "method_not_allowed",
             Http(status) => http_code(*status),
             StoreUnavailable => "store_unavailable",
             ResumeNotEnabled => "resume_not_enabled",
@@ -265,6 +274,9 @@ impl Error {
             .into(),
             CorsRefused(why) => why.clone().into(),
             RouteNotFound => "no such endpoint; see docs/API.md".into(),
+            MethodNotAllowed { allow } => {
+                format!("this endpoint does not answer that method; it answers {allow}").into()
+            }
             Http(status) => status.reason_lossy().to_owned().into(),
             StoreUnavailable => {
                 "the shared store is unreachable; retry after the time in Retry-After".into()
@@ -353,8 +365,8 @@ impl Error {
         serde_json::to_string(&body).unwrap_or_default()
     }
 
-    /// The headers that go with the status: `WWW-Authenticate` on the 401s (RFC 9110
-    /// requires it) and `Retry-After` on the 429s and the 503.
+    /// The headers that go with the status: `WWW-Authenticate` on the 401s and `Allow` on the
+    /// 405 (RFC 9110 requires both), and `Retry-After` on the 429s and the 503.
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, String)> {
         let authenticate = matches!(
             self,
@@ -368,7 +380,11 @@ impl Error {
         let retry_after = self
             .retry_after_secs()
             .map(|seconds| ("Retry-After", seconds.to_string()));
-        authenticate.into_iter().chain(retry_after)
+        let allow = match self {
+            Error::MethodNotAllowed { allow } => Some(("Allow", allow.clone())),
+            _ => None,
+        };
+        authenticate.into_iter().chain(retry_after).chain(allow)
     }
 }
 

@@ -30,6 +30,8 @@
 //!   - [`metrics`]: counters and gauges for `GET /metrics`.
 //!   - [`stun`]: the optional built-in STUN server (UDP).
 //!   - [`token_command`]: `signpost token`, which mints a join token for operators and tests.
+//! - For clients: `client` (the `client` feature, on by default), a typed client of the API on
+//!   reqwest, for tests and Rust peers.
 //!
 //! [`Server::bind`] assembles the server from a figment and [`Server::run`] serves it; the binary
 //! and the tests both use them.
@@ -38,6 +40,8 @@
 extern crate rocket;
 
 mod api;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod client_address;
 pub mod client_limits;
 pub mod config;
@@ -72,7 +76,7 @@ use crate::join_token::JoinTokens;
 use crate::metrics::Metrics;
 use crate::resume::ResumeKeys;
 
-pub use crate::front::{shutdown_signals, Server, StartError};
+pub use crate::front::{shutdown_signals, Endpoint, Server, StartError};
 
 /// The Rocket application as configured by `figment`, with signpost's settings read from its
 /// `signpost` key: the shared state, every route but the three relay routes, the fairings and

@@ -70,6 +70,34 @@ pub struct OutgoingMessage {
     pub data: Option<Box<RawValue>>,
 }
 
+/// `T` read from a JSON object only. serde's derived structs also accept an array of their
+/// fields in order (`["offer", null, null]` for a message), which no client means and the
+/// documents do not allow: such a body is refused as JSON of the wrong shape.
+#[derive(Debug)]
+pub struct JsonObject<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for JsonObject<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer
+            .deserialize_map(ObjectVisitor(std::marker::PhantomData))
+            .map(JsonObject)
+    }
+}
+
 /// The body of a send: one message object, or an array of them.
 #[derive(Debug)]
 pub struct MessageBatch(pub Vec<OutgoingMessage>);
@@ -94,7 +122,9 @@ impl<'de> Deserialize<'de> for MessageBatch {
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MessageBatch, A::Error> {
                 let mut messages = Vec::new();
-                while let Some(message) = seq.next_element::<OutgoingMessage>()? {
+                while let Some(JsonObject(message)) =
+                    seq.next_element::<JsonObject<OutgoingMessage>>()?
+                {
                     if messages.len() == MAX_BATCH {
                         return Err(de::Error::custom(format!(
                             "a batch carries at most {MAX_BATCH} messages"

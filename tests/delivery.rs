@@ -250,6 +250,6 @@ store_tests! {
             (404, Some("peer_not_found"))
         );
         let response = alice.send(json!({"type": "offer", "to": bob.id})).await;
-        assert_eq!(response.status(), 422, "Bob is no longer a recipient");
+        assert_eq!(response.status(), 409, "Bob is no longer a recipient");
     }
 }

@@ -1,10 +1,17 @@
-//! Joining, leaving, presence and looking at rooms.
+//! Joining, leaving, presence and looking at rooms. Where a test is about behaviour rather than
+//! the wire format, it speaks through `signpost::client`, the typed client.
 
 #[macro_use]
 mod common;
+#[path = "common/typed.rs"]
+mod typed;
+
+use std::time::Duration;
 
 use common::Server;
 use serde_json::{json, Value};
+use signpost::client::{Client, JoinOptions, Message};
+use typed::next_message;
 
 store_tests! {
     /// A join creates the room and hands the peer its id, a long random token, the peers already
@@ -86,35 +93,28 @@ store_tests! {
     /// `leave` with reason `left` when it leaves; the last one out removes the room.
     async fn joins_and_leaves_are_announced_and_empty_rooms_disappear() {
         let server = Server::start().await;
-        let alice = server.join("lobby", "alice").await;
-        let mut alice_events = alice.events(None).await;
+        let client = Client::new(&server.base);
+        let alice = client.join("lobby", JoinOptions::named("alice")).await.unwrap();
+        let mut alice_events = alice.events().await.unwrap();
 
-        let bob = server.join("lobby", "bob").await;
-        let join = alice_events.next_message().await;
-        assert_eq!(join["type"], "join");
-        assert_eq!(join["data"], json!({"peer_id": bob.id, "name": "bob"}));
-        assert!(join.get("from").is_none(), "server events have no sender");
-        assert!(!join.to_string().contains(&bob.token));
+        let bob = client.join("lobby", JoinOptions::named("bob")).await.unwrap();
+        let join = next_message(&mut alice_events).await;
+        assert_eq!(join.kind, "join");
+        assert_eq!(join.data, json!({"peer_id": bob.id(), "name": "bob"}));
+        assert_eq!(join.from, None, "server events have no sender");
+        assert!(!join.data.to_string().contains(bob.token()));
 
-        assert_eq!(bob.leave().await, 204);
-        let leave = alice_events.next_message().await;
-        assert_eq!(leave["type"], "leave");
-        assert_eq!(leave["data"], json!({"peer_id": bob.id, "reason": "left"}));
-        assert_eq!(
-            server
-                .get_json(&format!("/api/rooms/lobby/peers/{}", bob.id))
-                .await
-                .0,
-            404
-        );
+        bob.leave().await.unwrap();
+        let leave = next_message(&mut alice_events).await;
+        assert_eq!(leave.kind, "leave");
+        assert_eq!(leave.data, json!({"peer_id": bob.id(), "reason": "left"}));
+        let peers = client.room("lobby").await.unwrap();
+        assert!(peers.iter().all(|peer| peer.peer_id != bob.id()));
 
         drop(alice_events);
-        assert_eq!(alice.leave().await, 204);
-        assert_eq!(
-            server.get_json("/api/rooms/lobby").await.0,
-            404,
-            "the empty room is gone"
-        );
+        alice.leave().await.unwrap();
+        let gone = client.room("lobby").await.unwrap_err();
+        assert_eq!(gone.code(), Some("room_not_found"), "the empty room is gone");
     }
 }
 
@@ -147,23 +147,18 @@ store_tests! {
     /// `leave` with reason `timeout`; its credentials stop working.
     async fn a_silent_peer_times_out() {
         let server = Server::with(json!({"peer_timeout_secs": 0.3})).await;
-        let alice = server.join("presence", "alice").await;
-        let mut alice_events = alice.events(None).await;
-        let bob = server.join("presence", "bob").await;
-        assert_eq!(alice_events.next_message().await["type"], "join");
+        let client = Client::new(&server.base);
+        let alice = client.join("presence", JoinOptions::named("alice")).await.unwrap();
+        let mut alice_events = alice.events().await.unwrap();
+        let bob = client.join("presence", JoinOptions::named("bob")).await.unwrap();
+        assert_eq!(next_message(&mut alice_events).await.kind, "join");
 
         // Bob never listens. Alice's open stream keeps her present while Bob times out.
-        let leave = alice_events.next_message().await;
-        assert_eq!(leave["type"], "leave");
-        assert_eq!(
-            leave["data"],
-            json!({"peer_id": bob.id, "reason": "timeout"})
-        );
-        let (status, body) = bob.poll(0, 0.0).await;
-        assert_eq!(
-            (status, body["error"].as_str()),
-            (404, Some("peer_not_found"))
-        );
+        let leave = next_message(&mut alice_events).await;
+        assert_eq!(leave.kind, "leave");
+        assert_eq!(leave.data, json!({"peer_id": bob.id(), "reason": "timeout"}));
+        let refused = bob.poll(0, Duration::ZERO).await.unwrap_err();
+        assert_eq!(refused.code(), Some("peer_not_found"));
     }
 }
 
@@ -172,28 +167,19 @@ store_tests! {
     /// never timed out, even when each poll waits longer than the timeout.
     async fn a_polling_peer_stays_present() {
         let server = Server::with(json!({"peer_timeout_secs": 0.3})).await;
-        let alice = server.join("polling", "alice").await;
-        let _alice_events = alice.events(None).await;
-        let bob = server.join("polling", "bob").await;
+        let client = Client::new(&server.base);
+        let alice = client.join("polling", JoinOptions::named("alice")).await.unwrap();
+        let _alice_events = alice.events().await.unwrap();
+        let bob = client.join("polling", JoinOptions::named("bob")).await.unwrap();
 
         // Bob's poll waits 1 s (over three timeouts) with nothing to receive, then Alice writes.
-        let (status, body) = bob.poll(0, 1.0).await;
-        assert_eq!(status, 200);
-        assert_eq!(
-            body["messages"],
-            json!([]),
-            "nothing arrived during the wait"
-        );
-        alice.send_ok(json!({"type": "offer", "to": bob.id})).await;
-        let (status, body) = bob.poll(body["last_id"].as_u64().unwrap(), 1.0).await;
-        assert_eq!(status, 200);
-        assert_eq!(body["messages"][0]["type"], "offer");
+        let waited = bob.poll(0, Duration::from_secs(1)).await.unwrap();
+        assert!(waited.messages.is_empty(), "nothing arrived during the wait");
+        alice.send(Message::new("offer").to(bob.id())).await.unwrap();
+        let offer = bob.poll(waited.last_id, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(offer.messages[0].kind, "offer");
 
-        let (_, room) = server.get_json("/api/rooms/polling").await;
-        assert_eq!(
-            room["peers"].as_array().unwrap().len(),
-            2,
-            "both peers are still present"
-        );
+        let peers = client.room("polling").await.unwrap();
+        assert_eq!(peers.len(), 2, "both peers are still present");
     }
 }

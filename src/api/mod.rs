@@ -8,6 +8,7 @@
 //! - `rooms`: join, leave, look at a room or a peer.
 //! - `ice`: the ICE servers (STUN, TURN credentials) a peer may use.
 //! - `cors`: cross-origin access for the origins in the config.
+//! - `openapi`: `GET /api/openapi.yaml`, the machine-readable description of the API.
 //! - `ops`: `/healthz`, `/readyz` and `/metrics`, outside `/api`.
 //! - `client`: the client address the join limits are charged to.
 //! - `auth`, `body`, `params`: request guards that turn headers, bodies and path segments into
@@ -18,6 +19,7 @@ pub mod body;
 mod client;
 pub mod cors;
 mod ice;
+mod openapi;
 mod ops;
 pub mod params;
 mod rooms;
@@ -42,6 +44,7 @@ pub fn stage() -> AdHoc {
                     rooms::leave,
                     rooms::leave_beacon,
                     ice::ice_servers,
+                    openapi::openapi,
                     cors::preflight,
                 ],
             )

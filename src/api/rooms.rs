@@ -22,6 +22,7 @@ use crate::ice::IceConfig;
 use crate::identity::{PeerId, RoomName};
 use crate::join_token::{JoinClaims, JoinTokens};
 use crate::logging;
+use crate::message::JsonObject;
 use crate::resume::ResumeKeys;
 
 /// The longest display name, in characters: enough for a full name, short enough for a tile.
@@ -119,7 +120,7 @@ pub async fn join(
     stun: StunUrl,
     admission: Admission<'_>,
     room: Result<RoomName, Error>,
-    body: Result<JsonBody<Option<JoinRequest>>, Error>,
+    body: Result<JsonBody<Option<JsonObject<JoinRequest>>>, Error>,
 ) -> ApiResult<Created<Json<JoinResponse>>> {
     let room = room?;
     let client = admission.client;
@@ -165,7 +166,7 @@ async fn admit_and_join(
     hub: &Hub,
     admission: &Admission<'_>,
     room: &RoomName,
-    body: Result<JsonBody<Option<JoinRequest>>, Error>,
+    body: Result<JsonBody<Option<JsonObject<JoinRequest>>>, Error>,
 ) -> ApiResult<(crate::hub::Joined, Option<String>)> {
     if let Some(client) = admission.client {
         admission
@@ -173,11 +174,14 @@ async fn admit_and_join(
             .charge(client, Instant::now())
             .map_err(|retry_after| Error::TooManyJoins { retry_after })?;
     }
-    let request = body?.0.unwrap_or(JoinRequest {
-        name: None,
-        meta: None,
-        resume: None,
-    });
+    let request = body?.0.map_or(
+        JoinRequest {
+            name: None,
+            meta: None,
+            resume: None,
+        },
+        |JsonObject(request)| request,
+    );
     let name = request.name.map(validate_name).transpose()?;
     let meta = request.meta.map(validate_meta).transpose()?;
     let claims = admission.tokens.admit(admission.token.as_deref(), room)?;

@@ -93,15 +93,21 @@ pub async fn events(
         .reader(&request::room(room)?, peer, token.as_deref())
         .await?;
     // A reconnecting EventSource sends the header; the query is for a first connection that
-    // resumes where an earlier client left off. The header is newer, so it wins.
-    let resume_from = request::header(request, "Last-Event-ID")
-        .map(|id| id.trim().to_owned())
-        .or_else(|| request::query_value(request, "last_event_id"))
-        .filter(|id| !id.is_empty());
-    let resume_from = match resume_from {
-        Some(id) => Some(id.parse::<u64>().map_err(|_| Error::InvalidLastEventId)?),
-        None => None,
+    // resumes where an earlier client left off. The header is newer, so it wins; both must be
+    // ids when present (EventSource sends no header rather than an empty one).
+    let id = |text: &str| {
+        text.trim()
+            .parse::<u64>()
+            .map_err(|_| Error::InvalidLastEventId)
     };
+    let from_header = request::header(request, "Last-Event-ID")
+        .map(id)
+        .transpose()?;
+    let from_query = request::query_param(request, "last_event_id")?
+        .as_deref()
+        .map(id)
+        .transpose()?;
+    let resume_from = from_header.or(from_query);
     // Subscribed before the first read, so nothing appended after that read goes unnoticed.
     let mut wake = reader.subscribe().await?;
     let (ticket, last_id) = reader.open_stream(resume_from).await?;

@@ -17,17 +17,20 @@
 //! - `request`: how a relay request's path, query, token and body become domain values.
 //! - `response`: JSON and error responses, and the headers every relay response carries.
 //! - `send`, `events`, `poll`: the three relay routes.
+//! - `methods`: which methods each known path answers, for `405` with `Allow`.
 //! - `fallback`: hands every other request to Rocket.
 //! - `signals`: the process signals that stop the server.
 
 mod events;
 mod fallback;
+mod methods;
 mod poll;
 mod request;
 mod response;
 mod send;
 mod signals;
 
+pub use self::methods::Endpoint;
 pub use self::signals::shutdown_signals;
 
 use std::convert::Infallible;
@@ -105,6 +108,8 @@ struct Front {
     shutdown: Shutdown,
     /// The Rocket application, for every request the front does not serve itself.
     rocket: Client,
+    /// Every route of both layers, for the `405`s of known paths.
+    methods: methods::Methods,
 }
 
 impl Server {
@@ -129,6 +134,7 @@ impl Server {
             return Err(StartError::Application(missing.to_owned()));
         };
         let shutdown = orbit.shutdown();
+        let methods = methods::Methods::of(orbit);
         let address = SocketAddr::new(http.address, http.port);
         let listener = TcpListener::bind(address)
             .await
@@ -139,6 +145,7 @@ impl Server {
             metrics,
             shutdown,
             rocket,
+            methods,
         });
         Ok(Server {
             listener,
@@ -150,6 +157,13 @@ impl Server {
     /// The address the server listens on (with the port the system chose, if the config's was 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Every route the server answers, Rocket's and the relay routes, sorted by path then method;
+    /// catch-alls (static files, the CORS preflight) left out. `docs/openapi.yaml` describes
+    /// exactly these.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        self.front.methods.endpoints()
     }
 
     /// The shutdown signal: `notify()` on it stops the server as `stop` in [`Server::run`] does.
@@ -272,6 +286,11 @@ impl Front {
     ) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
         let Some(route) = Route::of(&parts.method, parts.uri.path()) else {
+            // Checked before Rocket sees the request: Rocket alone would answer 404, and it
+            // does not know the relay routes' paths.
+            if let Some(allow) = self.methods.refusal(&parts.method, parts.uri.path()) {
+                return self.refuse(&parts, &Error::MethodNotAllowed { allow });
+            }
             // Boxed: Rocket's dispatch future is over 8 KiB, and hyper keeps room for the largest
             // state of this future for as long as a connection lives, idle streams included.
             let dispatch = fallback::dispatch(self, Request::from_parts(parts, body), remote);

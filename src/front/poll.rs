@@ -34,9 +34,9 @@ pub async fn poll(
         )
         .await?;
     let after: u64 =
-        number("after", request::query_value(request, "after").as_deref())?.unwrap_or(0);
+        number("after", request::query_param(request, "after")?.as_deref())?.unwrap_or(0);
     let max_wait = front.config.poll_max_wait();
-    let wait = match number::<f64>("wait", request::query_value(request, "wait").as_deref())? {
+    let wait = match number::<f64>("wait", request::query_param(request, "wait")?.as_deref())? {
         Some(seconds) if !(seconds.is_finite() && seconds >= 0.0) => {
             return Err(Error::InvalidQuery {
                 parameter: "wait",

@@ -37,6 +37,23 @@ pub fn query_value(request: &Parts, name: &str) -> Option<String> {
         .map(|(_, value)| value.into_owned())
 }
 
+/// The value of the query parameter `name`, form-decoded; a parameter given twice is refused,
+/// since which of its values was meant cannot be known.
+pub fn query_param(request: &Parts, name: &'static str) -> Result<Option<String>, Error> {
+    let Some(query) = request.uri.query() else {
+        return Ok(None);
+    };
+    let mut values = form_urlencoded::parse(query.as_bytes()).filter(|(key, _)| key == name);
+    let first = values.next().map(|(_, value)| value.into_owned());
+    if values.next().is_some() {
+        return Err(Error::InvalidQuery {
+            parameter: name,
+            reason: "is given more than once".to_owned(),
+        });
+    }
+    Ok(first)
+}
+
 pub fn header<'a>(request: &'a Parts, name: &str) -> Option<&'a str> {
     request.headers.get(name)?.to_str().ok()
 }

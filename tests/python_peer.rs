@@ -1,0 +1,197 @@
+//! A client no one here wrote against the page: `examples/python-peer/peer.py` (aiortc, following
+//! docs/PROTOCOL.md) and the room page in headless Chromium talk both ways, with the Python peer
+//! as the newcomer and as the peer already there, over SSE and over long-polling.
+//!
+//! The peer runs in the virtualenv `.ci/run` makes (`target/python-venv`, or `$SIGNPOST_VENV`),
+//! where aiortc is installed from PyPI. Without it, or without Chromium, the tests are skipped
+//! with the reason printed, and fail under `CI=true` (`common/external.rs`).
+
+#[path = "common/browser.rs"]
+#[allow(dead_code)] // screenshots and the like, for tests/browser.rs
+mod chrome;
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+use chrome::{Chromium, Tab};
+use common::{external, Server};
+
+/// The virtualenv's Python, if aiortc imports there.
+fn python() -> Result<PathBuf, String> {
+    let venv = std::env::var_os("SIGNPOST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/python-venv"));
+    let python = venv.join("bin/python");
+    let imports = std::process::Command::new(&python)
+        .args(["-c", "import aiortc"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if imports {
+        Ok(python)
+    } else {
+        Err(format!(
+            "{} cannot import aiortc (run .ci/run, or make the venv and pip install -r \
+             .ci/python-requirements.txt)",
+            python.display()
+        ))
+    }
+}
+
+/// The Python peer, running, and the JSON lines it prints.
+struct PythonPeer {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl PythonPeer {
+    fn start(python: &PathBuf, server: &Server, room: &str, transport: &str) -> PythonPeer {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python-peer/peer.py");
+        let mut child = Command::new(python)
+            .arg(script)
+            .args([
+                &server.base,
+                room,
+                "--name",
+                "robot",
+                "--transport",
+                transport,
+            ])
+            .args(["--chat", "hello from aiortc", "--until-chat-and-video"])
+            .args(["--timeout", "60"])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the Python peer starts");
+        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        PythonPeer { child, lines }
+    }
+
+    /// The next line whose `event` is `event`, skipping others; fails after the page deadline.
+    async fn next(&mut self, event: &str) -> Value {
+        let wait = async {
+            while let Some(line) = self
+                .lines
+                .next_line()
+                .await
+                .expect("read the peer's output")
+            {
+                let value: Value = serde_json::from_str(&line).expect("a JSON line");
+                if value["event"] == event {
+                    return value;
+                }
+            }
+            panic!("the Python peer exited before {event}");
+        };
+        tokio::time::timeout(chrome::PAGE_DEADLINE, wait)
+            .await
+            .unwrap_or_else(|_| panic!("the Python peer did not report {event} in time"))
+    }
+}
+
+/// The page and the Python peer chat both ways and the Python peer decodes the page's video;
+/// then the peer leaves as it should and exits 0.
+async fn talk(tab: &Tab, tab_id: &str, mut peer: PythonPeer, peer_id: &str, transport: &str) {
+    assert_eq!(tab.eval("signpostApp.transport()").await, transport);
+    let connected = peer.next("connected").await;
+    assert_eq!(connected["peer_id"], tab_id);
+    tab.wait_for(
+        "the page's chat channel to the Python peer",
+        &format!(
+            "signpostApp.peers().some(p => p.peer_id === '{peer_id}' && p.dataChannelState === 'open')"
+        ),
+    )
+    .await;
+    tab.wait_for(
+        "the Python peer's chat on the page",
+        &format!(
+            "signpostApp.chatLog().some(m => m.from === '{peer_id}' && m.text === 'hello from aiortc')"
+        ),
+    )
+    .await;
+    tab.eval("signpostApp.sendChat('hello from the page')")
+        .await;
+    let chat = peer.next("chat").await;
+    assert_eq!(chat["from"], tab_id);
+    assert_eq!(chat["text"], "hello from the page");
+    let video = peer.next("video").await;
+    assert_eq!(video["from"], tab_id);
+    assert!(video["width"].as_u64().unwrap() > 0, "{video}");
+    assert!(video["height"].as_u64().unwrap() > 0, "{video}");
+    let status = tokio::time::timeout(chrome::PAGE_DEADLINE, peer.child.wait())
+        .await
+        .expect("the Python peer exits")
+        .unwrap();
+    assert!(status.success(), "the Python peer exited with {status}");
+    tab.wait_for(
+        "the page to see the Python peer leave",
+        &format!("!signpostApp.peers().some(p => p.peer_id === '{peer_id}')"),
+    )
+    .await;
+}
+
+/// Runs one case: who joins first, and the transport both use.
+async fn case(test: &str, python_first: bool, transport: &str) {
+    let python = python();
+    if !external::can_run(test, python.as_ref().map(|_| ()).map_err(Clone::clone)) {
+        return;
+    }
+    let Some(chromium) = Chromium::launch(test).await else {
+        return;
+    };
+    let python = python.expect("checked above");
+    let server = Server::start().await;
+    let room = format!("python-{transport}-{python_first}");
+    let page_url = server.url(&format!("/?room={room}&name=page&transport={transport}"));
+    if python_first {
+        // The Python peer is already there; the page is the newcomer and offers.
+        let mut peer = PythonPeer::start(&python, &server, &room, transport);
+        let joined = peer.next("joined").await;
+        let peer_id = joined["peer_id"].as_str().unwrap().to_owned();
+        let tab = chromium.open(&page_url).await;
+        let tab_id = tab.peer_id().await;
+        talk(&tab, &tab_id, peer, &peer_id, transport).await;
+        tab.close().await;
+    } else {
+        // The page is already there; the Python peer is the newcomer and offers.
+        let tab = chromium.open(&page_url).await;
+        let tab_id = tab.peer_id().await;
+        let mut peer = PythonPeer::start(&python, &server, &room, transport);
+        let joined = peer.next("joined").await;
+        assert_eq!(joined["peers"], serde_json::json!([tab_id]));
+        let peer_id = joined["peer_id"].as_str().unwrap().to_owned();
+        talk(&tab, &tab_id, peer, &peer_id, transport).await;
+        tab.close().await;
+    }
+    chromium.close().await;
+}
+
+/// The Python peer joins second and offers, over SSE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_newcomer_over_sse() {
+    case("python_newcomer_over_sse", false, "sse").await;
+}
+
+/// The Python peer joins second and offers, over long-polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_newcomer_over_poll() {
+    case("python_newcomer_over_poll", false, "poll").await;
+}
+
+/// The Python peer is there first and answers the page's offer, over SSE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_already_there_over_sse() {
+    case("python_already_there_over_sse", true, "sse").await;
+}
+
+/// The Python peer is there first and answers the page's offer, over long-polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_already_there_over_poll() {
+    case("python_already_there_over_poll", true, "poll").await;
+}
