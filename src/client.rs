@@ -163,13 +163,14 @@ struct Joined {
 /// let to_one = Message::new("offer").to("0b6c3f1e-8a8e-4d5c-9f3e-2a1b0c9d8e7f");
 /// let to_all = Message::new("chat").data(serde_json::json!({"text": "hi"}));
 /// ```
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Message {
     #[serde(rename = "type")]
     pub kind: String,
     /// The recipient; `None` sends to every other peer of the room.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
+    #[serde(default)]
     pub data: Value,
 }
 
@@ -454,6 +455,32 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// The peer a join answer describes, when the join was made by other means: by your
+    /// application's backend on a user's behalf, or by a raw HTTP request (as this project's
+    /// tests do, to check the answer itself).
+    ///
+    /// ```
+    /// use signpost::client::{Client, Peer};
+    /// let answer = serde_json::json!({
+    ///     "room": "demo", "peer_id": "0b6c3f1e-8a8e-4d5c-9f3e-2a1b0c9d8e7f", "token": "…",
+    ///     "peers": [], "ice_servers": [],
+    ///     "send_url": "/api/rooms/demo/messages",
+    ///     "events_url": "/api/rooms/demo/peers/0b6c3f1e-8a8e-4d5c-9f3e-2a1b0c9d8e7f/events",
+    ///     "poll_url": "/api/rooms/demo/peers/0b6c3f1e-8a8e-4d5c-9f3e-2a1b0c9d8e7f/messages",
+    ///     "leave_url": "/api/rooms/demo/peers/0b6c3f1e-8a8e-4d5c-9f3e-2a1b0c9d8e7f",
+    /// });
+    /// let peer = Peer::from_join_answer(&Client::new("http://127.0.0.1:8000"), answer).unwrap();
+    /// assert_eq!(peer.room(), "demo");
+    /// ```
+    pub fn from_join_answer(client: &Client, answer: Value) -> Result<Peer, ClientError> {
+        let joined: Joined = serde_json::from_value(answer)
+            .map_err(|error| ClientError::Protocol(format!("not a join answer: {error}")))?;
+        Ok(Peer {
+            client: client.clone(),
+            joined: Arc::new(joined),
+        })
+    }
+
     /// The peer's id (public).
     ///
     /// ```no_run

@@ -148,7 +148,9 @@ impl Error {
                 Status::TooManyRequests
             }
             StoreUnavailable => Status::ServiceUnavailable,
-            ResumeNotEnabled => Status::BadRequest,
+            // Forbidden, like a credential this server did not sign: the request is well formed,
+            // and this server cannot accept what it presents.
+            ResumeNotEnabled => Status::Forbidden,
             InvalidResume(_) => Status::Forbidden,
             PeerPresent => Status::Conflict,
             Http(status) => *status,

@@ -851,16 +851,23 @@ async fn redis_emptied_under_open_readers_ends_them() {
             "after the flush the stream only ends (or resets): {event:?}"
         );
     }
-    let (status, body) = poll.await.unwrap();
+    // The waiting poll is woken by the lost subscription and reads again: it learns that its
+    // peer is gone, or, if its instance has not reconnected to Redis yet, that the store is
+    // unavailable for the moment, and then, asking again as a client does, that the peer is gone.
+    let (mut status, mut body) = poll.await.unwrap();
+    until("the instance is ready again", || async {
+        b.get_json("/readyz").await.0 == 200
+    })
+    .await;
+    if status == 503 {
+        assert_eq!(body["error"], "store_unavailable", "{body}");
+        (status, body) = bob.poll(0, 0.0).await;
+    }
     assert_eq!(
         (status, &body["error"]),
         (404, &json!("peer_not_found")),
         "{body}"
     );
-    until("the instance is ready again", || async {
-        b.get_json("/readyz").await.0 == 200
-    })
-    .await;
     let resume = answer(
         b.client
             .get(b.url(&format!("{}/events", alice.peer_path())))

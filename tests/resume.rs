@@ -115,14 +115,14 @@ store_tests! {
     }
 
     /// Without `resume_secret` (the default) a join response has no credential, and a join that
-    /// presents one is told so (400 resume_not_enabled) and changes nothing.
+    /// presents one is told so (403 resume_not_enabled) and changes nothing.
     async fn without_a_secret_there_is_nothing_to_resume() {
         let server = Server::start().await;
         let alice = server.join("plain", "Alice").await;
         assert_eq!(alice.joined["resume"], Value::Null);
         let (status, body) =
             join_with(&server, "plain", json!({"name": "Alice", "resume": "eyJhbGciOiJIUzI1NiJ9.e30.x"})).await;
-        assert_eq!((status, body["error"].as_str()), (400, Some("resume_not_enabled")), "{body}");
+        assert_eq!((status, body["error"].as_str()), (403, Some("resume_not_enabled")), "{body}");
         assert_eq!(room_ids(&server, "plain").await, vec![alice.id.clone()]);
     }
 }

@@ -208,12 +208,28 @@ impl Peer {
             .expect("send request")
     }
 
-    /// Sends and asserts it was accepted.
+    /// This peer as the typed client (`signpost::client`) sees it, from its join answer and
+    /// on this peer's server: what the tests use wherever they do not check the wire itself.
+    pub fn typed(&self) -> signpost::client::Peer {
+        let client = signpost::client::Client::with_http(&self.base, self.client.clone());
+        signpost::client::Peer::from_join_answer(&client, self.joined.clone())
+            .expect("a join answer the typed client reads")
+    }
+
+    /// Sends `body` (a message or an array of them) through the typed client, and asserts that
+    /// all of it was accepted.
     pub async fn send_ok(&self, body: Value) {
-        let response = self.send(body).await;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        assert_eq!(status, 202, "send refused: {text}");
+        let messages: Vec<signpost::client::Message> = if body.is_array() {
+            serde_json::from_value(body).expect("messages")
+        } else {
+            vec![serde_json::from_value(body).expect("a message")]
+        };
+        let sent = self.typed().send_batch(&messages).await;
+        assert_eq!(
+            sent.as_ref().ok(),
+            Some(&messages.len()),
+            "send refused: {sent:?}"
+        );
     }
 
     /// Opens this peer's SSE stream, resuming after `last_event_id` if given, and waits for
