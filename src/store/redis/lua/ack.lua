@@ -6,4 +6,5 @@
 local peer, id, replay_window = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 if redis.call('HEXISTS', K_PEERS, peer) == 0 then return 0 end
 acknowledge(peer, id, replay_window)
+flush()
 return 1

@@ -11,6 +11,7 @@ local box = load(peer)
 if box == nil then return {'closed'} end
 box.epoch = box.epoch + 1
 save(peer, box)
+flush()
 local epoch, last = box.epoch, box.last
 redis.call('PUBLISH', k_wake(peer), '1')
 return {'ok', epoch, last}

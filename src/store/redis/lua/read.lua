@@ -8,7 +8,10 @@
 local peer, cursor, ack, epoch = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local replay_window, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
 if redis.call('HEXISTS', K_PEERS, peer) == 0 then return {'closed'} end
-if ack ~= '' then acknowledge(peer, tonumber(ack), replay_window) end
+if ack ~= '' then
+  acknowledge(peer, tonumber(ack), replay_window)
+  flush()
+end
 local box = load(peer)
 if box == nil then return {'closed'} end
 local last, first = box.last, box.first
