@@ -159,6 +159,24 @@ struct EnvelopeBody<'a, D: Serialize + ?Sized> {
     data: &'a D,
 }
 
+/// `{"from":"<36>","type":"<kind>","data":<data>}`, without `from` when it is `None`, into one
+/// buffer of about the right size.
+fn encode_body<D: Serialize + ?Sized>(
+    from: Option<PeerId>,
+    kind: &str,
+    data: &D,
+    data_len: usize,
+) -> String {
+    let mut body = Vec::with_capacity(data_len + kind.len() + 64);
+    let envelope = EnvelopeBody { from, kind, data };
+    // Serialising a struct of strings, ids and already-valid JSON cannot fail.
+    if serde_json::to_writer(&mut body, &envelope).is_err() {
+        body = b"{}".to_vec();
+    }
+    // serde_json writes only UTF-8.
+    String::from_utf8(body).unwrap_or_else(|_| String::from("{}"))
+}
+
 /// The bytes `"from":"<peer id>",` add to an envelope: a hyphenated UUID is always 36 characters.
 const FROM_FIELD_LEN: usize = r#""from":"","#.len() + 36;
 
@@ -177,15 +195,9 @@ pub struct Draft {
 impl Draft {
     pub fn new(kind: &MessageType, data: Option<&RawValue>) -> Self {
         let data = data.unwrap_or(RawValue::NULL);
-        let encoded = EncodedMessage::encode(None, kind.as_str(), data, data.get().len());
-        // Just created, so this is its only reference.
-        let encoded = Arc::try_unwrap(encoded).unwrap_or_else(|shared| EncodedMessage {
-            kind: shared.kind.clone(),
-            body: shared.body.clone(),
-        });
         Self {
-            kind: encoded.kind,
-            body: encoded.body,
+            kind: kind.as_str().into(),
+            body: encode_body(None, kind.as_str(), data, data.get().len()),
         }
     }
 
@@ -252,17 +264,9 @@ impl EncodedMessage {
         data: &D,
         data_len: usize,
     ) -> Arc<Self> {
-        // `{"from":"<36>","type":"<kind>","data":<data>}`
-        let mut body = Vec::with_capacity(data_len + kind.len() + 64);
-        let envelope = EnvelopeBody { from, kind, data };
-        // Serialising a struct of strings, ids and already-valid JSON cannot fail.
-        if serde_json::to_writer(&mut body, &envelope).is_err() {
-            body = b"{}".to_vec();
-        }
         Arc::new(Self {
             kind: kind.into(),
-            // serde_json writes only UTF-8.
-            body: String::from_utf8(body).unwrap_or_else(|_| String::from("{}")),
+            body: encode_body(from, kind, data, data_len),
         })
     }
 

@@ -57,7 +57,8 @@ pub async fn poll(
     let mut wake = reader.subscribe().await?;
     let deadline = Instant::now() + wait;
     // A shared store's wake-up may be lost with its connection: look again at least this often.
-    let recheck = front.config.heartbeat();
+    // (No timer at all for the memory store, whose wake-ups cannot be lost.)
+    let recheck = reader.may_miss_wakeups().then(|| front.config.heartbeat());
     loop {
         wake.mark_seen();
         let batch = match reader.read(after, None).await? {
@@ -73,7 +74,12 @@ pub async fn poll(
             changed = wake.changed() => changed.is_err(),
             _ = sleep_until(deadline) => true,
             _ = &mut shutdown => true,
-            _ = sleep(recheck), if reader.may_miss_wakeups() => false,
+            _ = async {
+                match recheck {
+                    Some(period) => sleep(period).await,
+                    None => std::future::pending().await,
+                }
+            } => false,
         };
         if answer_now {
             return Ok(response::json(200, render(metrics, after, batch)));
