@@ -128,9 +128,15 @@ impl Keys {
         }
     }
 
+    /// Key `suffix` (`peers`, `tokens`, …) of `room`: every key of a room carries its `{room}`
+    /// hash tag (`lua/room.lua` lists them).
+    fn of_room(&self, room: &str, suffix: &str) -> String {
+        format!("{}:{{{room}}}:{suffix}", self.prefix)
+    }
+
     /// The room's peers hash, `KEYS[1]` of every room script; the others derive from it.
     fn peers(&self, room: &RoomName) -> String {
-        format!("{}:{{{room}}}:peers", self.prefix)
+        self.of_room(room.as_str(), "peers")
     }
 
     /// The channel that wakes `peer`'s readers (`lua/room.lua` names it the same way).
@@ -212,10 +218,7 @@ impl RedisStore {
         let reserved: String = inner
             .run(
                 inner
-                    .scripts
-                    .reserve
-                    .key(&inner.keys.rooms)
-                    .key(&inner.keys.due)
+                    .on_globals(&inner.scripts.reserve)
                     .arg(room.as_str())
                     .arg(limits.max_rooms)
                     .arg(GLOBAL_TTL.as_millis() as u64)
@@ -328,10 +331,7 @@ impl RedisStore {
             let _: Value = inner
                 .run(
                     inner
-                        .scripts
-                        .created
-                        .key(&inner.keys.rooms)
-                        .key(&inner.keys.due)
+                        .on_globals(&inner.scripts.created)
                         .arg(room.as_str())
                         .arg(now_us)
                         .arg(deadline)
@@ -379,7 +379,7 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         pipe.exists(inner.keys.peers(room));
         pipe.hget(
-            format!("{}:{{{room}}}:tokens", inner.keys.prefix),
+            inner.keys.of_room(room.as_str(), "tokens"),
             token.map(digest).unwrap_or_default(),
         );
         let (exists, owner): (bool, Option<String>) = inner.query_pipe(&pipe).await?;
@@ -559,7 +559,7 @@ impl RedisStore {
             .await?;
         let mut pipe = redis::pipe();
         for room in &rooms {
-            pipe.hlen(format!("{}:{{{room}}}:peers", inner.keys.prefix));
+            pipe.hlen(inner.keys.of_room(room, "peers"));
         }
         let sizes: Vec<usize> = if rooms.is_empty() {
             Vec::new()
@@ -624,14 +624,19 @@ impl Inner {
         Ok(())
     }
 
+    /// `script` on the two deployment-wide keys, in the order `reserve`, `created` and `release`
+    /// take them: the rooms, then the sweep index.
+    fn on_globals<'a>(&'a self, script: &'a Script) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.key(&self.keys.rooms);
+        invocation.key(&self.keys.due);
+        invocation
+    }
+
     /// Forgets an emptied room (unless it was created again since).
     async fn release(&self, room: &RoomName, emptied_us: i64) -> ApiResult<()> {
         let _: Value = self
             .run(
-                self.scripts
-                    .release
-                    .key(&self.keys.rooms)
-                    .key(&self.keys.due)
+                self.on_globals(&self.scripts.release)
                     .arg(room.as_str())
                     .arg(emptied_us),
             )
