@@ -134,6 +134,11 @@ export class Signpost {
   adopt(joined) {
     /** The join response: peer_id, token, peers, ice_servers, *_url, timings. */
     this.joined = joined;
+    /**
+     * Counts joins: an answer to a request made before the latest (re)join speaks of a peer
+     * this client no longer is, and must not start another rejoin.
+     */
+    this.incarnation = (this.incarnation ?? 0) + 1;
     this.room = joined.room;
     this.peerId = joined.peer_id;
     this.name = joined.name ?? null;
@@ -222,6 +227,7 @@ export class Signpost {
     const body = JSON.stringify(batch.map((entry) => entry.message));
     let failures = 0;
     while (!this.closed) {
+      const incarnation = this.incarnation;
       let response;
       try {
         response = await fetch(this.url(this.joined.send_url), {
@@ -256,7 +262,7 @@ export class Signpost {
       if (FORGOTTEN.has(error.code)) {
         // The server forgot this peer: rejoin. The batch was addressed as the old peer, to
         // peers that may have new ids too; the page negotiates afresh after `rejoined`.
-        this.rejoin();
+        this.rejoin(incarnation);
       } else if (error.code !== "unknown_recipient") {
         // unknown_recipient: the peer left meanwhile, which the `leave` event reports.
         this.reportError(error.code, error.message);
@@ -381,6 +387,7 @@ export class Signpost {
       const started = Date.now();
       const abort = new AbortController();
       this.pollAbort = abort;
+      const incarnation = this.incarnation;
       // A request the network holds far longer than asked is as good as cut.
       const watchdog = setTimeout(() => abort.abort(), (wait + 15) * 1000);
       let response = null;
@@ -431,7 +438,7 @@ export class Signpost {
         const body = await response.json().catch(() => ({}));
         const error = apiError(response.status, body);
         if (FORGOTTEN.has(error.code)) {
-          this.rejoin();
+          this.rejoin(incarnation);
           return;
         }
         retryAfter = retryAfterMs(response, body);
@@ -462,12 +469,14 @@ export class Signpost {
    * this receiving loop must end).
    */
   async recover(failures) {
+    const incarnation = this.incarnation;
     await delay(this.backoff(failures));
-    if (this.closed) return "rejoining";
+    // Closed, or rejoined meanwhile (a send found the peer forgotten): this loop is over.
+    if (this.closed || incarnation !== this.incarnation) return "rejoining";
     const timeoutMs = (this.joined.peer_timeout_secs ?? Infinity) * 1000;
     if (this.unreachableSince !== null && Date.now() - this.unreachableSince > timeoutMs) {
       // Cut off for longer than the server keeps a silent peer: it has forgotten this one.
-      this.rejoin();
+      this.rejoin(incarnation);
       return "rejoining";
     }
     let response = null;
@@ -482,7 +491,7 @@ export class Signpost {
     if (response?.status === 404) {
       const body = await response.json().catch(() => ({}));
       if (FORGOTTEN.has(body.error)) {
-        this.rejoin();
+        this.rejoin(incarnation);
         return "rejoining";
       }
     }
@@ -498,9 +507,11 @@ export class Signpost {
    * Joins the room again after the server forgot this peer: same name, meta and join token,
    * retried with backoff (and `Retry-After`) until it succeeds or is refused for good. Emits
    * `rejoined`, then receives as the new peer. One rejoin at a time; callers share it.
+   * `incarnation` is the join the caller's evidence is about: evidence about an earlier one
+   * (a request sent before the last rejoin, answered after it) starts nothing.
    */
-  rejoin() {
-    if (this.closed) return Promise.resolve();
+  rejoin(incarnation) {
+    if (this.closed || incarnation !== this.incarnation) return Promise.resolve();
     this.rejoining ??= this.rejoinUntilBack().finally(() => {
       this.rejoining = null;
     });

@@ -189,25 +189,41 @@ async fn chat(from: &Tab, to: &Tab, text: &str) {
 }
 
 /// Starts sampling, every 20 ms, the data channel state of every peer a page lists: `bad`
-/// collects every state other than `open`, `fewest` the fewest peers seen listed.
+/// collects every state other than `open`, `fewest` the fewest peers seen listed, and `counts`
+/// the samples taken in each phase of the story (see [`enter_phase`]), starting with `up`.
 async fn sample_channels(tab: &Tab) {
     tab.eval(
-        "(() => { window.channelSamples = { count: 0, bad: [], fewest: Infinity }; \
+        "(() => { window.channelSamples = { phase: 'up', counts: {}, bad: [], fewest: Infinity }; \
          setInterval(() => { const peers = signpostApp.peers(); const s = window.channelSamples; \
-         s.count += 1; s.fewest = Math.min(s.fewest, peers.length); \
+         s.counts[s.phase] = (s.counts[s.phase] ?? 0) + 1; s.fewest = Math.min(s.fewest, peers.length); \
          for (const p of peers) if (p.dataChannelState !== 'open') s.bad.push(p.dataChannelState); }, 20); })()",
+    )
+    .await;
+    enter_phase(tab, "up").await;
+}
+
+/// Starts the phase `phase` of a page's sampling and waits until the sampler has looked at the
+/// page twice in it, so that every phase the story names is observed, however fast it goes.
+async fn enter_phase(tab: &Tab, phase: &str) {
+    tab.eval(&format!("window.channelSamples.phase = {}", json!(phase)))
+        .await;
+    tab.wait_for(
+        &format!("two samples in phase {phase:?}"),
+        &format!("(window.channelSamples.counts[{}] ?? 0) >= 2", json!(phase)),
     )
     .await;
 }
 
-/// Asserts that the data channels a page sampled never left `open` and it never listed fewer
-/// than `peers` peers.
-async fn assert_channels_stayed_open(tab: &Tab, who: &str, peers: u64) {
+/// Asserts that the data channels a page sampled never left `open`, it never listed fewer than
+/// `peers` peers, and it was sampled in each of `phases`.
+async fn assert_channels_stayed_open(tab: &Tab, who: &str, peers: u64, phases: &[&str]) {
     let samples = tab.eval("window.channelSamples").await;
-    assert!(
-        samples["count"].as_u64() >= Some(10),
-        "{who} sampled: {samples}"
-    );
+    for phase in phases {
+        assert!(
+            samples["counts"][phase].as_u64() >= Some(2),
+            "{who} sampled in phase {phase:?}: {samples}"
+        );
+    }
     assert_eq!(
         samples["bad"],
         json!([]),
@@ -237,6 +253,8 @@ async fn call_survives_restart(test: &str, settings: &str, down: Duration) {
     sample_channels(&bob).await;
 
     server.stop();
+    enter_phase(&alice, "down").await;
+    enter_phase(&bob, "down").await;
     // Chat is peer to peer: it goes both ways while there is no server at all.
     chat(&alice, &bob, "Alice, while the server is down").await;
     chat(&bob, &alice, "Bob, while the server is down").await;
@@ -270,10 +288,12 @@ async fn call_survives_restart(test: &str, settings: &str, down: Duration) {
     // Each recognises the other under its new id: the same connection, no second tile.
     wait_exactly(&alice, std::slice::from_ref(&bob_now)).await;
     wait_exactly(&bob, std::slice::from_ref(&alice_now)).await;
+    enter_phase(&alice, "back").await;
+    enter_phase(&bob, "back").await;
     chat(&alice, &bob, "Alice, after the restart").await;
     chat(&bob, &alice, "Bob, after the restart").await;
-    assert_channels_stayed_open(&alice, "Alice", 1).await;
-    assert_channels_stayed_open(&bob, "Bob", 1).await;
+    assert_channels_stayed_open(&alice, "Alice", 1, &["up", "down", "back"]).await;
+    assert_channels_stayed_open(&bob, "Bob", 1, &["up", "down", "back"]).await;
     for tab in [&alice, &bob] {
         let transport = tab
             .wait_for(
@@ -292,6 +312,15 @@ async fn call_survives_restart(test: &str, settings: &str, down: Duration) {
     chat(&carol, &alice, "Carol, new here").await;
     chat(&bob, &carol, "Bob, welcoming Carol").await;
     assert_eq!(server.room_peers(room).await.len(), 3);
+    // One rejoin each: an answer about the peer a page was before it rejoined (a send or a
+    // check sent before, answered after) must not make it rejoin again under yet another id.
+    for (tab, who) in [(&alice, "Alice"), (&bob, "Bob")] {
+        assert_eq!(
+            tab.eval("signpostApp.rejoins()").await,
+            json!(1),
+            "{who} rejoined once"
+        );
+    }
     chromium.close().await;
 }
 
@@ -514,6 +543,7 @@ async fn forgotten_page_rejoins(test: &str, settings: &str) {
     cable.set(Line::Cut);
     // The server times Alice out; Bob hears `leave` but keeps the working connection.
     server.wait_room(room, 1, Duration::from_secs(20)).await;
+    enter_phase(&bob, "alone").await;
     chat(&bob, &alice, "Bob, while Alice is cut off").await;
     cable.set(Line::Open);
 
@@ -531,12 +561,13 @@ async fn forgotten_page_rejoins(test: &str, settings: &str) {
     wait_exactly(&bob, std::slice::from_ref(&alice_now)).await;
     wait_exactly(&alice, std::slice::from_ref(&bob_id)).await;
     chat(&alice, &bob, "Alice, back as herself").await;
+    enter_phase(&bob, "back").await;
     if same_id {
         // Nothing to await: what must not happen is Bob dropping Alice when the grace ends.
         tokio::time::sleep(ORPHAN_GRACE).await;
         wait_exactly(&bob, std::slice::from_ref(&alice_now)).await;
     }
-    assert_channels_stayed_open(&bob, "Bob", 1).await;
+    assert_channels_stayed_open(&bob, "Bob", 1, &["up", "alone", "back"]).await;
     chromium.close().await;
 }
 
