@@ -224,6 +224,7 @@ impl Hub {
         for (room, departure) in &gone {
             self.departed(room, std::slice::from_ref(departure));
         }
+        self.shared.metrics.presence_swept();
         Ok(gone.len())
     }
 

@@ -48,6 +48,7 @@ struct Inner {
     store_errors: Counter,
     store_reconnects: Counter,
     store_wakeups: Counter,
+    presence_sweeps: Counter,
 }
 
 /// Decrements a gauge when dropped: what an open stream or a waiting poll holds.
@@ -145,6 +146,11 @@ impl Metrics {
             "store_wakeups",
             "Wake-ups received from the shared store for readers on this instance",
         );
+        let presence_sweeps = counter(
+            &mut registry,
+            "presence_sweeps",
+            "Presence sweeps this instance completed (one that could not reach the store is not counted)",
+        );
         let rejections = Family::<Labels, Counter>::default();
         registry.register(
             "rejections",
@@ -175,6 +181,7 @@ impl Metrics {
                 store_errors,
                 store_reconnects,
                 store_wakeups,
+                presence_sweeps,
             }),
         }
     }
@@ -231,6 +238,11 @@ impl Metrics {
 
     pub fn store_woke(&self) {
         self.inner.store_wakeups.inc();
+    }
+
+    /// A presence sweep completed, whether or not it removed anyone.
+    pub fn presence_swept(&self) {
+        self.inner.presence_sweeps.inc();
     }
 
     pub fn stun_answered(&self) {

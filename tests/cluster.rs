@@ -403,8 +403,9 @@ async fn three_sweeping_instances_time_a_silent_peer_out_once() {
         json!({"peer_id": bob.id, "reason": "timeout"})
     );
 
-    // Every instance sweeps every quarter second: give each several chances to remove Bob
-    // again, then check that nothing came before a marker sent after them.
+    // Every instance sweeps every quarter second: wait until each has completed three more
+    // sweeps (so at least two that started after Bob was gone), then check that nothing came
+    // before a marker sent after them.
     until("the departure was counted", || async {
         cluster
             .metric_sum("signpost_peers_left_total{reason=\"timeout\"}")
@@ -412,7 +413,14 @@ async fn three_sweeping_instances_time_a_silent_peer_out_once() {
             >= 1.0
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for index in 0..cluster.instances.len() {
+        let server = cluster.at(index);
+        let sweeps = metric(server, "signpost_presence_sweeps_total").await;
+        until("three more sweeps", || async {
+            metric(server, "signpost_presence_sweeps_total").await >= sweeps + 3.0
+        })
+        .await;
+    }
     carol
         .send_ok(json!({"type": "marker", "to": alice.id}))
         .await;
