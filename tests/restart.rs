@@ -262,9 +262,19 @@ async fn call_survives_restart(test: &str, settings: &str, down: Duration) {
     server.start_again();
     let back = Instant::now();
 
-    // Both rejoin by themselves (the server forgot everything).
+    // Both rejoin by themselves (the server forgot everything). A page knows its new peer id
+    // once it has read the answer to its join, which comes after the server lists it: wait for
+    // the page's `rejoined`, not only for the room.
+    for (tab, who) in [(&alice, "Alice"), (&bob, "Bob")] {
+        tab.wait_for(&format!("{who} rejoined"), "signpostApp.rejoins() >= 1")
+            .await;
+    }
     let peers = server.wait_room(room, 2, BACK_WITHIN).await;
     println!("both pages back in the room after {:?}", back.elapsed());
+    assert!(
+        back.elapsed() <= BACK_WITHIN,
+        "both pages back within {BACK_WITHIN:?}"
+    );
     let alice_now = alice.peer_id().await;
     let bob_now = bob.peer_id().await;
     let mut expected = vec![alice_now.clone(), bob_now.clone()];
