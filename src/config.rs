@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -90,8 +91,15 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     /// The shared store, e.g. `"redis://127.0.0.1:6379"` or `"redis+unix:///run/redis.sock"`:
     /// with it, several instances pointed at one Redis behave as one server. Default none: rooms
-    /// live in this process's memory, and nothing else needs to run.
+    /// live in this process's memory, and nothing else needs to run. `rediss://` (TLS) needs a
+    /// build with the `redis-tls` feature; the server's certificate is then checked against the
+    /// system's roots, or `redis_tls_ca_file`'s.
     pub redis_url: Option<String>,
+    /// A PEM file of the CA certificates that a `rediss://` Redis's certificate must chain to,
+    /// instead of the system's roots: for a Redis whose certificate a private CA signed. Default
+    /// none (the system's roots, which managed Redis services' public CAs are among). Read once,
+    /// at start.
+    pub redis_tls_ca_file: Option<PathBuf>,
     /// Prefix of every Redis key and channel. Default `"signpost"`; give each deployment that
     /// shares one Redis its own.
     pub redis_prefix: String,
@@ -247,6 +255,7 @@ impl Default for Config {
             stun_url: None,
             cors_allowed_origins: Vec::new(),
             redis_url: None,
+            redis_tls_ca_file: None,
             redis_prefix: "signpost".into(),
             join_auth: JoinAuth::Open,
             join_keys: BTreeMap::new(),
@@ -345,15 +354,32 @@ impl Config {
 
     /// The shared store's part of [`Config::validate`].
     fn validate_store(&self) -> Result<(), String> {
+        let tls = self
+            .redis_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("rediss://"));
         if let Some(url) = &self.redis_url {
-            let schemes = ["redis://", "redis+unix://", "unix://"];
-            if url.starts_with("rediss://") {
-                return Err("signpost.redis_url: rediss:// (TLS) is not built in; reach Redis over a private network, a unix socket or a TLS tunnel".into());
-            }
+            let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
             if !schemes.iter().any(|scheme| url.starts_with(scheme)) {
                 return Err(format!(
-                    "signpost.redis_url must start with redis:// or redis+unix://, not {:?}",
+                    "signpost.redis_url must start with redis://, rediss:// or redis+unix://, not {:?}",
                     url.split(':').next().unwrap_or_default()
+                ));
+            }
+            if tls && !cfg!(feature = "redis-tls") {
+                return Err("signpost.redis_url: rediss:// (TLS) needs signpost built with `--features redis-tls` (cargo build --release --features redis-tls); or reach Redis over a private network, a unix socket or a TLS tunnel".into());
+            }
+            // The redis crate's one URL fragment turns certificate checks off, which this build
+            // cannot do (`tls-rustls-insecure` is never enabled): every connection would fail.
+            if tls && url.contains('#') {
+                return Err("signpost.redis_url: a rediss:// URL takes no #fragment; #insecure (no certificate check) is not supported: give the CA that signed Redis's certificate in signpost.redis_tls_ca_file".into());
+            }
+        }
+        if let Some(path) = &self.redis_tls_ca_file {
+            if !tls {
+                return Err(format!(
+                    "signpost.redis_tls_ca_file ({}) is only for a rediss:// signpost.redis_url",
+                    path.display()
                 ));
             }
         }
@@ -468,5 +494,56 @@ mod tests {
         for config in broken {
             assert!(config.validate().is_err(), "{config:?}");
         }
+    }
+
+    fn redis(url: &str, ca_file: Option<&str>) -> Result<(), String> {
+        Config {
+            redis_url: Some(url.into()),
+            redis_tls_ca_file: ca_file.map(PathBuf::from),
+            ..Config::default()
+        }
+        .validate()
+    }
+
+    /// A build without the `redis-tls` feature refuses `rediss://` at start and says how to get
+    /// it, rather than failing every connection later.
+    #[test]
+    #[cfg(not(feature = "redis-tls"))]
+    fn without_the_feature_rediss_is_refused_naming_the_feature() {
+        let refusal = redis("rediss://redis.example.org:6380", None).unwrap_err();
+        assert!(refusal.contains("--features redis-tls"), "{refusal}");
+        let refusal = redis("rediss://redis.example.org:6380", Some("/etc/ca.pem")).unwrap_err();
+        assert!(refusal.contains("--features redis-tls"), "{refusal}");
+    }
+
+    /// With the feature, `rediss://` is accepted, with or without a CA file (read later, by the
+    /// store); `#insecure` is not.
+    #[test]
+    #[cfg(feature = "redis-tls")]
+    fn with_the_feature_rediss_is_accepted_but_not_insecure() {
+        assert_eq!(redis("rediss://redis.example.org:6380/2", None), Ok(()));
+        assert_eq!(
+            redis("rediss://127.0.0.1:6380", Some("/etc/redis-ca.pem")),
+            Ok(())
+        );
+        let refusal = redis("rediss://127.0.0.1:6380/#insecure", None).unwrap_err();
+        assert!(refusal.contains("#insecure"), "{refusal}");
+    }
+
+    /// `redis_tls_ca_file` only goes with a `rediss://` URL: with a plain one (or none) it would
+    /// silently protect nothing.
+    #[test]
+    fn a_ca_file_without_rediss_is_refused() {
+        let refusal = redis("redis://127.0.0.1:6379", Some("/etc/ca.pem")).unwrap_err();
+        assert!(
+            refusal.contains("redis_tls_ca_file") && refusal.contains("/etc/ca.pem"),
+            "{refusal}"
+        );
+        let alone = Config {
+            redis_tls_ca_file: Some("/etc/ca.pem".into()),
+            ..Config::default()
+        };
+        assert!(alone.validate().is_err());
+        assert!(redis("http://127.0.0.1:6379", None).is_err());
     }
 }

@@ -39,3 +39,15 @@ async fn configured_ice_servers_reach_joining_peers() {
     let alice = server.join("ice", "alice").await;
     assert_eq!(alice.joined["ice_servers"], ice);
 }
+
+/// A build without the `redis-tls` feature refuses a `rediss://` URL at start, and its message
+/// says how to get TLS to Redis: build with the feature.
+#[cfg(not(feature = "redis-tls"))]
+#[tokio::test]
+async fn without_the_feature_rediss_is_refused_with_how_to_get_it() {
+    let refusal =
+        common::instance::Instance::refusal(r#"redis_url="rediss://127.0.0.1:6380""#).await;
+    for expected in ["signpost.redis_url", "rediss://", "--features redis-tls"] {
+        assert!(refusal.contains(expected), "{expected:?} in {refusal}");
+    }
+}

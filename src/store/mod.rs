@@ -171,8 +171,14 @@ impl Store {
         let limits = Limits::new(config);
         match &config.redis_url {
             None => Ok(Store::Memory(MemoryStore::new(limits))),
-            Some(url) => RedisStore::new(url, &config.redis_prefix, limits, metrics.clone())
-                .map(Store::Redis),
+            Some(url) => RedisStore::new(
+                url,
+                config.redis_tls_ca_file.as_deref(),
+                &config.redis_prefix,
+                limits,
+                metrics.clone(),
+            )
+            .map(Store::Redis),
         }
     }
 

@@ -15,19 +15,26 @@ pub struct Instance {
     child: Child,
 }
 
+/// The binary with `signpost`, the inside of the `signpost` table as TOML inline table entries
+/// (`redis_url="…",log_level="info"`), over `Rocket.toml`'s defaults; stderr piped.
+fn command(signpost: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_signpost"));
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("ROCKET_ADDRESS", "127.0.0.1")
+        .env("ROCKET_PORT", "0")
+        .env("ROCKET_SIGNPOST", format!("{{{signpost}}}"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
 impl Instance {
-    /// Starts the binary with `signpost`, the inside of the `signpost` table as TOML inline
-    /// table entries (`redis_url="…",log_level="info"`), over `Rocket.toml`'s defaults.
+    /// Starts the binary with `signpost` (see [`command`]).
     pub fn start(signpost: &str) -> Instance {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_signpost"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("ROCKET_ADDRESS", "127.0.0.1")
-            .env("ROCKET_PORT", "0")
-            .env("ROCKET_SIGNPOST", format!("{{{signpost}}}"))
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+        let mut child = command(signpost)
             .spawn()
             .expect("the signpost binary starts");
         let (lines_tx, lines) = mpsc::channel::<String>();
@@ -49,6 +56,23 @@ impl Instance {
             .and_then(|port| port.parse().ok())
             .expect("the banner names a port");
         Instance { base, port, child }
+    }
+
+    /// Runs the binary with `signpost` (see [`command`]), which must refuse to start, exiting
+    /// unsuccessfully within [`EVENT_DEADLINE`]: returns the line of its log that says why
+    /// (`invalid configuration: …`).
+    pub async fn refusal(signpost: &str) -> String {
+        let mut command = tokio::process::Command::from(command(signpost));
+        let output = tokio::time::timeout(EVENT_DEADLINE, command.kill_on_drop(true).output())
+            .await
+            .expect("the binary exits instead of serving")
+            .expect("the signpost binary runs");
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "the binary started: {log}");
+        log.lines()
+            .find(|line| line.contains("invalid configuration"))
+            .unwrap_or_else(|| panic!("no reason in the log: {log}"))
+            .to_owned()
     }
 
     /// SIGKILL: no shutdown, no last word to anyone.

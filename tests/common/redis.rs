@@ -3,10 +3,12 @@
 //! test process exits: it runs under a `sh` that kills it once the test process's end of its
 //! stdin closes, which happens however the test process ends.
 //!
-//! Each test server gets its own key prefix, so one Redis serves every test of a binary.
+//! Each test server gets its own key prefix, so one Redis serves every test of a binary. A
+//! TLS-only server ([`Redis::start_tls`]) is for the tests of `rediss://` (tests/redis_tls.rs).
 
 use std::io::Write;
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -16,6 +18,8 @@ use super::external;
 /// A redis-server process the test started.
 pub struct Redis {
     pub port: u16,
+    /// How `redis-cli` reaches it: `-p <port>`, after `--tls --cacert <CA>` for a TLS-only one.
+    cli_args: Vec<String>,
     child: Child,
     /// Closing it stops the server.
     stdin: Option<ChildStdin>,
@@ -29,27 +33,54 @@ impl Redis {
 
     /// A new, empty server on a free port.
     pub fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        Redis::start_on(port)
+        Redis::start_on(free_port())
     }
 
     /// A new, empty server on `port` (a restart of one that was stopped).
     pub fn start_on(port: u16) -> Redis {
+        let port_arg = port.to_string();
         let socket = Redis::socket(port);
+        let listen = ["--port", &port_arg, "--unixsocket", &socket];
+        Redis::spawn(port, &listen, vec!["-p".into(), port_arg.clone()])
+    }
+
+    /// A new, empty server that speaks TLS only, on a free port, with the certificate `cert`
+    /// (and its `key`) that `ca` signed; clients show no certificate.
+    pub fn start_tls(ca: &Path, cert: &Path, key: &Path) -> Redis {
+        let port = free_port();
+        let port_arg = port.to_string();
+        let [ca, cert, key] = [ca, cert, key].map(|path| path.to_str().expect("a UTF-8 path"));
+        let listen = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port_arg,
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            ca,
+            "--tls-auth-clients",
+            "no",
+        ];
+        let cli_args = ["--tls", "--cacert", ca, "-p", &port_arg].map(String::from);
+        Redis::spawn(port, &listen, cli_args.into())
+    }
+
+    /// redis-server with `listen` (its ports), on 127.0.0.1, without persistence; returns once
+    /// `redis-cli` with `cli_args` gets an answer from it.
+    fn spawn(port: u16, listen: &[&str], cli_args: Vec<String>) -> Redis {
         let mut child = Command::new("sh")
             .args([
                 "-c",
                 r#"redis-server "$@" & pid=$!; read _; kill -9 $pid; wait $pid"#,
                 "sh",
-                "--port",
-                &port.to_string(),
+            ])
+            .args(listen)
+            .args([
                 "--bind",
                 "127.0.0.1",
-                "--unixsocket",
-                &socket,
                 "--save",
                 "",
                 "--appendonly",
@@ -63,7 +94,12 @@ impl Redis {
             .spawn()
             .expect("sh starts redis-server");
         let stdin = child.stdin.take();
-        let redis = Redis { port, child, stdin };
+        let redis = Redis {
+            port,
+            cli_args,
+            child,
+            stdin,
+        };
         redis.wait_until_ready();
         redis
     }
@@ -88,7 +124,7 @@ impl Redis {
     /// Runs `redis-cli` against this server and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
+            .args(&self.cli_args)
             .args(args)
             .output()
             .expect("redis-cli runs");
@@ -118,6 +154,14 @@ impl Drop for Redis {
         drop(self.stdin.take());
         let _ = self.child.wait();
     }
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// One server shared by the tests of a binary that run on the Redis store; `None` (after the

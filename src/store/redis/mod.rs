@@ -18,10 +18,16 @@
 //! Cluster slot; the two global keys (the room count, the sweep index) share a tag of their
 //! own and are written by separate scripts. Every key expires unless refreshed, so instances
 //! that crash leave nothing behind for long.
+//!
+//! With the `redis-tls` feature, a `rediss://` URL connects over TLS (`tls.rs`): both
+//! connections are made from one client that carries the TLS settings.
 
 mod presence;
+#[cfg(feature = "redis-tls")]
+mod tls;
 mod wakeups;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,10 +172,16 @@ struct Inner {
 }
 
 impl RedisStore {
-    /// A store on `url`; connects lazily, so this succeeds while Redis is down.
-    pub fn new(url: &str, prefix: &str, limits: Limits, metrics: Metrics) -> Result<Self, String> {
-        let client = redis::Client::open(url)
-            .map_err(|error| format!("signpost.redis_url is not usable: {error}"))?;
+    /// A store on `url`, over TLS for `rediss://` with `tls_ca_file`'s CAs if given; connects
+    /// lazily, so this succeeds while Redis is down.
+    pub fn new(
+        url: &str,
+        tls_ca_file: Option<&Path>,
+        prefix: &str,
+        limits: Limits,
+        metrics: Metrics,
+    ) -> Result<Self, String> {
+        let client = open(url, tls_ca_file)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -782,6 +794,24 @@ impl Reader {
     pub fn listen(&self) -> Listening {
         Listening::new(Arc::clone(&self.inner), self.room.clone(), self.peer)
     }
+}
+
+/// The client that both of the store's connections (commands, wake-ups) are made from: over
+/// TLS for a `rediss://` `url` (`tls.rs`, with the `redis-tls` feature), so neither connection
+/// can go plain.
+fn open(url: &str, tls_ca_file: Option<&Path>) -> Result<redis::Client, String> {
+    #[cfg(feature = "redis-tls")]
+    if url.starts_with("rediss://") {
+        return tls::client(url, tls_ca_file);
+    }
+    // `Config::validate` refuses this already; a CA file must never be silently ignored.
+    if let Some(path) = tls_ca_file {
+        return Err(format!(
+            "signpost.redis_tls_ca_file ({}) is only for a rediss:// signpost.redis_url",
+            path.display()
+        ));
+    }
+    redis::Client::open(url).map_err(|error| format!("signpost.redis_url is not usable: {error}"))
 }
 
 /// SHA-256 of a peer token, in hex: what Redis keeps instead of the token, so that a look at
