@@ -48,6 +48,9 @@ fn python() -> Result<PathBuf, String> {
 struct PythonPeer {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
+    /// Lines read while looking for another event, in order: the peer reports chat and video
+    /// in whichever order they come.
+    unclaimed: Vec<Value>,
 }
 
 impl PythonPeer {
@@ -70,11 +73,23 @@ impl PythonPeer {
             .spawn()
             .expect("the Python peer starts");
         let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        PythonPeer { child, lines }
+        PythonPeer {
+            child,
+            lines,
+            unclaimed: Vec::new(),
+        }
     }
 
-    /// The next line whose `event` is `event`, skipping others; fails after the page deadline.
+    /// The first line whose `event` is `event` not claimed yet (others are kept for later
+    /// calls); fails after the page deadline.
     async fn next(&mut self, event: &str) -> Value {
+        if let Some(index) = self
+            .unclaimed
+            .iter()
+            .position(|line| line["event"] == event)
+        {
+            return self.unclaimed.remove(index);
+        }
         let wait = async {
             while let Some(line) = self
                 .lines
@@ -86,6 +101,7 @@ impl PythonPeer {
                 if value["event"] == event {
                     return value;
                 }
+                self.unclaimed.push(value);
             }
             panic!("the Python peer exited before {event}");
         };
