@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::instance::Instance;
 use common::redis::Redis;
-use common::{external, Peer, Server, EVENT_DEADLINE};
+use common::{answer, external, Answer, Peer, Server, EVENT_DEADLINE};
 use eventsource_stream::{Event, Eventsource};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -173,34 +173,6 @@ fn via(peer: &Peer, server: &Server) -> Peer {
         base: server.base.clone(),
         client: server.client.clone(),
         ..peer.clone()
-    }
-}
-
-/// A raw request's status, error body and `Retry-After`, and how long it took.
-struct Answer {
-    status: u16,
-    body: Value,
-    retry_after: Option<String>,
-    took: Duration,
-}
-
-async fn answer(request: reqwest::RequestBuilder) -> Answer {
-    let started = Instant::now();
-    let response = tokio::time::timeout(EVENT_DEADLINE, request.send())
-        .await
-        .expect("the request hung")
-        .expect("the request completed");
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("Retry-After")
-        .map(|value| value.to_str().unwrap().to_owned());
-    let body = response.json().await.unwrap_or(Value::Null);
-    Answer {
-        status,
-        body,
-        retry_after,
-        took: started.elapsed(),
     }
 }
 
@@ -860,22 +832,29 @@ async fn redis_emptied_under_open_readers_ends_them() {
         );
     }
     // The waiting poll is woken by the lost subscription and reads again: it learns that its
-    // peer is gone, or, if its instance has not reconnected to Redis yet, that the store is
-    // unavailable for the moment, and then, asking again as a client does, that the peer is gone.
-    let (mut status, mut body) = poll.await.unwrap();
+    // peer is gone. Or, if its instance has not reconnected to Redis yet, it learns that the
+    // store is unavailable for the moment; asking again, as a client does, is a new request,
+    // which finds no room at all (as the resume below does).
+    let (status, body) = poll.await.unwrap();
     until("the instance is ready again", || async {
         b.get_json("/readyz").await.0 == 200
     })
     .await;
     if status == 503 {
         assert_eq!(body["error"], "store_unavailable", "{body}");
-        (status, body) = bob.poll(0, 0.0).await;
+        let (status, body) = bob.poll(0, 0.0).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (404, &json!("room_not_found")),
+            "{body}"
+        );
+    } else {
+        assert_eq!(
+            (status, &body["error"]),
+            (404, &json!("peer_not_found")),
+            "{body}"
+        );
     }
-    assert_eq!(
-        (status, &body["error"]),
-        (404, &json!("peer_not_found")),
-        "{body}"
-    );
     let resume = answer(
         b.client
             .get(b.url(&format!("{}/events", alice.peer_path())))

@@ -11,11 +11,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::instance::Instance;
 use common::redis::Redis;
-use common::{external, Server, EVENT_DEADLINE};
+use common::{answer, external, Answer, Server};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -113,28 +113,6 @@ fn over_tls(redis: &Redis, ca_file: Option<&Path>) -> Value {
     settings
 }
 
-/// A request's status, error code and `Retry-After`, and how long it took; failing the test if
-/// it hangs.
-async fn answer(request: reqwest::RequestBuilder) -> (u16, Value, Option<String>, Duration) {
-    let started = Instant::now();
-    let response = tokio::time::timeout(EVENT_DEADLINE, request.send())
-        .await
-        .expect("the request hung")
-        .expect("the request completed");
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("Retry-After")
-        .map(|value| value.to_str().expect("an ASCII Retry-After").to_owned());
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    (
-        status,
-        body["error"].clone(),
-        retry_after,
-        started.elapsed(),
-    )
-}
-
 /// Two instances on one Redis that speaks TLS only, trusting the test's CA through
 /// `redis_tls_ca_file`, are ready and serve as one: a stream on one receives a join and a
 /// message made on the other. Every wake-up crosses instances on the pub/sub connection, so
@@ -194,8 +172,17 @@ async fn an_untrusted_certificate_keeps_the_instance_unready() {
         ),
     ];
     for (what, request) in requests {
-        let (status, error, retry_after, took) = answer(request).await;
-        assert_eq!((status, error), (503, json!("store_unavailable")), "{what}");
+        let Answer {
+            status,
+            body,
+            retry_after,
+            took,
+        } = answer(request).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (503, &json!("store_unavailable")),
+            "{what}"
+        );
         assert_eq!(retry_after.as_deref(), Some("1"), "{what}: Retry-After");
         assert!(took < AT_ONCE, "{what} took {took:?}");
     }

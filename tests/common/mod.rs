@@ -10,7 +10,7 @@ pub mod external;
 pub mod instance;
 pub mod redis;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::stream::BoxStream;
@@ -333,5 +333,34 @@ impl Events {
     /// Whether the stream ends (rather than delivering another event) within the deadline.
     pub async fn ends(&mut self) -> bool {
         self.try_next().await.is_none()
+    }
+}
+
+/// A raw request's status, body (`null` if not JSON) and `Retry-After`, and how long it took.
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub retry_after: Option<String>,
+    pub took: Duration,
+}
+
+/// Sends `request`, failing the test if it hangs past [`EVENT_DEADLINE`].
+pub async fn answer(request: reqwest::RequestBuilder) -> Answer {
+    let started = Instant::now();
+    let response = tokio::time::timeout(EVENT_DEADLINE, request.send())
+        .await
+        .expect("the request hung")
+        .expect("the request completed");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("Retry-After")
+        .map(|value| value.to_str().expect("an ASCII Retry-After").to_owned());
+    let body = response.json().await.unwrap_or(Value::Null);
+    Answer {
+        status,
+        body,
+        retry_after,
+        took: started.elapsed(),
     }
 }
