@@ -129,6 +129,36 @@ store_tests! {
 }
 
 store_tests! {
+    /// A backlog larger than what a store hands over in one read (the Redis store reads 256 at
+    /// a time) reaches a stream that opens on it at once: the stream reads on while the mailbox
+    /// holds more, and does not wait for a wake-up or a heartbeat that nothing will send.
+    async fn a_long_backlog_arrives_without_waiting() {
+        const BACKLOG: u64 = 700;
+        let server = Server::with(json!({
+            "heartbeat_secs": 600.0, "send_rate_per_sec": 1e6, "send_burst": 1e6
+        }))
+        .await;
+        let alice = server.join("backlog", "alice").await;
+        let bob = server.join("backlog", "bob").await;
+        let messages: Vec<Value> = (1..=BACKLOG)
+            .map(|seq| json!({"type": "candidate", "to": bob.id, "data": seq}))
+            .collect();
+        for batch in messages.chunks(64) {
+            alice.send_ok(Value::Array(batch.to_vec())).await;
+        }
+
+        let mut bob_events = bob.events(None).await;
+        for seq in 1..=BACKLOG {
+            let message = bob_events.next_message().await;
+            assert_eq!(
+                (message["id"].as_u64(), message["data"].as_u64()),
+                (Some(seq), Some(seq))
+            );
+        }
+    }
+}
+
+store_tests! {
     /// Many senders at once: every message arrives exactly once, ids have no gaps, and each
     /// sender's messages arrive in the order it sent them.
     async fn concurrent_senders_keep_per_sender_order() {

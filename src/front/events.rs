@@ -148,6 +148,7 @@ pub async fn events(
             // Counted as the batch is handed over, so that a client never sees a message before
             // the counter does.
             metrics.delivered_by_sse(batch.entries.len());
+            let read_any = !batch.entries.is_empty();
             let mut data = Vec::new();
             for entry in batch.entries {
                 data.clear();
@@ -162,6 +163,12 @@ pub async fn events(
                 yield out;
             }
             reader.acknowledge(cursor);
+            // A store may hand over a long backlog in several reads: while the mailbox holds
+            // more than was read, read on, as no wake-up will come for what is already there.
+            // (A read that brought nothing cannot loop: it waits like any other.)
+            if read_any && cursor < batch.last_id {
+                continue;
+            }
             // With more to read, the acknowledgement goes with that read; otherwise now.
             if !wake.pending() && reader.flush().await.is_err() {
                 break;
