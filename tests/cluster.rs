@@ -530,10 +530,20 @@ async fn a_killed_instances_clients_resume_elsewhere_and_its_silent_peers_time_o
             json!({"peer_id": carol.id, "reason": "timeout"})
         );
     }
-    assert_eq!(
-        metric(survivor, "signpost_peers_left_total{reason=\"timeout\"}").await,
-        1.0
-    );
+    // The sweeper counts the departure when its script answers, which can be after the woken
+    // streams have written the leave: wait for the count, then for two more sweeps, and check
+    // that it is still one.
+    let timeouts = "signpost_peers_left_total{reason=\"timeout\"}";
+    until("the departure was counted", || async {
+        metric(survivor, timeouts).await >= 1.0
+    })
+    .await;
+    let sweeps = metric(survivor, "signpost_presence_sweeps_total").await;
+    until("two more sweeps", || async {
+        metric(survivor, "signpost_presence_sweeps_total").await >= sweeps + 2.0
+    })
+    .await;
+    assert_eq!(metric(survivor, timeouts).await, 1.0);
 }
 
 /// 6. One live stream per peer across the cluster: a new stream on instance B ends the old one
