@@ -150,6 +150,17 @@ where
     }
 }
 
+/// Waits until `server` has completed `more` presence sweeps after now: every peer that was
+/// due by now has been looked at since.
+async fn until_more_sweeps(server: &Server, more: u32) {
+    const SWEEPS: &str = "signpost_presence_sweeps_total";
+    let target = metric(server, SWEEPS).await + f64::from(more);
+    until("more presence sweeps", || async {
+        metric(server, SWEEPS).await >= target
+    })
+    .await;
+}
+
 /// The value of one sample of `server`'s `/metrics` (0 when absent).
 async fn metric(server: &Server, sample: &str) -> f64 {
     let text = server
@@ -386,12 +397,7 @@ async fn three_sweeping_instances_time_a_silent_peer_out_once() {
     })
     .await;
     for index in 0..cluster.instances.len() {
-        let server = cluster.at(index);
-        let sweeps = metric(server, "signpost_presence_sweeps_total").await;
-        until("three more sweeps", || async {
-            metric(server, "signpost_presence_sweeps_total").await >= sweeps + 3.0
-        })
-        .await;
+        until_more_sweeps(cluster.at(index), 3).await;
     }
     carol
         .send_ok(json!({"type": "marker", "to": alice.id}))
@@ -538,11 +544,7 @@ async fn a_killed_instances_clients_resume_elsewhere_and_its_silent_peers_time_o
         metric(survivor, timeouts).await >= 1.0
     })
     .await;
-    let sweeps = metric(survivor, "signpost_presence_sweeps_total").await;
-    until("two more sweeps", || async {
-        metric(survivor, "signpost_presence_sweeps_total").await >= sweeps + 2.0
-    })
-    .await;
+    until_more_sweeps(survivor, 2).await;
     assert_eq!(metric(survivor, timeouts).await, 1.0);
 }
 
