@@ -166,19 +166,20 @@ pub async fn events(
             // A store may hand over a long backlog in several reads: while the mailbox holds
             // more than was read, read on, as no wake-up will come for what is already there.
             // (A read that brought nothing cannot loop: it waits like any other.)
-            if read_any && cursor < batch.last_id {
-                continue;
-            }
+            let more = read_any && cursor < batch.last_id;
             // With more to read, the acknowledgement goes with that read; otherwise now.
-            if !wake.pending() && reader.flush().await.is_err() {
+            if !more && !wake.pending() && reader.flush().await.is_err() {
                 break;
             }
             select! {
+                // A shutdown ends even a stream that always has more to read.
+                biased;
+                _ = &mut shutdown => break,
+                () = std::future::ready(()), if more => {},
                 changed = wake.changed() => if changed.is_err() { break },
                 // After a heartbeat the mailbox is read again, so a wake-up that a shared
                 // store lost delays a message by one heartbeat at most.
                 _ = heartbeat.tick() => yield b":\n".to_vec(),
-                _ = &mut shutdown => break,
             }
         }
     };
