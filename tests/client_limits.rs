@@ -33,17 +33,11 @@ async fn join(
     if let Some(forwarded_for) = forwarded_for {
         request = request.header("X-Forwarded-For", forwarded_for);
     }
-    let response = request.send().await.expect("join request");
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("Retry-After")
-        .map(|value| value.to_str().unwrap().parse().unwrap());
-    (
-        status,
-        retry_after,
-        response.json().await.unwrap_or(Value::Null),
-    )
+    let answer = common::answer(request).await;
+    let retry_after = answer
+        .retry_after
+        .map(|seconds| seconds.parse().expect("Retry-After in whole seconds"));
+    (answer.status, retry_after, answer.body)
 }
 
 store_tests! {
