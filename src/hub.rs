@@ -34,6 +34,8 @@ struct Shared {
     max_message_bytes: usize,
     /// Told of every join and departure.
     metrics: Metrics,
+    /// `client_ipv6_prefix`: how client addresses become the keys of the per-address limits.
+    client_ipv6_prefix: u8,
 }
 
 /// The result of a successful join.
@@ -62,6 +64,7 @@ impl Hub {
                 store: Store::new(config, &metrics)?,
                 max_message_bytes: config.max_message_bytes,
                 metrics,
+                client_ipv6_prefix: config.client_ipv6_prefix,
             }),
         })
     }
@@ -72,6 +75,17 @@ impl Hub {
 
     pub fn store(&self) -> &Store {
         &self.shared.store
+    }
+
+    /// The key `client`'s per-address limits are kept under.
+    pub fn limit_key(&self, client: IpAddr) -> IpAddr {
+        crate::client_address::limit_key(client, self.shared.client_ipv6_prefix)
+    }
+
+    /// Charges a join to `client` against the join rate (`join_rate_per_sec`, `join_burst`):
+    /// the first check of a join, so that a flood of joins with bad tokens is held to it too.
+    pub async fn charge_join(&self, client: IpAddr) -> ApiResult<()> {
+        self.shared.store.charge_join(self.limit_key(client)).await
     }
 
     /// Adds a new peer to `room`, creating the room if needed, and tells the others.
@@ -110,7 +124,7 @@ impl Hub {
         let peer = NewPeer {
             info,
             token: token.clone(),
-            client,
+            client: client.map(|client| self.limit_key(client)),
         };
         let outcome = self.shared.store.join(room, peer, announcement).await?;
         let resumed = if resumed.is_some() { " resumed" } else { "" };

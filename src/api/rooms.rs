@@ -8,13 +8,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use std::net::IpAddr;
-use std::time::Instant;
 
 use crate::api::auth::{BearerHeader, Token};
 use crate::api::body::JsonBody;
 use crate::api::client::ClientAddress;
 use crate::api::ice::{self, StunUrl};
-use crate::client_limits::JoinRate;
 use crate::config::{Config, IceServer};
 use crate::error::{ApiResult, Error};
 use crate::hub::{Hub, PeerInfo};
@@ -76,11 +74,10 @@ fn peer_url(room: &RoomName, peer: PeerId) -> String {
     format!("/api/rooms/{room}/peers/{peer}")
 }
 
-/// What a join needs besides the hub: who may join, and the per-client join rate.
+/// What a join needs besides the hub: who may join, and from where.
 pub struct Admission<'r> {
     tokens: &'r JoinTokens,
     resume: &'r ResumeKeys,
-    join_rate: &'r JoinRate,
     client: Option<IpAddr>,
     token: BearerHeader,
 }
@@ -92,10 +89,9 @@ impl<'r> rocket::request::FromRequest<'r> for Admission<'r> {
     async fn from_request(
         request: &'r rocket::Request<'_>,
     ) -> rocket::request::Outcome<Self, Error> {
-        let (Some(tokens), Some(resume), Some(join_rate)) = (
+        let (Some(tokens), Some(resume)) = (
             request.rocket().state::<JoinTokens>(),
             request.rocket().state::<ResumeKeys>(),
-            request.rocket().state::<JoinRate>(),
         ) else {
             let error = Error::Internal("the join admission state is not managed");
             return rocket::request::Outcome::Error((error.status(), error));
@@ -105,7 +101,6 @@ impl<'r> rocket::request::FromRequest<'r> for Admission<'r> {
         rocket::request::Outcome::Success(Admission {
             tokens,
             resume,
-            join_rate,
             client,
             token,
         })
@@ -159,9 +154,11 @@ pub async fn join(
     Ok(Created::new(peer_url).body(Json(response)))
 }
 
-/// The join's checks in order: the client's join rate (first, so that a flood of bad tokens is
-/// held to it too), the body, the token and its claims, the resume credential, then the hub
-/// (the resumed peer's absence, room and client limits).
+/// The join's checks in order (docs/API.md, "Which error wins"): the client's join rate (first,
+/// so that a flood of bad tokens is held to it too), the body, the token and its claims, the
+/// resume credential, then the store's checks, in the order [`NewPeer`] states.
+///
+/// [`NewPeer`]: crate::store::NewPeer
 async fn admit_and_join(
     hub: &Hub,
     admission: &Admission<'_>,
@@ -169,10 +166,7 @@ async fn admit_and_join(
     body: Result<JsonBody<Option<JsonObject<JoinRequest>>>, Error>,
 ) -> ApiResult<(crate::hub::Joined, Option<String>)> {
     if let Some(client) = admission.client {
-        admission
-            .join_rate
-            .charge(client, Instant::now())
-            .map_err(|retry_after| Error::TooManyJoins { retry_after })?;
+        hub.charge_join(client).await?;
     }
     let request = body?.0.map_or(
         JoinRequest {
