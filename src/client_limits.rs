@@ -147,7 +147,9 @@ impl ClientHoldings {
 
     /// The rooms in which `client` holds a peer.
     pub fn rooms(&self, client: IpAddr) -> usize {
-        self.clients.get(&client).map_or(0, |holding| holding.rooms.len())
+        self.clients
+            .get(&client)
+            .map_or(0, |holding| holding.rooms.len())
     }
 }
 
@@ -210,7 +212,10 @@ mod tests {
         assert_eq!(held.peers(a), 1);
         assert!(held.try_add(a, &room("r1"), 2, 10).is_ok());
         held.remove(b, &room("r1"));
-        assert!(held.clients.len() == 1, "an address without peers is dropped");
+        assert!(
+            held.clients.len() == 1,
+            "an address without peers is dropped"
+        );
     }
 
     /// Rooms are counted once however many peers the address has in each; a new room past the
@@ -227,7 +232,10 @@ mod tests {
             held.try_add(a, &room("r3"), 10, 2),
             Err(ClientRefusal::Rooms)
         );
-        assert!(held.try_add(a, &room("r2"), 10, 2).is_ok(), "a room it is in");
+        assert!(
+            held.try_add(a, &room("r2"), 10, 2).is_ok(),
+            "a room it is in"
+        );
         assert_eq!(
             held.try_add(a, &room("r3"), 4, 2),
             Err(ClientRefusal::Peers),

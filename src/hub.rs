@@ -201,6 +201,11 @@ impl Hub {
             .collect()
     }
 
+    /// The peer of `room` that `token` belongs to.
+    pub async fn identify(&self, room: &RoomName, token: Option<&str>) -> ApiResult<PeerId> {
+        self.shared.store.identify(room, token).await
+    }
+
     /// The mailbox of `peer`, for the stream or poll that proves to be that peer.
     pub async fn reader(
         &self,

@@ -572,7 +572,9 @@ export class Signpost {
   /** The peers in the room now (`GET /api/rooms/{room}`), this one included, or null. */
   async roomPeers() {
     try {
-      const response = await fetch(this.url(`/api/rooms/${encodeURIComponent(this.room)}`), { cache: "no-store" });
+      // The peer's token: a server with join_auth = "required" shows a room only to its peers.
+      const headers = this.joined ? this.authHeaders() : {};
+      const response = await fetch(this.url(`/api/rooms/${encodeURIComponent(this.room)}`), { cache: "no-store", headers });
       return response.ok ? (await response.json()).peers : null;
     } catch (networkError) {
       return null;

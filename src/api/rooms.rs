@@ -13,7 +13,7 @@ use crate::api::auth::{BearerHeader, Token};
 use crate::api::body::JsonBody;
 use crate::api::client::ClientAddress;
 use crate::api::ice::{self, StunUrl};
-use crate::config::{Config, IceServer};
+use crate::config::{Config, IceServer, JoinAuth};
 use crate::error::{ApiResult, Error};
 use crate::hub::{Hub, PeerInfo};
 use crate::ice::IceConfig;
@@ -264,12 +264,70 @@ fn validate_meta(meta: Box<RawValue>) -> ApiResult<Box<RawValue>> {
     Ok(meta)
 }
 
+/// The credentials a look at a room or a peer may present: a peer token (`Authorization:
+/// Bearer` or `?token=`, as the peer's other requests send it) or a join token (the header only,
+/// as for a join).
+pub struct LookCredentials<'r> {
+    tokens: &'r JoinTokens,
+    peer_token: Token,
+    bearer: BearerHeader,
+}
+
+#[rocket::async_trait]
+impl<'r> rocket::request::FromRequest<'r> for LookCredentials<'r> {
+    type Error = Error;
+
+    async fn from_request(
+        request: &'r rocket::Request<'_>,
+    ) -> rocket::request::Outcome<Self, Error> {
+        let Some(tokens) = request.rocket().state::<JoinTokens>() else {
+            let error = Error::Internal("the join tokens are not managed");
+            return rocket::request::Outcome::Error((error.status(), error));
+        };
+        let peer_token = Token::find(request.headers().get_one("Authorization"), || {
+            request.query_value::<String>("token").and_then(Result::ok)
+        });
+        rocket::request::Outcome::Success(LookCredentials {
+            tokens,
+            peer_token,
+            bearer: BearerHeader::of(request),
+        })
+    }
+}
+
+impl LookCredentials<'_> {
+    /// Under `join_auth = "required"`, rooms are invite-only, and so is looking at them: only a
+    /// request with a credential for `room` (a valid join token for it, or the token of one of
+    /// its peers) may. Any other gets `credential_required`, whether or not the room exists, so
+    /// that rooms cannot be found by guessing names. Under `open` and `optional`, anyone may.
+    async fn admit(&self, hub: &Hub, room: &RoomName) -> ApiResult<()> {
+        if self.tokens.mode() != JoinAuth::Required {
+            return Ok(());
+        }
+        if let Some(token) = self.bearer.as_deref() {
+            if self.tokens.verify(token, room).is_ok() {
+                return Ok(());
+            }
+        }
+        if let Some(token) = self.peer_token.as_deref() {
+            match hub.identify(room, Some(token)).await {
+                Ok(_) => return Ok(()),
+                Err(Error::StoreUnavailable) => return Err(Error::StoreUnavailable),
+                Err(_) => {}
+            }
+        }
+        Err(Error::CredentialRequired)
+    }
+}
+
 #[get("/rooms/<room>")]
 pub async fn room(
     hub: &State<Hub>,
+    credentials: LookCredentials<'_>,
     room: Result<RoomName, Error>,
 ) -> ApiResult<Json<RoomResponse>> {
     let room = room?;
+    credentials.admit(hub, &room).await?;
     let peers = hub.room(&room).await?.ok_or(Error::RoomNotFound)?;
     Ok(Json(RoomResponse {
         room: room.to_string(),
@@ -280,10 +338,14 @@ pub async fn room(
 #[get("/rooms/<room>/peers/<peer>")]
 pub async fn peer(
     hub: &State<Hub>,
+    credentials: LookCredentials<'_>,
     room: Result<RoomName, Error>,
     peer: Result<PeerId, Error>,
 ) -> ApiResult<Json<PeerInfo>> {
-    Ok(Json(hub.peer(&room?, peer?).await?))
+    let room = room?;
+    let peer = peer?;
+    credentials.admit(hub, &room).await?;
+    Ok(Json(hub.peer(&room, peer).await?))
 }
 
 #[delete("/rooms/<room>/peers/<peer>")]

@@ -291,17 +291,16 @@ impl RedisStore {
             "too_many_rooms" => Some(Error::TooManyRooms {
                 limit: limits.max_rooms,
             }),
-            "too_many_peers_for_client" => {
-                Some(limits.client_refusal(ClientRefusal::Peers))
-            }
-            "too_many_rooms_for_client" => {
-                Some(limits.client_refusal(ClientRefusal::Rooms))
-            }
+            "too_many_peers_for_client" => Some(limits.client_refusal(ClientRefusal::Peers)),
+            "too_many_rooms_for_client" => Some(limits.client_refusal(ClientRefusal::Rooms)),
             other => return Err(unexpected(other)),
         };
         if let Some(refusal) = refusal {
             // The room's own checks come first: the same answer as the memory store's.
-            return Err(self.room_refusal(room, peer.info.peer_id).await?.unwrap_or(refusal));
+            return Err(self
+                .room_refusal(room, peer.info.peer_id)
+                .await?
+                .unwrap_or(refusal));
         }
         let reserved = reply.int(1)?;
         let joined = self
