@@ -195,7 +195,9 @@ pub struct Sent {
 
 /// The store a server was configured with.
 pub enum Store {
-    Memory(MemoryStore),
+    /// Boxed, so that the enum is a pointer either way (the memory store holds its limits and
+    /// tables inline); its calls stay plain function calls.
+    Memory(Box<MemoryStore>),
     Redis(RedisStore),
 }
 
@@ -206,7 +208,7 @@ impl Store {
     pub fn new(config: &Config, metrics: &Metrics) -> Result<Self, String> {
         let limits = Limits::new(config);
         match &config.redis_url {
-            None => Ok(Store::Memory(MemoryStore::new(limits))),
+            None => Ok(Store::Memory(Box::new(MemoryStore::new(limits)))),
             Some(url) => RedisStore::new(
                 url,
                 config.redis_tls_ca_file.as_deref(),
