@@ -82,15 +82,16 @@ impl Hub {
         crate::client_address::limit_key(client, self.shared.client_ipv6_prefix)
     }
 
-    /// Charges a join to `client` against the join rate (`join_rate_per_sec`, `join_burst`):
-    /// the first check of a join, so that a flood of joins with bad tokens is held to it too.
+    /// Charges a join from `client` that is refused before [`join_as`](Self::join_as) against
+    /// the join rate (`join_rate_per_sec`, `join_burst`), so that a flood of joins with bad tokens
+    /// is held to it too; `join_as` charges the rate itself, first.
     pub async fn charge_join(&self, client: IpAddr) -> ApiResult<()> {
         self.shared.store.charge_join(self.limit_key(client)).await
     }
 
     /// Adds a new peer to `room`, creating the room if needed, and tells the others.
-    /// `client` is the address it joins from, held to `max_peers_per_client` (`None`: not
-    /// counted).
+    /// `client` is the address it joins from, charged to the join rate and held to the other
+    /// limits per address (`None`: not counted).
     pub async fn join(
         &self,
         room: &RoomName,

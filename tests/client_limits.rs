@@ -346,3 +346,23 @@ store_tests! {
         assert_eq!(join(&by_48, &proxy, "a", Some("2001:db8:2::1")).await.0, 201, "another /48");
     }
 }
+
+store_tests! {
+    /// Every join is charged to the rate, whatever its fate, and the rate's refusal wins over
+    /// any other: joins refused for their body count, and once the burst is spent a join with a
+    /// bad body is told `too_many_joins`, as a good one is.
+    async fn every_join_is_charged_and_the_rate_wins() {
+        let server = Server::with(json!({"join_burst": 3, "join_rate_per_sec": 0.01})).await;
+        let client = client_from("127.0.0.1");
+        let too_long = json!({"name": "x".repeat(65)});
+        assert_eq!(join(&server, &client, "charged", None).await.0, 201);
+        for _ in 0..2 {
+            let (status, _, body) = join_with(&server, &client, "charged", None, too_long.clone()).await;
+            assert_eq!((status, body["error"].as_str()), (422, Some("invalid_name")));
+        }
+        let (status, _, body) = join_with(&server, &client, "charged", None, too_long).await;
+        assert_eq!((status, body["error"].as_str()), (429, Some("too_many_joins")), "a bad body");
+        let (status, _, body) = join(&server, &client, "charged", None).await;
+        assert_eq!((status, body["error"].as_str()), (429, Some("too_many_joins")), "a good one");
+    }
+}

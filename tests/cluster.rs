@@ -1151,15 +1151,20 @@ async fn a_reservation_whose_join_never_came_is_forgotten() {
     // What an instance does first when it joins a new room, and then nothing more.
     let prefix = &cluster.prefix;
     let global = |name: &str| format!("{prefix}:{{{prefix}:global}}:{name}");
+    let script = concat!(
+        include_str!("../src/store/redis/lua/join_rate.lua"),
+        include_str!("../src/store/redis/lua/reserve.lua")
+    );
     let reserved = cluster.cli(&[
         "EVAL",
-        include_str!("../src/store/redis/lua/reserve.lua"),
-        "5",
+        script,
+        "6",
         &global("rooms"),
         &global("due"),
         &global("clients"),
         &global("client-rooms"),
         &global("peer-count"),
+        &global("join:"),
         "ghost",
         "1",
         "3600000",
@@ -1167,6 +1172,8 @@ async fn a_reservation_whose_join_never_came_is_forgotten() {
         "",
         "1",
         "1",
+        "20",
+        "100",
     ]);
     assert!(reserved.starts_with("ok"), "{reserved}");
     let server = cluster.at(0);

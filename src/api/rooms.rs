@@ -154,9 +154,11 @@ pub async fn join(
     Ok(Created::new(peer_url).body(Json(response)))
 }
 
-/// The join's checks in order (docs/API.md, "Which error wins"): the client's join rate (first,
-/// so that a flood of bad tokens is held to it too), the body, the token and its claims, the
-/// resume credential, then the store's checks, in the order [`NewPeer`] states.
+/// The join's checks in order (docs/API.md, "Which error wins"): the client's join rate (first:
+/// every join is charged to it, and its refusal wins over any other, so that a flood of bad
+/// tokens is held to it too), the body, the token and its claims, the resume credential, then the
+/// store's checks, in the order [`NewPeer`] states. The store charges the rate of a join that
+/// reaches it (on Redis, in the admission's round trip); a join refused before is charged here.
 ///
 /// [`NewPeer`]: crate::store::NewPeer
 async fn admit_and_join(
@@ -165,9 +167,53 @@ async fn admit_and_join(
     room: &RoomName,
     body: Result<JsonBody<Option<JsonObject<JoinRequest>>>, Error>,
 ) -> ApiResult<(crate::hub::Joined, Option<String>)> {
-    if let Some(client) = admission.client {
-        hub.charge_join(client).await?;
+    let checked = check_request(admission, room, body);
+    let CheckedJoin {
+        resumed,
+        name,
+        meta,
+        sub,
+    } = match checked {
+        Ok(checked) => checked,
+        Err(error) => {
+            // Charged all the same, and the rate's refusal wins: the hub charges the joins that
+            // reach it, in the store's first round trip.
+            if let Some(client) = admission.client {
+                hub.charge_join(client).await?;
+            }
+            return Err(error);
+        }
+    };
+    let joined = hub
+        .join_as(room, resumed, name.clone(), meta, admission.client)
+        .await?;
+    if let Some(sub) = sub {
+        // `sub` is the application's and may hold anything: quoted, so it cannot forge a line.
+        logging::info(format_args!(
+            "join token room={room} peer={} sub={sub:?}",
+            joined.peer_id
+        ));
     }
+    Ok((joined, name))
+}
+
+/// A join request that passed the checks that need no store.
+struct CheckedJoin {
+    /// The peer id of a verified resume credential.
+    resumed: Option<PeerId>,
+    name: Option<String>,
+    meta: Option<Box<RawValue>>,
+    /// The join token's `sub`, for the log.
+    sub: Option<String>,
+}
+
+/// The checks of a join that need no store: the body, the token and its claims, the resume
+/// credential.
+fn check_request(
+    admission: &Admission<'_>,
+    room: &RoomName,
+    body: Result<JsonBody<Option<JsonObject<JoinRequest>>>, Error>,
+) -> ApiResult<CheckedJoin> {
     let request = body?.0.map_or(
         JoinRequest {
             name: None,
@@ -192,17 +238,12 @@ async fn admit_and_join(
         .as_deref()
         .map(|credential| admission.resume.verify(room, credential))
         .transpose()?;
-    let joined = hub
-        .join_as(room, resumed, name.clone(), meta, admission.client)
-        .await?;
-    if let Some(sub) = sub {
-        // `sub` is the application's and may hold anything: quoted, so it cannot forge a line.
-        logging::info(format_args!(
-            "join token room={room} peer={} sub={sub:?}",
-            joined.peer_id
-        ));
-    }
-    Ok((joined, name))
+    Ok(CheckedJoin {
+        resumed,
+        name,
+        meta,
+        sub,
+    })
 }
 
 /// The peer's name and meta (and the token's `sub`) when a token was presented: the token's,

@@ -71,7 +71,7 @@ impl MemoryStore {
             .map_err(|retry_after| Error::TooManyJoins { retry_after })
     }
 
-    /// Checks the join in the order [`NewPeer`] states.
+    /// Charges the join rate, then checks the join in the order [`NewPeer`] states.
     pub fn join(
         &self,
         room: &RoomName,
@@ -80,6 +80,9 @@ impl MemoryStore {
     ) -> ApiResult<JoinOutcome> {
         let limits = &self.limits;
         let client = peer.client;
+        if let Some(client) = client {
+            self.charge_join(client)?;
+        }
         let peer = Peer {
             info: peer.info,
             client,

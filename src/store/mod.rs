@@ -143,12 +143,14 @@ pub fn leave_event(peer: PeerId, reason: LeaveReason) -> Arc<EncodedMessage> {
 /// A peer about to join. Its id is new, or, for a resumed join, one that was in the room before.
 ///
 /// Both stores check a join in one order, and the first check that fails is the answer
-/// (docs/API.md, "Which error wins"): the id is in the room ([`PeerPresent`]), the room is full
+/// (docs/API.md, "Which error wins"): the address's join rate ([`TooManyJoins`], charged
+/// whatever follows), the id is in the room ([`PeerPresent`]), the room is full
 /// ([`RoomFull`]), the room is new and the server holds `max_rooms` ([`TooManyRooms`]), the
 /// address holds `max_peers_per_client` peers ([`TooManyPeersForClient`]), the room is new to
 /// the address and it holds peers in `max_rooms_per_client` rooms ([`TooManyRoomsForClient`]).
 /// A refused join changes nothing, and holds nothing (no room slot, no count).
 ///
+/// [`TooManyJoins`]: crate::error::Error::TooManyJoins
 /// [`PeerPresent`]: crate::error::Error::PeerPresent
 /// [`RoomFull`]: crate::error::Error::RoomFull
 /// [`TooManyRooms`]: crate::error::Error::TooManyRooms
@@ -240,7 +242,9 @@ impl Store {
     }
 
     /// Charges one join to `client` (a limit key) against `join_rate_per_sec` and `join_burst`:
-    /// per process on the memory store, deployment-wide on Redis.
+    /// per process on the memory store, deployment-wide on Redis. For a join refused before
+    /// [`join`](Self::join), which charges the rate itself (first, before any other check; on
+    /// Redis in the admission's round trip).
     pub async fn charge_join(&self, client: IpAddr) -> ApiResult<()> {
         match self {
             Store::Memory(store) => store.charge_join(client),

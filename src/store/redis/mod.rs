@@ -18,9 +18,9 @@
 //! Cluster slot; the deployment-wide keys (the rooms, the sweep index, the per-address counts,
 //! the peer count, the join buckets) share a tag of their own and are written by separate
 //! scripts. So every per-address limit holds across instances: a join is charged to its
-//! address's bucket (`joins.lua`), admitted against `max_rooms` and the per-address counts in
-//! one step (`reserve.lua`), then joins its room (`join.lua`); a refusal after the admission
-//! gives back what it counted. `/metrics` reads two of these keys, whatever the number of rooms. Every key expires unless refreshed, so instances
+//! address's bucket and admitted against `max_rooms` and the per-address counts in one step
+//! (`reserve.lua`), then joins its room (`join.lua`); a refusal after the admission gives back
+//! what it counted. (A join refused before it reaches the store is charged by `joins.lua`.) `/metrics` reads two of these keys, whatever the number of rooms. Every key expires unless refreshed, so instances
 //! that crash leave nothing behind for long.
 //!
 //! With the `redis-tls` feature, a `rediss://` URL connects over TLS (`tls.rs`): both
@@ -110,12 +110,18 @@ impl Scripts {
             ack: room_script!("ack.lua"),
             touch: room_script!("touch.lua"),
             sweep: room_script!("sweep.lua"),
-            reserve: Script::new(include_str!("lua/reserve.lua")),
+            reserve: Script::new(concat!(
+                include_str!("lua/join_rate.lua"),
+                include_str!("lua/reserve.lua")
+            )),
             created: Script::new(include_str!("lua/created.lua")),
             release: Script::new(include_str!("lua/release.lua")),
             due: Script::new(include_str!("lua/due.lua")),
             clients: Script::new(include_str!("lua/clients.lua")),
-            joins: Script::new(include_str!("lua/joins.lua")),
+            joins: Script::new(concat!(
+                include_str!("lua/join_rate.lua"),
+                include_str!("lua/joins.lua")
+            )),
         }
     }
 }
@@ -238,6 +244,8 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Charges a join that is refused before it reaches [`join`](Self::join), which charges
+    /// the others itself.
     pub async fn charge_join(&self, client: IpAddr) -> ApiResult<()> {
         let inner = &self.inner;
         let wait_ms: u64 = inner
@@ -269,6 +277,9 @@ impl RedisStore {
         let inner = &self.inner;
         let limits = &inner.limits;
         let client = peer.client.map(|client| client.to_string());
+        let bucket = inner
+            .keys
+            .join_bucket(client.as_deref().unwrap_or_default());
         let reply: Value = inner
             .run(
                 inner
@@ -276,18 +287,27 @@ impl RedisStore {
                     .key(&inner.keys.clients)
                     .key(&inner.keys.client_rooms)
                     .key(&inner.keys.peer_count)
+                    .key(bucket)
                     .arg(room.as_str())
                     .arg(limits.max_rooms)
                     .arg(GLOBAL_TTL.as_millis() as u64)
                     .arg(limits.peer_timeout.as_millis() as u64)
                     .arg(client.as_deref().unwrap_or_default())
                     .arg(limits.max_peers_per_client)
-                    .arg(limits.max_rooms_per_client),
+                    .arg(limits.max_rooms_per_client)
+                    .arg(limits.join_rate_per_sec)
+                    .arg(limits.join_burst),
             )
             .await?;
         let reply = Reply::new(reply)?;
         let refusal = match reply.status()? {
             "ok" => None,
+            // The first check of all: answered as it is.
+            "too_many_joins" => {
+                return Err(Error::TooManyJoins {
+                    retry_after: Duration::from_millis(reply.int(1)?.max(1) as u64),
+                })
+            }
             "too_many_rooms" => Some(Error::TooManyRooms {
                 limit: limits.max_rooms,
             }),

@@ -1,6 +1,7 @@
--- Admit a join on the deployment-wide keys, before the join script: max_rooms,
--- max_peers_per_client and max_rooms_per_client hold across instances, because checking and
--- counting are one step. Checks in the order of docs/API.md ("Which error wins"); the room's own
+-- Admit a join on the deployment-wide keys, before the join script: the address's join rate
+-- (`join_rate.lua`, prepended), then max_rooms, max_peers_per_client and max_rooms_per_client,
+-- which hold across instances because checking and counting are one step. The rate is charged
+-- whatever follows, as every join is. Checks in the order of docs/API.md ("Which error wins"); the room's own
 -- checks (peer_present, room_full) are the join script's, and come first because a refusal here
 -- is only answered once the room has been looked at.
 -- A new room is reserved: counted in the rooms zset and put in the sweep index, due after the
@@ -13,12 +14,19 @@
 -- KEYS[4]: the client rooms hash (client key -> rooms where it has peers;
 --          "<client key> <room>" -> its peers in that room).
 -- KEYS[5]: the peer count (every live peer of the deployment, for /metrics).
+-- KEYS[6]: the address's join bucket (unused when the join is not counted).
 -- ARGV: room name, max rooms, expiry of these keys (ms), presence timeout (ms), client key (""
---       when not counted), max peers per client, max rooms per client.
--- Reply: {"ok", reserved (when this reserved the room, µs; 0 when it existed)} or
---        {"too_many_rooms"}, {"too_many_peers_for_client"}, {"too_many_rooms_for_client"}.
+--       when not counted), max peers per client, max rooms per client, join rate (per second),
+--       join burst.
+-- Reply: {"ok", reserved (when this reserved the room, µs; 0 when it existed)},
+--        {"too_many_joins", wait (ms)} or {"too_many_rooms"}, {"too_many_peers_for_client"},
+--        {"too_many_rooms_for_client"}.
 local room, max_rooms, ttl_ms, timeout_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local client, max_peers, max_client_rooms = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+if client ~= '' then
+  local wait = charge_join(KEYS[6], ARGV[8], ARGV[9])
+  if wait > 0 then return {'too_many_joins', wait} end
+end
 local exists = redis.call('ZSCORE', KEYS[1], room)
 if not exists and redis.call('ZCARD', KEYS[1]) >= max_rooms then return {'too_many_rooms'} end
 local here = client .. ' ' .. room
