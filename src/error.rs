@@ -289,10 +289,14 @@ impl Error {
             )
             .into(),
             TooManyRoomsForClient { limit, .. } => format!(
-                "this address already has peers in {limit} rooms; one of them must leave its room before this address joins another"
+                "this address already has peers in {limit} rooms; \
+                 one must leave its room before this address joins another"
             )
             .into(),
-            CredentialRequired => "rooms on this server are invite-only: send a peer token of this room or a join token for it, as `Authorization: Bearer <token>` or `?token=<token>`".into(),
+            CredentialRequired => "rooms on this server are invite-only: send a peer token of \
+                                   this room or a join token for it, as `Authorization: Bearer \
+                                   <token>` or `?token=<token>`"
+                .into(),
             CorsRefused(why) => why.clone().into(),
             RouteNotFound => "no such endpoint; see docs/API.md".into(),
             MethodNotAllowed { allow } => {

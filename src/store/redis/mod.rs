@@ -20,8 +20,9 @@
 //! scripts. So every per-address limit holds across instances: a join is charged to its
 //! address's bucket and admitted against `max_rooms` and the per-address counts in one step
 //! (`reserve.lua`), then joins its room (`join.lua`); a refusal after the admission gives back
-//! what it counted. (A join refused before it reaches the store is charged by `joins.lua`.) `/metrics` reads two of these keys, whatever the number of rooms. Every key expires unless refreshed, so instances
-//! that crash leave nothing behind for long.
+//! what it counted. (A join refused before it reaches the store is charged by `joins.lua`.)
+//! `/metrics` reads two of these keys, whatever the number of rooms. Every key expires unless
+//! refreshed, so instances that crash leave nothing behind for long.
 //!
 //! With the `redis-tls` feature, a `rediss://` URL connects over TLS (`tls.rs`): both
 //! connections are made from one client that carries the TLS settings.

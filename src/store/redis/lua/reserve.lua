@@ -1,9 +1,9 @@
 -- Admit a join on the deployment-wide keys, before the join script: the address's join rate
 -- (`join_rate.lua`, prepended), then max_rooms, max_peers_per_client and max_rooms_per_client,
 -- which hold across instances because checking and counting are one step. The rate is charged
--- whatever follows, as every join is. Checks in the order of docs/API.md ("Which error wins"); the room's own
--- checks (peer_present, room_full) are the join script's, and come first because a refusal here
--- is only answered once the room has been looked at.
+-- whatever follows, as every join is. Checks in the order of docs/API.md ("Which error wins");
+-- the room's own checks (peer_present, room_full) are the join script's, and come first because
+-- a refusal here is only answered once the room has been looked at.
 -- A new room is reserved: counted in the rooms zset and put in the sweep index, due after the
 -- presence timeout, so that it is forgotten (the sweep finds no room and releases it) if the
 -- join that follows never happens (an instance that crashed, or lost Redis, in between). A join
