@@ -23,7 +23,8 @@
 //!   - [`ice`]: the ICE servers a peer is given, with ephemeral TURN credentials.
 //! - Around the domain:
 //!   - `front`: the listening socket; serves the relay routes (send, SSE, long-poll) on hyper
-//!     and hands every other request to the Rocket application in-process.
+//!     and hands every other request to the Rocket application in-process; bounds what each
+//!     connection may hold in time, and how many one client address may open.
 //!   - `api`: the Rocket routes, one module per group, translating requests into hub calls.
 //!   - [`presence`]: the sweeper that times out silent peers.
 //!   - [`logging`]: the request and membership log, which never prints a token.
