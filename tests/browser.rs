@@ -542,6 +542,108 @@ async fn signaling_module_resumes_cut_streams_without_loss() {
     server.stop().await;
 }
 
+/// A server of one HTML page on `listener`: the origin of another site's page. It answers every
+/// request with `html`, except `/favicon.ico` (404), and closes each connection.
+fn serve_page(listener: tokio::net::TcpListener, html: String) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let html = html.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let response = if head.starts_with(b"GET /favicon.ico ") {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_owned()
+                } else {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                        html.len()
+                    )
+                };
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    })
+}
+
+/// An application's page on another origin imports `signpost.js` from the signpost server, as
+/// README.md shows (`import … from "http://<signpost>/signpost.js"`), joins a room there (the
+/// server's `cors_allowed_origins` names the page's origin), and receives and sends messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_another_origin_imports_the_module_and_joins() {
+    let Some(chromium) =
+        Chromium::launch("a_page_of_another_origin_imports_the_module_and_joins").await
+    else {
+        return;
+    };
+    // The server's settings name the page's origin, and the page names the server: bind the
+    // page's port first, serve the page once the server runs.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_origin = format!("http://{}", listener.local_addr().unwrap());
+    let server = Server::with(json!({ "cors_allowed_origins": [page_origin] })).await;
+    let html = format!(
+        r#"<!doctype html>
+<meta charset="utf-8">
+<title>An application</title>
+<script type="module">
+  import {{ Signpost }} from "{signpost}/signpost.js";
+  window.notes = [];
+  const client = await Signpost.join("elsewhere", {{ name: "app", baseUrl: "{signpost}", transport: "sse", types: ["note"] }});
+  client.on("note", (envelope) => notes.push(envelope.data));
+  window.app = {{ client, peerId: client.peerId }};
+</script>
+"#,
+        signpost = server.base
+    );
+    let page_server = serve_page(listener, html);
+    assert_ne!(
+        page_origin, server.base,
+        "the page and signpost have different origins"
+    );
+
+    let page = chromium
+        .open_other(&format!("{page_origin}/app.html"))
+        .await;
+    let page_id = page
+        .wait_for(
+            "the page's join through the imported module",
+            "window.app?.peerId",
+        )
+        .await;
+    let page_id = page_id.as_str().expect("a peer id").to_owned();
+    let sender = server.join("elsewhere", "sender").await;
+    let mut events = sender.events(None).await;
+    sender
+        .send_ok(json!({"type": "note", "to": page_id, "data": "hello, other origin"}))
+        .await;
+    page.wait_for("the note on the page", "notes.length === 1")
+        .await;
+    assert_eq!(page.eval("notes").await, json!(["hello, other origin"]));
+    page.eval(&format!(
+        "app.client.send('note', 'hello back', {})",
+        Value::from(sender.id.as_str())
+    ))
+    .await;
+    let reply = events.next_message().await;
+    assert_eq!(reply["from"], page_id.as_str());
+    assert_eq!(reply["data"], "hello back");
+    chromium.close().await;
+    page_server.abort();
+    server.stop().await;
+}
+
 /// A join token signed with `secret` for `room`, as an application's backend would mint it,
 /// with `exp` `expires_in` seconds from now (negative: in the past).
 fn join_token(secret: &str, room: &str, name: &str, expires_in: i64) -> String {

@@ -158,6 +158,16 @@ impl Chromium {
         tab
     }
 
+    /// Opens `url`, any page rather than the room client's, in a new page; returns once it has
+    /// loaded. The test then waits for what the page itself sets up.
+    pub async fn open_other(&self, url: &str) -> Tab {
+        let page = self.browser.new_page(url).await.expect("a new page");
+        Tab {
+            page,
+            url: url.to_owned(),
+        }
+    }
+
     /// Closes the browser and waits for its process to exit.
     pub async fn close(mut self) {
         let _ = self.browser.close().await;
@@ -280,8 +290,9 @@ impl Tab {
     }
 }
 
-/// What a failing wait prints about the page: its peers, transport and shown errors.
-const STATUS_SNAPSHOT: &str = "({ transport: signpostApp.transport(), peers: signpostApp.peers(), \
+/// What a failing wait prints about the page: its peers, transport and shown errors (nothing on
+/// a page other than the room client).
+const STATUS_SNAPSHOT: &str = "typeof signpostApp === 'undefined' ? null : ({ transport: signpostApp.transport(), peers: signpostApp.peers(), \
     errors: [...document.querySelectorAll('#status-errors li')].map(li => li.textContent) })";
 
 fn truthy(value: &Value) -> bool {
