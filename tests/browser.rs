@@ -69,6 +69,10 @@ async fn wait_full_mesh(pages: &[(&Tab, &str)]) {
 }
 
 /// Two pages in one room open a data channel to each other and chat both ways, peer to peer.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pages_chat_both_ways() {
     let Some(chromium) = Chromium::launch("two_pages_chat_both_ways").await else {
@@ -114,6 +118,10 @@ async fn two_pages_chat_both_ways() {
 }
 
 /// With fake camera and microphone, each page decodes the other's video and receives its audio.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_see_and_hear_each_other() {
     let Some(chromium) = Chromium::launch("pages_see_and_hear_each_other").await else {
@@ -154,6 +162,10 @@ async fn pages_see_and_hear_each_other() {
 
 /// A page whose camera and microphone are refused joins as a data-only peer, says so, and still
 /// connects and chats.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_media_page_joins_data_only_and_says_so() {
     let Some(chromium) =
@@ -194,6 +206,10 @@ async fn refused_media_page_joins_data_only_and_says_so() {
 
 /// A page forced onto long-polling and a page on SSE still connect and chat: signaling works
 /// whichever transport each side can use.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_page_connects_with_sse_page() {
     let Some(chromium) = Chromium::launch("long_poll_page_connects_with_sse_page").await else {
@@ -224,6 +240,10 @@ async fn long_poll_page_connects_with_sse_page() {
 
 /// Three pages form a full mesh; when one closes its tab, it leaves (by beacon, not by timeout)
 /// and the other two see it go while staying connected to each other.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pages_mesh_then_one_leaves() {
     let Some(chromium) = Chromium::launch("three_pages_mesh_then_one_leaves").await else {
@@ -272,6 +292,10 @@ async fn three_pages_mesh_then_one_leaves() {
 /// A file of a few MiB picked in one page arrives intact in the other (same SHA-256 as the file
 /// on disk), with progress shown on both sides along the way and the sender's queue bounded by
 /// flow control.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_arrives_intact_with_progress() {
     let Some(chromium) = Chromium::launch("file_arrives_intact_with_progress").await else {
@@ -374,6 +398,10 @@ async fn file_arrives_intact_with_progress() {
 /// Behind a proxy that buffers event streams and answers polls that wait over 3 s with a 504, a
 /// page on `transport=auto` moves to long-polling, shortens its polls below the cut and keeps
 /// that wait, and still connects and chats with a page that has a direct connection.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_transport_gets_through_a_hostile_proxy() {
     let Some(chromium) = Chromium::launch("auto_transport_gets_through_a_hostile_proxy").await
@@ -462,6 +490,10 @@ async fn auto_transport_gets_through_a_hostile_proxy() {
 
 /// signpost.js on its own (no room page): when a proxy cuts the event stream every second, it
 /// reconnects from the last id it saw, and every message arrives exactly once, in order.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signaling_module_resumes_cut_streams_without_loss() {
     let Some(chromium) =
@@ -581,6 +613,10 @@ fn serve_page(listener: tokio::net::TcpListener, html: String) -> tokio::task::J
 /// An application's page on another origin imports `signpost.js` from the signpost server, as
 /// README.md shows (`import … from "http://<signpost>/signpost.js"`), joins a room there (the
 /// server's `cors_allowed_origins` names the page's origin), and receives and sends messages.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_another_origin_imports_the_module_and_joins() {
     let Some(chromium) =
@@ -659,6 +695,10 @@ fn join_token(secret: &str, room: &str, name: &str, expires_in: i64) -> String {
 /// In a room that requires a join token, the page joins with the one in its `#token=` fragment,
 /// under the token's name; with an expired token it stays in the lobby and says the invitation
 /// expired.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_joins_with_a_token_from_the_fragment_and_explains_an_expired_one() {
     let Some(chromium) =

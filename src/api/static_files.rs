@@ -73,15 +73,11 @@ impl IfNoneMatch {
 }
 
 /// A file of `static_dir`, or the news that the client's copy is current.
-pub enum StaticFile {
-    /// `200` with the file.
-    Content {
-        body: Vec<u8>,
-        content_type: ContentType,
-        etag: String,
-    },
-    /// `304`: the client's copy is this one.
-    NotModified { etag: String },
+pub struct StaticFile {
+    /// The file's [`etag_of`].
+    etag: String,
+    /// The file and its type; `None` for a `304`: the client's copy is this one.
+    content: Option<(Vec<u8>, ContentType)>,
 }
 
 impl StaticFile {
@@ -95,17 +91,19 @@ impl StaticFile {
         let body = tokio::fs::read(&path).await.ok()?;
         let etag = etag_of(&body);
         if validators.matches(&etag) {
-            return Some(StaticFile::NotModified { etag });
+            return Some(StaticFile {
+                etag,
+                content: None,
+            });
         }
         let content_type = path
             .extension()
             .and_then(|extension| extension.to_str())
             .and_then(ContentType::from_extension)
             .unwrap_or(ContentType::Binary);
-        Some(StaticFile::Content {
-            body,
-            content_type,
+        Some(StaticFile {
             etag,
+            content: Some((body, content_type)),
         })
     }
 }
@@ -124,24 +122,18 @@ fn etag_of(content: &[u8]) -> String {
 impl<'r> Responder<'r, 'static> for StaticFile {
     fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
         let mut response = Response::build();
-        let etag = match self {
-            StaticFile::Content {
-                body,
-                content_type,
-                etag,
-            } => {
+        match self.content {
+            Some((body, content_type)) => {
                 response
                     .header(content_type)
                     .sized_body(body.len(), std::io::Cursor::new(body));
-                etag
             }
-            StaticFile::NotModified { etag } => {
+            None => {
                 response.status(Status::NotModified);
-                etag
             }
-        };
+        }
         response
-            .header(Header::new("ETag", etag))
+            .header(Header::new("ETag", self.etag))
             .header(Header::new("Cache-Control", "no-cache"))
             .header(Header::new("Access-Control-Allow-Origin", "*"))
             .ok()
