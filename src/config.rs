@@ -49,8 +49,9 @@ pub struct Config {
     pub send_burst: f64,
     /// ICE servers handed to every peer when it joins, as `RTCIceServer` objects. Default none.
     pub ice_servers: Vec<IceServer>,
-    /// Directory of the browser client served at `/`. Default `static`, relative to the working
-    /// directory (the repository root under `cargo run`).
+    /// Directory of the browser client served at `/` and under `/static/` (`/signpost.js` is the
+    /// module other pages import). Default `static`, relative to the working directory (the
+    /// repository root under `cargo run`).
     pub static_dir: String,
     /// How much the server binary logs: `"info"` each failed request and each join, leave and
     /// eviction; `"warn"` only problems; `"debug"` also what libraries (Rocket) say at their

@@ -65,7 +65,6 @@ pub mod token_command;
 
 use rocket::fairing::AdHoc;
 use rocket::figment::Figment;
-use rocket::fs::{FileServer, Options};
 use rocket::{Build, Rocket};
 
 use crate::client_address::TrustedProxies;
@@ -101,9 +100,6 @@ pub fn build(figment: Figment) -> Rocket<Build> {
                 });
             match config {
                 Ok((config, tokens, resume, proxies, hub)) => {
-                    let static_files =
-                        FileServer::new(&config.static_dir, Options::Index | Options::Missing)
-                            .rank(20);
                     let metrics = hub.metrics().clone();
                     Ok(rocket
                         .manage(hub)
@@ -113,8 +109,7 @@ pub fn build(figment: Figment) -> Rocket<Build> {
                         .manage(resume)
                         .manage(proxies)
                         .manage(metrics)
-                        .manage(config)
-                        .mount("/", static_files))
+                        .manage(config))
                 }
                 Err(error) => {
                     // Rocket's own word for this is only "launch fairing(s) failed".

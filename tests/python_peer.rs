@@ -3,8 +3,8 @@
 //! as the newcomer and as the peer already there, over SSE and over long-polling.
 //!
 //! The peer runs in the virtualenv `.ci/run` makes (`target/python-venv`, or `$SIGNPOST_VENV`),
-//! where aiortc is installed from PyPI. Without it, or without Chromium, the tests are skipped
-//! with the reason printed, and fail under `CI=true` (`common/external.rs`).
+//! where aiortc is installed from PyPI. Without it, or without Chromium, the tests are ignored
+//! with the reason, and fail under `CI=true` (`common/external.rs`).
 
 #[path = "common/browser.rs"]
 #[allow(dead_code)] // screenshots and the like, for tests/browser.rs
@@ -19,30 +19,7 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 use chrome::{Chromium, Tab};
-use common::{external, Server};
-
-/// The virtualenv's Python, if aiortc imports there.
-fn python() -> Result<PathBuf, String> {
-    let venv = std::env::var_os("SIGNPOST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/python-venv"));
-    let python = venv.join("bin/python");
-    let imports = std::process::Command::new(&python)
-        .args(["-c", "import aiortc"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if imports {
-        Ok(python)
-    } else {
-        Err(format!(
-            "{} cannot import aiortc (run .ci/run, or make the venv and pip install -r \
-             .ci/python-requirements.txt)",
-            python.display()
-        ))
-    }
-}
+use common::{external, requirements, Server};
 
 /// The Python peer, running, and the JSON lines it prints.
 struct PythonPeer {
@@ -154,7 +131,7 @@ async fn talk(tab: &Tab, tab_id: &str, mut peer: PythonPeer, peer_id: &str, tran
 
 /// Runs one case: who joins first, and the transport both use.
 async fn case(test: &str, python_first: bool, transport: &str) {
-    let python = python();
+    let python = requirements::aiortc_python();
     if !external::can_run(test, python.as_ref().map(|_| ()).map_err(Clone::clone)) {
         return;
     }
@@ -189,24 +166,40 @@ async fn case(test: &str, python_first: bool, transport: &str) {
 }
 
 /// The Python peer joins second and offers, over SSE.
+#[cfg_attr(
+    any(signpost_missing = "chromium", signpost_missing = "aiortc"),
+    ignore = "needs Chromium, and aiortc in target/python-venv (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_newcomer_over_sse() {
     case("python_newcomer_over_sse", false, "sse").await;
 }
 
 /// The Python peer joins second and offers, over long-polling.
+#[cfg_attr(
+    any(signpost_missing = "chromium", signpost_missing = "aiortc"),
+    ignore = "needs Chromium, and aiortc in target/python-venv (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_newcomer_over_poll() {
     case("python_newcomer_over_poll", false, "poll").await;
 }
 
 /// The Python peer is there first and answers the page's offer, over SSE.
+#[cfg_attr(
+    any(signpost_missing = "chromium", signpost_missing = "aiortc"),
+    ignore = "needs Chromium, and aiortc in target/python-venv (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_already_there_over_sse() {
     case("python_already_there_over_sse", true, "sse").await;
 }
 
 /// The Python peer is there first and answers the page's offer, over long-polling.
+#[cfg_attr(
+    any(signpost_missing = "chromium", signpost_missing = "aiortc"),
+    ignore = "needs Chromium, and aiortc in target/python-venv (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_already_there_over_poll() {
     case("python_already_there_over_poll", true, "poll").await;

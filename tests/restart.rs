@@ -337,6 +337,10 @@ async fn call_survives_restart(test: &str, settings: &str, down: Duration) {
 /// A deploy with the default configuration: SIGTERM, started again on the same port at once.
 /// The data channel never leaves `open`, chat goes both ways during and after, both pages are
 /// back in the room within 10 s, and a newcomer reaches both with no duplicates anywhere.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_survives_a_restart() {
     call_survives_restart("a_call_survives_a_restart", "", Duration::ZERO).await;
@@ -344,6 +348,10 @@ async fn a_call_survives_a_restart() {
 
 /// The same with the server down for longer than `peer_timeout_secs` (2 s here), so that the
 /// pages give up on their old peers without asking and rejoin.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_survives_an_outage_longer_than_the_peer_timeout() {
     call_survives_restart(
@@ -355,6 +363,10 @@ async fn a_call_survives_an_outage_longer_than_the_peer_timeout() {
 }
 
 /// With a `resume_secret`, the restarted server re-admits each page under its old peer id.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_survives_a_restart_under_the_same_peer_ids() {
     call_survives_restart(
@@ -445,6 +457,10 @@ impl Drop for Cable {
 /// like a buffering proxy) returns to SSE once the server answers again; one cut off from a
 /// server that is merely unreachable never leaves SSE at all. Neither was forgotten: the same
 /// peer id throughout.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_returns_to_sse_after_an_outage() {
     let Some(chromium) = Chromium::launch("a_page_returns_to_sse_after_an_outage").await else {
@@ -508,6 +524,10 @@ async fn a_page_returns_to_sse_after_an_outage() {
 /// A page the server forgot (it timed out while its HTTP was cut off, its peer connection
 /// working) rejoins by itself as the same participant: the other page keeps the connection
 /// meanwhile and re-pairs it to the new peer id, with no second tile.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forgotten_page_rejoins_as_itself() {
     forgotten_page_rejoins(
@@ -520,6 +540,10 @@ async fn a_forgotten_page_rejoins_as_itself() {
 /// The same with a `resume_secret`: the page comes back under its old peer id, and the other
 /// page, which heard it leave (timed out), keeps the connection for good, not only for the
 /// grace it gives an orphan.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forgotten_page_resumes_its_peer_id() {
     forgotten_page_rejoins(
@@ -675,6 +699,10 @@ impl Drop for Stranger {
 /// Nobody takes over another participant's place: a stranger in the room who saw Alice's
 /// `resume` (after she rejoined) replays it to Bob, and then sends one with Alice's key and a
 /// forged signature. Bob refuses both and still lists exactly Alice, on the same connection.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nobody_can_take_over_a_participant() {
     let Some(chromium) = Chromium::launch("nobody_can_take_over_a_participant").await else {
@@ -729,6 +757,10 @@ async fn nobody_can_take_over_a_participant() {
 
 /// A peer whose tab closed without its leave beacon (as Firefox sometimes does) is shown gone at
 /// once, long before the server's peer timeout, because its data channel closed.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_peer_is_shown_gone_at_once() {
     let Some(chromium) = Chromium::launch("a_vanished_peer_is_shown_gone_at_once").await else {
