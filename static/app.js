@@ -51,6 +51,8 @@ const app = {
   mediaMode: null,
   /** Whether signaling is receiving (a stream is open or polls get answers). */
   signalingConnected: false,
+  /** Whether this page has a room key (`#key=` in its link): signaling is end-to-end encrypted. */
+  encrypted: false,
   chat: [],
   transfers: [],
   nextTransferId: 1,
@@ -87,6 +89,12 @@ window.signpostApp = {
   rejoins: () => app.rejoins ?? 0,
   /** How many `resume` messages this page refused (a bad signature, or nobody it knows). */
   refusedResumes: () => app.refusedResumes ?? 0,
+  /**
+   * End-to-end encryption of signaling: `on` when the page has a room key, `rejected` the
+   * messages refused because of it (not opening with the key, replayed, clear to a keyed page,
+   * or sealed to a page without the key).
+   */
+  encryption: () => ({ on: app.encrypted, rejected: app.client?.refused ?? 0 }),
 };
 
 // ---- joining ----
@@ -102,17 +110,22 @@ async function main() {
   $("room").hidden = false;
   $("room-bar").hidden = false;
   $("room-name").textContent = room;
+  // A join token from the application comes in the fragment (#token=…), and so does the room
+  // key (#key=…): browsers never send the fragment to a server, so both stay out of every
+  // access log, and the key out of the server's reach. With a token, the token names the peer.
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const joinToken = fragment.get("token") || undefined;
+  const key = fragment.get("key") || undefined;
+  app.encrypted = Boolean(key);
+
   const share = new URL(location.pathname, location.origin);
   share.searchParams.set("room", room);
+  if (key) share.hash = new URLSearchParams({ key }).toString();
   $("share-link").value = share.href;
   $("copy-link").onclick = async () => {
     await navigator.clipboard?.writeText(share.href).catch(() => {});
     $("share-link").select();
   };
-
-  // A join token from the application comes in the fragment (#token=…), which browsers never
-  // send to a server, so it stays out of every access log. With one, the token names the peer.
-  const joinToken = new URLSearchParams(location.hash.slice(1)).get("token") || undefined;
 
   // Asking for camera/microphone may wait on a person; join meanwhile.
   const media = startMedia(wanted);
@@ -122,6 +135,7 @@ async function main() {
     client = await Signpost.join(room, {
       name: joinToken ? undefined : name,
       joinToken,
+      key,
       transport,
       types: ["offer", "answer", "candidate", "resume"],
     });
@@ -144,6 +158,21 @@ async function main() {
     renderStatus();
   });
   client.on("error", ({ message }) => showError(message));
+  // Refused messages are never applied (a tampered offer never reaches setRemoteDescription);
+  // the page counts them and says why, once per reason and sender.
+  const told = new Set();
+  client.on("refused", ({ reason, from }) => {
+    renderEncryption();
+    if (told.has(`${reason} ${from}`)) return;
+    told.add(`${reason} ${from}`);
+    const who = from ? `peer ${from.slice(0, 8)}` : "the server";
+    showError({
+      unauthenticated: `A message from ${who} does not open with this room's key (altered on the way, or sent with another key); refused.`,
+      replayed: `A message from ${who} was replayed or reordered on the way; refused.`,
+      downgrade: `${who[0].toUpperCase()}${who.slice(1)} sent an unencrypted message into this encrypted room; refused.`,
+      encrypted: "This room is encrypted: open the link with its key. An encrypted message was refused.",
+    }[reason] ?? `A message from ${who} was refused (${reason}).`);
+  });
   // Signaling waits for local media so that offers and answers carry it. Every handler chains on
   // the same promise, so messages are still handled in the order they arrived.
   const ready = Promise.all([media, identity]);
@@ -173,8 +202,9 @@ async function main() {
     if (why) showError(`${link.label()} ${why}.`);
     link.close();
   }));
+  // Keyed, names come sealed inside each message (`name`), not in the server's `join`.
   for (const type of ["offer", "answer"]) {
-    client.on(type, afterMedia(({ from, data }) => linkFor(from, app.names.get(from))?.onDescription(data)));
+    client.on(type, afterMedia(({ from, data, name }) => linkFor(from, name ?? app.names.get(from))?.onDescription(data)));
   }
   client.on("candidate", afterMedia(({ from, data }) => app.links.get(from)?.onCandidate(data)));
   client.on("resume", afterMedia((envelope) => onResume(envelope)));
@@ -193,6 +223,7 @@ async function main() {
     $("leave").onclick = () => location.reload();
     renderStatus();
   });
+  renderEncryption();
 
   $("leave").onclick = () => client.leave();
   $("chat-form").onsubmit = (event) => {
@@ -333,6 +364,8 @@ function joinRefusal(room, error) {
     room_not_allowed: `Your invitation is for another room, not "${room}".`,
     invalid_join_token: `Your invitation link for "${room}" is not valid (${error.message}).`,
     too_many_joins: `Too many joins from your network just now: ${error.message}.`,
+    invalid_room_key: `The room key in this link is not valid (${error.message}): open the link exactly as it was shared.`,
+    e2ee_unavailable: `This link is end-to-end encrypted, which needs HTTPS or localhost: ${error.message}.`,
   };
   return reasons[error.code] ?? `Could not join "${room}": ${error.message}`;
 }
@@ -345,7 +378,11 @@ function showLobby() {
     const next = new URLSearchParams({ room: form.get("room") });
     if (form.get("name")) next.set("name", form.get("name"));
     if (form.get("media") !== "video") next.set("media", form.get("media"));
-    location.search = next.toString();
+    // A new room gets a fresh room key, in the fragment: only those given the link can read its
+    // signaling. The same key must reach the others, so they join with the shared link.
+    const encrypt = form.get("encrypt") === "on" && Boolean(globalThis.crypto?.subtle);
+    const hash = encrypt ? `#${new URLSearchParams({ key: Signpost.newRoomKey() })}` : "";
+    location.assign(`${location.pathname}?${next}${hash}`);
   };
 }
 
@@ -427,6 +464,7 @@ function linkFor(peerId, name) {
     renderStatus();
   } else if (name && !link.name) {
     link.name = name;
+    link.renderTile();
   }
   return link;
 }
@@ -963,6 +1001,18 @@ function renderStatus() {
   }));
   $("status-peers").hidden = app.links.size === 0;
   $("status-alone").hidden = app.links.size > 0 || Boolean(client?.closed);
+}
+
+/** The encryption line of the status panel: on or off, and how many messages were refused. */
+function renderEncryption() {
+  const refused = app.client?.refused ?? 0;
+  const state = app.encrypted
+    ? "end-to-end: the server relays only ciphertext (room key in the link)"
+    : "off: the server can read the connection set-up (open a link with #key= to encrypt)";
+  $("status-encryption").textContent = refused > 0 ? `${state} · ${refused} refused` : state;
+  $("status-encryption").classList.toggle("off", !app.encrypted);
+  $("room-lock").textContent = app.encrypted ? "🔒 encrypted" : "not encrypted";
+  $("room-lock").classList.toggle("off", !app.encrypted);
 }
 
 function showError(message) {
