@@ -1,0 +1,328 @@
+//! End-to-end encrypted signaling (docs/PROTOCOL.md, section 8) against real browsers: pages
+//! with a room key in their link (`#key=`) connect through a recording proxy that never sees a
+//! session description; what that proxy alters, and what comes under another key or in the clear,
+//! is refused, counted, and never applied.
+//!
+//! Pages load through the proxy (`tests/common/proxy.rs`), so every request and response of
+//! the API passes it. Skipped with a printed reason when Chromium (or Firefox, for the tests
+//! that use it) is missing, unless `CI=true` (`common/external.rs`).
+
+#[path = "common/browser.rs"]
+#[allow(dead_code)] // screenshots and the like, for tests/browser.rs
+mod chrome;
+mod common;
+#[path = "common/firefox.rs"]
+mod firefox;
+#[path = "common/proxy.rs"]
+mod proxy;
+
+use serde_json::{json, Value};
+
+use chrome::{Chromium, Tab};
+use common::Server;
+use firefox::Firefox;
+use proxy::{Hostility, Proxy, Seen};
+
+/// One room key for the tests (16 bytes, base64url); [`OTHER_KEY`] is another.
+const KEY: &str = "c2lnbnBvc3QtdGVzdC1rZXk";
+const OTHER_KEY: &str = "YW5vdGhlci1yb29tLWtleSE";
+
+/// What must never cross the server in a keyed room: SDP and its addresses and fingerprints.
+const SECRETS: &[&str] = &["a=fingerprint", "a=ice-ufrag", "candidate:", "\"sdp\""];
+
+/// The room page's URL through `proxy`, with `query` and, when given, the room key.
+fn page_url(proxy: &Proxy, room: &str, query: &str, key: Option<&str>) -> String {
+    let fragment = key.map(|key| format!("#key={key}")).unwrap_or_default();
+    proxy.url(&format!("/?room={room}&media=none&{query}{fragment}"))
+}
+
+/// Opens a page and returns it with its peer id; it also starts counting the page's errors and
+/// its calls of `setRemoteDescription` (see [`page_health`]).
+async fn open(chromium: &Chromium, url: &str) -> (Tab, String) {
+    let tab = chromium.open(url).await;
+    tab.eval(WATCH_PAGE).await;
+    let id = tab.peer_id().await;
+    (tab, id)
+}
+
+/// Installed in each page as soon as it loads: counts uncaught errors and rejections, and every
+/// `setRemoteDescription` with the SDP it was given.
+const WATCH_PAGE: &str = "(() => { window.__errors = []; window.__remote = [];
+    addEventListener('error', (e) => __errors.push(String(e.message)));
+    addEventListener('unhandledrejection', (e) => __errors.push(String(e.reason)));
+    const original = RTCPeerConnection.prototype.setRemoteDescription;
+    RTCPeerConnection.prototype.setRemoteDescription = function (description) {
+      __remote.push(description?.sdp ?? null);
+      return original.apply(this, arguments);
+    };
+    return true; })()";
+
+/// `{errors, remote}`: the page's uncaught errors, and how many remote descriptions it applied.
+async fn page_health(tab: &Tab) -> Value {
+    tab.eval("({ errors: __errors, remote: __remote.length })")
+        .await
+}
+
+/// Every API body the proxy relayed, both ways, as text.
+fn api_bodies(seen: &[Seen]) -> Vec<(String, String)> {
+    seen.iter()
+        .filter(|request| request.target.starts_with("/api/"))
+        .map(|request| {
+            let both = [request.request_body.as_slice(), &request.response].concat();
+            (
+                request.target.clone(),
+                String::from_utf8_lossy(&both).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that no API body the proxy saw holds any of [`SECRETS`] or `names`, and that it did
+/// see sealed messages both ways (so that the check is not vacuous).
+fn assert_only_ciphertext(proxy: &Proxy, names: &[&str]) {
+    let bodies = api_bodies(&proxy.seen());
+    for (target, body) in &bodies {
+        for secret in SECRETS.iter().chain(names) {
+            assert!(
+                !body.contains(secret),
+                "the proxy saw {secret:?} in {target}: {body}"
+            );
+        }
+    }
+    let posted = bodies
+        .iter()
+        .any(|(target, body)| target.ends_with("/messages") && body.contains("\"offer\""));
+    let sealed = bodies
+        .iter()
+        .filter(|(_, body)| body.contains("signpost-e2ee-v1"))
+        .count();
+    assert!(posted, "the proxy saw an offer being sent");
+    assert!(
+        sealed >= 2,
+        "the proxy saw sealed messages sent and received"
+    );
+}
+
+/// Two keyed Chromium pages connect and chat, names included, while the proxy relaying all of
+/// their signaling sees no SDP, no candidate, and no name: only sealed envelopes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_pages_connect_and_the_proxy_sees_only_ciphertext() {
+    let Some(chromium) = Chromium::launch("keyed_pages_connect_and_the_proxy_sees_only_ciphertext").await
+    else {
+        return;
+    };
+    let server = Server::start().await;
+    let proxy = Proxy::start(&server.base, Hostility::default()).await;
+    let (alice, alice_id) = open(&chromium, &page_url(&proxy, "sealed", "name=Alice%20Liddell", Some(KEY))).await;
+    let (bob, bob_id) = open(&chromium, &page_url(&proxy, "sealed", "name=Bob%20Dylan", Some(KEY))).await;
+    alice.wait_connected(&[&bob_id]).await;
+    bob.wait_connected(&[&alice_id]).await;
+
+    alice.eval("signpostApp.sendChat('sealed hello')").await;
+    bob.wait_chat(&alice_id, "sealed hello").await;
+    bob.wait_for(
+        "Alice's name, which travelled sealed",
+        "signpostApp.peers().some(p => p.name === 'Alice Liddell')",
+    )
+    .await;
+    for tab in [&alice, &bob] {
+        assert_eq!(
+            tab.eval("signpostApp.encryption()").await,
+            json!({"on": true, "rejected": 0})
+        );
+        assert_eq!(page_health(tab).await["errors"], json!([]));
+    }
+    assert_only_ciphertext(&proxy, &["Alice Liddell", "Bob Dylan"]);
+    chromium.close().await;
+    server.stop().await;
+}
+
+/// The proxy changes one character of the newcomer's sealed offer: the page already there
+/// refuses it and counts it, applies no remote description, throws nothing, and does not
+/// connect to the newcomer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_altered_offer_is_refused_and_counted() {
+    let Some(chromium) = Chromium::launch("an_altered_offer_is_refused_and_counted").await else {
+        return;
+    };
+    let server = Server::start().await;
+    let hostility = Hostility {
+        alter_first_offer: true,
+        ..Hostility::default()
+    };
+    let proxy = Proxy::start(&server.base, hostility).await;
+    let (bob, _) = open(&chromium, &page_url(&proxy, "altered", "name=Bob%20Dylan", Some(KEY))).await;
+    let (alice, _) = open(&chromium, &page_url(&proxy, "altered", "name=Alice%20Liddell", Some(KEY))).await;
+
+    let refused = bob
+        .wait_until(
+            "Bob refusing the altered offer",
+            "signpostApp.encryption()",
+            |value| value["rejected"].as_u64().unwrap_or(0) >= 1,
+        )
+        .await;
+    assert_eq!(refused["on"], true);
+    assert!(
+        proxy.seen().iter().any(|request| request.altered),
+        "the proxy altered an offer"
+    );
+    assert_eq!(
+        page_health(&bob).await,
+        json!({"errors": [], "remote": 0}),
+        "the altered offer never reached setRemoteDescription, and nothing was thrown"
+    );
+    bob.wait_for(
+        "the refusal shown to a person",
+        "[...document.querySelectorAll('#status-errors li')].some(li => li.textContent.includes('does not open'))",
+    )
+    .await;
+    assert_eq!(
+        bob.eval("signpostApp.peers().filter(p => p.connectionState === 'connected').length")
+            .await,
+        0
+    );
+    assert_eq!(page_health(&alice).await["errors"], json!([]));
+    chromium.close().await;
+    server.stop().await;
+}
+
+/// Pages with different keys never connect, and each refuses what the other sealed: Alice
+/// (key 1) refuses Bob's offer (key 2); Bob refuses Carol's (key 1); Alice and Carol connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_keys_never_connect_and_both_refuse() {
+    let Some(chromium) = Chromium::launch("different_keys_never_connect_and_both_refuse").await
+    else {
+        return;
+    };
+    let server = Server::start().await;
+    let proxy = Proxy::start(&server.base, Hostility::default()).await;
+    let (alice, alice_id) = open(&chromium, &page_url(&proxy, "keys", "name=Alice%20Liddell", Some(KEY))).await;
+    let (bob, bob_id) = open(&chromium, &page_url(&proxy, "keys", "name=Bob%20Dylan", Some(OTHER_KEY))).await;
+    let (carol, carol_id) = open(&chromium, &page_url(&proxy, "keys", "name=Carol", Some(KEY))).await;
+    alice.wait_connected(&[&carol_id]).await;
+    carol.wait_connected(&[&alice_id]).await;
+    for (tab, who) in [(&alice, "Alice"), (&bob, "Bob")] {
+        tab.wait_until(
+            &format!("{who} refusing the other key's messages"),
+            "signpostApp.encryption().rejected",
+            |value| value.as_u64().unwrap_or(0) >= 1,
+        )
+        .await;
+        assert_eq!(page_health(tab).await["errors"], json!([]));
+    }
+    assert_eq!(
+        bob.eval("signpostApp.peers().filter(p => p.connectionState === 'connected').length")
+            .await,
+        0,
+        "Bob connects to nobody"
+    );
+    assert_eq!(page_health(&bob).await["remote"], 0);
+    for tab in [&alice, &carol] {
+        let connected_to_bob = tab
+            .eval(&format!(
+                "signpostApp.peers().some(p => p.peer_id === '{bob_id}' && p.connectionState === 'connected')"
+            ))
+            .await;
+        assert_eq!(connected_to_bob, false);
+    }
+    chromium.close().await;
+    server.stop().await;
+}
+
+/// A keyed page and one without the key never connect, and both refuse: the keyed Alice refuses
+/// Uma's clear offer (a downgrade); Uma, who has no key, refuses Carol's sealed offer and says
+/// the room is encrypted; the keyed Alice and Carol connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_and_unkeyed_never_connect_and_both_refuse() {
+    let Some(chromium) = Chromium::launch("keyed_and_unkeyed_never_connect_and_both_refuse").await
+    else {
+        return;
+    };
+    let server = Server::start().await;
+    let proxy = Proxy::start(&server.base, Hostility::default()).await;
+    let (alice, alice_id) = open(&chromium, &page_url(&proxy, "mixed", "name=Alice%20Liddell", Some(KEY))).await;
+    let (uma, uma_id) = open(&chromium, &page_url(&proxy, "mixed", "name=Uma", None)).await;
+    alice
+        .wait_until(
+            "Alice refusing Uma's clear offer",
+            "signpostApp.encryption().rejected",
+            |value| value.as_u64().unwrap_or(0) >= 1,
+        )
+        .await;
+    let (carol, carol_id) = open(&chromium, &page_url(&proxy, "mixed", "name=Carol", Some(KEY))).await;
+    alice.wait_connected(&[&carol_id]).await;
+    carol.wait_connected(&[&alice_id]).await;
+    let uma_state = uma
+        .wait_until(
+            "Uma refusing Carol's sealed offer",
+            "signpostApp.encryption()",
+            |value| value["rejected"].as_u64().unwrap_or(0) >= 1,
+        )
+        .await;
+    assert_eq!(uma_state["on"], false);
+    uma.wait_for(
+        "Uma's page saying the room is encrypted",
+        "[...document.querySelectorAll('#status-errors li')].some(li => li.textContent.includes('open the link with its key'))",
+    )
+    .await;
+    assert_eq!(page_health(&uma).await, json!({"errors": [], "remote": 0}));
+    assert_eq!(page_health(&alice).await["errors"], json!([]));
+    for tab in [&alice, &carol] {
+        let connected_to_uma = tab
+            .eval(&format!(
+                "signpostApp.peers().some(p => p.peer_id === '{uma_id}' && p.connectionState === 'connected')"
+            ))
+            .await;
+        assert_eq!(connected_to_uma, false);
+    }
+    chromium.close().await;
+    server.stop().await;
+}
+
+/// Chromium and Firefox (over WebDriver BiDi) with one key connect and chat both ways, and the
+/// proxy between them and the server sees only sealed envelopes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_and_firefox_connect_sealed() {
+    let test = "chromium_and_firefox_connect_sealed";
+    let Some(chromium) = Chromium::launch(test).await else {
+        return;
+    };
+    let Some(firefox) = Firefox::launch(test).await else {
+        return;
+    };
+    let server = Server::start().await;
+    let proxy = Proxy::start(&server.base, Hostility::default()).await;
+    let (chrome_tab, chrome_id) =
+        open(&chromium, &page_url(&proxy, "two-browsers", "name=Chro", Some(KEY))).await;
+    let fox = firefox
+        .open(&page_url(&proxy, "two-browsers", "name=Fox", Some(KEY)))
+        .await;
+    let fox_id = fox.wait_for("Firefox joining", "signpostApp.peerId()").await;
+    let fox_id = fox_id.as_str().expect("a peer id").to_owned();
+    chrome_tab.wait_connected(&[&fox_id]).await;
+    fox.wait_for(
+        "Firefox connected to Chromium",
+        &format!(
+            "signpostApp.peers().some(p => p.peer_id === '{chrome_id}' && p.connectionState === 'connected' && p.dataChannelState === 'open')"
+        ),
+    )
+    .await;
+    fox.eval("signpostApp.sendChat('from Firefox')").await;
+    chrome_tab.wait_chat(&fox_id, "from Firefox").await;
+    chrome_tab.eval("signpostApp.sendChat('from Chromium')").await;
+    fox.wait_for(
+        "Chromium's chat in Firefox",
+        &format!(
+            "signpostApp.chatLog().some(m => m.from === '{chrome_id}' && m.text === 'from Chromium')"
+        ),
+    )
+    .await;
+    assert_eq!(
+        fox.eval("signpostApp.encryption()").await,
+        json!({"on": true, "rejected": 0})
+    );
+    assert_only_ciphertext(&proxy, &["Chro", "Fox"]);
+    firefox.close().await;
+    chromium.close().await;
+    server.stop().await;
+}
