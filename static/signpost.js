@@ -770,8 +770,9 @@ function isSealed(data) {
 /**
  * One room's AES-GCM key, this client's sending sequence, and the last sequence accepted from
  * each sender. Nonces are random, so nothing about the key is ever reused across clients.
+ * Exported for checks against docs/PROTOCOL.md's test vector; `Signpost` uses it by itself.
  */
-class RoomCipher {
+export class RoomCipher {
   static async create(room, keyText) {
     const raw = typeof keyText === "string" ? unbase64url(keyText) : null;
     if (!raw || raw.length < ROOM_KEY_BYTES) {

@@ -326,3 +326,50 @@ async fn chromium_and_firefox_connect_sealed() {
     chromium.close().await;
     server.stop().await;
 }
+
+/// docs/PROTOCOL.md's test vector (section 8), made with Python's `cryptography`, opens in the
+/// page's signpost.js to the plaintext the document gives; opening it again is a replay, and it
+/// does not open for another recipient, sender or type, or in another room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_protocol_test_vector_opens_in_the_page() {
+    let Some(chromium) = Chromium::launch("the_protocol_test_vector_opens_in_the_page").await
+    else {
+        return;
+    };
+    let server = Server::start().await;
+    let tab = chromium.open(&server.url("/")).await;
+    let outcomes = tab
+        .eval(
+            r#"(async () => {
+        const { RoomCipher } = await import("/signpost.js");
+        const alice = "11111111-1111-4111-8111-111111111111";
+        const bob = "22222222-2222-4222-8222-222222222222";
+        const data = { e2ee: "signpost-e2ee-v1", iv: "AAECAwQFBgcICQoL",
+          ct: "I9L6gjCChwdsu-wZEL8pZ8x8j4MiMkINrH0q4SdHMOVp9X0ZAnGMFVozIayIS4IKQnoPzYnjmGU67VSNgQd6dmdQGZo_QqwhbQcfBt1ap5k0" };
+        const fresh = (room) => RoomCipher.create(room, "AAECAwQFBgcICQoLDA0ODw");
+        const cipher = await fresh("demo");
+        return {
+          opened: await cipher.open({ from: alice, type: "answer", data }, bob),
+          again: await cipher.open({ from: alice, type: "answer", data }, bob),
+          otherRecipient: await (await fresh("demo")).open({ from: alice, type: "answer", data }, alice),
+          otherSender: await (await fresh("demo")).open({ from: bob, type: "answer", data }, bob),
+          otherType: await (await fresh("demo")).open({ from: alice, type: "offer", data }, bob),
+          otherRoom: await (await fresh("demo2")).open({ from: alice, type: "answer", data }, bob),
+        };
+      })()"#,
+        )
+        .await;
+    assert_eq!(
+        outcomes,
+        json!({
+            "opened": {"seq": 1, "data": {"type": "answer", "sdp": "v=0\r\n"}, "name": "Alice"},
+            "again": "replayed",
+            "otherRecipient": "unauthenticated",
+            "otherSender": "unauthenticated",
+            "otherType": "unauthenticated",
+            "otherRoom": "unauthenticated",
+        })
+    );
+    chromium.close().await;
+    server.stop().await;
+}
