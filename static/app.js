@@ -53,6 +53,8 @@ const app = {
   signalingConnected: false,
   /** Whether this page has a room key (`#key=` in its link): signaling is end-to-end encrypted. */
   encrypted: false,
+  /** peer_id → when its first chat channel opened (performance.now()). */
+  chatOpenedAt: new Map(),
   chat: [],
   transfers: [],
   nextTransferId: 1,
@@ -95,6 +97,11 @@ window.signpostApp = {
    * or sealed to a page without the key).
    */
   encryption: () => ({ on: app.encrypted, rejected: app.client?.refused ?? 0 }),
+  /**
+   * When (ms since the page's time origin) the page started to join, and when each peer's chat
+   * channel first opened: set-up times, for benchmarks.
+   */
+  timings: () => ({ joinStarted: app.joinStartedAt ?? null, chatOpened: Object.fromEntries(app.chatOpenedAt) }),
 };
 
 // ---- joining ----
@@ -131,6 +138,7 @@ async function main() {
   const media = startMedia(wanted);
   const identity = createIdentity().then((key) => { app.identity = key; });
   let client;
+  app.joinStartedAt = performance.now();
   try {
     client = await Signpost.join(room, {
       name: joinToken ? undefined : name,
@@ -613,6 +621,7 @@ class Link {
   useChat(channel) {
     this.chats.add(channel);
     channel.onopen = () => {
+      if (!app.chatOpenedAt.has(this.id)) app.chatOpenedAt.set(this.id, performance.now());
       // With two chat channels (after a collision), send on whichever is open.
       this.chat = channel;
       if (app.identity) channel.send(JSON.stringify({ type: "key", key: app.identity.publicJwk }));

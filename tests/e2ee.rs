@@ -107,14 +107,23 @@ fn assert_only_ciphertext(proxy: &Proxy, names: &[&str]) {
 /// their signaling sees no SDP, no candidate, and no name: only sealed envelopes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_pages_connect_and_the_proxy_sees_only_ciphertext() {
-    let Some(chromium) = Chromium::launch("keyed_pages_connect_and_the_proxy_sees_only_ciphertext").await
+    let Some(chromium) =
+        Chromium::launch("keyed_pages_connect_and_the_proxy_sees_only_ciphertext").await
     else {
         return;
     };
     let server = Server::start().await;
     let proxy = Proxy::start(&server.base, Hostility::default()).await;
-    let (alice, alice_id) = open(&chromium, &page_url(&proxy, "sealed", "name=Alice%20Liddell", Some(KEY))).await;
-    let (bob, bob_id) = open(&chromium, &page_url(&proxy, "sealed", "name=Bob%20Dylan", Some(KEY))).await;
+    let (alice, alice_id) = open(
+        &chromium,
+        &page_url(&proxy, "sealed", "name=Alice%20Liddell", Some(KEY)),
+    )
+    .await;
+    let (bob, bob_id) = open(
+        &chromium,
+        &page_url(&proxy, "sealed", "name=Bob%20Dylan", Some(KEY)),
+    )
+    .await;
     alice.wait_connected(&[&bob_id]).await;
     bob.wait_connected(&[&alice_id]).await;
 
@@ -151,8 +160,16 @@ async fn an_altered_offer_is_refused_and_counted() {
         ..Hostility::default()
     };
     let proxy = Proxy::start(&server.base, hostility).await;
-    let (bob, _) = open(&chromium, &page_url(&proxy, "altered", "name=Bob%20Dylan", Some(KEY))).await;
-    let (alice, _) = open(&chromium, &page_url(&proxy, "altered", "name=Alice%20Liddell", Some(KEY))).await;
+    let (bob, _) = open(
+        &chromium,
+        &page_url(&proxy, "altered", "name=Bob%20Dylan", Some(KEY)),
+    )
+    .await;
+    let (alice, _) = open(
+        &chromium,
+        &page_url(&proxy, "altered", "name=Alice%20Liddell", Some(KEY)),
+    )
+    .await;
 
     let refused = bob
         .wait_until(
@@ -196,9 +213,21 @@ async fn different_keys_never_connect_and_both_refuse() {
     };
     let server = Server::start().await;
     let proxy = Proxy::start(&server.base, Hostility::default()).await;
-    let (alice, alice_id) = open(&chromium, &page_url(&proxy, "keys", "name=Alice%20Liddell", Some(KEY))).await;
-    let (bob, bob_id) = open(&chromium, &page_url(&proxy, "keys", "name=Bob%20Dylan", Some(OTHER_KEY))).await;
-    let (carol, carol_id) = open(&chromium, &page_url(&proxy, "keys", "name=Carol", Some(KEY))).await;
+    let (alice, alice_id) = open(
+        &chromium,
+        &page_url(&proxy, "keys", "name=Alice%20Liddell", Some(KEY)),
+    )
+    .await;
+    let (bob, bob_id) = open(
+        &chromium,
+        &page_url(&proxy, "keys", "name=Bob%20Dylan", Some(OTHER_KEY)),
+    )
+    .await;
+    let (carol, carol_id) = open(
+        &chromium,
+        &page_url(&proxy, "keys", "name=Carol", Some(KEY)),
+    )
+    .await;
     alice.wait_connected(&[&carol_id]).await;
     carol.wait_connected(&[&alice_id]).await;
     for (tab, who) in [(&alice, "Alice"), (&bob, "Bob")] {
@@ -240,7 +269,11 @@ async fn keyed_and_unkeyed_never_connect_and_both_refuse() {
     };
     let server = Server::start().await;
     let proxy = Proxy::start(&server.base, Hostility::default()).await;
-    let (alice, alice_id) = open(&chromium, &page_url(&proxy, "mixed", "name=Alice%20Liddell", Some(KEY))).await;
+    let (alice, alice_id) = open(
+        &chromium,
+        &page_url(&proxy, "mixed", "name=Alice%20Liddell", Some(KEY)),
+    )
+    .await;
     let (uma, uma_id) = open(&chromium, &page_url(&proxy, "mixed", "name=Uma", None)).await;
     alice
         .wait_until(
@@ -249,7 +282,11 @@ async fn keyed_and_unkeyed_never_connect_and_both_refuse() {
             |value| value.as_u64().unwrap_or(0) >= 1,
         )
         .await;
-    let (carol, carol_id) = open(&chromium, &page_url(&proxy, "mixed", "name=Carol", Some(KEY))).await;
+    let (carol, carol_id) = open(
+        &chromium,
+        &page_url(&proxy, "mixed", "name=Carol", Some(KEY)),
+    )
+    .await;
     alice.wait_connected(&[&carol_id]).await;
     carol.wait_connected(&[&alice_id]).await;
     let uma_state = uma
@@ -292,12 +329,17 @@ async fn chromium_and_firefox_connect_sealed() {
     };
     let server = Server::start().await;
     let proxy = Proxy::start(&server.base, Hostility::default()).await;
-    let (chrome_tab, chrome_id) =
-        open(&chromium, &page_url(&proxy, "two-browsers", "name=Chro", Some(KEY))).await;
+    let (chrome_tab, chrome_id) = open(
+        &chromium,
+        &page_url(&proxy, "two-browsers", "name=Chro", Some(KEY)),
+    )
+    .await;
     let fox = firefox
         .open(&page_url(&proxy, "two-browsers", "name=Fox", Some(KEY)))
         .await;
-    let fox_id = fox.wait_for("Firefox joining", "signpostApp.peerId()").await;
+    let fox_id = fox
+        .wait_for("Firefox joining", "signpostApp.peerId()")
+        .await;
     let fox_id = fox_id.as_str().expect("a peer id").to_owned();
     chrome_tab.wait_connected(&[&fox_id]).await;
     fox.wait_for(
@@ -309,7 +351,9 @@ async fn chromium_and_firefox_connect_sealed() {
     .await;
     fox.eval("signpostApp.sendChat('from Firefox')").await;
     chrome_tab.wait_chat(&fox_id, "from Firefox").await;
-    chrome_tab.eval("signpostApp.sendChat('from Chromium')").await;
+    chrome_tab
+        .eval("signpostApp.sendChat('from Chromium')")
+        .await;
     fox.wait_for(
         "Chromium's chat in Firefox",
         &format!(
@@ -370,6 +414,88 @@ async fn the_protocol_test_vector_opens_in_the_page() {
             "otherRoom": "unauthenticated",
         })
     );
+    chromium.close().await;
+    server.stop().await;
+}
+
+/// Not a check: measures call set-up in Chromium with and without a room key, for
+/// docs/BENCHMARKS.md ("End-to-end encrypted signaling"). The newcomer's time from starting to
+/// join to its chat channel being open (join, key derivation, offer, answer and candidates
+/// sealed and opened, ICE, DTLS, SCTP), over rounds that alternate the two modes. Run with
+/// `cargo test --release --test e2ee -- --ignored --nocapture set_up_time`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn set_up_time_with_and_without_a_key() {
+    let Some(chromium) = Chromium::launch("set_up_time_with_and_without_a_key").await else {
+        return;
+    };
+    let server = Server::start().await;
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|rounds| rounds.parse().ok())
+        .unwrap_or(20);
+    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for (mode, key) in [None, Some(KEY)].into_iter().enumerate() {
+            let fragment = key.map(|key| format!("#key={key}")).unwrap_or_default();
+            let url = server.url(&format!("/?room=bench-{round}-{mode}&media=none{fragment}"));
+            let first = chromium.open(&url).await;
+            first.peer_id().await;
+            let newcomer = chromium.open(&url).await;
+            let timings = newcomer
+                .wait_for(
+                    "the newcomer's chat channel",
+                    "Object.keys(signpostApp.timings().chatOpened).length > 0 && signpostApp.timings()",
+                )
+                .await;
+            let opened = timings["chatOpened"]
+                .as_object()
+                .and_then(|opened| opened.values().next())
+                .and_then(Value::as_f64)
+                .expect("a time");
+            times[mode].push(opened - timings["joinStarted"].as_f64().expect("a time"));
+            newcomer.close().await;
+            first.close().await;
+        }
+    }
+    // The cost of the crypto itself: sealing and opening an offer-sized message in the page.
+    let tab = chromium.open(&server.url("/")).await;
+    let crypto = tab
+        .eval(
+            r#"(async () => {
+        const { RoomCipher } = await import("/signpost.js");
+        const a = await RoomCipher.create("bench", "c2lnbnBvc3QtdGVzdC1rZXk");
+        const b = await RoomCipher.create("bench", "c2lnbnBvc3QtdGVzdC1rZXk");
+        const sdp = "a=candidate:1 1 udp 2122260223 192.0.2.7 50931 typ host\r\n".repeat(80);
+        const n = 500;
+        const sealed = [];
+        let start = performance.now();
+        for (let i = 0; i < n; i++) sealed.push(await a.seal("p1", "p2", "offer", { seq: a.nextSequence(), data: { type: "offer", sdp } }));
+        const seal = (performance.now() - start) / n;
+        start = performance.now();
+        for (const data of sealed) await b.open({ from: "p1", type: "offer", data }, "p2");
+        const open = (performance.now() - start) / n;
+        start = performance.now();
+        for (let i = 0; i < 50; i++) await RoomCipher.create("bench", "c2lnbnBvc3QtdGVzdC1rZXk");
+        return { bytes: sdp.length, seal, open, derive: (performance.now() - start) / 50 };
+      })()"#,
+        )
+        .await;
+    for (mode, name) in ["clear", "keyed"].iter().enumerate() {
+        let mut sorted = times[mode].clone();
+        sorted.sort_by(f64::total_cmp);
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "{name}: {} set-ups, median {:.0} ms, p90 {:.0} ms, min {:.0} ms, max {:.0} ms",
+            sorted.len(),
+            at(0.5),
+            at(0.9),
+            sorted[0],
+            sorted[sorted.len() - 1]
+        );
+    }
+    println!("in-page crypto, per offer of {} bytes: seal {:.3} ms, open {:.3} ms; key derivation {:.3} ms",
+        crypto["bytes"], crypto["seal"].as_f64().unwrap(), crypto["open"].as_f64().unwrap(), crypto["derive"].as_f64().unwrap());
     chromium.close().await;
     server.stop().await;
 }

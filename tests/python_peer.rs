@@ -231,7 +231,13 @@ async fn keyed_python_newcomer_over_sse() {
 /// With a room key, the Python peer is there first and answers, over long-polling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_python_already_there_over_poll() {
-    keyed_case("keyed_python_already_there_over_poll", true, "poll", Some(KEY)).await;
+    keyed_case(
+        "keyed_python_already_there_over_poll",
+        true,
+        "poll",
+        Some(KEY),
+    )
+    .await;
 }
 
 /// The Python peer joins second and offers, over SSE.
@@ -267,5 +273,11 @@ async fn keyed_python_newcomer_over_poll() {
 /// With a room key, the Python peer is there first and answers, over SSE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_python_already_there_over_sse() {
-    keyed_case("keyed_python_already_there_over_sse", true, "sse", Some(KEY)).await;
+    keyed_case(
+        "keyed_python_already_there_over_sse",
+        true,
+        "sse",
+        Some(KEY),
+    )
+    .await;
 }
