@@ -347,12 +347,20 @@ export class Signpost {
       if (!fromServer && isSealed(envelope.data)) return this.refuse("encrypted", envelope);
       return this.emit(envelope.type, envelope);
     }
+    // The peer id this message reached: a rejoin while earlier messages are being opened must
+    // not make them look addressed to someone else.
+    const recipient = this.peerId;
     this.opening = this.opening.then(async () => {
       if (fromServer) return this.emit(envelope.type, envelope);
       if (!isSealed(envelope.data)) return this.refuse("downgrade", envelope);
-      const opened = await this.cipher.open(envelope, this.peerId);
+      const opened = await this.cipher.open(envelope, recipient);
       if (typeof opened === "string") return this.refuse(opened, envelope);
       this.emit(envelope.type, { ...envelope, ...opened });
+    }).catch((error) => {
+      // Never expected (every failure to open is a refusal), but a rejected link would stop
+      // every later delivery: count it as one more refusal instead.
+      console.error("signpost: opening a message failed", error);
+      this.refuse("unauthenticated", envelope);
     });
   }
 
