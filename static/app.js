@@ -101,6 +101,11 @@ window.signpostApp = {
    * When (ms since the page's time origin) the page started to join, and when each peer's chat
    * channel first opened: set-up times, for benchmarks.
    */
+  /**
+   * The safety code of the connection to `peerId` ("123 456"), from both DTLS fingerprints: the
+   * same on both ends unless someone sits in the middle. Null until connected.
+   */
+  safetyCode: (peerId) => app.links.get(peerId)?.safety ?? null,
   timings: () => ({ joinStarted: app.joinStartedAt ?? null, chatOpened: Object.fromEntries(app.chatOpenedAt) }),
 };
 
@@ -549,6 +554,10 @@ class Link {
       } else if (pc.connectionState === "connected") {
         clearTimeout(this.failedTimer);
         this.failedTimer = null;
+        safetyCode(pc).then((code) => {
+          this.safety = code;
+          this.renderTile();
+        });
       } else if (pc.connectionState === "closed") {
         this.vanish("is gone (the connection closed)");
       }
@@ -662,11 +671,15 @@ class Link {
     const badge = document.createElement("span");
     badge.className = "badge";
     const name = document.createElement("span");
-    caption.append(name, badge);
+    const safety = document.createElement("span");
+    safety.className = "safety";
+    safety.title = "Safety code: the same on both ends unless someone sits in the middle of the connection. Compare it aloud.";
+    caption.append(name, safety, badge);
     figure.append(video, caption);
     $("tiles").append(figure);
     this.video = video;
     this.caption = name;
+    this.safetyLabel = safety;
     this.badge = badge;
     this.renderTile();
     return figure;
@@ -694,6 +707,7 @@ class Link {
 
   renderTile() {
     this.caption.textContent = this.label();
+    this.safetyLabel.textContent = this.safety ? `code ${this.safety}` : "";
     const state = this.pc.connectionState;
     this.badge.textContent = state === "connected" ? "" : describeState(state);
     const hasVideo = this.remoteStream.getVideoTracks().some((track) => !track.muted);
@@ -767,6 +781,29 @@ class Link {
     }
     renderStatus();
   }
+}
+
+/**
+ * A short code from a connection's two DTLS fingerprints (docs/PROTOCOL.md, section 8): SHA-256
+ * of "signpost-safety-v1", then the two fingerprints sorted, one per line; its first 3 bytes as a
+ * number mod 10^6, in two groups of three digits. Both ends compute the same code; a party in the
+ * middle holds two connections with other fingerprints, so the two people would read different
+ * codes. Null where a fingerprint or WebCrypto is missing.
+ */
+async function safetyCode(pc) {
+  const fingerprints = [pc.localDescription?.sdp, pc.remoteDescription?.sdp].map(sdpFingerprint);
+  if (fingerprints.includes(null) || !crypto.subtle) return null;
+  fingerprints.sort();
+  const text = `signpost-safety-v1\n${fingerprints.join("\n")}`;
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
+  const number = ((digest[0] << 16) | (digest[1] << 8) | digest[2]) % 1000000;
+  return String(number).padStart(6, "0").replace(/^(\d{3})(\d{3})$/, "$1 $2");
+}
+
+/** The first `a=fingerprint` of `sdp` as "sha-256 AB:CD:…" (algorithm lower case, hex upper). */
+function sdpFingerprint(sdp) {
+  const match = /^a=fingerprint:(\S+) (\S+)/m.exec(sdp ?? "");
+  return match ? `${match[1].toLowerCase()} ${match[2].toUpperCase()}` : null;
 }
 
 function describeState(state) {

@@ -141,6 +141,21 @@ async fn keyed_pages_connect_and_the_proxy_sees_only_ciphertext() {
         );
         assert_eq!(page_health(tab).await["errors"], json!([]));
     }
+    // The safety code: the same on both ends of the connection.
+    let code = alice
+        .wait_for(
+            "Alice's safety code",
+            &format!("signpostApp.safetyCode('{bob_id}')"),
+        )
+        .await;
+    assert_eq!(code.as_str().map(str::len), Some(7), "{code}");
+    let bobs = bob
+        .wait_for(
+            "Bob's safety code",
+            &format!("signpostApp.safetyCode('{alice_id}')"),
+        )
+        .await;
+    assert_eq!(code, bobs, "both ends read the same safety code");
     assert_only_ciphertext(&proxy, &["Alice Liddell", "Bob Dylan"]);
     chromium.close().await;
     server.stop().await;
@@ -364,6 +379,22 @@ async fn chromium_and_firefox_connect_sealed() {
     assert_eq!(
         fox.eval("signpostApp.encryption()").await,
         json!({"on": true, "rejected": 0})
+    );
+    let fox_code = fox
+        .wait_for(
+            "Firefox's safety code",
+            &format!("signpostApp.safetyCode('{chrome_id}')"),
+        )
+        .await;
+    let chrome_code = chrome_tab
+        .wait_for(
+            "Chromium's safety code",
+            &format!("signpostApp.safetyCode('{fox_id}')"),
+        )
+        .await;
+    assert_eq!(
+        fox_code, chrome_code,
+        "both browsers read the same safety code"
     );
     assert_only_ciphertext(&proxy, &["Chro", "Fox"]);
     firefox.close().await;
