@@ -78,8 +78,10 @@ fn api_bodies(seen: &[Seen]) -> Vec<(String, String)> {
 }
 
 /// Asserts that no API body the proxy saw holds any of [`SECRETS`] or `names`, and that it did
-/// see sealed messages both ways (so that the check is not vacuous).
+/// see sealed messages both ways (so that the check is not vacuous). Each name holds a space,
+/// which base64url never does: ciphertext cannot spell it by chance (a short name could).
 fn assert_only_ciphertext(proxy: &Proxy, names: &[&str]) {
+    assert!(names.iter().all(|name| name.contains(' ')));
     let bodies = api_bodies(&proxy.seen());
     for (target, body) in &bodies {
         for secret in SECRETS.iter().chain(names) {
@@ -346,11 +348,16 @@ async fn chromium_and_firefox_connect_sealed() {
     let proxy = Proxy::start(&server.base, Hostility::default()).await;
     let (chrome_tab, chrome_id) = open(
         &chromium,
-        &page_url(&proxy, "two-browsers", "name=Chro", Some(KEY)),
+        &page_url(&proxy, "two-browsers", "name=Chromium%20User", Some(KEY)),
     )
     .await;
     let fox = firefox
-        .open(&page_url(&proxy, "two-browsers", "name=Fox", Some(KEY)))
+        .open(&page_url(
+            &proxy,
+            "two-browsers",
+            "name=Firefox%20User",
+            Some(KEY),
+        ))
         .await;
     let fox_id = fox
         .wait_for("Firefox joining", "signpostApp.peerId()")
@@ -396,7 +403,7 @@ async fn chromium_and_firefox_connect_sealed() {
         fox_code, chrome_code,
         "both browsers read the same safety code"
     );
-    assert_only_ciphertext(&proxy, &["Chro", "Fox"]);
+    assert_only_ciphertext(&proxy, &["Chromium User", "Firefox User"]);
     firefox.close().await;
     chromium.close().await;
     server.stop().await;
