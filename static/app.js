@@ -385,6 +385,10 @@ function joinRefusal(room, error) {
 
 function showLobby() {
   fillLobby({ room: "", name: "", media: "video" });
+}
+
+/** Makes the lobby's form join: to the room page, with a fresh room key for a new room. */
+function installLobby() {
   $("join-form").onsubmit = (event) => {
     event.preventDefault();
     const form = new FormData(event.target);
@@ -404,7 +408,8 @@ function fillLobby({ room, name, media }) {
   form.room.value = room;
   form.name.value = name;
   form.media.value = media;
-  if (!form.onsubmit) showLobby();
+  // The lobby shown after a refused join is the same form, with what was asked filled in.
+  if (!form.onsubmit) installLobby();
 }
 
 // ---- local media ----

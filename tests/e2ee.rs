@@ -537,3 +537,94 @@ async fn set_up_time_with_and_without_a_key() {
     chromium.close().await;
     server.stop().await;
 }
+
+/// Control: in a room without a key, the same recording proxy reads every offer's fingerprint,
+/// and the pages say encryption is off and refuse nothing: the recorder is not blind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_the_proxy_reads_the_set_up() {
+    let Some(chromium) = Chromium::launch("without_a_key_the_proxy_reads_the_set_up").await else {
+        return;
+    };
+    let server = Server::start().await;
+    let proxy = Proxy::start(&server.base, Hostility::default()).await;
+    let (alice, alice_id) = open(&chromium, &page_url(&proxy, "clear", "name=Alice", None)).await;
+    let (bob, bob_id) = open(&chromium, &page_url(&proxy, "clear", "name=Bob", None)).await;
+    alice.wait_connected(&[&bob_id]).await;
+    bob.wait_connected(&[&alice_id]).await;
+    for tab in [&alice, &bob] {
+        assert_eq!(
+            tab.eval("signpostApp.encryption()").await,
+            json!({"on": false, "rejected": 0})
+        );
+        let shown = tab
+            .eval("document.getElementById('status-encryption').textContent")
+            .await;
+        assert!(shown.as_str().unwrap().starts_with("off"), "{shown}");
+    }
+    let bodies = api_bodies(&proxy.seen());
+    for secret in SECRETS {
+        assert!(
+            bodies.iter().any(|(_, body)| body.contains(secret)),
+            "the proxy reads {secret:?} in the clear"
+        );
+    }
+    chromium.close().await;
+    server.stop().await;
+}
+
+/// The lobby gives a new room a fresh room key: joining from it leads to a link whose fragment
+/// holds 22 base64url characters (128 bits), on a page that says it is encrypted and shares the
+/// key in its link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lobby_makes_a_room_key_for_a_new_room() {
+    let Some(chromium) = Chromium::launch("the_lobby_makes_a_room_key_for_a_new_room").await else {
+        return;
+    };
+    let server = Server::start().await;
+    let tab = chromium.open(&server.url("/")).await;
+    tab.eval(
+        "(() => { const form = document.getElementById('join-form'); form.room.value = 'fresh'; \
+         form.media.value = 'none'; form.requestSubmit(); return true; })()",
+    )
+    .await;
+    // The page navigates: until the room page answers, evaluations may fail or see the lobby.
+    let room_page = async {
+        loop {
+            let probe = tab
+                .page
+                .evaluate(
+                    "JSON.stringify(window.signpostApp?.peerId() ? { hash: location.hash, \
+                     href: location.href, encryption: signpostApp.encryption(), \
+                     share: document.getElementById('share-link').value } : null)",
+                )
+                .await;
+            if let Some(state) = probe
+                .ok()
+                .and_then(|result| result.into_value::<String>().ok())
+                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+                .filter(|state| !state.is_null())
+            {
+                return state;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let state = tokio::time::timeout(chrome::PAGE_DEADLINE, room_page)
+        .await
+        .expect("the lobby leads to the room page");
+    let hash = state["hash"].as_str().expect("a fragment");
+    let key = hash
+        .strip_prefix("#key=")
+        .unwrap_or_else(|| panic!("a key in the fragment: {state}"));
+    assert_eq!(key.len(), 22, "{hash}");
+    assert!(key
+        .bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_'));
+    assert_eq!(state["encryption"], json!({"on": true, "rejected": 0}));
+    assert!(
+        state["share"].as_str().unwrap().ends_with(hash),
+        "the share link carries the key: {state}"
+    );
+    chromium.close().await;
+    server.stop().await;
+}
