@@ -789,3 +789,64 @@ async fn a_vanished_peer_is_shown_gone_at_once() {
     );
     chromium.close().await;
 }
+
+/// With a room key (docs/PROTOCOL.md, section 8), participant keys travel only sealed: a
+/// forgotten page rejoins and keeps its tile, while a stranger in the room, who sees its
+/// `resume` only as ciphertext, learns no key or signature from it, and sending that ciphertext
+/// to Bob as her own is refused and counted; Bob still lists exactly Alice, who chats on.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_rejoin_keeps_the_tile_and_its_proof_stays_sealed() {
+    let test = "a_keyed_rejoin_keeps_the_tile_and_its_proof_stays_sealed";
+    let Some(chromium) = Chromium::launch(test).await else {
+        return;
+    };
+    let server = Signpost::start("peer_timeout_secs=2.0");
+    let room = "sealed-takeover";
+    let key = "cmVzdGFydC1yb29tLWtleSE";
+    let cable = Cable::to(&server).await;
+    let alice = chromium
+        .open(&cable.url(&format!("/?room={room}&name=Alice&media=none#key={key}")))
+        .await;
+    let alice_id = alice.peer_id().await;
+    let bob = chromium
+        .open(&server.url(&format!("/?room={room}&name=Bob&media=none#key={key}")))
+        .await;
+    let bob_id = bob.peer_id().await;
+    wait_exactly(&bob, std::slice::from_ref(&alice_id)).await;
+    let mut mallory = Stranger::join(&server, room).await;
+
+    // Alice is forgotten and rejoins; her sealed `resume` reaches everyone, Mallory included.
+    cable.set(Line::Cut);
+    server.wait_room(room, 2, Duration::from_secs(20)).await;
+    cable.set(Line::Open);
+    let resume = mallory.next_of("resume").await;
+    let alice_now = resume["from"].as_str().expect("from").to_owned();
+    let sealed = &resume["data"];
+    assert_eq!(sealed["e2ee"], "signpost-e2ee-v1", "{resume}");
+    let fields: Vec<&String> = sealed.as_object().expect("an object").keys().collect();
+    assert_eq!(
+        fields,
+        ["ct", "e2ee", "iv"],
+        "nothing but ciphertext: {resume}"
+    );
+    wait_exactly(&bob, std::slice::from_ref(&alice_now)).await;
+    let rejected_before = bob.eval("signpostApp.encryption().rejected").await;
+
+    // Mallory sends Alice's sealed proof to Bob as her own: it does not open for her peer id.
+    mallory.send("resume", sealed.clone(), &bob_id).await;
+    bob.wait_for(
+        "Bob refusing Mallory's copy",
+        &format!("signpostApp.encryption().rejected > {rejected_before}"),
+    )
+    .await;
+    wait_exactly(&bob, std::slice::from_ref(&alice_now)).await;
+    chat(&alice, &bob, "Alice, sealed and still herself").await;
+    let log = bob.eval("signpostApp.chatLog()").await;
+    let last = &log.as_array().expect("a log").last().expect("a message")["from"];
+    assert_eq!(last, &json!(alice_now), "Bob credits Alice, not Mallory");
+    chromium.close().await;
+}

@@ -20,10 +20,14 @@ pub struct Requirement {
 }
 
 /// Every requirement, in the order README.md's prerequisites list them.
-pub const ALL: [Requirement; 8] = [
+pub const ALL: [Requirement; 9] = [
     Requirement {
         name: "chromium",
         find: chromium_files,
+    },
+    Requirement {
+        name: "firefox",
+        find: || firefox().map(|path| vec![path]),
     },
     Requirement {
         name: "coturn",
@@ -69,12 +73,13 @@ pub fn required() -> bool {
 }
 
 /// The environment variables whose values change the answers above.
-pub const ENVIRONMENT: [&str; 6] = [
+pub const ENVIRONMENT: [&str; 7] = [
     "PATH",
     "CI",
     "SIGNPOST_EXTERNAL_TESTS",
     "SIGNPOST_BROWSER_TESTS",
     "CHROMIUM",
+    "FIREFOX",
     "SIGNPOST_VENV",
 ];
 
@@ -145,6 +150,28 @@ pub fn chromium() -> Result<PathBuf, String> {
              /usr/bin/google-chrome); install it with `apt-get install chromium`"
             .to_owned()
     })
+}
+
+/// The Firefox to drive over WebDriver BiDi: `$FIREFOX`, else Debian's `firefox-esr`, else
+/// `firefox`.
+pub fn firefox() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("FIREFOX") {
+        let path = PathBuf::from(path);
+        return if path.exists() {
+            Ok(path)
+        } else {
+            Err(format!("FIREFOX={} does not exist", path.display()))
+        };
+    }
+    ["/usr/bin/firefox-esr", "/usr/bin/firefox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+        .ok_or_else(|| {
+            "Firefox not found (looked for $FIREFOX, /usr/bin/firefox-esr, /usr/bin/firefox); \
+             install it with `apt-get install firefox-esr`"
+                .to_owned()
+        })
 }
 
 fn chromium_files() -> Result<Vec<PathBuf>, String> {
