@@ -49,8 +49,9 @@ pub struct Config {
     pub send_burst: f64,
     /// ICE servers handed to every peer when it joins, as `RTCIceServer` objects. Default none.
     pub ice_servers: Vec<IceServer>,
-    /// Directory of the browser client served at `/`. Default `static`, relative to the working
-    /// directory (the repository root under `cargo run`).
+    /// Directory of the browser client served at `/` and under `/static/` (`/signpost.js` is the
+    /// module other pages import). Default `static`, relative to the working directory (the
+    /// repository root under `cargo run`).
     pub static_dir: String,
     /// How much the server binary logs: `"info"` each failed request and each join, leave and
     /// eviction; `"warn"` only problems; `"debug"` also what libraries (Rocket) say at their
@@ -148,6 +149,23 @@ pub struct Config {
     /// the pages re-pair by their participant keys (docs/PROTOCOL.md, section 7). Rather set it
     /// from the environment, like `turn_secret`.
     pub resume_secret: Option<JoinSecret>,
+    /// Seconds a request body may take to arrive whole, from the moment the server starts
+    /// reading it; past that the request is answered `408 body_timeout` and its connection
+    /// closed. Default 10: a full 1 MiB batch (`max_body_bytes`) over a slow 1 Mbit/s link takes
+    /// about 8 s, while a client trickling a body a byte at a time holds its connection no longer.
+    pub body_read_timeout_secs: f64,
+    /// Seconds a write to a connection may wait for the client to read before the connection is
+    /// closed, whatever was being written (an SSE stream, a poll answer, anything). Default 20:
+    /// a client that is merely slow reads something within seconds (the kernel's buffers hold
+    /// hundreds of KiB), while one that stopped reading would otherwise hold its stream, its
+    /// buffers and its descriptor forever.
+    pub write_timeout_secs: f64,
+    /// Open connections one client address (an IPv6 client: its /64) may have to this instance;
+    /// the next one is answered `429 too_many_connections` and closed. Connections from
+    /// `trusted_proxies` are not counted, since a proxy carries many clients. Default 1024: an
+    /// office of ~300 browsers behind one NAT uses ~3 each, while one address can no longer hold
+    /// every descriptor of the process.
+    pub max_connections_per_client: usize,
 }
 
 /// `join_auth`: who may join a room.
@@ -276,6 +294,9 @@ impl Default for Config {
             max_rooms_per_client: 100,
             client_ipv6_prefix: 64,
             trusted_proxies: Vec::new(),
+            body_read_timeout_secs: 10.0,
+            write_timeout_secs: 20.0,
+            max_connections_per_client: 1024,
         }
     }
 }
@@ -359,7 +380,27 @@ impl Config {
             }
         }
         self.validate_store()?;
-        self.validate_joins()
+        self.validate_joins()?;
+        self.validate_connections()
+    }
+
+    /// The connection limits' part of [`Config::validate`].
+    fn validate_connections(&self) -> Result<(), String> {
+        let timeouts = [
+            ("body_read_timeout_secs", self.body_read_timeout_secs),
+            ("write_timeout_secs", self.write_timeout_secs),
+        ];
+        for (name, value) in timeouts {
+            if !(value.is_finite() && value > 0.0) || Duration::try_from_secs_f64(value).is_err() {
+                return Err(format!(
+                    "signpost.{name} must be a positive number of seconds, not {value}"
+                ));
+            }
+        }
+        if self.max_connections_per_client == 0 {
+            return Err("signpost.max_connections_per_client must be at least 1".into());
+        }
+        Ok(())
     }
 
     /// The shared store's part of [`Config::validate`].
@@ -475,6 +516,14 @@ impl Config {
     pub fn poll_max_wait(&self) -> Duration {
         Duration::from_secs_f64(self.poll_max_wait_secs)
     }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.body_read_timeout_secs)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.write_timeout_secs)
+    }
 }
 
 #[cfg(test)]
@@ -507,6 +556,18 @@ mod tests {
             },
             Config {
                 instance: Some(" ".into()),
+                ..Config::default()
+            },
+            Config {
+                body_read_timeout_secs: 0.0,
+                ..Config::default()
+            },
+            Config {
+                write_timeout_secs: f64::INFINITY,
+                ..Config::default()
+            },
+            Config {
+                max_connections_per_client: 0,
                 ..Config::default()
             },
         ];
