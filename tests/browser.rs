@@ -756,7 +756,16 @@ async fn page_joins_with_a_token_from_the_fragment_and_explains_an_expired_one()
             && message.as_str().unwrap().contains("has expired"),
         "the page says the invitation expired: {message}"
     );
-    let (_, listing) = server.get_json("/api/rooms/invited").await;
+    let listing: Value = server
+        .client
+        .get(server.url("/api/rooms/invited"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(
         listing["peers"].as_array().unwrap().len(),
         1,
