@@ -81,14 +81,16 @@ pub fn canonical(address: IpAddr) -> IpAddr {
     }
 }
 
-/// The key a client's limits are kept under: its IPv4 address, or its IPv6 /64. One IPv6
-/// subscriber is given at least a /64 and can use any address in it, so counting single IPv6
-/// addresses would let one client be billions.
-pub fn limit_key(address: IpAddr) -> IpAddr {
+/// The key a client's limits are kept under: its IPv4 address, or the first `ipv6_prefix` bits
+/// of its IPv6 address (`client_ipv6_prefix`, 64 by default). One IPv6 subscriber is given at
+/// least a /64 and can use any address in it, so counting single IPv6 addresses would let one
+/// client be billions. Every per-address limit uses this key, on both stores.
+pub fn limit_key(address: IpAddr, ipv6_prefix: u8) -> IpAddr {
     match canonical(address) {
         IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(prefix))
+            let bits = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
         }
         v4 => v4,
     }
@@ -139,17 +141,27 @@ mod tests {
         assert!(TrustedProxies::parse(&["10.0.0.0/33".into()]).is_err());
     }
 
-    /// An IPv6 client is limited by its /64; IPv4, by its address.
+    /// An IPv6 client is limited by its /64 by default, and by the prefix configured.
     #[test]
-    fn limit_keys_group_ipv6_by_64() {
+    fn limit_keys_group_ipv6_by_the_prefix() {
         assert_eq!(
-            limit_key(ip("2001:db8::1")),
-            limit_key(ip("2001:db8::ffff:1"))
+            limit_key(ip("2001:db8::1"), 64),
+            limit_key(ip("2001:db8::ffff:1"), 64)
         );
         assert_ne!(
-            limit_key(ip("2001:db8::1")),
-            limit_key(ip("2001:db8:0:1::1"))
+            limit_key(ip("2001:db8::1"), 64),
+            limit_key(ip("2001:db8:0:1::1"), 64)
         );
-        assert_eq!(limit_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(
+            limit_key(ip("2001:db8:0:1::1"), 56),
+            limit_key(ip("2001:db8:0:ff::1"), 56)
+        );
+        assert_ne!(
+            limit_key(ip("2001:db8::1"), 128),
+            limit_key(ip("2001:db8::2"), 128)
+        );
+        assert_eq!(limit_key(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+        assert_eq!(limit_key(ip("2001:db8:ffff::1"), 32), ip("2001:db8::"));
+        assert_eq!(limit_key(ip("::ffff:192.0.2.1"), 64), ip("192.0.2.1"));
     }
 }

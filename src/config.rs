@@ -129,6 +129,14 @@ pub struct Config {
     /// behind one NAT, each in a call; and a tenth of `max_rooms`, so that one address can never
     /// fill the room table by itself.
     pub max_peers_per_client: usize,
+    /// Rooms in which one client address may hold a peer at once (429 beyond). Default 100: an
+    /// office behind one NAT is in far fewer meetings at a time, and it takes at least 100
+    /// addresses to fill the default `max_rooms` of 10,000.
+    pub max_rooms_per_client: usize,
+    /// How many leading bits of an IPv6 address make one client for every per-address limit.
+    /// Default 64: a subscriber is given at least a /64 and can use any address in it. Between
+    /// 32 and 128: a shorter prefix would put whole providers under one limit.
+    pub client_ipv6_prefix: u8,
     /// Proxies (CIDRs, e.g. `["127.0.0.1/32", "10.0.0.0/8"]`) whose `X-Forwarded-For` is
     /// believed: behind them, the client is the rightmost address of that header that is not
     /// itself a trusted proxy. Default none: the client is the TCP peer and the header is
@@ -283,6 +291,8 @@ impl Default for Config {
             join_rate_per_sec: 20.0,
             join_burst: 100.0,
             max_peers_per_client: 1000,
+            max_rooms_per_client: 100,
+            client_ipv6_prefix: 64,
             trusted_proxies: Vec::new(),
             body_read_timeout_secs: 10.0,
             write_timeout_secs: 20.0,
@@ -478,6 +488,15 @@ impl Config {
         }
         if self.max_peers_per_client == 0 {
             return Err("signpost.max_peers_per_client must be at least 1".into());
+        }
+        if self.max_rooms_per_client == 0 {
+            return Err("signpost.max_rooms_per_client must be at least 1".into());
+        }
+        if !(32..=128).contains(&self.client_ipv6_prefix) {
+            return Err(format!(
+                "signpost.client_ipv6_prefix must be between 32 and 128, not {}",
+                self.client_ipv6_prefix
+            ));
         }
         crate::client_address::TrustedProxies::parse(&self.trusted_proxies).map(drop)
     }

@@ -92,6 +92,16 @@ pub enum Error {
         limit: usize,
         retry_after: Duration,
     },
+    /// This client address holds peers in `max_rooms_per_client` rooms, and the join is to
+    /// another; its last peer leaving one of them frees a place.
+    TooManyRoomsForClient {
+        limit: usize,
+        retry_after: Duration,
+    },
+    /// `join_auth = "required"` and a look at a room or a peer presents no credential for that
+    /// room (a peer token of the room, or a join token for it): the same answer whether or not
+    /// the room exists, so that invite-only rooms cannot be found by guessing names.
+    CredentialRequired,
     /// A CORS preflight from an origin not in `cors_allowed_origins`, or for a method the API
     /// does not use.
     CorsRefused(String),
@@ -139,6 +149,7 @@ impl Error {
             | InvalidLastEventId => Status::BadRequest,
             MissingToken | InvalidToken | MissingJoinToken | InvalidJoinToken(_)
             | JoinTokenExpired => Status::Unauthorized,
+            CredentialRequired => Status::Unauthorized,
             WrongPeer | CorsRefused(_) | RoomNotAllowed | ClaimMismatch(_) => Status::Forbidden,
             RoomNotFound | PeerNotFound | RouteNotFound => Status::NotFound,
             MethodNotAllowed { .. } => Status::MethodNotAllowed,
@@ -157,6 +168,7 @@ impl Error {
             RateLimited { .. } | TooManyJoins { .. } | TooManyPeersForClient { .. } => {
                 Status::TooManyRequests
             }
+            TooManyRoomsForClient { .. } => Status::TooManyRequests,
             StoreUnavailable => Status::ServiceUnavailable,
             // Forbidden, like a credential this server did not sign: the request is well formed,
             // and this server cannot accept what it presents.
@@ -204,6 +216,8 @@ impl Error {
             ClaimMismatch(_) => "claim_mismatch",
             TooManyJoins { .. } => "too_many_joins",
             TooManyPeersForClient { .. } => "too_many_peers_for_client",
+            TooManyRoomsForClient { .. } => "too_many_rooms_for_client",
+            CredentialRequired => "credential_required",
             CorsRefused(_) => "cors_refused",
             RouteNotFound => "not_found",
             MethodNotAllowed { .. } => "method_not_allowed",
@@ -288,6 +302,15 @@ impl Error {
                 "this address already holds {limit} peers; one must leave before another joins"
             )
             .into(),
+            TooManyRoomsForClient { limit, .. } => format!(
+                "this address already has peers in {limit} rooms; \
+                 one must leave its room before this address joins another"
+            )
+            .into(),
+            CredentialRequired => "rooms on this server are invite-only: send a peer token of \
+                                   this room or a join token for it, as `Authorization: Bearer \
+                                   <token>` or `?token=<token>`"
+                .into(),
             CorsRefused(why) => why.clone().into(),
             RouteNotFound => "no such endpoint; see docs/API.md".into(),
             MethodNotAllowed { allow } => {
@@ -368,7 +391,8 @@ impl Error {
         match self {
             Error::RateLimited { retry_after }
             | Error::TooManyJoins { retry_after }
-            | Error::TooManyPeersForClient { retry_after, .. } => {
+            | Error::TooManyPeersForClient { retry_after, .. }
+            | Error::TooManyRoomsForClient { retry_after, .. } => {
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
             // A reconnect to Redis takes well under a second; a client that waits one retries
@@ -404,6 +428,7 @@ impl Error {
                 | Error::MissingJoinToken
                 | Error::InvalidJoinToken(_)
                 | Error::JoinTokenExpired
+                | Error::CredentialRequired
         )
         .then(|| ("WWW-Authenticate", "Bearer".to_owned()));
         let retry_after = self

@@ -34,6 +34,8 @@ struct Shared {
     max_message_bytes: usize,
     /// Told of every join and departure.
     metrics: Metrics,
+    /// `client_ipv6_prefix`: how client addresses become the keys of the per-address limits.
+    client_ipv6_prefix: u8,
 }
 
 /// The result of a successful join.
@@ -62,6 +64,7 @@ impl Hub {
                 store: Store::new(config, &metrics)?,
                 max_message_bytes: config.max_message_bytes,
                 metrics,
+                client_ipv6_prefix: config.client_ipv6_prefix,
             }),
         })
     }
@@ -74,9 +77,21 @@ impl Hub {
         &self.shared.store
     }
 
+    /// The key `client`'s per-address limits are kept under.
+    pub fn limit_key(&self, client: IpAddr) -> IpAddr {
+        crate::client_address::limit_key(client, self.shared.client_ipv6_prefix)
+    }
+
+    /// Charges a join from `client` that is refused before [`join_as`](Self::join_as) against
+    /// the join rate (`join_rate_per_sec`, `join_burst`), so that a flood of joins with bad tokens
+    /// is held to it too; `join_as` charges the rate itself, first.
+    pub async fn charge_join(&self, client: IpAddr) -> ApiResult<()> {
+        self.shared.store.charge_join(self.limit_key(client)).await
+    }
+
     /// Adds a new peer to `room`, creating the room if needed, and tells the others.
-    /// `client` is the address it joins from, held to `max_peers_per_client` (`None`: not
-    /// counted).
+    /// `client` is the address it joins from, charged to the join rate and held to the other
+    /// limits per address (`None`: not counted).
     pub async fn join(
         &self,
         room: &RoomName,
@@ -110,7 +125,7 @@ impl Hub {
         let peer = NewPeer {
             info,
             token: token.clone(),
-            client,
+            client: client.map(|client| self.limit_key(client)),
         };
         let outcome = self.shared.store.join(room, peer, announcement).await?;
         let resumed = if resumed.is_some() { " resumed" } else { "" };
@@ -185,6 +200,11 @@ impl Hub {
                 Ok(Outgoing { to, draft })
             })
             .collect()
+    }
+
+    /// The peer of `room` that `token` belongs to.
+    pub async fn identify(&self, room: &RoomName, token: Option<&str>) -> ApiResult<PeerId> {
+        self.shared.store.identify(room, token).await
     }
 
     /// The mailbox of `peer`, for the stream or poll that proves to be that peer.

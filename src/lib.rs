@@ -19,7 +19,7 @@
 //!   - [`join_token`]: join tokens signed by the application: checking and minting them.
 //!   - [`resume`]: resume credentials, with which a forgotten peer rejoins as itself.
 //!   - [`client_address`]: who a request comes from (`trusted_proxies`, `X-Forwarded-For`).
-//!   - [`client_limits`]: the join rate and live peers one client address may have.
+//!   - [`client_limits`]: the join rate, live peers and rooms one client address may have.
 //!   - [`ice`]: the ICE servers a peer is given, with ephemeral TURN credentials.
 //! - Around the domain:
 //!   - `front`: the listening socket; serves the relay routes (send, SSE, long-poll) on hyper
@@ -68,7 +68,6 @@ use rocket::figment::Figment;
 use rocket::{Build, Rocket};
 
 use crate::client_address::TrustedProxies;
-use crate::client_limits::JoinRate;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::ice::IceConfig;
@@ -104,7 +103,6 @@ pub fn build(figment: Figment) -> Rocket<Build> {
                     Ok(rocket
                         .manage(hub)
                         .manage(IceConfig::new(&config))
-                        .manage(JoinRate::new(config.join_rate_per_sec, config.join_burst))
                         .manage(tokens)
                         .manage(resume)
                         .manage(proxies)

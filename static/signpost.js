@@ -568,16 +568,19 @@ export class Signpost {
     }
     let response = null;
     try {
+      // With the peer's token: a server with join_auth = "required" shows a peer only to a
+      // peer of its room, and answers 401 credential_required to one it has forgotten.
       response = await fetch(this.url(this.joined.leave_url), {
         cache: "no-store",
+        headers: this.authHeaders(),
         signal: AbortSignal.timeout(this.settings.requestTimeoutMs),
       });
     } catch (networkError) {
       response = null;
     }
-    if (response?.status === 404) {
+    if (response?.status === 404 || response?.status === 401) {
       const body = await response.json().catch(() => ({}));
-      if (FORGOTTEN.has(body.error)) {
+      if (FORGOTTEN.has(body.error) || body.error === "credential_required") {
         this.rejoin(incarnation);
         return "rejoining";
       }
@@ -659,7 +662,9 @@ export class Signpost {
   /** The peers in the room now (`GET /api/rooms/{room}`), this one included, or null. */
   async roomPeers() {
     try {
-      const response = await fetch(this.url(`/api/rooms/${encodeURIComponent(this.room)}`), { cache: "no-store" });
+      // The peer's token: a server with join_auth = "required" shows a room only to its peers.
+      const headers = this.joined ? this.authHeaders() : {};
+      const response = await fetch(this.url(`/api/rooms/${encodeURIComponent(this.room)}`), { cache: "no-store", headers });
       return response.ok ? (await response.json()).peers : null;
     } catch (networkError) {
       return null;

@@ -1,5 +1,5 @@
-//! Limits one client address cannot get past: its join rate and the live peers it holds, so
-//! that no single client can lock others out of an open server; and whose address a request is,
+//! Limits one client address cannot get past: its join rate, the live peers it holds and the
+//! rooms it holds them in, so that no single client can lock others out of an open server; and whose address a request is,
 //! behind trusted proxies or not. Other clients are played by other loopback source addresses
 //! (all of 127.0.0.0/8 is local).
 
@@ -27,9 +27,20 @@ async fn join(
     room: &str,
     forwarded_for: Option<&str>,
 ) -> (u16, Option<u64>, Value) {
+    join_with(server, client, room, forwarded_for, json!({})).await
+}
+
+/// [`join`] with `body`.
+async fn join_with(
+    server: &Server,
+    client: &reqwest::Client,
+    room: &str,
+    forwarded_for: Option<&str>,
+    body: Value,
+) -> (u16, Option<u64>, Value) {
     let mut request = client
         .post(server.url(&format!("/api/rooms/{room}/peers")))
-        .json(&json!({}));
+        .json(&body);
     if let Some(forwarded_for) = forwarded_for {
         request = request.header("X-Forwarded-For", forwarded_for);
     }
@@ -41,12 +52,12 @@ async fn join(
 }
 
 store_tests! {
-    /// The flood from the issue, on the default settings: one address joining fresh rooms as fast
-    /// as it can (16 requests in flight) is held to its burst and then refused with 429
+    /// The flood from the issue, on the default join rate: one address joining fresh rooms as
+    /// fast as it can (16 requests in flight) is held to its burst and then refused with 429
     /// `too_many_joins` and `Retry-After`; the room table is far from full, and another address
-    /// still joins.
+    /// still joins. (`max_rooms_per_client` is raised so that only the rate refuses.)
     async fn a_flood_from_one_address_is_limited_and_others_still_join() {
-        let server = Server::start().await;
+        let server = Server::with(json!({"max_rooms_per_client": 10_000})).await;
         let flooder = client_from("127.0.0.1");
         let started = std::time::Instant::now();
         // Concurrent, as a flood is, so that however slow this machine is, the joins come far
@@ -201,5 +212,157 @@ store_tests! {
         let (status, _, body) = join(&server, &client, "x", Some("198.51.100.200")).await;
         assert_eq!(status, 429, "{body}");
         assert_eq!(body["error"], "too_many_joins");
+    }
+}
+
+/// Leaves as the peer of a join response `joined`, through `client`.
+async fn leave(server: &Server, client: &reqwest::Client, joined: &Value) {
+    let response = client
+        .delete(server.url(joined["leave_url"].as_str().unwrap()))
+        .bearer_auth(joined["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+}
+
+store_tests! {
+    /// `max_rooms_per_client`: an address with peers in its limit of rooms is refused a new room
+    /// with 429 `too_many_rooms_for_client` and `Retry-After`, but still joins the rooms it is in;
+    /// its last peer leaving a room frees that room's place; other addresses are not affected.
+    async fn rooms_per_address_are_limited() {
+        let server = Server::with(json!({"max_rooms_per_client": 2})).await;
+        let client = client_from("127.0.0.1");
+        let (_, _, first) = join(&server, &client, "one", None).await;
+        let (status, _, body) = join(&server, &client, "two", None).await;
+        assert_eq!(status, 201, "{body}");
+        let (status, retry_after, body) = join(&server, &client, "three", None).await;
+        assert_eq!((status, body["error"].as_str()), (429, Some("too_many_rooms_for_client")), "{body}");
+        assert_eq!(retry_after, Some(30), "Retry-After: the peer timeout");
+        assert_eq!(body["retry_after"], json!(30));
+        assert_eq!(server.get_json("/api/rooms/three").await.0, 404, "nothing was created");
+        let (status, _, second) = join(&server, &client, "one", None).await;
+        assert_eq!(status, 201, "a room it is in: {second}");
+        let (status, _, _) = join(&server, &client_from("127.0.0.3"), "three", None).await;
+        assert_eq!(status, 201, "another address joins");
+
+        leave(&server, &client, &first).await;
+        assert_eq!(join(&server, &client, "three", None).await.0, 429, "a peer is left in one");
+        leave(&server, &client, &second).await;
+        let (status, _, body) = join(&server, &client, "three", None).await;
+        assert_eq!(status, 201, "its last peer in one left: {body}");
+    }
+}
+
+store_tests! {
+    /// A join refused for its address holds no room slot: with `max_rooms` = 2, an address at its
+    /// peer limit tries a new room and is refused, and another address still creates the second
+    /// room (on Redis the refused join used to keep its room reserved for the presence timeout).
+    async fn a_refused_join_holds_no_room_slot() {
+        let server = Server::with(json!({
+            "max_rooms": 2,
+            "max_peers_per_client": 1,
+            "max_rooms_per_client": 1,
+        }))
+        .await;
+        let client = client_from("127.0.0.1");
+        assert_eq!(join(&server, &client, "held", None).await.0, 201);
+        for room in ["refused-1", "refused-2"] {
+            let (status, _, body) = join(&server, &client, room, None).await;
+            assert_eq!((status, body["error"].as_str()), (429, Some("too_many_peers_for_client")));
+        }
+        let (status, _, body) = join(&server, &client_from("127.0.0.2"), "second", None).await;
+        assert_eq!(status, 201, "the refused joins hold no room: {body}");
+        let (status, _, body) = join(&server, &client_from("127.0.0.3"), "third", None).await;
+        assert_eq!((status, body["error"].as_str()), (409, Some("too_many_rooms")));
+    }
+}
+
+store_tests! {
+    /// Which error wins when several apply (docs/API.md) is the same on both stores: the room's
+    /// own state (`peer_present`, `room_full`), then the server's (`too_many_rooms`), then the
+    /// address's peers, then its rooms. Here one address at every limit of its own asks.
+    async fn the_admission_order_is_the_same_on_both_stores() {
+        let server = Server::with(json!({
+            "resume_secret": "a-resume-secret-of-at-least-32-bytes",
+            "max_rooms": 2,
+            "max_peers_per_room": 1,
+            "max_peers_per_client": 1,
+            "max_rooms_per_client": 1,
+        }))
+        .await;
+        let client = client_from("127.0.0.1");
+        let (status, _, alice) = join(&server, &client, "here", None).await;
+        assert_eq!(status, 201, "{alice}");
+        let error = |answer: (u16, Option<u64>, Value)| {
+            (answer.0, answer.2["error"].as_str().unwrap_or_default().to_owned())
+        };
+        let resumed = json!({"resume": alice["resume"]});
+        assert_eq!(
+            error(join_with(&server, &client, "here", None, resumed).await),
+            (409, "peer_present".to_owned()),
+            "a resumed join of a present peer, from an address at its limits"
+        );
+        assert_eq!(
+            error(join(&server, &client, "here", None).await),
+            (409, "room_full".to_owned()),
+            "a full room, from an address at its limits"
+        );
+        assert_eq!(
+            error(join(&server, &client, "new", None).await),
+            (429, "too_many_peers_for_client".to_owned()),
+            "the peers before the rooms"
+        );
+        assert_eq!(join(&server, &client_from("127.0.0.2"), "other", None).await.0, 201);
+        assert_eq!(
+            error(join(&server, &client, "new", None).await),
+            (409, "too_many_rooms".to_owned()),
+            "a full server before the address's limits"
+        );
+    }
+}
+
+store_tests! {
+    /// `client_ipv6_prefix`: IPv6 clients are counted by their /64 by default, and by the
+    /// configured prefix when set (here a /48: every address of 2001:db8:1::/48 is one client).
+    async fn ipv6_clients_are_counted_by_the_configured_prefix() {
+        let proxy = client_from("127.0.0.1");
+        let settings = |prefix: Option<u8>| {
+            let mut settings = json!({"trusted_proxies": ["127.0.0.1/32"], "max_peers_per_client": 1});
+            if let Some(prefix) = prefix {
+                settings["client_ipv6_prefix"] = json!(prefix);
+            }
+            settings
+        };
+        let by_64 = Server::with(settings(None)).await;
+        assert_eq!(join(&by_64, &proxy, "a", Some("2001:db8:1:1::1")).await.0, 201);
+        assert_eq!(join(&by_64, &proxy, "a", Some("2001:db8:1:2::1")).await.0, 201, "another /64");
+        assert_eq!(join(&by_64, &proxy, "a", Some("2001:db8:1:1::2")).await.0, 429, "the same /64");
+
+        let by_48 = Server::with(settings(Some(48))).await;
+        assert_eq!(join(&by_48, &proxy, "a", Some("2001:db8:1:1::1")).await.0, 201);
+        let (status, _, body) = join(&by_48, &proxy, "a", Some("2001:db8:1:2::1")).await;
+        assert_eq!((status, body["error"].as_str()), (429, Some("too_many_peers_for_client")), "the same /48");
+        assert_eq!(join(&by_48, &proxy, "a", Some("2001:db8:2::1")).await.0, 201, "another /48");
+    }
+}
+
+store_tests! {
+    /// Every join is charged to the rate, whatever its fate, and the rate's refusal wins over
+    /// any other: joins refused for their body count, and once the burst is spent a join with a
+    /// bad body is told `too_many_joins`, as a good one is.
+    async fn every_join_is_charged_and_the_rate_wins() {
+        let server = Server::with(json!({"join_burst": 3, "join_rate_per_sec": 0.01})).await;
+        let client = client_from("127.0.0.1");
+        let too_long = json!({"name": "x".repeat(65)});
+        assert_eq!(join(&server, &client, "charged", None).await.0, 201);
+        for _ in 0..2 {
+            let (status, _, body) = join_with(&server, &client, "charged", None, too_long.clone()).await;
+            assert_eq!((status, body["error"].as_str()), (422, Some("invalid_name")));
+        }
+        let (status, _, body) = join_with(&server, &client, "charged", None, too_long).await;
+        assert_eq!((status, body["error"].as_str()), (429, Some("too_many_joins")), "a bad body");
+        let (status, _, body) = join(&server, &client, "charged", None).await;
+        assert_eq!((status, body["error"].as_str()), (429, Some("too_many_joins")), "a good one");
     }
 }

@@ -372,6 +372,58 @@ async fn concurrent_joins_on_two_instances_honour_the_limits_exactly() {
     assert_eq!(metric(cluster.at(0), "signpost_rooms").await, 3.0);
 }
 
+/// 3b. The join rate is one bucket per address across instances: joins from one address,
+///     alternately through two instances, are held to one `join_burst`, not one per instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_rate_is_one_bucket_across_instances() {
+    let Some(cluster) = Cluster::start(
+        "cluster_join_rate",
+        2,
+        json!({"join_burst": 4.0, "join_rate_per_sec": 0.01}),
+    )
+    .await
+    else {
+        return;
+    };
+    for n in 0..4 {
+        assert_eq!(try_join(cluster.at(n % 2), "rate", "p").await.0, 201);
+    }
+    for instance in 0..2 {
+        assert_eq!(
+            try_join(cluster.at(instance), "rate", "p").await,
+            (429, "too_many_joins".to_owned()),
+            "instance {instance}"
+        );
+    }
+}
+
+/// 3c. `max_peers_per_client` and `max_rooms_per_client` count an address's peers and rooms on
+///     every instance together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_address_limits_count_every_instance() {
+    let Some(cluster) = Cluster::start(
+        "cluster_address_limits",
+        2,
+        json!({"max_peers_per_client": 3, "max_rooms_per_client": 2}),
+    )
+    .await
+    else {
+        return;
+    };
+    let (a, b) = (cluster.at(0), cluster.at(1));
+    assert_eq!(try_join(a, "one", "p").await.0, 201);
+    assert_eq!(try_join(b, "two", "p").await.0, 201);
+    assert_eq!(
+        try_join(a, "three", "p").await,
+        (429, "too_many_rooms_for_client".to_owned())
+    );
+    assert_eq!(try_join(a, "two", "p").await.0, 201, "a room it is in");
+    assert_eq!(
+        try_join(b, "one", "p").await,
+        (429, "too_many_peers_for_client".to_owned())
+    );
+}
+
 /// 4. With three instances sweeping, a silent peer is removed once: the room hears exactly one
 ///    `leave` with reason `timeout`, and the instances count one such departure between them.
 #[cfg_attr(
@@ -1158,20 +1210,32 @@ async fn a_reservation_whose_join_never_came_is_forgotten() {
     };
     // What an instance does first when it joins a new room, and then nothing more.
     let prefix = &cluster.prefix;
-    let rooms = format!("{prefix}:{{{prefix}:global}}:rooms");
-    let due = format!("{prefix}:{{{prefix}:global}}:due");
+    let global = |name: &str| format!("{prefix}:{{{prefix}:global}}:{name}");
+    let script = concat!(
+        include_str!("../src/store/redis/lua/join_rate.lua"),
+        include_str!("../src/store/redis/lua/reserve.lua")
+    );
     let reserved = cluster.cli(&[
         "EVAL",
-        include_str!("../src/store/redis/lua/reserve.lua"),
-        "2",
-        &rooms,
-        &due,
+        script,
+        "6",
+        &global("rooms"),
+        &global("due"),
+        &global("clients"),
+        &global("client-rooms"),
+        &global("peer-count"),
+        &global("join:"),
         "ghost",
         "1",
         "3600000",
         "1000",
+        "",
+        "1",
+        "1",
+        "20",
+        "100",
     ]);
-    assert_eq!(reserved, "ok");
+    assert!(reserved.starts_with("ok"), "{reserved}");
     let server = cluster.at(0);
     assert_eq!(
         try_join(server, "real", "alice").await,

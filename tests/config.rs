@@ -20,6 +20,9 @@ async fn bad_settings_stop_the_server_from_starting() {
         ("peer_timeout_secs", json!(-1.0)),
         ("max_peers_per_room", json!("many")),
         ("ice_servers", json!([{"url": "stun:x"}])),
+        ("client_ipv6_prefix", json!(16)),
+        ("client_ipv6_prefix", json!(129)),
+        ("max_rooms_per_client", json!(0)),
     ] {
         match signpost::build(figment(key, value.clone())).ignite().await {
             Ok(_) => panic!("{key} = {value} should be refused"),

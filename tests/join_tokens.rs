@@ -3,6 +3,7 @@
 //! table, the attacks other servers fell for, and tokens from an independent implementation
 //! (PyJWT).
 
+#[macro_use]
 mod common;
 
 use std::process::{Command, Stdio};
@@ -97,6 +98,26 @@ async fn join(server: &Server, room: &str, token: Option<&str>, body: Value) -> 
     }
 }
 
+/// `GET path` with `token` as `Authorization: Bearer`: under `required`, rooms and peers are
+/// shown only to a request with a credential for the room.
+async fn look(server: &Server, path: &str, token: &str) -> (u16, Value) {
+    let response = server
+        .client
+        .get(server.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `GET path` with a join token for `room` as the credential.
+async fn look_invited(server: &Server, room: &str) -> (u16, Value) {
+    let token = sign(&claims(room), KEY_ONE, Some("one"));
+    look(server, &format!("/api/rooms/{room}"), &token).await
+}
+
 /// Asserts a 401 with `code`, `WWW-Authenticate: Bearer`, and a message that does not echo the
 /// token (not even its signature).
 fn assert_unauthorized(answer: &Answer, code: &str, token: &str, what: &str) {
@@ -122,7 +143,7 @@ async fn a_fixture_token_minted_by_pyjwt_joins() {
     let answer = join(&server, "fixture-room", Some(FIXTURE_TOKEN), json!({})).await;
     assert_eq!(answer.status, 201, "{}", answer.text);
     assert_eq!(answer.body["name"], "Fixture");
-    let (_, listing) = server.get_json("/api/rooms/fixture-room").await;
+    let (_, listing) = look(&server, "/api/rooms/fixture-room", FIXTURE_TOKEN).await;
     assert_eq!(listing["peers"][0]["meta"], json!({"role": "guest"}));
     assert!(
         !listing.to_string().contains("fixture-user"),
@@ -190,7 +211,7 @@ async fn a_required_room_refuses_a_join_without_a_token() {
         "a join token only counts in the header"
     );
     assert_eq!(
-        server.get_json("/api/rooms/closed").await.0,
+        look_invited(&server, "closed").await.0,
         404,
         "no one joined"
     );
@@ -329,7 +350,7 @@ async fn invalid_tokens_are_refused_with_invalid_join_token() {
         assert_unauthorized(&answer, "invalid_join_token", token, what);
     }
     assert_eq!(
-        server.get_json("/api/rooms/guarded").await.0,
+        look_invited(&server, "guarded").await.0,
         404,
         "no one joined"
     );
@@ -376,7 +397,7 @@ async fn a_token_for_another_room_is_403_room_not_allowed() {
     assert_eq!(answer.status, 403, "{}", answer.text);
     assert_eq!(answer.body["error"], "room_not_allowed");
     assert!(!answer.text.contains(token.rsplit('.').next().unwrap()));
-    assert_eq!(server.get_json("/api/rooms/room-b").await.0, 404);
+    assert_eq!(look_invited(&server, "room-b").await.0, 404);
 }
 
 /// Two keys in rotation: tokens signed by either join, whether or not they name their `kid`.
@@ -453,7 +474,7 @@ async fn name_and_meta_come_from_the_token() {
         event["data"]["meta"],
         json!({"role": "speaker", "avatar": "a.png"})
     );
-    let (_, listing) = server.get_json("/api/rooms/named").await;
+    let (_, listing) = look(&server, "/api/rooms/named", &host_peer.token).await;
     assert_eq!(listing["peers"][1]["name"], "Alice");
     assert_eq!(listing["peers"][1]["meta"]["role"], "speaker");
     assert!(
@@ -498,6 +519,109 @@ async fn optional_mode_checks_only_the_tokens_it_is_given() {
     )
     .await;
     assert_eq!(answer.body["error"], "room_not_allowed");
+    let (status, listing) = server.get_json("/api/rooms/lobby").await;
+    assert_eq!(
+        status, 200,
+        "optional: anyone may look, as before: {listing}"
+    );
+    let walk_in = open.body["peer_id"].as_str().unwrap();
+    let path = format!("/api/rooms/lobby/peers/{walk_in}");
+    assert_eq!(server.get_json(&path).await.0, 200);
+}
+
+store_tests! {
+    /// Under `required`, a room and its peers are shown only to a request with a credential
+    /// for that room: the token of one of its peers (header or `?token=`) or a join token for it
+    /// (header). Without one, or with one for another room, the answer is `401
+    /// credential_required`, the same bytes whether or not the room exists, so invite-only rooms
+    /// cannot be found by guessing names.
+    async fn a_required_server_shows_rooms_only_to_those_invited() {
+    let server = server("required").await;
+    let mut invite = claims("private");
+    invite["name"] = json!("Host");
+    let host = join(&server, "private", Some(&sign(&invite, KEY_ONE, None)), json!({})).await;
+    assert_eq!(host.status, 201, "{}", host.text);
+    let host_id = host.body["peer_id"].as_str().unwrap();
+    let host_token = host.body["token"].as_str().unwrap();
+    let elsewhere = join(&server, "elsewhere", Some(&sign(&claims("elsewhere"), KEY_TWO, None)), json!({})).await;
+    let elsewhere_token = elsewhere.body["token"].as_str().unwrap();
+
+    /// Status, `WWW-Authenticate` and body of `GET path` with `token` as a bearer (if any).
+    async fn raw(server: &Server, path: &str, token: Option<&str>) -> (u16, Option<String>, String) {
+        let mut request = server.client.get(server.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let authenticate = response
+            .headers()
+            .get("WWW-Authenticate")
+            .map(|value| value.to_str().unwrap().to_owned());
+        (response.status().as_u16(), authenticate, response.text().await.unwrap())
+    }
+    let refused = raw(&server, "/api/rooms/nowhere", None).await;
+    assert_eq!(refused.0, 401, "{}", refused.2);
+    assert_eq!(refused.1.as_deref(), Some("Bearer"));
+    let body: Value = serde_json::from_str(&refused.2).unwrap();
+    assert_eq!(body["error"], "credential_required");
+    let other_room = sign(&claims("elsewhere"), KEY_ONE, None);
+    let expired = {
+        let mut stale = claims("private");
+        stale["exp"] = json!(now() - 600);
+        sign(&stale, KEY_ONE, None)
+    };
+    let peer_path = format!("/api/rooms/private/peers/{host_id}");
+    let absent_peer_path = format!("/api/rooms/nowhere/peers/{host_id}");
+    for path in ["/api/rooms/private", "/api/rooms/nowhere", &peer_path, &absent_peer_path] {
+        for (what, token) in [
+            ("no credential", None),
+            ("a join token for another room", Some(other_room.as_str())),
+            ("an expired join token", Some(expired.as_str())),
+            ("a peer token of another room", Some(elsewhere_token)),
+            ("garbage", Some("not-a-token")),
+        ] {
+            assert_eq!(raw(&server, path, token).await, refused, "{path}, {what}");
+        }
+    }
+    let query = format!("/api/rooms/private?token={}", sign(&claims("private"), KEY_ONE, None));
+    assert_eq!(raw(&server, &query, None).await, refused, "a join token only counts in the header");
+
+    let (status, listing) = look(&server, "/api/rooms/private", host_token).await;
+    assert_eq!((status, listing["peers"][0]["name"].as_str()), (200, Some("Host")), "{listing}");
+    let (status, listing) = server.get_json(&format!("/api/rooms/private?token={host_token}")).await;
+    assert_eq!(status, 200, "a peer token as ?token=: {listing}");
+    assert_eq!(look(&server, &peer_path, host_token).await.0, 200);
+    assert_eq!(look_invited(&server, "private").await.0, 200, "a join token for the room");
+    let (status, answer) = look_invited(&server, "nowhere").await;
+    assert_eq!((status, answer["error"].as_str()), (404, Some("room_not_found")), "invited, told the truth");
+}
+}
+
+/// A join token minted by PyJWT opens the look at its room as it opens the join.
+#[tokio::test]
+async fn a_join_token_minted_by_pyjwt_shows_its_room() {
+    let server = server("required").await;
+    let Some(token) = pyjwt(
+        "a_join_token_minted_by_pyjwt_shows_its_room",
+        &claims("py-look"),
+        KEY_ONE,
+        Some("one"),
+    ) else {
+        return;
+    };
+    assert_eq!(
+        join(&server, "py-look", Some(&token), json!({"name": "Py"}))
+            .await
+            .status,
+        201
+    );
+    let (status, listing) = look(&server, "/api/rooms/py-look", &token).await;
+    assert_eq!(
+        (status, listing["peers"][0]["name"].as_str()),
+        (200, Some("Py")),
+        "{listing}"
+    );
+    assert_eq!(server.get_json("/api/rooms/py-look").await.0, 401);
 }
 
 /// `open` (the default) does not look at a join's `Authorization` header at all.

@@ -1,6 +1,7 @@
 //! Running signpost for real: health, Prometheus metrics, CORS, and a clean shutdown with
 //! streams and polls open.
 
+#[macro_use]
 mod common;
 
 use common::external;
@@ -226,6 +227,76 @@ async fn metrics_follow_the_traffic() {
     assert_eq!(end.get("signpost_peers"), 1.0, "only alice is left");
     assert_eq!(end.get("signpost_messages_accepted_total"), 8.0);
     server.stop().await;
+}
+
+/// The `signpost_rooms` and `signpost_peers` gauges, read from the exposition's text.
+async fn gauges(server: &Server) -> (f64, f64) {
+    let text = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .map(|value| value.trim().parse().expect("a sample value"))
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    (sample("signpost_rooms"), sample("signpost_peers"))
+}
+
+store_tests! {
+    /// The rooms and peers gauges stay equal to what the rooms hold through joins, refused
+    /// joins, an eviction, a leave that empties a room and a timeout (on Redis they are counts the
+    /// scripts keep, read in O(1), not a look at every room).
+    async fn the_room_and_peer_gauges_stay_right() {
+        let server = Server::with(json!({
+            "mailbox_capacity": 2, "peer_timeout_secs": 3.0, "max_rooms": 2,
+            "max_peers_per_room": 3, "send_rate_per_sec": 1e6, "send_burst": 1e6,
+        }))
+        .await;
+        assert_eq!(gauges(&server).await, (0.0, 0.0));
+        let alice = server.join("gauged", "alice").await;
+        let mut alice_events = alice.events(None).await;
+        let bob = server.join("gauged", "bob").await;
+        let carol = server.join("other", "carol").await;
+        let dave = server.join("gauged", "dave").await;
+        assert_eq!(gauges(&server).await, (2.0, 4.0), "four joins in two rooms");
+        let refused = server.client.post(server.url("/api/rooms/gauged/peers")).send().await.unwrap();
+        assert_eq!(refused.status(), 409, "room_full");
+        let refused = server.client.post(server.url("/api/rooms/third/peers")).send().await.unwrap();
+        assert_eq!(refused.status(), 409, "too_many_rooms");
+        assert_eq!(gauges(&server).await, (2.0, 4.0), "refused joins count nothing");
+
+        // Bob never reads: two messages fill his mailbox, the third evicts him.
+        let to_bob = json!({"type": "chat", "to": bob.id});
+        alice.send_ok(json!([to_bob, to_bob, to_bob])).await;
+        assert_eq!(alice_events.next_message().await["data"]["peer_id"], bob.id.as_str());
+        assert_eq!(alice_events.next_message().await["data"]["peer_id"], dave.id.as_str());
+        let evicted = alice_events.next_message().await;
+        assert_eq!(evicted["data"], json!({"peer_id": bob.id, "reason": "evicted"}));
+        assert_eq!(gauges(&server).await, (2.0, 3.0), "an eviction");
+
+        assert_eq!(carol.leave().await, 204);
+        assert_eq!(gauges(&server).await, (1.0, 2.0), "a leave that empties its room");
+
+        // Dave never listens: he times out, while Alice's stream keeps her present.
+        let timed_out = alice_events.next_message().await;
+        assert_eq!(timed_out["data"], json!({"peer_id": dave.id, "reason": "timeout"}));
+        let deadline = Instant::now() + common::EVENT_DEADLINE;
+        // The room hears the leave before the sweep's own request has finished counting it.
+        while gauges(&server).await != (1.0, 1.0) {
+            assert!(Instant::now() < deadline, "the timeout is counted: {:?}", gauges(&server).await);
+            tokio::task::yield_now().await;
+        }
+        drop(alice_events);
+        assert_eq!(alice.leave().await, 204);
+        assert_eq!(gauges(&server).await, (0.0, 0.0), "the last peer left");
+    }
 }
 
 const APP: &str = "https://app.example.org";

@@ -99,9 +99,14 @@ impl Signpost {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    /// The peer ids the server lists in `room`, sorted (none if it has no such room).
+    /// The peer ids the server lists in `room`, sorted (none if it has no such room). Under
+    /// `join_auth = "required"`, asked with a join token for the room (see [`JOIN_KEY`]).
     async fn room_peers(&self, room: &str) -> Vec<String> {
-        let Ok(response) = reqwest::get(self.url(&format!("/api/rooms/{room}"))).await else {
+        let mut request = reqwest::Client::new().get(self.url(&format!("/api/rooms/{room}")));
+        if self.settings.contains("join_auth") {
+            request = request.bearer_auth(join_token(room, "Operator"));
+        }
+        let Ok(response) = request.send().await else {
             return Vec::new();
         };
         if !response.status().is_success() {
@@ -553,6 +558,32 @@ async fn a_forgotten_page_resumes_its_peer_id() {
     .await;
 }
 
+/// The same under `join_auth = "required"`: the pages join with join tokens in their `#token=`
+/// fragments, a forgotten page's question about itself is answered `401 credential_required`
+/// (the server shows peers only to the peers of their room), and it rejoins all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_page_rejoins_in_an_invite_only_room() {
+    forgotten_page_rejoins(
+        "a_forgotten_page_rejoins_in_an_invite_only_room",
+        &format!("peer_timeout_secs=2.0,join_auth=\"required\",join_keys={{app=\"{JOIN_KEY}\"}}"),
+    )
+    .await;
+}
+
+/// The key that signs join tokens for the servers with `join_auth = "required"`.
+const JOIN_KEY: &str = "restart-test-secret-of-at-least-32-bytes";
+
+/// A join token for `room` under `name`, valid for five minutes, signed with [`JOIN_KEY`].
+fn join_token(room: &str, name: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({"aud": "signpost", "exp": now + 300, "room": room, "name": name});
+    let key = jsonwebtoken::EncodingKey::from_secret(JOIN_KEY.as_bytes()).unwrap();
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
 /// How long the page keeps a working connection whose peer the server reported gone (app.js,
 /// ORPHAN_GRACE_MS), and a margin.
 const ORPHAN_GRACE: Duration = Duration::from_secs(22);
@@ -564,12 +595,29 @@ async fn forgotten_page_rejoins(test: &str, settings: &str) {
     let same_id = settings.contains("resume_secret");
     let server = Signpost::start(settings);
     let room = "forgotten";
+    // Under `required`, each page's invitation, as an application hands it out.
+    let invitation = |name: &str| {
+        if settings.contains("join_auth") {
+            format!("#token={}", join_token(room, name))
+        } else {
+            String::new()
+        }
+    };
     let cable = Cable::to(&server).await;
     let alice = chromium
-        .open(&cable.url(&format!("/?room={room}&name=Alice&media=none")))
+        .open(&cable.url(&format!(
+            "/?room={room}&name=Alice&media=none{}",
+            invitation("Alice")
+        )))
         .await;
     let alice_id = alice.peer_id().await;
-    let (bob, bob_id) = open_page(&chromium, &server, room, "Bob").await;
+    let bob = chromium
+        .open(&server.url(&format!(
+            "/?room={room}&name=Bob&media=none{}",
+            invitation("Bob")
+        )))
+        .await;
+    let bob_id = bob.peer_id().await;
     wait_exactly(&alice, std::slice::from_ref(&bob_id)).await;
     wait_exactly(&bob, std::slice::from_ref(&alice_id)).await;
     sample_channels(&bob).await;

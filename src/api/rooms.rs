@@ -8,14 +8,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use std::net::IpAddr;
-use std::time::Instant;
 
 use crate::api::auth::{BearerHeader, Token};
 use crate::api::body::JsonBody;
 use crate::api::client::ClientAddress;
 use crate::api::ice::{self, StunUrl};
-use crate::client_limits::JoinRate;
-use crate::config::{Config, IceServer};
+use crate::config::{Config, IceServer, JoinAuth};
 use crate::error::{ApiResult, Error};
 use crate::hub::{Hub, PeerInfo};
 use crate::ice::IceConfig;
@@ -76,11 +74,10 @@ fn peer_url(room: &RoomName, peer: PeerId) -> String {
     format!("/api/rooms/{room}/peers/{peer}")
 }
 
-/// What a join needs besides the hub: who may join, and the per-client join rate.
+/// What a join needs besides the hub: who may join, and from where.
 pub struct Admission<'r> {
     tokens: &'r JoinTokens,
     resume: &'r ResumeKeys,
-    join_rate: &'r JoinRate,
     client: Option<IpAddr>,
     token: BearerHeader,
 }
@@ -92,10 +89,9 @@ impl<'r> rocket::request::FromRequest<'r> for Admission<'r> {
     async fn from_request(
         request: &'r rocket::Request<'_>,
     ) -> rocket::request::Outcome<Self, Error> {
-        let (Some(tokens), Some(resume), Some(join_rate)) = (
+        let (Some(tokens), Some(resume)) = (
             request.rocket().state::<JoinTokens>(),
             request.rocket().state::<ResumeKeys>(),
-            request.rocket().state::<JoinRate>(),
         ) else {
             let error = Error::Internal("the join admission state is not managed");
             return rocket::request::Outcome::Error((error.status(), error));
@@ -105,7 +101,6 @@ impl<'r> rocket::request::FromRequest<'r> for Admission<'r> {
         rocket::request::Outcome::Success(Admission {
             tokens,
             resume,
-            join_rate,
             client,
             token,
         })
@@ -159,21 +154,66 @@ pub async fn join(
     Ok(Created::new(peer_url).body(Json(response)))
 }
 
-/// The join's checks in order: the client's join rate (first, so that a flood of bad tokens is
-/// held to it too), the body, the token and its claims, the resume credential, then the hub
-/// (the resumed peer's absence, room and client limits).
+/// The join's checks in order (docs/API.md, "Which error wins"): the client's join rate (first:
+/// every join is charged to it, and its refusal wins over any other, so that a flood of bad
+/// tokens is held to it too), the body, the token and its claims, the resume credential, then the
+/// store's checks, in the order [`NewPeer`] states. The store charges the rate of a join that
+/// reaches it (on Redis, in the admission's round trip); a join refused before is charged here.
+///
+/// [`NewPeer`]: crate::store::NewPeer
 async fn admit_and_join(
     hub: &Hub,
     admission: &Admission<'_>,
     room: &RoomName,
     body: Result<JsonBody<Option<JsonObject<JoinRequest>>>, Error>,
 ) -> ApiResult<(crate::hub::Joined, Option<String>)> {
-    if let Some(client) = admission.client {
-        admission
-            .join_rate
-            .charge(client, Instant::now())
-            .map_err(|retry_after| Error::TooManyJoins { retry_after })?;
+    let checked = check_request(admission, room, body);
+    let CheckedJoin {
+        resumed,
+        name,
+        meta,
+        sub,
+    } = match checked {
+        Ok(checked) => checked,
+        Err(error) => {
+            // Charged all the same, and the rate's refusal wins: the hub charges the joins that
+            // reach it, in the store's first round trip.
+            if let Some(client) = admission.client {
+                hub.charge_join(client).await?;
+            }
+            return Err(error);
+        }
+    };
+    let joined = hub
+        .join_as(room, resumed, name.clone(), meta, admission.client)
+        .await?;
+    if let Some(sub) = sub {
+        // `sub` is the application's and may hold anything: quoted, so it cannot forge a line.
+        logging::info(format_args!(
+            "join token room={room} peer={} sub={sub:?}",
+            joined.peer_id
+        ));
     }
+    Ok((joined, name))
+}
+
+/// A join request that passed the checks that need no store.
+struct CheckedJoin {
+    /// The peer id of a verified resume credential.
+    resumed: Option<PeerId>,
+    name: Option<String>,
+    meta: Option<Box<RawValue>>,
+    /// The join token's `sub`, for the log.
+    sub: Option<String>,
+}
+
+/// The checks of a join that need no store: the body, the token and its claims, the resume
+/// credential.
+fn check_request(
+    admission: &Admission<'_>,
+    room: &RoomName,
+    body: Result<JsonBody<Option<JsonObject<JoinRequest>>>, Error>,
+) -> ApiResult<CheckedJoin> {
     let request = body?.0.map_or(
         JoinRequest {
             name: None,
@@ -198,17 +238,12 @@ async fn admit_and_join(
         .as_deref()
         .map(|credential| admission.resume.verify(room, credential))
         .transpose()?;
-    let joined = hub
-        .join_as(room, resumed, name.clone(), meta, admission.client)
-        .await?;
-    if let Some(sub) = sub {
-        // `sub` is the application's and may hold anything: quoted, so it cannot forge a line.
-        logging::info(format_args!(
-            "join token room={room} peer={} sub={sub:?}",
-            joined.peer_id
-        ));
-    }
-    Ok((joined, name))
+    Ok(CheckedJoin {
+        resumed,
+        name,
+        meta,
+        sub,
+    })
 }
 
 /// The peer's name and meta (and the token's `sub`) when a token was presented: the token's,
@@ -270,12 +305,70 @@ fn validate_meta(meta: Box<RawValue>) -> ApiResult<Box<RawValue>> {
     Ok(meta)
 }
 
+/// The credentials a look at a room or a peer may present: a peer token (`Authorization:
+/// Bearer` or `?token=`, as the peer's other requests send it) or a join token (the header only,
+/// as for a join).
+pub struct LookCredentials<'r> {
+    tokens: &'r JoinTokens,
+    peer_token: Token,
+    bearer: BearerHeader,
+}
+
+#[rocket::async_trait]
+impl<'r> rocket::request::FromRequest<'r> for LookCredentials<'r> {
+    type Error = Error;
+
+    async fn from_request(
+        request: &'r rocket::Request<'_>,
+    ) -> rocket::request::Outcome<Self, Error> {
+        let Some(tokens) = request.rocket().state::<JoinTokens>() else {
+            let error = Error::Internal("the join tokens are not managed");
+            return rocket::request::Outcome::Error((error.status(), error));
+        };
+        let peer_token = Token::find(request.headers().get_one("Authorization"), || {
+            request.query_value::<String>("token").and_then(Result::ok)
+        });
+        rocket::request::Outcome::Success(LookCredentials {
+            tokens,
+            peer_token,
+            bearer: BearerHeader::of(request),
+        })
+    }
+}
+
+impl LookCredentials<'_> {
+    /// Under `join_auth = "required"`, rooms are invite-only, and so is looking at them: only a
+    /// request with a credential for `room` (a valid join token for it, or the token of one of
+    /// its peers) may. Any other gets `credential_required`, whether or not the room exists, so
+    /// that rooms cannot be found by guessing names. Under `open` and `optional`, anyone may.
+    async fn admit(&self, hub: &Hub, room: &RoomName) -> ApiResult<()> {
+        if self.tokens.mode() != JoinAuth::Required {
+            return Ok(());
+        }
+        if let Some(token) = self.bearer.as_deref() {
+            if self.tokens.verify(token, room).is_ok() {
+                return Ok(());
+            }
+        }
+        if let Some(token) = self.peer_token.as_deref() {
+            match hub.identify(room, Some(token)).await {
+                Ok(_) => return Ok(()),
+                Err(Error::StoreUnavailable) => return Err(Error::StoreUnavailable),
+                Err(_) => {}
+            }
+        }
+        Err(Error::CredentialRequired)
+    }
+}
+
 #[get("/rooms/<room>")]
 pub async fn room(
     hub: &State<Hub>,
+    credentials: LookCredentials<'_>,
     room: Result<RoomName, Error>,
 ) -> ApiResult<Json<RoomResponse>> {
     let room = room?;
+    credentials.admit(hub, &room).await?;
     let peers = hub.room(&room).await?.ok_or(Error::RoomNotFound)?;
     Ok(Json(RoomResponse {
         room: room.to_string(),
@@ -286,10 +379,14 @@ pub async fn room(
 #[get("/rooms/<room>/peers/<peer>")]
 pub async fn peer(
     hub: &State<Hub>,
+    credentials: LookCredentials<'_>,
     room: Result<RoomName, Error>,
     peer: Result<PeerId, Error>,
 ) -> ApiResult<Json<PeerInfo>> {
-    Ok(Json(hub.peer(&room?, peer?).await?))
+    let room = room?;
+    let peer = peer?;
+    credentials.admit(hub, &room).await?;
+    Ok(Json(hub.peer(&room, peer).await?))
 }
 
 #[delete("/rooms/<room>/peers/<peer>")]

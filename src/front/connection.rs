@@ -2,8 +2,9 @@
 //! that wait for a reader that is still reading.
 //!
 //! - [`Connections`] counts open connections per client address at accept (an IPv6 client by
-//!   its /64, as every per-client limit is), so that one address cannot hold every descriptor of
-//!   the process; a [`ConnectionSlot`] gives its place back when the connection ends.
+//!   its `client_ipv6_prefix`, as every per-client limit is), so that one address cannot hold
+//!   every descriptor of the process; a [`ConnectionSlot`] gives its place back when the
+//!   connection ends.
 //! - [`TimedIo`] wraps a connection's socket and fails a write that has made no progress for
 //!   `write_timeout_secs`: hyper has no write timeout, and a client that stops reading would
 //!   otherwise keep its stream or its poll answer, and everything they hold, for ever. The
@@ -40,6 +41,8 @@ struct Inner {
     limit: usize,
     /// Connections from these are not counted: a proxy carries many clients.
     proxies: TrustedProxies,
+    /// `client_ipv6_prefix`, for `limit_key`.
+    ipv6_prefix: u8,
 }
 
 /// A counted connection's place; dropping it (when the connection ends) frees the place.
@@ -49,12 +52,13 @@ pub struct ConnectionSlot {
 }
 
 impl Connections {
-    pub fn new(limit: usize, proxies: TrustedProxies) -> Self {
+    pub fn new(limit: usize, proxies: TrustedProxies, ipv6_prefix: u8) -> Self {
         Self {
             inner: Arc::new(Inner {
                 open: Mutex::new(HashMap::new()),
                 limit,
                 proxies,
+                ipv6_prefix,
             }),
         }
     }
@@ -75,7 +79,7 @@ impl Connections {
         {
             return Ok(None);
         }
-        let key = limit_key(peer);
+        let key = limit_key(peer, self.inner.ipv6_prefix);
         let mut open = self.inner.open.lock();
         let count = open.entry(key).or_insert(0);
         if *count >= self.inner.limit {
@@ -224,7 +228,7 @@ mod tests {
     #[test]
     fn places_are_counted_per_client_and_freed_on_drop() {
         let proxies = TrustedProxies::parse(&["10.0.0.1/32".into()]).unwrap();
-        let connections = Connections::new(2, proxies);
+        let connections = Connections::new(2, proxies, 64);
         let first = connections.admit(ip("2001:db8::1")).unwrap();
         let _second = connections.admit(ip("2001:db8::2")).unwrap();
         assert!(connections.admit(ip("2001:db8::3")).is_err(), "same /64");

@@ -152,7 +152,11 @@ impl Server {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|error| StartError::Bind(address, error))?;
-        let connections = Connections::new(config.max_connections_per_client, proxies);
+        let connections = Connections::new(
+            config.max_connections_per_client,
+            proxies,
+            config.client_ipv6_prefix,
+        );
         let front = Arc::new(Front {
             hub,
             config,

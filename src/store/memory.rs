@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::client_limits::PeersPerClient;
+use crate::client_limits::{ClientHoldings, JoinRate};
 use crate::error::{ApiResult, Error};
 use crate::identity::{PeerId, PeerToken, RoomName};
 use crate::mailbox::{Mailbox, Push};
@@ -26,14 +26,16 @@ pub struct MemoryStore {
     /// the benchmarks. Mailboxes have their own lock, always taken after this one, so readers
     /// never touch it.
     rooms: Mutex<Rooms>,
+    /// Joins per client address; its own lock, since a join is charged before it is checked.
+    join_rate: JoinRate,
     limits: Limits,
 }
 
 struct Rooms {
     rooms: HashMap<RoomName, Room>,
-    /// Live peers per client address, under the same lock, so that each count always equals
-    /// the peers of that address in `rooms`.
-    clients: PeersPerClient,
+    /// Live peers and their rooms per client address, under the same lock, so that each count
+    /// always equals the peers of that address in `rooms`.
+    clients: ClientHoldings,
 }
 
 /// A room with at least one peer; the last peer to go removes it.
@@ -56,12 +58,20 @@ impl MemoryStore {
         Self {
             rooms: Mutex::new(Rooms {
                 rooms: HashMap::new(),
-                clients: PeersPerClient::default(),
+                clients: ClientHoldings::default(),
             }),
+            join_rate: JoinRate::new(limits.join_rate_per_sec, limits.join_burst),
             limits,
         }
     }
 
+    pub fn charge_join(&self, client: IpAddr) -> ApiResult<()> {
+        self.join_rate
+            .charge(client, Instant::now())
+            .map_err(|retry_after| Error::TooManyJoins { retry_after })
+    }
+
+    /// Charges the join rate, then checks the join in the order [`NewPeer`] states.
     pub fn join(
         &self,
         room: &RoomName,
@@ -70,6 +80,9 @@ impl MemoryStore {
     ) -> ApiResult<JoinOutcome> {
         let limits = &self.limits;
         let client = peer.client;
+        if let Some(client) = client {
+            self.charge_join(client)?;
+        }
         let peer = Peer {
             info: peer.info,
             client,
@@ -83,11 +96,6 @@ impl MemoryStore {
         };
         let mut state = self.rooms.lock();
         let Rooms { rooms, clients } = &mut *state;
-        if !rooms.contains_key(room) && rooms.len() >= limits.max_rooms {
-            return Err(Error::TooManyRooms {
-                limit: limits.max_rooms,
-            });
-        }
         let id = peer.info.peer_id;
         if rooms
             .get(room)
@@ -104,13 +112,20 @@ impl MemoryStore {
                 limit: limits.max_peers_per_room,
             });
         }
+        if !rooms.contains_key(room) && rooms.len() >= limits.max_rooms {
+            return Err(Error::TooManyRooms {
+                limit: limits.max_rooms,
+            });
+        }
         if let Some(client) = client {
-            if !clients.try_add(client, limits.max_peers_per_client) {
-                return Err(Error::TooManyPeersForClient {
-                    limit: limits.max_peers_per_client,
-                    retry_after: limits.peer_timeout,
-                });
-            }
+            clients
+                .try_add(
+                    client,
+                    room,
+                    limits.max_peers_per_client,
+                    limits.max_rooms_per_client,
+                )
+                .map_err(|refusal| limits.client_refusal(refusal))?;
         }
         let members = rooms
             .entry(room.clone())
@@ -335,7 +350,7 @@ fn remove_peer(
         let gone = members.peers.remove(index);
         gone.mailbox.close();
         if let Some(client) = gone.client {
-            state.clients.remove(client);
+            state.clients.remove(client, room);
         }
         departures.push(Departure {
             peer,

@@ -24,8 +24,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
+use crate::client_limits::ClientRefusal;
 use crate::config::Config;
-use crate::error::ApiResult;
+use crate::error::{ApiResult, Error};
 use crate::identity::{PeerId, PeerToken, RoomName};
 use crate::mailbox::{self, Read, StreamTicket};
 use crate::message::{Draft, EncodedMessage};
@@ -45,6 +46,9 @@ pub struct Limits {
     pub send_burst: f64,
     pub peer_timeout: Duration,
     pub max_peers_per_client: usize,
+    pub max_rooms_per_client: usize,
+    pub join_rate_per_sec: f64,
+    pub join_burst: f64,
 }
 
 impl Limits {
@@ -58,6 +62,24 @@ impl Limits {
             send_burst: config.send_burst,
             peer_timeout: config.peer_timeout(),
             max_peers_per_client: config.max_peers_per_client,
+            max_rooms_per_client: config.max_rooms_per_client,
+            join_rate_per_sec: config.join_rate_per_sec,
+            join_burst: config.join_burst,
+        }
+    }
+
+    /// The error for a join that a per-address limit refuses.
+    pub fn client_refusal(&self, refusal: ClientRefusal) -> Error {
+        // Retry-After: a peer of the address that went silent frees its place by then.
+        match refusal {
+            ClientRefusal::Peers => Error::TooManyPeersForClient {
+                limit: self.max_peers_per_client,
+                retry_after: self.peer_timeout,
+            },
+            ClientRefusal::Rooms => Error::TooManyRoomsForClient {
+                limit: self.max_rooms_per_client,
+                retry_after: self.peer_timeout,
+            },
         }
     }
 }
@@ -118,13 +140,29 @@ pub fn leave_event(peer: PeerId, reason: LeaveReason) -> Arc<EncodedMessage> {
     )
 }
 
-/// A peer about to join. Its id is new, or, for a resumed join, one that was in the room before:
-/// a store refuses the join with [`PeerPresent`](crate::error::Error::PeerPresent) while that id is in the room, before
-/// any other check, and changes nothing.
+/// A peer about to join. Its id is new, or, for a resumed join, one that was in the room before.
+///
+/// Both stores check a join in one order, and the first check that fails is the answer
+/// (docs/API.md, "Which error wins"): the address's join rate ([`TooManyJoins`], charged
+/// whatever follows), the id is in the room ([`PeerPresent`]), the room is full
+/// ([`RoomFull`]), the room is new and the server holds `max_rooms` ([`TooManyRooms`]), the
+/// address holds `max_peers_per_client` peers ([`TooManyPeersForClient`]), the room is new to
+/// the address and it holds peers in `max_rooms_per_client` rooms ([`TooManyRoomsForClient`]).
+/// A refused join changes nothing, and holds nothing (no room slot, no count).
+///
+/// [`TooManyJoins`]: crate::error::Error::TooManyJoins
+/// [`PeerPresent`]: crate::error::Error::PeerPresent
+/// [`RoomFull`]: crate::error::Error::RoomFull
+/// [`TooManyRooms`]: crate::error::Error::TooManyRooms
+/// [`TooManyPeersForClient`]: crate::error::Error::TooManyPeersForClient
+/// [`TooManyRoomsForClient`]: crate::error::Error::TooManyRoomsForClient
 pub struct NewPeer {
     pub info: PeerInfo,
     pub token: PeerToken,
-    /// The address it joins from, held to `max_peers_per_client` (`None`: not counted).
+    /// The limit key of the address it joins from ([`limit_key`]), held to the per-address
+    /// limits (`None`: not counted).
+    ///
+    /// [`limit_key`]: crate::client_address::limit_key
     pub client: Option<IpAddr>,
 }
 
@@ -134,7 +172,7 @@ pub struct NewPeer {
 pub struct Departure {
     pub peer: PeerId,
     pub reason: LeaveReason,
-    /// The address it had joined from, whose count of live peers it no longer adds to.
+    /// The limit key of the address it had joined from, whose counts it no longer adds to.
     pub client: Option<IpAddr>,
 }
 
@@ -159,7 +197,9 @@ pub struct Sent {
 
 /// The store a server was configured with.
 pub enum Store {
-    Memory(MemoryStore),
+    /// Boxed, so that the enum is a pointer either way (the memory store holds its limits and
+    /// tables inline); its calls stay plain function calls.
+    Memory(Box<MemoryStore>),
     Redis(RedisStore),
 }
 
@@ -170,7 +210,7 @@ impl Store {
     pub fn new(config: &Config, metrics: &Metrics) -> Result<Self, String> {
         let limits = Limits::new(config);
         match &config.redis_url {
-            None => Ok(Store::Memory(MemoryStore::new(limits))),
+            None => Ok(Store::Memory(Box::new(MemoryStore::new(limits)))),
             Some(url) => RedisStore::new(
                 url,
                 config.redis_tls_ca_file.as_deref(),
@@ -198,6 +238,17 @@ impl Store {
         match self {
             Store::Memory(store) => store.join(room, peer, announcement),
             Store::Redis(store) => store.join(room, peer, announcement).await,
+        }
+    }
+
+    /// Charges one join to `client` (a limit key) against `join_rate_per_sec` and `join_burst`:
+    /// per process on the memory store, deployment-wide on Redis. For a join refused before
+    /// [`join`](Self::join), which charges the rate itself (first, before any other check; on
+    /// Redis in the admission's round trip).
+    pub async fn charge_join(&self, client: IpAddr) -> ApiResult<()> {
+        match self {
+            Store::Memory(store) => store.charge_join(client),
+            Store::Redis(store) => store.charge_join(client).await,
         }
     }
 

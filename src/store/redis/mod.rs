@@ -15,9 +15,14 @@
 //! because the sweep of a room is one script, each peer leaves once.
 //!
 //! Keys of one room share the `{room}` hash tag, so every room script stays on one Redis
-//! Cluster slot; the two global keys (the room count, the sweep index) share a tag of their
-//! own and are written by separate scripts. Every key expires unless refreshed, so instances
-//! that crash leave nothing behind for long.
+//! Cluster slot; the deployment-wide keys (the rooms, the sweep index, the per-address counts,
+//! the peer count, the join buckets) share a tag of their own and are written by separate
+//! scripts. So every per-address limit holds across instances: a join is charged to its
+//! address's bucket and admitted against `max_rooms` and the per-address counts in one step
+//! (`reserve.lua`), then joins its room (`join.lua`); a refusal after the admission gives back
+//! what it counted. (A join refused before it reaches the store is charged by `joins.lua`.)
+//! `/metrics` reads two of these keys, whatever the number of rooms. Every key expires unless
+//! refreshed, so instances that crash leave nothing behind for long.
 //!
 //! With the `redis-tls` feature, a `rediss://` URL connects over TLS (`tls.rs`): both
 //! connections are made from one client that carries the TLS settings.
@@ -27,6 +32,7 @@ mod presence;
 mod tls;
 mod wakeups;
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,7 +42,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use sha2::{Digest, Sha256};
 
-use crate::client_address::limit_key;
+use crate::client_limits::ClientRefusal;
 use crate::error::{ApiResult, Error};
 use crate::identity::{PeerId, RoomName};
 use crate::logging;
@@ -90,6 +96,7 @@ struct Scripts {
     release: Script,
     due: Script,
     clients: Script,
+    joins: Script,
 }
 
 impl Scripts {
@@ -104,11 +111,18 @@ impl Scripts {
             ack: room_script!("ack.lua"),
             touch: room_script!("touch.lua"),
             sweep: room_script!("sweep.lua"),
-            reserve: Script::new(include_str!("lua/reserve.lua")),
+            reserve: Script::new(concat!(
+                include_str!("lua/join_rate.lua"),
+                include_str!("lua/reserve.lua")
+            )),
             created: Script::new(include_str!("lua/created.lua")),
             release: Script::new(include_str!("lua/release.lua")),
             due: Script::new(include_str!("lua/due.lua")),
             clients: Script::new(include_str!("lua/clients.lua")),
+            joins: Script::new(concat!(
+                include_str!("lua/join_rate.lua"),
+                include_str!("lua/joins.lua")
+            )),
         }
     }
 }
@@ -120,8 +134,13 @@ struct Keys {
     rooms: String,
     /// Room name -> its earliest presence deadline (ms): what the sweepers look at.
     due: String,
-    /// Client address -> its live peers, for `max_peers_per_client`.
+    /// Client key -> its live peers, for `max_peers_per_client`.
     clients: String,
+    /// Client key -> the rooms where it has peers, and `<client key> <room>` -> its peers
+    /// there, for `max_rooms_per_client`.
+    client_rooms: String,
+    /// The live peers of the deployment, for `/metrics`.
+    peer_count: String,
 }
 
 impl Keys {
@@ -131,7 +150,14 @@ impl Keys {
             rooms: format!("{prefix}:{{{prefix}:global}}:rooms"),
             due: format!("{prefix}:{{{prefix}:global}}:due"),
             clients: format!("{prefix}:{{{prefix}:global}}:clients"),
+            client_rooms: format!("{prefix}:{{{prefix}:global}}:client-rooms"),
+            peer_count: format!("{prefix}:{{{prefix}:global}}:peer-count"),
         }
+    }
+
+    /// The join bucket of a client key (`lua/joins.lua`).
+    fn join_bucket(&self, client: &str) -> String {
+        format!("{}:{{{}:global}}:join:{client}", self.prefix, self.prefix)
     }
 
     /// Key `suffix` (`peers`, `tokens`, …) of `room`: every key of a room carries its `{room}`
@@ -219,6 +245,30 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Charges a join that is refused before it reaches [`join`](Self::join), which charges
+    /// the others itself.
+    pub async fn charge_join(&self, client: IpAddr) -> ApiResult<()> {
+        let inner = &self.inner;
+        let wait_ms: u64 = inner
+            .run(
+                inner
+                    .scripts
+                    .joins
+                    .key(inner.keys.join_bucket(&client.to_string()))
+                    .arg(inner.limits.join_rate_per_sec)
+                    .arg(inner.limits.join_burst),
+            )
+            .await?;
+        if wait_ms > 0 {
+            return Err(Error::TooManyJoins {
+                retry_after: Duration::from_millis(wait_ms),
+            });
+        }
+        Ok(())
+    }
+
+    /// Admits the join on the deployment-wide keys, then joins the room; checked in the order
+    /// [`NewPeer`] states, and a refusal gives back whatever the admission counted.
     pub async fn join(
         &self,
         room: &RoomName,
@@ -227,60 +277,86 @@ impl RedisStore {
     ) -> ApiResult<JoinOutcome> {
         let inner = &self.inner;
         let limits = &inner.limits;
-        let reserved: String = inner
+        let client = peer.client.map(|client| client.to_string());
+        let bucket = inner
+            .keys
+            .join_bucket(client.as_deref().unwrap_or_default());
+        let reply: Value = inner
             .run(
                 inner
                     .on_globals(&inner.scripts.reserve)
+                    .key(&inner.keys.clients)
+                    .key(&inner.keys.client_rooms)
+                    .key(&inner.keys.peer_count)
+                    .key(bucket)
                     .arg(room.as_str())
                     .arg(limits.max_rooms)
                     .arg(GLOBAL_TTL.as_millis() as u64)
-                    .arg(limits.peer_timeout.as_millis() as u64),
+                    .arg(limits.peer_timeout.as_millis() as u64)
+                    .arg(client.as_deref().unwrap_or_default())
+                    .arg(limits.max_peers_per_client)
+                    .arg(limits.max_rooms_per_client)
+                    .arg(limits.join_rate_per_sec)
+                    .arg(limits.join_burst),
             )
             .await?;
-        if reserved == "too_many_rooms" {
-            return Err(Error::TooManyRooms {
-                limit: limits.max_rooms,
-            });
-        }
-        let client = peer.client.map(|client| limit_key(client).to_string());
-        if let Some(client) = &client {
-            let admitted: String = inner
-                .run(
-                    inner
-                        .scripts
-                        .clients
-                        .key(&inner.keys.clients)
-                        .arg("admit")
-                        .arg(client)
-                        .arg(limits.max_peers_per_client)
-                        .arg(GLOBAL_TTL.as_millis() as u64),
-                )
-                .await?;
-            if admitted != "ok" {
-                // A full room is reported first, as the memory store does.
-                let mut command = redis::cmd("HLEN");
-                let peers: usize = inner.query(command.arg(inner.keys.peers(room))).await?;
-                return Err(if peers >= limits.max_peers_per_room {
-                    Error::RoomFull {
-                        limit: limits.max_peers_per_room,
-                    }
-                } else {
-                    Error::TooManyPeersForClient {
-                        limit: limits.max_peers_per_client,
-                        retry_after: limits.peer_timeout,
-                    }
-                });
+        let reply = Reply::new(reply)?;
+        let refusal = match reply.status()? {
+            "ok" => None,
+            // The first check of all: answered as it is.
+            "too_many_joins" => {
+                return Err(Error::TooManyJoins {
+                    retry_after: Duration::from_millis(reply.int(1)?.max(1) as u64),
+                })
             }
+            "too_many_rooms" => Some(Error::TooManyRooms {
+                limit: limits.max_rooms,
+            }),
+            "too_many_peers_for_client" => Some(limits.client_refusal(ClientRefusal::Peers)),
+            "too_many_rooms_for_client" => Some(limits.client_refusal(ClientRefusal::Rooms)),
+            other => return Err(unexpected(other)),
+        };
+        if let Some(refusal) = refusal {
+            // The room's own checks come first: the same answer as the memory store's.
+            return Err(self
+                .room_refusal(room, peer.info.peer_id)
+                .await?
+                .unwrap_or(refusal));
         }
+        let reserved = reply.int(1)?;
         let joined = self
             .join_room(room, peer, client.as_deref(), announcement)
             .await;
         if joined.is_err() {
-            if let Some(client) = &client {
-                inner.release_clients(std::slice::from_ref(client)).await?;
+            // Best effort: the join's own error is the answer. Counts left behind by a failure
+            // here expire with the keys; a reservation, with the sweep.
+            let released = inner
+                .release_clients(room, &[client.unwrap_or_default()])
+                .await;
+            if released.is_ok() && reserved > 0 {
+                let _ = inner.release(room, reserved).await;
             }
         }
         joined
+    }
+
+    /// What the join script would refuse a join of `peer` to `room` with, looked at before the
+    /// admission's refusal is answered: `peer_present`, then `room_full`.
+    async fn room_refusal(&self, room: &RoomName, peer: PeerId) -> ApiResult<Option<Error>> {
+        let inner = &self.inner;
+        let mut pipe = redis::pipe();
+        pipe.hexists(inner.keys.peers(room), peer.to_string());
+        pipe.hlen(inner.keys.peers(room));
+        let (present, peers): (bool, usize) = inner.query_pipe(&pipe).await?;
+        Ok(if present {
+            Some(Error::PeerPresent)
+        } else if peers >= inner.limits.max_peers_per_room {
+            Some(Error::RoomFull {
+                limit: inner.limits.max_peers_per_room,
+            })
+        } else {
+            None
+        })
     }
 
     async fn join_room(
@@ -336,7 +412,7 @@ impl RedisStore {
             })
             .collect::<ApiResult<Vec<_>>>()?;
         let departures = reply.departures(3)?;
-        inner.departed(&departures).await?;
+        inner.departed(room, &departures).await?;
         if created {
             let now_us = reply.int(4)?;
             let deadline = reply.int(5)?;
@@ -379,7 +455,7 @@ impl RedisStore {
             other => return Err(refusal(other, &reply)?),
         }
         let departures = reply.departures(1)?;
-        inner.departed(&departures).await?;
+        inner.departed(room, &departures).await?;
         if reply.int(2)? == 1 {
             inner.release(room, reply.int(3)?).await?;
         }
@@ -440,7 +516,7 @@ impl RedisStore {
         }
         let accepted = reply.int(1)? as usize;
         let departures = reply.departures(2)?;
-        inner.departed(&departures).await?;
+        inner.departed(room, &departures).await?;
         if reply.int(3)? == 1 {
             inner.release(room, reply.int(4)?).await?;
         }
@@ -523,6 +599,9 @@ impl RedisStore {
                     .due
                     .key(&inner.keys.due)
                     .key(&inner.keys.rooms)
+                    .key(&inner.keys.clients)
+                    .key(&inner.keys.client_rooms)
+                    .key(&inner.keys.peer_count)
                     .arg(SWEEP_LIMIT)
                     .arg(GLOBAL_TTL.as_millis() as u64),
             )
@@ -544,7 +623,7 @@ impl RedisStore {
                 .await?;
             let reply = Reply::new(reply)?;
             let departures = reply.departures(0)?;
-            inner.departed(&departures).await?;
+            inner.departed(&room, &departures).await?;
             let earliest = reply.int(1)?;
             if reply.int(2)? == 1 {
                 inner.release(&room, reply.int(3)?).await?;
@@ -562,24 +641,16 @@ impl RedisStore {
         Ok(gone)
     }
 
-    /// Rooms and peers across every instance.
+    /// Rooms and peers across every instance: two reads, however many rooms there are. The
+    /// rooms are those counted for `max_rooms` (with any whose join is under way); the peers,
+    /// the count the join and departure scripts keep.
     pub async fn counts(&self) -> ApiResult<(usize, usize)> {
         let inner = &self.inner;
-        let mut command = redis::cmd("ZRANGE");
-        let rooms: Vec<String> = inner
-            .query(command.arg(&inner.keys.rooms).arg(0).arg(-1))
-            .await?;
         let mut pipe = redis::pipe();
-        for room in &rooms {
-            pipe.hlen(inner.keys.of_room(room, "peers"));
-        }
-        let sizes: Vec<usize> = if rooms.is_empty() {
-            Vec::new()
-        } else {
-            inner.query_pipe(&pipe).await?
-        };
-        let existing = sizes.iter().filter(|size| **size > 0).count();
-        Ok((existing, sizes.iter().sum()))
+        pipe.zcard(&inner.keys.rooms);
+        pipe.get(&inner.keys.peer_count);
+        let (rooms, peers): (usize, Option<i64>) = inner.query_pipe(&pipe).await?;
+        Ok((rooms, peers.unwrap_or(0).max(0) as usize))
     }
 }
 
@@ -614,21 +685,33 @@ impl Inner {
         })
     }
 
-    /// Gives back the places of departed peers in their addresses' counts.
-    async fn departed(&self, departures: &[Departure]) -> ApiResult<()> {
-        let clients: Vec<String> = departures
-            .iter()
-            .filter_map(|departure| departure.client.map(|client| client.to_string()))
-            .collect();
-        if clients.is_empty() {
+    /// Gives back the places of peers that departed `room` in their addresses' counts and in
+    /// the peer count.
+    async fn departed(&self, room: &RoomName, departures: &[Departure]) -> ApiResult<()> {
+        if departures.is_empty() {
             return Ok(());
         }
-        self.release_clients(&clients).await
+        let clients: Vec<String> = departures
+            .iter()
+            .map(|departure| {
+                departure
+                    .client
+                    .map(|client| client.to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        self.release_clients(room, &clients).await
     }
 
-    async fn release_clients(&self, clients: &[String]) -> ApiResult<()> {
+    /// `lua/clients.lua`: one place given back per entry of `clients` (a client key, or "" for
+    /// a peer not counted against an address).
+    async fn release_clients(&self, room: &RoomName, clients: &[String]) -> ApiResult<()> {
         let mut invocation = self.scripts.clients.key(&self.keys.clients);
-        invocation.arg("release").arg(GLOBAL_TTL.as_millis() as u64);
+        invocation
+            .key(&self.keys.client_rooms)
+            .key(&self.keys.peer_count)
+            .arg(GLOBAL_TTL.as_millis() as u64)
+            .arg(room.as_str());
         for client in clients {
             invocation.arg(client);
         }
