@@ -64,7 +64,7 @@ fn message(to: Option<PeerId>, size: usize) -> OutgoingMessage {
 
 /// What a stream does after a wake-up: read what is new, render it, acknowledge it.
 fn drain(mailbox: &Mailbox, cursor: &mut u64) -> usize {
-    let Read::Batch(batch) = mailbox.read_after(*cursor, None) else {
+    let Read::Batch(batch) = mailbox.read_after(*cursor, None, usize::MAX) else {
         unreachable!("the peer is in the room")
     };
     let mut bytes = 0;

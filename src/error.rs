@@ -92,6 +92,14 @@ pub enum Error {
         limit: usize,
         retry_after: Duration,
     },
+    /// The send would take the bytes held in mailboxes for the sender's address past
+    /// `client_max_held_bytes`; they are released as the recipients read them (and the replay
+    /// windows roll on), so retrying soon succeeds for a sender whose peers are reading.
+    TooManyBytesHeld {
+        limit: usize,
+    },
+    /// The send would take the bytes held in all mailboxes past `max_held_bytes`.
+    ServerFull,
     /// A CORS preflight from an origin not in `cors_allowed_origins`, or for a method the API
     /// does not use.
     CorsRefused(String),
@@ -144,9 +152,12 @@ impl Error {
             | InvalidMeta(_)
             | InvalidType { .. }
             | SelfRecipient { .. } => Status::UnprocessableEntity,
-            RateLimited { .. } | TooManyJoins { .. } | TooManyPeersForClient { .. } => {
-                Status::TooManyRequests
-            }
+            RateLimited { .. }
+            | TooManyJoins { .. }
+            | TooManyPeersForClient { .. }
+            | TooManyBytesHeld { .. } => Status::TooManyRequests,
+            // The server's state, not this client's doing: a 503, like a store that is down.
+            ServerFull => Status::ServiceUnavailable,
             StoreUnavailable => Status::ServiceUnavailable,
             // Forbidden, like a credential this server did not sign: the request is well formed,
             // and this server cannot accept what it presents.
@@ -192,6 +203,8 @@ impl Error {
             ClaimMismatch(_) => "claim_mismatch",
             TooManyJoins { .. } => "too_many_joins",
             TooManyPeersForClient { .. } => "too_many_peers_for_client",
+            TooManyBytesHeld { .. } => "too_many_bytes_held",
+            ServerFull => "server_full",
             CorsRefused(_) => "cors_refused",
             RouteNotFound => "not_found",
             MethodNotAllowed { .. } => "method_not_allowed",
@@ -274,6 +287,14 @@ impl Error {
                 "this address already holds {limit} peers; one must leave before another joins"
             )
             .into(),
+            TooManyBytesHeld { limit } => format!(
+                "this address's messages waiting in mailboxes already take {limit} bytes; retry once its peers have read them"
+            )
+            .into(),
+            ServerFull => {
+                "the server holds as many undelivered messages as it may; retry after the time in Retry-After"
+                    .into()
+            }
             CorsRefused(why) => why.clone().into(),
             RouteNotFound => "no such endpoint; see docs/API.md".into(),
             MethodNotAllowed { allow } => {
@@ -351,6 +372,9 @@ impl Error {
             // A reconnect to Redis takes well under a second; a client that waits one retries
             // soon without hammering an instance that cannot serve it.
             Error::StoreUnavailable => Some(1),
+            // Held bytes go as recipients read (a poll or a stream's write): within a second
+            // for peers that are reading, and one second is no hammering for those that are not.
+            Error::TooManyBytesHeld { .. } | Error::ServerFull => Some(1),
             _ => None,
         }
     }

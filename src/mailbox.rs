@@ -58,13 +58,25 @@ pub struct Batch {
     pub last_id: u64,
 }
 
+impl Batch {
+    /// No messages and no reset, as a reader that stops answers when `last_id` is where it was.
+    pub fn empty(last_id: u64) -> Self {
+        Self {
+            reset: None,
+            entries: Vec::new(),
+            last_id,
+        }
+    }
+}
+
 /// The outcome of a read.
 #[derive(Debug)]
 pub enum Read {
     Batch(Batch),
     /// The peer left or was removed; no more messages will come.
     Closed,
-    /// A newer stream took over this peer's live stream.
+    /// A newer reader of the same kind took over: a newer stream (for a stream's ticket) or a
+    /// newer poll (for a poll's ticket).
     Replaced,
 }
 
@@ -81,6 +93,19 @@ pub enum Push {
 /// Proof that a stream owns the peer's live stream, as of when it opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamTicket(pub u64);
+
+/// Proof that a poll is the peer's newest, as of when it started: one poll is in flight per
+/// peer, and a newer one ends the older at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollTicket(pub u64);
+
+/// Who is reading: a read with a ticket reports [`Read::Replaced`] once a newer reader of the
+/// same kind started (streams and polls do not end each other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ticket {
+    Stream(StreamTicket),
+    Poll(PollTicket),
+}
 
 pub struct Mailbox {
     state: Mutex<MailboxState>,
@@ -109,6 +134,8 @@ struct MailboxState {
     idle_since: Instant,
     /// Incremented by each new live stream; a stream whose ticket is older has been replaced.
     stream_epoch: u64,
+    /// Incremented by each new poll; a poll whose ticket is older has been replaced.
+    poll_epoch: u64,
     /// Set when the peer is gone; readers stop.
     closed: bool,
 }
@@ -123,6 +150,7 @@ impl Mailbox {
                 listeners: 0,
                 idle_since: Instant::now(),
                 stream_epoch: 0,
+                poll_epoch: 0,
                 closed: false,
             }),
             wake: watch::channel(0).0,
@@ -158,13 +186,21 @@ impl Mailbox {
         }
     }
 
-    /// Everything after `cursor`. With a `ticket`, reports `Replaced` once a newer stream opened.
-    pub fn read_after(&self, cursor: u64, ticket: Option<StreamTicket>) -> Read {
+    /// What follows `cursor`, oldest first, stopping before the entry that would take the
+    /// batch's encoded bytes past `max_bytes` (always at least one entry when any follows), so
+    /// that no read copies a whole backlog at once. With a `ticket`, reports `Replaced` once a
+    /// newer reader of its kind started.
+    pub fn read_after(&self, cursor: u64, ticket: Option<Ticket>, max_bytes: usize) -> Read {
         let state = self.state.lock();
         if state.closed {
             return Read::Closed;
         }
-        if ticket.is_some_and(|StreamTicket(epoch)| epoch != state.stream_epoch) {
+        let replaced = match ticket {
+            Some(Ticket::Stream(StreamTicket(epoch))) => epoch != state.stream_epoch,
+            Some(Ticket::Poll(PollTicket(epoch))) => epoch != state.poll_epoch,
+            None => false,
+        };
+        if replaced {
             return Read::Replaced;
         }
         let last_id = state.last_id;
@@ -181,7 +217,20 @@ impl Mailbox {
         } else {
             (None, (cursor + 1 - first_held) as usize)
         };
-        let entries = state.entries.iter().skip(skip).cloned().collect();
+        let mut budget = max_bytes;
+        let entries = state
+            .entries
+            .iter()
+            .skip(skip)
+            .enumerate()
+            .take_while(|(index, entry)| {
+                let size = entry.message.encoded_len();
+                let fits = *index == 0 || size <= budget;
+                budget = budget.saturating_sub(size);
+                fits
+            })
+            .map(|(_, entry)| entry.clone())
+            .collect();
         Read::Batch(Batch {
             reset,
             entries,
@@ -200,6 +249,17 @@ impl Mailbox {
             let mut state = self.state.lock();
             state.stream_epoch += 1;
             StreamTicket(state.stream_epoch)
+        };
+        self.wake();
+        ticket
+    }
+
+    /// Makes the caller the peer's poll; an earlier poll still waiting sees `Replaced` and ends.
+    pub fn open_poll(&self) -> PollTicket {
+        let ticket = {
+            let mut state = self.state.lock();
+            state.poll_epoch += 1;
+            PollTicket(state.poll_epoch)
         };
         self.wake();
         ticket
@@ -292,11 +352,14 @@ mod tests {
             assert_eq!(mailbox.push(message()), Push::Stored { id: expected });
         }
         assert_eq!(
-            ids(mailbox.read_after(0, None)),
+            ids(mailbox.read_after(0, None, usize::MAX)),
             (None, vec![1, 2, 3, 4, 5])
         );
-        assert_eq!(ids(mailbox.read_after(3, None)), (None, vec![4, 5]));
-        assert_eq!(ids(mailbox.read_after(5, None)), (None, vec![]));
+        assert_eq!(
+            ids(mailbox.read_after(3, None, usize::MAX)),
+            (None, vec![4, 5])
+        );
+        assert_eq!(ids(mailbox.read_after(5, None, usize::MAX)), (None, vec![]));
     }
 
     #[test]
@@ -325,13 +388,16 @@ mod tests {
             mailbox.push(message());
         }
         mailbox.acknowledge(6);
-        assert_eq!(ids(mailbox.read_after(4, None)), (None, vec![5, 6]));
         assert_eq!(
-            ids(mailbox.read_after(3, None)),
+            ids(mailbox.read_after(4, None, usize::MAX)),
+            (None, vec![5, 6])
+        );
+        assert_eq!(
+            ids(mailbox.read_after(3, None, usize::MAX)),
             (Some(ResetReason::Expired), vec![5, 6])
         );
         assert_eq!(
-            ids(mailbox.read_after(9, None)),
+            ids(mailbox.read_after(9, None, usize::MAX)),
             (Some(ResetReason::Ahead), vec![])
         );
     }
@@ -342,7 +408,10 @@ mod tests {
         mailbox.acknowledge(100);
         mailbox.push(message());
         mailbox.push(message());
-        assert_eq!(ids(mailbox.read_after(0, None)), (None, vec![1, 2]));
+        assert_eq!(
+            ids(mailbox.read_after(0, None, usize::MAX)),
+            (None, vec![1, 2])
+        );
     }
 
     #[test]
@@ -350,13 +419,19 @@ mod tests {
         let mailbox = Mailbox::new(2, 2);
         let first = mailbox.open_stream();
         let second = mailbox.open_stream();
-        assert!(matches!(mailbox.read_after(0, Some(first)), Read::Replaced));
         assert!(matches!(
-            mailbox.read_after(0, Some(second)),
+            mailbox.read_after(0, Some(Ticket::Stream(first)), usize::MAX),
+            Read::Replaced
+        ));
+        assert!(matches!(
+            mailbox.read_after(0, Some(Ticket::Stream(second)), usize::MAX),
             Read::Batch(_)
         ));
         mailbox.close();
-        assert!(matches!(mailbox.read_after(0, Some(second)), Read::Closed));
+        assert!(matches!(
+            mailbox.read_after(0, Some(Ticket::Stream(second)), usize::MAX),
+            Read::Closed
+        ));
     }
 
     #[test]
@@ -380,6 +455,9 @@ mod tests {
         wake.borrow_and_update();
         mailbox.push(message());
         wake.changed().await.unwrap();
-        assert_eq!(ids(mailbox.read_after(0, None)), (None, vec![1]));
+        assert_eq!(
+            ids(mailbox.read_after(0, None, usize::MAX)),
+            (None, vec![1])
+        );
     }
 }

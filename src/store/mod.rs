@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::error::ApiResult;
 use crate::identity::{PeerId, PeerToken, RoomName};
-use crate::mailbox::{self, Read, StreamTicket};
+use crate::mailbox::{self, PollTicket, Read, StreamTicket, Ticket};
 use crate::message::{Draft, EncodedMessage};
 use crate::metrics::Metrics;
 
@@ -45,6 +45,16 @@ pub struct Limits {
     pub send_burst: f64,
     pub peer_timeout: Duration,
     pub max_peers_per_client: usize,
+    /// `mailbox_max_bytes`: undelivered bytes per mailbox before eviction.
+    pub mailbox_max_bytes: usize,
+    /// `replay_window_bytes`: delivered bytes kept per mailbox for resumes.
+    pub replay_window_bytes: usize,
+    /// `client_max_held_bytes`: bytes held in mailboxes charged to one sender's address.
+    pub client_max_held_bytes: usize,
+    /// `max_held_bytes`: bytes held in all mailboxes (Redis: of the deployment).
+    pub max_held_bytes: usize,
+    /// `poll_max_bytes`: the byte budget of one read (a poll answer, a stream's read).
+    pub poll_max_bytes: usize,
 }
 
 impl Limits {
@@ -58,6 +68,11 @@ impl Limits {
             send_burst: config.send_burst,
             peer_timeout: config.peer_timeout(),
             max_peers_per_client: config.max_peers_per_client,
+            mailbox_max_bytes: config.mailbox_max_bytes,
+            replay_window_bytes: config.replay_window_bytes,
+            client_max_held_bytes: config.client_max_held_bytes,
+            max_held_bytes: config.max_held_bytes,
+            poll_max_bytes: config.poll_max_bytes,
         }
     }
 }
@@ -158,6 +173,9 @@ pub struct Sent {
 }
 
 /// The store a server was configured with.
+// Built once per server and never moved after: boxing the memory store to even the variants
+// would only add an indirection to every call on its hot path.
+#[allow(clippy::large_enum_variant)]
 pub enum Store {
     Memory(MemoryStore),
     Redis(RedisStore),
@@ -358,6 +376,23 @@ impl Reader {
         }
     }
 
+    /// Makes the caller the peer's one poll in flight (an older poll, on any instance, reads
+    /// `Replaced` and answers at once), after acknowledging everything up to `acknowledge`.
+    pub async fn open_poll(&self, acknowledge: u64) -> ApiResult<PollTicket> {
+        match self {
+            Reader::Memory(mailbox) => {
+                mailbox.acknowledge(acknowledge);
+                Ok(mailbox.open_poll())
+            }
+            // Until the Redis store keeps a poll epoch (bytes-redis), its polls are not ended by
+            // newer ones: the ticket is never replaced.
+            Reader::Redis(reader) => {
+                reader.acknowledge(acknowledge);
+                Ok(PollTicket(0))
+            }
+        }
+    }
+
     /// Marks every message up to `id` as delivered. The memory store applies it at once; the
     /// Redis store sends it with the next read, saving a round trip per batch, or with
     /// [`flush`](Self::flush) when no read follows.
@@ -377,11 +412,25 @@ impl Reader {
         }
     }
 
-    /// What follows `cursor`. With a `ticket`, reports `Replaced` once a newer stream opened.
-    pub async fn read(&self, cursor: u64, ticket: Option<StreamTicket>) -> ApiResult<Read> {
+    /// What follows `cursor`: at most `max_bytes` of encoded envelopes, but always at least
+    /// one entry when any follows (`poll_max_bytes` is at least `max_message_bytes`). With a
+    /// `ticket`, reports `Replaced` once a newer reader of its kind started.
+    pub async fn read(
+        &self,
+        cursor: u64,
+        ticket: Option<Ticket>,
+        max_bytes: usize,
+    ) -> ApiResult<Read> {
         match self {
-            Reader::Memory(mailbox) => Ok(mailbox.read_after(cursor, ticket)),
-            Reader::Redis(reader) => reader.read(cursor, ticket).await,
+            Reader::Memory(mailbox) => Ok(mailbox.read_after(cursor, ticket, max_bytes)),
+            // Until bytes-redis: Redis reads keep their count bound, and only streams' tickets.
+            Reader::Redis(reader) => {
+                let stream = match ticket {
+                    Some(Ticket::Stream(ticket)) => Some(ticket),
+                    Some(Ticket::Poll(_)) | None => None,
+                };
+                reader.read(cursor, stream).await
+            }
         }
     }
 
