@@ -384,12 +384,7 @@ impl Reader {
                 mailbox.acknowledge(acknowledge);
                 Ok(mailbox.open_poll())
             }
-            // Until the Redis store keeps a poll epoch (bytes-redis), its polls are not ended by
-            // newer ones: the ticket is never replaced.
-            Reader::Redis(reader) => {
-                reader.acknowledge(acknowledge);
-                Ok(PollTicket(0))
-            }
+            Reader::Redis(reader) => reader.open_poll(acknowledge).await,
         }
     }
 
@@ -423,14 +418,7 @@ impl Reader {
     ) -> ApiResult<Read> {
         match self {
             Reader::Memory(mailbox) => Ok(mailbox.read_after(cursor, ticket, max_bytes)),
-            // Until bytes-redis: Redis reads keep their count bound, and only streams' tickets.
-            Reader::Redis(reader) => {
-                let stream = match ticket {
-                    Some(Ticket::Stream(ticket)) => Some(ticket),
-                    Some(Ticket::Poll(_)) | None => None,
-                };
-                reader.read(cursor, stream).await
-            }
+            Reader::Redis(reader) => reader.read(cursor, ticket, max_bytes).await,
         }
     }
 
