@@ -1360,3 +1360,108 @@ async fn the_held_bytes_counted_are_the_bytes_the_mailboxes_hold() {
         "nothing is held once all left"
     );
 }
+
+/// 19. One poll in flight per peer across the cluster: a poll waiting on instance A ends at once
+///     when the same peer polls on instance B, answering no messages with `last_id` = its
+///     `after`; the newer poll is the one that receives what is sent next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_poll_on_one_instance_ends_the_older_on_another() {
+    let Some(cluster) = Cluster::start("cluster_one_poll", 2, json!({})).await else {
+        return;
+    };
+    let alice = cluster.at(0).join("one-poll", "alice").await;
+    let bob = cluster.at(1).join("one-poll", "bob").await;
+    let older = tokio::spawn({
+        let alice = alice.clone();
+        async move { alice.poll(1, 25.0).await }
+    });
+    until("the older poll is waiting on A", || async {
+        metric(cluster.at(0), "signpost_polls_in_flight").await == 1.0
+    })
+    .await;
+
+    let newer = tokio::spawn({
+        let alice = via(&alice, cluster.at(1));
+        async move { alice.poll(1, 25.0).await }
+    });
+    let started = Instant::now();
+    let (status, body) = older.await.expect("the older poll");
+    assert!(
+        started.elapsed() < PROMPT,
+        "ended after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, 200);
+    assert_eq!(body["messages"], json!([]));
+    assert_eq!(body["last_id"], 1);
+    assert_eq!(body["reset"], false);
+
+    bob.send_ok(json!({"type": "offer", "to": alice.id, "data": "late"}))
+        .await;
+    let (status, body) = newer.await.expect("the newer poll");
+    assert_eq!(status, 200);
+    assert_eq!(
+        seen(&body["messages"][0]),
+        (2, bob.id.as_str(), &json!("late"))
+    );
+}
+
+/// 20. A backlog in Redis is read in answers of at most `poll_max_bytes` (at least one message
+///     each), with nothing skipped: polls through another instance than the sends' get every
+///     message once, in order, each answer's `last_id` its last message's, and a stream
+///     opened on the backlog gets all of it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_read_in_answers_bounded_in_bytes() {
+    let settings = json!({"max_message_bytes": 1024, "poll_max_bytes": 2048});
+    let Some(cluster) = Cluster::start("cluster_poll_bytes", 2, settings).await else {
+        return;
+    };
+    let alice = cluster.at(0).join("backlog", "alice").await;
+    let bob = cluster.at(0).join("backlog", "bob").await;
+    for n in 0..12 {
+        alice
+            .send_ok(json!({"type": "offer", "to": bob.id, "data": format!("{n:0>600}")}))
+            .await;
+    }
+    let bob_b = via(&bob, cluster.at(1));
+    let mut after = 0;
+    let mut received = Vec::new();
+    while received.len() < 12 {
+        let (status, body) = bob_b.poll(after, 0.0).await;
+        assert_eq!(status, 200, "{body}");
+        let messages = body["messages"].as_array().expect("messages");
+        assert!(
+            !messages.is_empty(),
+            "an answer carries at least one message"
+        );
+        let bytes: usize = messages.iter().map(|m| m.to_string().len()).sum();
+        assert!(
+            messages.len() == 1 || bytes <= 2048,
+            "{} messages, {bytes} bytes in one answer",
+            messages.len()
+        );
+        for message in messages {
+            let (id, from, data) = seen(message);
+            assert_eq!((id, from), (received.len() as u64 + 1, alice.id.as_str()));
+            received.push(data.clone());
+        }
+        assert_eq!(body["last_id"], received.len() as u64);
+        after = received.len() as u64;
+    }
+    assert!(received.len() == 12 && received[11] == json!(format!("{:0>600}", 11)));
+
+    let carol = cluster.at(0).join("backlog", "carol").await;
+    for n in 0..12 {
+        alice
+            .send_ok(json!({"type": "offer", "to": carol.id, "data": format!("{n:0>600}")}))
+            .await;
+    }
+    let mut events = via(&carol, cluster.at(1)).events(None).await;
+    for n in 0..12 {
+        let message = events.next_message().await;
+        assert_eq!(
+            seen(&message),
+            (n + 1, alice.id.as_str(), &json!(format!("{n:0>600}")))
+        );
+    }
+}
