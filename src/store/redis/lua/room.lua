@@ -16,13 +16,14 @@
 --   tokens     hash  token digest (the first 128 bits of its SHA-256, hex) -> peer id
 --   seen       zset  peer id -> presence deadline (ms): removed with reason timeout after it
 --   seq        string, the last join sequence number (join order)
---   boxes      hash  peer id -> its mailbox state, "last,first,delivered,epoch,rt,ru,ub,db,pe":
+--   boxes      hash  peer id -> its mailbox state, "last,first,delivered,epoch,rt,ru,ub,db,pe,ck":
 --                    the newest id, the id of the list's head (last + 1 when empty), ids up to
 --                    `delivered` are delivered, `epoch` is bumped by each new live stream,
 --                    `rt`/`ru` are the send-rate tokens and when they were counted (ms), `ub`/`db`
 --                    the bytes of the undelivered / delivered messages held, `pe` is bumped by
---                    each new poll. One hash for the room rather than a key per peer: a key costs
---                    Redis more than a field.
+--                    each new poll, `ck` is the peer's client key (as in its record: what its
+--                    sends are charged to). One hash for the room rather than a key per peer: a
+--                    key costs Redis more than a field.
 --   m:<peer>   list  the peer's stored messages, "<type> <envelope without id>", oldest first
 --   s:<peer>   list  beside m:<peer>, entry for entry: "<size> <client key>", the envelope's bytes
 --                    and the address they are charged to ("" for none), so that trimming and
@@ -51,12 +52,12 @@ local function load(peer)
   if box then return box end
   local packed = redis.call('HGET', K_BOXES, peer)
   if not packed then return nil end
-  local last, first, delivered, epoch, rt, ru, ub, db, pe =
-    string.match(packed, '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),?([^,]*),?([^,]*),?(.*)$')
-  -- A state written before the byte bounds has no `ub`, `db`, `pe`: they start at 0.
+  local last, first, delivered, epoch, rt, ru, ub, db, pe, ck = string.match(packed,
+    '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),?([^,]*),?([^,]*),?([^,]*),?(.*)$')
+  -- A state written before the byte bounds has no `ub`, `db`, `pe`, `ck`: 0, and no address.
   box = {last = tonumber(last), first = tonumber(first), delivered = tonumber(delivered),
          epoch = tonumber(epoch), rt = tonumber(rt), ru = tonumber(ru),
-         ub = tonumber(ub) or 0, db = tonumber(db) or 0, pe = tonumber(pe) or 0}
+         ub = tonumber(ub) or 0, db = tonumber(db) or 0, pe = tonumber(pe) or 0, ck = ck}
   boxes[peer] = box
   return box
 end
@@ -99,7 +100,7 @@ local function flush()
     local box = boxes[peer]
     redis.call('HSET', K_BOXES, peer, fmt(box.last) .. ',' .. fmt(box.first) .. ',' ..
       fmt(box.delivered) .. ',' .. fmt(box.epoch) .. ',' .. fmt(box.rt) .. ',' .. fmt(box.ru) ..
-      ',' .. fmt(box.ub) .. ',' .. fmt(box.db) .. ',' .. fmt(box.pe))
+      ',' .. fmt(box.ub) .. ',' .. fmt(box.db) .. ',' .. fmt(box.pe) .. ',' .. box.ck)
   end
   dirty = {}
   local total = 0
@@ -232,9 +233,13 @@ local function acknowledge(peer, id, replay_window, replay_bytes)
   if id > box.last then id = box.last end
   if id <= box.delivered then return end
   local sizes = k_sizes(peer)
-  local moved = 0
-  for _, item in ipairs(redis.call('LRANGE', sizes, box.delivered + 1 - box.first, id - box.first)) do
-    moved = moved + parse_size(item)
+  -- Acknowledging everything (what a reader that keeps up does) moves every undelivered byte.
+  local moved = box.ub
+  if id < box.last then
+    moved = 0
+    for _, item in ipairs(redis.call('LRANGE', sizes, box.delivered + 1 - box.first, id - box.first)) do
+      moved = moved + parse_size(item)
+    end
   end
   box.ub, box.db = math.max(box.ub - moved, 0), box.db + moved
   box.delivered = id

@@ -3,8 +3,10 @@
 -- appends it to every recipient's mailbox, and wakes them: all of the batch or none of it.
 -- Recipients the batch overflows are evicted after.
 -- Bytes: each stored envelope counts once per recipient mailbox, charged to the sender's client
--- key (from its peer record; none for a peer joined without an address) and to the total, both
--- in KEYS[2], checked against the limits before anything is appended.
+-- key (from its mailbox state; none for a peer joined without an address) and to the total,
+-- both in KEYS[2]: charged for the whole batch before anything is appended (and taken back if
+-- that goes past a limit), so that the check and the charge are the same two commands; a
+-- recipient evicted instead of receiving is given back by `flush`.
 -- KEYS[1]: the room's peers hash. KEYS[2]: the held-bytes hash.
 -- ARGV: token digest ("" when none), mailbox capacity, rate (per second), burst, key expiry
 --       (ms), mailbox max bytes, client max held bytes, max held bytes, then for each message:
@@ -60,13 +62,20 @@ for index = 0, count - 1 do
   values[index], sizes[index] = value, size
   needed = needed + size * (to ~= '' and 1 or #members - 1)
 end
-local record = redis.call('HGET', K_PEERS, sender)
-local client = string.match(record, '^[^\n]*\n[^\n]*\n([^\n]*)\n')
-local charged = redis.call('HMGET', K_HELD, client, '*')
-if client ~= '' and (tonumber(charged[1]) or 0) + needed > client_max_held then
+local client = box.ck
+if client ~= '' and add_held(client, needed) > client_max_held then
+  add_held(client, -needed)
   return {'too_many_bytes_held'}
 end
-if (tonumber(charged[2]) or 0) + needed > max_held then return {'server_full'} end
+local total = add_held('*', needed)
+if total > max_held then
+  add_held('*', -needed)
+  if client ~= '' then add_held(client, -needed) end
+  return {'server_full'}
+end
+if total == needed then redis.call('PEXPIRE', K_HELD, key_ttl_ms) end
+-- Charged already: what the pushes charge again below only evens this out.
+charge(client, -needed)
 
 box.rt, box.ru = tokens - count, now
 save(sender, box)
