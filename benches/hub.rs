@@ -11,9 +11,10 @@ use std::task::{Context, Poll, Waker};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::value::RawValue;
 use signpost::config::Config;
+use signpost::held_bytes::HeldBytes;
 use signpost::hub::{Hub, Joined};
 use signpost::identity::{PeerId, RoomName};
-use signpost::mailbox::{Mailbox, Read};
+use signpost::mailbox::{Mailbox, MailboxLimits, Read};
 use signpost::message::{EncodedMessage, OutgoingMessage};
 use signpost::store::Reader;
 
@@ -64,7 +65,7 @@ fn message(to: Option<PeerId>, size: usize) -> OutgoingMessage {
 
 /// What a stream does after a wake-up: read what is new, render it, acknowledge it.
 fn drain(mailbox: &Mailbox, cursor: &mut u64) -> usize {
-    let Read::Batch(batch) = mailbox.read_after(*cursor, None) else {
+    let Read::Batch(batch) = mailbox.read_after(*cursor, None, 256 * 1024) else {
         unreachable!("the peer is in the room")
     };
     let mut bytes = 0;
@@ -137,12 +138,25 @@ fn send_and_receive(c: &mut Criterion) {
 fn mailbox_alone(c: &mut Criterion) {
     let mut group = c.benchmark_group("mailbox");
     group.throughput(Throughput::Elements(1));
-    let mailbox = Mailbox::new(1024, 256);
+    // The default limits; the ledger is what a store's mailboxes share (the store charges a
+    // send before pushing it; here the trims release what nothing charged, which it allows).
+    let defaults = Config::default();
+    let limits = MailboxLimits {
+        capacity: defaults.mailbox_capacity,
+        max_bytes: defaults.mailbox_max_bytes,
+        replay_window: defaults.replay_window,
+        replay_window_bytes: defaults.replay_window_bytes,
+    };
+    let held = Arc::new(HeldBytes::new(
+        defaults.client_max_held_bytes,
+        defaults.max_held_bytes,
+    ));
+    let mailbox = Mailbox::new(limits, held);
     let message = EncodedMessage::from_server("join", &serde_json::json!({"peer_id": "x"}));
     let mut cursor = 0;
     group.bench_function("push + read + acknowledge", |b| {
         b.iter(|| {
-            mailbox.push(Arc::clone(&message));
+            mailbox.push(Arc::clone(&message), None);
             drain(&mailbox, &mut cursor)
         })
     });

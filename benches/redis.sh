@@ -43,10 +43,18 @@ stop() {
   sleep 1
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
 }
+# Redis's own time over the run (warm-up included): calls and µs of its scripts and publishes,
+# from INFO commandstats, reset before each run.
+redis_time() {
+  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
+    awk -F'[:,=]' '/^cmdstat_(evalsha|eval|publish):/ {printf "%s calls=%s usec=%s usec_per_call=%s; ", substr($1, 9), $3, $5, $7}'
+}
 run() {
   local name=$1; shift
+  redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
   "$BENCH" "$@" --json > "$OUT/$name.json"
   echo "$name: $(jq -c '[.results, .latency_ms, .lost, .duplicated, .errors]' "$OUT/$name.json")"
+  echo "$name redis: $(redis_time)"
 }
 
 start

@@ -33,6 +33,32 @@ pub struct Config {
     /// Delivered messages kept per mailbox for resumes. Default 256: enough to cover what a
     /// proxy may have swallowed between the server's write and a cut connection.
     pub replay_window: usize,
+    /// Undelivered bytes (encoded envelopes) a mailbox holds before its peer is evicted, like
+    /// `mailbox_capacity` in bytes. Default 1 MiB: a 16-peer mesh's set-up (an offer or answer
+    /// of ~10 KiB and a few dozen candidates from each of 15 peers) is ~150 KiB per mailbox;
+    /// without it, 1024 messages of 64 KiB would pin 64 MiB per peer. At least
+    /// `max_message_bytes`.
+    pub mailbox_max_bytes: usize,
+    /// Delivered bytes kept per mailbox for resumes: the replay window is the newest
+    /// `replay_window` messages *and* at most this many bytes. Default 256 KiB: more than a
+    /// set-up's worth of signaling, which is what a cut connection may have swallowed.
+    pub replay_window_bytes: usize,
+    /// Bytes held in mailboxes (undelivered and in replay windows) charged to the sender's client
+    /// address (its `limit_key`) until they leave the mailbox; a send past it is refused whole
+    /// (429 `too_many_bytes_held`). Default 64 MiB: an office of 300 people behind one NAT in
+    /// meetings of 16 holds tens of MiB at most, while one address can no longer pin gigabytes.
+    /// At least `max_message_bytes`.
+    pub client_max_held_bytes: usize,
+    /// Bytes held in all mailboxes of the server (memory store: this process; Redis: the whole
+    /// deployment); a send past it is refused whole (503 `server_full`). Default 384 MiB: a
+    /// small instance's memory, six addresses at their own limit, far above what real meetings
+    /// hold (kilobytes per peer once set up). At least `max_message_bytes`.
+    pub max_held_bytes: usize,
+    /// Bytes of messages one long-poll answer (and one store read of a stream) carries at most;
+    /// the rest comes with the next poll, no id skipped. Default 256 KiB: a whole set-up in
+    /// one answer, while 50 polls left unread hold 12.5 MiB, not a backlog each. At least
+    /// `max_message_bytes`, so that any one message fits.
+    pub poll_max_bytes: usize,
     /// A peer with no open stream and no poll in flight for this long is removed. Default 30 s:
     /// longer than a reconnect with backoff, short enough that a closed tab soon leaves.
     pub peer_timeout_secs: f64,
@@ -264,6 +290,11 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             mailbox_capacity: 1024,
             replay_window: 256,
+            mailbox_max_bytes: 1024 * 1024,
+            replay_window_bytes: 256 * 1024,
+            client_max_held_bytes: 64 * 1024 * 1024,
+            max_held_bytes: 384 * 1024 * 1024,
+            poll_max_bytes: 256 * 1024,
             peer_timeout_secs: 30.0,
             heartbeat_secs: 15.0,
             poll_max_wait_secs: 25.0,
@@ -344,6 +375,7 @@ impl Config {
                 return Err(format!("signpost.{name} must be at least 1"));
             }
         }
+        self.validate_bytes()?;
         match (&self.turn_secret, self.turn_urls.is_empty()) {
             (Some(secret), false) if secret.expose().is_empty() => {
                 return Err("signpost.turn_secret may not be empty".into())
@@ -399,6 +431,27 @@ impl Config {
         }
         if self.max_connections_per_client == 0 {
             return Err("signpost.max_connections_per_client must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The byte bounds' part of [`Config::validate`]: each must fit one message of
+    /// `max_message_bytes`, or a message could be refused (or its recipient evicted) whatever
+    /// the state of the server.
+    fn validate_bytes(&self) -> Result<(), String> {
+        let fits_a_message = [
+            ("mailbox_max_bytes", self.mailbox_max_bytes),
+            ("client_max_held_bytes", self.client_max_held_bytes),
+            ("max_held_bytes", self.max_held_bytes),
+            ("poll_max_bytes", self.poll_max_bytes),
+        ];
+        for (name, value) in fits_a_message {
+            if value < self.max_message_bytes {
+                return Err(format!(
+                    "signpost.{name} ({value}) must be at least signpost.max_message_bytes ({})",
+                    self.max_message_bytes
+                ));
+            }
         }
         Ok(())
     }
@@ -568,6 +621,14 @@ mod tests {
             },
             Config {
                 max_connections_per_client: 0,
+                ..Config::default()
+            },
+            Config {
+                poll_max_bytes: 1000,
+                ..Config::default()
+            },
+            Config {
+                mailbox_max_bytes: 64 * 1024 - 1,
                 ..Config::default()
             },
         ];

@@ -102,6 +102,14 @@ pub enum Error {
     /// room (a peer token of the room, or a join token for it): the same answer whether or not
     /// the room exists, so that invite-only rooms cannot be found by guessing names.
     CredentialRequired,
+    /// The send would take the bytes held in mailboxes for the sender's address past
+    /// `client_max_held_bytes`; they are released as the recipients read them (and the replay
+    /// windows roll on), so retrying soon succeeds for a sender whose peers are reading.
+    TooManyBytesHeld {
+        limit: usize,
+    },
+    /// The send would take the bytes held in all mailboxes past `max_held_bytes`.
+    ServerFull,
     /// A CORS preflight from an origin not in `cors_allowed_origins`, or for a method the API
     /// does not use.
     CorsRefused(String),
@@ -165,10 +173,13 @@ impl Error {
             | InvalidMeta(_)
             | InvalidType { .. }
             | SelfRecipient { .. } => Status::UnprocessableEntity,
-            RateLimited { .. } | TooManyJoins { .. } | TooManyPeersForClient { .. } => {
-                Status::TooManyRequests
-            }
-            TooManyRoomsForClient { .. } => Status::TooManyRequests,
+            RateLimited { .. }
+            | TooManyJoins { .. }
+            | TooManyPeersForClient { .. }
+            | TooManyRoomsForClient { .. }
+            | TooManyBytesHeld { .. } => Status::TooManyRequests,
+            // The server's state, not this client's doing: a 503, like a store that is down.
+            ServerFull => Status::ServiceUnavailable,
             StoreUnavailable => Status::ServiceUnavailable,
             // Forbidden, like a credential this server did not sign: the request is well formed,
             // and this server cannot accept what it presents.
@@ -218,6 +229,8 @@ impl Error {
             TooManyPeersForClient { .. } => "too_many_peers_for_client",
             TooManyRoomsForClient { .. } => "too_many_rooms_for_client",
             CredentialRequired => "credential_required",
+            TooManyBytesHeld { .. } => "too_many_bytes_held",
+            ServerFull => "server_full",
             CorsRefused(_) => "cors_refused",
             RouteNotFound => "not_found",
             MethodNotAllowed { .. } => "method_not_allowed",
@@ -311,6 +324,14 @@ impl Error {
                                    this room or a join token for it, as `Authorization: Bearer \
                                    <token>` or `?token=<token>`"
                 .into(),
+            TooManyBytesHeld { limit } => format!(
+                "this address's messages waiting in mailboxes already take {limit} bytes; retry once its peers have read them"
+            )
+            .into(),
+            ServerFull => {
+                "the server holds as many undelivered messages as it may; retry after the time in Retry-After"
+                    .into()
+            }
             CorsRefused(why) => why.clone().into(),
             RouteNotFound => "no such endpoint; see docs/API.md".into(),
             MethodNotAllowed { allow } => {
@@ -401,6 +422,9 @@ impl Error {
             // Connections close all the time (a poll ends, a tab closes): a second is enough
             // for one to free a place, and not so soon that a refused client spins.
             Error::TooManyConnections { .. } => Some(1),
+            // Held bytes go as recipients read (a poll or a stream's write): within a second
+            // for peers that are reading, and one second is no hammering for those that are not.
+            Error::TooManyBytesHeld { .. } | Error::ServerFull => Some(1),
             _ => None,
         }
     }

@@ -12,6 +12,7 @@
 //!   - [`identity`]: room names, peer ids and peer tokens.
 //!   - [`message`]: what clients send, and envelopes encoded once for every recipient.
 //!   - [`mailbox`]: a peer's gapless, resumable message sequence and its delivery state.
+//!   - [`held_bytes`]: the bytes held in mailboxes, per sender's address and in total.
 //!   - [`hub`]: every operation on rooms and peers, and the rules that need no storage.
 //!   - [`store`]: where rooms, peers and mailboxes live: in memory, or in Redis so that several
 //!     instances act as one server.
@@ -48,6 +49,7 @@ pub mod client_limits;
 pub mod config;
 pub mod error;
 mod front;
+pub mod held_bytes;
 pub mod hub;
 pub mod ice;
 pub mod identity;

@@ -1278,3 +1278,318 @@ async fn an_instance_on_the_unix_socket_shares_rooms_with_one_on_tcp() {
         (Some("offer"), Some(bob.id.as_str()))
     );
 }
+
+/// A message of `data_len` bytes of data from `from` to `to`, and its answer.
+async fn send_sized(from: &Peer, to: &Peer, data_len: usize) -> Answer {
+    answer(
+        from.client
+            .post(from.url(&format!("/api/rooms/{}/messages", from.room)))
+            .bearer_auth(&from.token)
+            .json(&json!({"type": "offer", "to": to.id, "data": "x".repeat(data_len)})),
+    )
+    .await
+}
+
+/// Sends messages of `data_len` bytes from `from` to `to` (who does not read) until one is
+/// refused; returns how many were accepted and the refusal.
+async fn send_until_refused(from: &Peer, to: &Peer, data_len: usize) -> (usize, Answer) {
+    for accepted in 0..64 {
+        let answer = send_sized(from, to, data_len).await;
+        if answer.status != 202 {
+            return (accepted, answer);
+        }
+    }
+    panic!("64 messages were accepted: the held bytes are not bounded");
+}
+
+/// 16. `max_held_bytes` is one total for the whole deployment: bytes held in a room served by
+///     instance A count when instance B is asked to hold more in a room of its own, which it
+///     refuses whole with `503 server_full` and `Retry-After`; the recipient leaving (on A)
+///     releases them, and B accepts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_held_bytes_is_one_total_across_instances() {
+    let settings = json!({"max_message_bytes": 1024, "max_held_bytes": 4096});
+    let Some(cluster) = Cluster::start("cluster_server_full", 2, settings).await else {
+        return;
+    };
+    let alice = cluster.at(0).join("held-one", "alice").await;
+    let bob = cluster.at(0).join("held-one", "bob").await;
+    let carol = cluster.at(1).join("held-two", "carol").await;
+    let dave = cluster.at(1).join("held-two", "dave").await;
+
+    let (accepted, refused) = send_until_refused(&alice, &bob, 700).await;
+    assert!(
+        accepted >= 3,
+        "{accepted} accepted before the total was reached"
+    );
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.body["error"], "server_full");
+    assert_eq!(refused.retry_after.as_deref(), Some("1"));
+
+    // The same size through the other instance, in another room: over the same total.
+    let elsewhere = send_sized(&carol, &dave, 700).await;
+    assert_eq!(elsewhere.status, 503, "{}", elsewhere.body);
+    assert_eq!(elsewhere.body["error"], "server_full");
+    assert_eq!(elsewhere.retry_after.as_deref(), Some("1"));
+
+    assert_eq!(bob.leave().await, 204);
+    let after_leave = send_sized(&carol, &dave, 700).await;
+    assert_eq!(after_leave.status, 202, "{}", after_leave.body);
+}
+
+/// 17. `client_max_held_bytes` counts an address's bytes across the deployment: what peers of
+///     one address made instance A hold counts when a peer of the same address sends through
+///     instance B, in another room (`429 too_many_bytes_held`, `Retry-After`); the recipient
+///     leaving releases them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bytes_held_for_an_address_are_counted_across_instances() {
+    let settings = json!({"max_message_bytes": 1024, "client_max_held_bytes": 4096});
+    let Some(cluster) = Cluster::start("cluster_client_held", 2, settings).await else {
+        return;
+    };
+    let alice = cluster.at(0).join("address-one", "alice").await;
+    let bob = cluster.at(0).join("address-one", "bob").await;
+    let carol = cluster.at(1).join("address-two", "carol").await;
+    let dave = cluster.at(1).join("address-two", "dave").await;
+
+    let (accepted, refused) = send_until_refused(&alice, &bob, 700).await;
+    assert!(
+        accepted >= 3,
+        "{accepted} accepted before the limit was reached"
+    );
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.body["error"], "too_many_bytes_held");
+    assert_eq!(refused.retry_after.as_deref(), Some("1"));
+
+    let elsewhere = send_sized(&carol, &dave, 700).await;
+    assert_eq!(elsewhere.status, 429, "{}", elsewhere.body);
+    assert_eq!(elsewhere.body["error"], "too_many_bytes_held");
+
+    assert_eq!(bob.leave().await, 204);
+    let after_leave = send_sized(&carol, &dave, 700).await;
+    assert_eq!(after_leave.status, 202, "{}", after_leave.body);
+}
+
+/// What the held-bytes hash counts and what the mailboxes of `prefix` hold, read in one step
+/// (a script, so nothing moves in between): `(counted, held)`, each as sorted
+/// `field=bytes` pairs, `*` being the total. Also checks that each mailbox's sizes list matches
+/// its messages entry for entry.
+fn held_accounts(cluster: &Cluster) -> (String, String) {
+    const ACCOUNT: &str = r#"
+local prefix = ARGV[1]
+local held = {}
+for _, key in ipairs(redis.call('KEYS', prefix .. ':{*}:m:*')) do
+  local sizes_key = string.gsub(key, ':m:', ':s:')
+  local values = redis.call('LRANGE', key, 0, -1)
+  local sizes = redis.call('LRANGE', sizes_key, 0, -1)
+  if #values ~= #sizes then return {'', 'sizes of ' .. key .. ' do not match its messages'} end
+  for index, value in ipairs(values) do
+    local size = #value - string.find(value, ' ', 1, true)
+    local recorded, client = string.match(sizes[index], '^(%d+) (.*)$')
+    if tonumber(recorded) ~= size then return {'', 'a wrong size in ' .. sizes_key} end
+    held['*'] = (held['*'] or 0) + size
+    if client ~= '' then held[client] = (held[client] or 0) + size end
+  end
+end
+local function render(map)
+  local pairs_ = {}
+  for field, bytes in pairs(map) do table.insert(pairs_, field .. '=' .. bytes) end
+  table.sort(pairs_)
+  return table.concat(pairs_, ' ')
+end
+local counted = {}
+local flat = redis.call('HGETALL', prefix .. ':{' .. prefix .. ':global}:held')
+for index = 1, #flat, 2 do counted[flat[index]] = tonumber(flat[index + 1]) end
+return {render(counted), render(held)}
+"#;
+    let reply = cluster.cli(&["EVAL", ACCOUNT, "0", &cluster.prefix]);
+    let mut lines = reply.lines();
+    let counted = lines.next().unwrap_or_default().to_owned();
+    let held = lines.next().unwrap_or_default().to_owned();
+    (counted, held)
+}
+
+/// 18. What the deployment counts as held is exactly what its mailboxes hold, through every way
+///     bytes come and go: join announcements, broadcasts and targeted messages sent through two
+///     instances, stream and poll reads whose acknowledgements trim replay windows (by bytes),
+///     a recipient evicted past `mailbox_max_bytes` and a leave; once every peer is gone,
+///     nothing is counted at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_held_bytes_counted_are_the_bytes_the_mailboxes_hold() {
+    let settings = json!({
+        "max_message_bytes": 1024,
+        "mailbox_max_bytes": 4096,
+        "replay_window_bytes": 2048,
+    });
+    let Some(cluster) = Cluster::start("cluster_held_accounts", 2, settings).await else {
+        return;
+    };
+    let alice = cluster.at(0).join("accounts", "alice").await;
+    let bob = cluster.at(1).join("accounts", "bob").await;
+    let carol = cluster.at(1).join("accounts", "carol").await;
+    let dave = cluster.at(0).join("accounts", "dave").await; // never reads
+    let (counted, held) = held_accounts(&cluster);
+    assert_eq!(counted, held, "after the joins");
+    assert!(
+        counted.starts_with("*="),
+        "announcements count in the total: {counted}"
+    );
+
+    let mut bob_events = bob.events(None).await;
+    for n in 0..12 {
+        let message = json!({"type": "note", "data": format!("{n:0>400}")});
+        let sender = if n % 2 == 0 { &alice } else { &carol };
+        let sent = answer(
+            sender
+                .client
+                .post(sender.url("/api/rooms/accounts/messages"))
+                .bearer_auth(&sender.token)
+                .json(&message),
+        )
+        .await;
+        assert_eq!(sent.status, 202, "{}", sent.body);
+    }
+    // Dave's undelivered bytes went past mailbox_max_bytes: he was evicted.
+    loop {
+        let message = bob_events.next_message().await;
+        if message["type"] == "leave" {
+            assert_eq!(message["data"]["peer_id"], dave.id);
+            assert_eq!(message["data"]["reason"], "evicted");
+            break;
+        }
+    }
+    let (_, carol_inbox) = carol.poll(0, 0.0).await;
+    let carol_last = carol_inbox["last_id"].as_u64().expect("last_id");
+    let (status, _) = carol.poll(carol_last, 0.0).await; // acknowledges what the first returned
+    assert_eq!(status, 200);
+    let (counted, held) = held_accounts(&cluster);
+    assert_eq!(counted, held, "after sends, reads and an eviction");
+
+    // Bob's replay window keeps at most replay_window_bytes of what he was delivered.
+    let bob_list = format!("{}:{{accounts}}:m:{}", cluster.prefix, bob.id);
+    until("bob's acknowledgement reached Redis", || {
+        let kept = cluster.cli(&["LRANGE", &bob_list, "0", "-1"]);
+        async move { !kept.is_empty() && kept.lines().count() <= 2048 / 400 }
+    })
+    .await;
+    let (counted, held) = held_accounts(&cluster);
+    assert_eq!(counted, held, "after the replay window was trimmed");
+    drop(bob_events);
+
+    assert_eq!(carol.leave().await, 204);
+    let (counted, held) = held_accounts(&cluster);
+    assert_eq!(counted, held, "after a leave");
+    assert_eq!(alice.leave().await, 204);
+    assert_eq!(bob.leave().await, 204);
+    let (counted, held) = held_accounts(&cluster);
+    assert_eq!(
+        (counted.as_str(), held.as_str()),
+        ("", ""),
+        "nothing is held once all left"
+    );
+}
+
+/// 19. One poll in flight per peer across the cluster: a poll waiting on instance A ends at once
+///     when the same peer polls on instance B, answering no messages with `last_id` = its
+///     `after`; the newer poll is the one that receives what is sent next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_poll_on_one_instance_ends_the_older_on_another() {
+    let Some(cluster) = Cluster::start("cluster_one_poll", 2, json!({})).await else {
+        return;
+    };
+    let alice = cluster.at(0).join("one-poll", "alice").await;
+    let bob = cluster.at(1).join("one-poll", "bob").await;
+    let older = tokio::spawn({
+        let alice = alice.clone();
+        async move { alice.poll(1, 25.0).await }
+    });
+    until("the older poll is waiting on A", || async {
+        metric(cluster.at(0), "signpost_polls_in_flight").await == 1.0
+    })
+    .await;
+
+    let newer = tokio::spawn({
+        let alice = via(&alice, cluster.at(1));
+        async move { alice.poll(1, 25.0).await }
+    });
+    let started = Instant::now();
+    let (status, body) = older.await.expect("the older poll");
+    assert!(
+        started.elapsed() < PROMPT,
+        "ended after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, 200);
+    assert_eq!(body["messages"], json!([]));
+    assert_eq!(body["last_id"], 1);
+    assert_eq!(body["reset"], false);
+
+    bob.send_ok(json!({"type": "offer", "to": alice.id, "data": "late"}))
+        .await;
+    let (status, body) = newer.await.expect("the newer poll");
+    assert_eq!(status, 200);
+    assert_eq!(
+        seen(&body["messages"][0]),
+        (2, bob.id.as_str(), &json!("late"))
+    );
+}
+
+/// 20. A backlog in Redis is read in answers of at most `poll_max_bytes` (at least one message
+///     each), with nothing skipped: polls through another instance than the sends' get every
+///     message once, in order, each answer's `last_id` its last message's, and a stream
+///     opened on the backlog gets all of it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_read_in_answers_bounded_in_bytes() {
+    let settings = json!({"max_message_bytes": 1024, "poll_max_bytes": 2048});
+    let Some(cluster) = Cluster::start("cluster_poll_bytes", 2, settings).await else {
+        return;
+    };
+    let alice = cluster.at(0).join("backlog", "alice").await;
+    let bob = cluster.at(0).join("backlog", "bob").await;
+    for n in 0..12 {
+        alice
+            .send_ok(json!({"type": "offer", "to": bob.id, "data": format!("{n:0>600}")}))
+            .await;
+    }
+    let bob_b = via(&bob, cluster.at(1));
+    let mut after = 0;
+    let mut received = Vec::new();
+    while received.len() < 12 {
+        let (status, body) = bob_b.poll(after, 0.0).await;
+        assert_eq!(status, 200, "{body}");
+        let messages = body["messages"].as_array().expect("messages");
+        assert!(
+            !messages.is_empty(),
+            "an answer carries at least one message"
+        );
+        let bytes: usize = messages.iter().map(|m| m.to_string().len()).sum();
+        assert!(
+            messages.len() == 1 || bytes <= 2048,
+            "{} messages, {bytes} bytes in one answer",
+            messages.len()
+        );
+        for message in messages {
+            let (id, from, data) = seen(message);
+            assert_eq!((id, from), (received.len() as u64 + 1, alice.id.as_str()));
+            received.push(data.clone());
+        }
+        assert_eq!(body["last_id"], received.len() as u64);
+        after = received.len() as u64;
+    }
+    assert!(received.len() == 12 && received[11] == json!(format!("{:0>600}", 11)));
+
+    let carol = cluster.at(0).join("backlog", "carol").await;
+    for n in 0..12 {
+        alice
+            .send_ok(json!({"type": "offer", "to": carol.id, "data": format!("{n:0>600}")}))
+            .await;
+    }
+    let mut events = via(&carol, cluster.at(1)).events(None).await;
+    for n in 0..12 {
+        let message = events.next_message().await;
+        assert_eq!(
+            seen(&message),
+            (n + 1, alice.id.as_str(), &json!(format!("{n:0>600}")))
+        );
+    }
+}

@@ -60,14 +60,23 @@ store_tests! {
     }
 }
 
-/// Polls until `peer`'s long-poll after `after` has reached the server. With a replay window of
-/// zero, its arrival acknowledges (and so drops) every message up to `after`, which a second,
-/// non-waiting poll from 0 sees as a reset: an observable event, not a guess about timing.
-async fn until_poll_in_flight(peer: &Peer, after: u64) {
+/// Waits until `peer`'s long-poll has reached the server and is waiting, as its server's
+/// `signpost_polls_in_flight` gauge says (a poll counts once it has taken over as the peer's
+/// poll, after acknowledging `after`). Not by polling again: a newer poll of the same peer would
+/// end the one in flight.
+async fn until_poll_in_flight(peer: &Peer) {
     let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
     loop {
-        let (_, body) = peer.poll(0, 0.0).await;
-        if body["reset"] == true && body["last_id"] == after {
+        let metrics = peer
+            .client
+            .get(peer.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics text");
+        if metrics.contains("\nsignpost_polls_in_flight 1\n") {
             return;
         }
         assert!(
@@ -90,7 +99,7 @@ store_tests! {
             let bob = bob.clone();
             async move { bob.poll(1, 25.0).await }
         });
-        until_poll_in_flight(&bob, 1).await;
+        until_poll_in_flight(&bob).await;
         alice
             .send_ok(json!({"type": "offer", "to": bob.id, "data": "late"}))
             .await;
@@ -161,7 +170,7 @@ store_tests! {
             let bob = bob.clone();
             async move { bob.poll(1, 25.0).await }
         });
-        until_poll_in_flight(&bob, 1).await;
+        until_poll_in_flight(&bob).await;
 
         server.begin_shutdown();
         let (status, body) = tokio::time::timeout(EVENT_DEADLINE, waiting)

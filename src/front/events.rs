@@ -22,7 +22,7 @@ use crate::front::request;
 use crate::front::response::{self, ResponseBody};
 use crate::front::Front;
 use crate::identity::PeerId;
-use crate::mailbox::Read;
+use crate::mailbox::{Read, Ticket};
 
 /// Once this much is written, the chunk is handed to the connection even if the mailbox has
 /// more: a stream never holds more than about this much of a backlog in memory at once.
@@ -117,6 +117,10 @@ pub async fn events(
     let open = metrics.sse_stream_opened();
     let mut shutdown = front.shutdown.clone();
 
+    let ticket = Ticket::Stream(ticket);
+    // A read copies at most this much of a backlog, as a poll's answer does; the stream reads
+    // on while the mailbox holds more.
+    let max_bytes = front.config.poll_max_bytes;
     let period = front.config.heartbeat();
     let mut heartbeat = interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -131,7 +135,7 @@ pub async fn events(
             wake.mark_seen();
             // The store being unreachable ends the stream too: the client reconnects, to this
             // instance or another, and resumes from its last id.
-            let batch = match reader.read(cursor, Some(ticket)).await {
+            let batch = match reader.read(cursor, Some(ticket), max_bytes).await {
                 Ok(Read::Batch(batch)) => batch,
                 Ok(Read::Closed | Read::Replaced) | Err(_) => break,
             };

@@ -1,6 +1,10 @@
 //! The long-poll transport, for networks where streams do not get through: each request returns
 //! what came after `after` at once, or waits for it up to `wait` seconds. Asking for what comes
 //! after `after` acknowledges everything up to it.
+//!
+//! An answer carries at most `poll_max_bytes` of messages (the next poll gets the rest at once),
+//! and a peer has one poll in flight: a newer poll ends an older one, which answers no messages
+//! with `last_id` = its `after`, so that a client cannot make the server hold many answers.
 
 use std::time::Duration;
 
@@ -14,7 +18,7 @@ use crate::error::Error;
 use crate::front::request;
 use crate::front::response::{self, ResponseBody};
 use crate::front::Front;
-use crate::mailbox::{Batch, Read};
+use crate::mailbox::{Batch, Read, Ticket};
 use crate::metrics::Metrics;
 
 /// `GET /api/rooms/{room}/peers/{peer}/messages?after=&wait=`.
@@ -51,19 +55,30 @@ pub async fn poll(
     let metrics = &front.metrics;
     let mut shutdown = front.shutdown.clone();
     let _presence = reader.listen();
-    let _in_flight = metrics.poll_started();
-    reader.acknowledge(after);
-    // Subscribed before the first read, so nothing appended after that read goes unnoticed.
+    // Subscribed before the first read (and before taking over from an older poll, so that a
+    // still newer one is noticed too), so nothing appended after that read goes unnoticed.
     let mut wake = reader.subscribe().await?;
+    let ticket = Ticket::Poll(reader.open_poll(after).await?);
+    let max_bytes = front.config.poll_max_bytes;
+    // Counted once it is the peer's poll and has acknowledged `after`.
+    let _in_flight = metrics.poll_started();
     let deadline = Instant::now() + wait;
     // A shared store's wake-up may be lost with its connection: look again at least this often.
     // (No timer at all for the memory store, whose wake-ups cannot be lost.)
     let recheck = reader.may_miss_wakeups().then(|| front.config.heartbeat());
     loop {
         wake.mark_seen();
-        let batch = match reader.read(after, None).await? {
+        let batch = match reader.read(after, Some(ticket), max_bytes).await? {
             Read::Batch(batch) => batch,
-            Read::Closed | Read::Replaced => return Err(Error::PeerNotFound),
+            Read::Closed => return Err(Error::PeerNotFound),
+            // A newer poll of this peer took over: this one answers nothing at once, and its
+            // client, if it is still there, polls again from the same `after`.
+            Read::Replaced => {
+                return Ok(response::json(
+                    200,
+                    render(metrics, after, Batch::empty(after)),
+                ))
+            }
         };
         if !batch.entries.is_empty() || batch.reset.is_some() {
             return Ok(response::json(200, render(metrics, after, batch)));

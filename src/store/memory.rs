@@ -10,8 +10,9 @@ use parking_lot::Mutex;
 
 use crate::client_limits::{ClientHoldings, JoinRate};
 use crate::error::{ApiResult, Error};
+use crate::held_bytes::HeldBytes;
 use crate::identity::{PeerId, PeerToken, RoomName};
-use crate::mailbox::{Mailbox, Push};
+use crate::mailbox::{Mailbox, MailboxLimits, Push};
 use crate::message::EncodedMessage;
 use crate::rate_limit::TokenBucket;
 use crate::store::{
@@ -28,6 +29,11 @@ pub struct MemoryStore {
     rooms: Mutex<Rooms>,
     /// Joins per client address; its own lock, since a join is charged before it is checked.
     join_rate: JoinRate,
+    /// Bytes held in the mailboxes, per sender's address and in total. Lock order: `rooms`,
+    /// then a mailbox's, then the ledger's; in fact the ledger's is never held with a mailbox's
+    /// (a mailbox releases after unlocking), and a send charges it under `rooms` before it
+    /// pushes anything, so that a refused send changes nothing.
+    held: Arc<HeldBytes>,
     limits: Limits,
 }
 
@@ -61,7 +67,25 @@ impl MemoryStore {
                 clients: ClientHoldings::default(),
             }),
             join_rate: JoinRate::new(limits.join_rate_per_sec, limits.join_burst),
+            held: Arc::new(HeldBytes::new(
+                limits.client_max_held_bytes,
+                limits.max_held_bytes,
+            )),
             limits,
+        }
+    }
+
+    /// The ledger of bytes held; for tests and metrics.
+    pub fn held(&self) -> &HeldBytes {
+        &self.held
+    }
+
+    fn mailbox_limits(&self) -> MailboxLimits {
+        MailboxLimits {
+            capacity: self.limits.mailbox_capacity,
+            max_bytes: self.limits.mailbox_max_bytes,
+            replay_window: self.limits.replay_window,
+            replay_window_bytes: self.limits.replay_window_bytes,
         }
     }
 
@@ -87,7 +111,7 @@ impl MemoryStore {
             info: peer.info,
             client,
             token: peer.token,
-            mailbox: Arc::new(Mailbox::new(limits.mailbox_capacity, limits.replay_window)),
+            mailbox: Arc::new(Mailbox::new(self.mailbox_limits(), Arc::clone(&self.held))),
             send_rate: TokenBucket::new(
                 limits.send_rate_per_sec,
                 limits.send_burst,
@@ -131,15 +155,10 @@ impl MemoryStore {
             .entry(room.clone())
             .or_insert_with(|| Room { peers: Vec::new() });
         let peers = members.peers.iter().map(|p| p.info.clone()).collect();
-        let overflowing: Vec<PeerId> = members
-            .peers
-            .iter()
-            .filter(|other| other.mailbox.push(Arc::clone(&announcement)) == Push::Full)
-            .map(|other| other.info.peer_id)
-            .collect();
+        let overflowing = announce(&self.held, &members.peers, &announcement);
         members.peers.push(peer);
         let mut departures = Vec::new();
-        evict_all(&mut state, room, overflowing, &mut departures);
+        evict_all(&mut state, &self.held, room, overflowing, &mut departures);
         Ok(JoinOutcome { peers, departures })
     }
 
@@ -153,7 +172,14 @@ impl MemoryStore {
         let members = state.rooms.get(room).ok_or(Error::RoomNotFound)?;
         authorize(members, peer, token)?;
         let mut departures = Vec::new();
-        remove_peer(&mut state, room, peer, LeaveReason::Left, &mut departures);
+        remove_peer(
+            &mut state,
+            &self.held,
+            room,
+            peer,
+            LeaveReason::Left,
+            &mut departures,
+        );
         Ok(departures)
     }
 
@@ -194,27 +220,48 @@ impl MemoryStore {
                 _ => {}
             }
         }
-        members.peers[sender_index]
+        // The whole send is charged to the sender's address at once (one ledger update, not one
+        // per recipient), before anything is pushed: refused, nothing is delivered.
+        let charged_to = members.peers[sender_index].client;
+        let others = members.peers.len() - 1;
+        let bytes: usize = signed
+            .iter()
+            .map(|(to, envelope)| {
+                let recipients = if to.is_some() { 1 } else { others };
+                envelope.encoded_len() * recipients
+            })
+            .sum();
+        self.held.try_charge(charged_to, bytes)?;
+        if let Err(retry_after) = members.peers[sender_index]
             .send_rate
             .take(signed.len() as f64, Instant::now())
-            .map_err(|retry_after| Error::RateLimited { retry_after })?;
+        {
+            self.held.release(charged_to, bytes);
+            return Err(Error::RateLimited { retry_after });
+        }
 
         let mut overflowing = Vec::new();
+        // What was charged for pushes that were refused (their recipients are evicted).
+        let mut refund = 0;
         for (to, envelope) in &signed {
             let recipients = members.peers.iter().filter(|p| match to {
                 Some(to) => p.info.peer_id == *to,
                 None => p.info.peer_id != sender,
             });
             for recipient in recipients {
-                if recipient.mailbox.push(Arc::clone(envelope)) == Push::Full
-                    && !overflowing.contains(&recipient.info.peer_id)
-                {
-                    overflowing.push(recipient.info.peer_id);
+                if recipient.mailbox.push(Arc::clone(envelope), charged_to) == Push::Full {
+                    refund += envelope.encoded_len();
+                    if !overflowing.contains(&recipient.info.peer_id) {
+                        overflowing.push(recipient.info.peer_id);
+                    }
                 }
             }
         }
+        if refund > 0 {
+            self.held.release(charged_to, refund);
+        }
         let mut departures = Vec::new();
-        evict_all(&mut state, room, overflowing, &mut departures);
+        evict_all(&mut state, &self.held, room, overflowing, &mut departures);
         Ok(Sent {
             accepted: signed.len(),
             departures,
@@ -271,6 +318,7 @@ impl MemoryStore {
             let mut departures = Vec::new();
             remove_peer(
                 &mut state,
+                &self.held,
                 &room,
                 peer,
                 LeaveReason::Timeout,
@@ -334,6 +382,7 @@ fn authorize<'a>(members: &'a Room, peer: PeerId, token: Option<&str>) -> ApiRes
 /// went is added to `departures`, in order.
 fn remove_peer(
     state: &mut Rooms,
+    held: &HeldBytes,
     room: &RoomName,
     peer: PeerId,
     reason: LeaveReason,
@@ -358,11 +407,9 @@ fn remove_peer(
             client: gone.client,
         });
         let event = leave_event(peer, reason);
-        for other in &members.peers {
-            if other.mailbox.push(Arc::clone(&event)) == Push::Full
-                && !pending.iter().any(|(id, _)| *id == other.info.peer_id)
-            {
-                pending.push((other.info.peer_id, LeaveReason::Evicted));
+        for other in announce(held, &members.peers, &event) {
+            if !pending.iter().any(|(id, _)| *id == other) {
+                pending.push((other, LeaveReason::Evicted));
             }
         }
         if members.peers.is_empty() {
@@ -373,11 +420,29 @@ fn remove_peer(
 
 fn evict_all(
     state: &mut Rooms,
+    held: &HeldBytes,
     room: &RoomName,
     peers: Vec<PeerId>,
     departures: &mut Vec<Departure>,
 ) {
     for peer in peers {
-        remove_peer(state, room, peer, LeaveReason::Evicted, departures);
+        remove_peer(state, held, room, peer, LeaveReason::Evicted, departures);
     }
+}
+
+/// Pushes a server event (`join`, `leave`) to every one of `peers`, charged to no address and
+/// whatever the limits (it is the server's word, and small); returns the peers whose mailbox
+/// it overflowed, to evict.
+fn announce(held: &HeldBytes, peers: &[Peer], event: &Arc<EncodedMessage>) -> Vec<PeerId> {
+    let size = event.encoded_len();
+    held.charge(None, size * peers.len());
+    let overflowing: Vec<PeerId> = peers
+        .iter()
+        .filter(|peer| peer.mailbox.push(Arc::clone(event), None) == Push::Full)
+        .map(|peer| peer.info.peer_id)
+        .collect();
+    if !overflowing.is_empty() {
+        held.release(None, size * overflowing.len());
+    }
+    overflowing
 }

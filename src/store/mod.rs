@@ -28,7 +28,7 @@ use crate::client_limits::ClientRefusal;
 use crate::config::Config;
 use crate::error::{ApiResult, Error};
 use crate::identity::{PeerId, PeerToken, RoomName};
-use crate::mailbox::{self, Read, StreamTicket};
+use crate::mailbox::{self, PollTicket, Read, StreamTicket, Ticket};
 use crate::message::{Draft, EncodedMessage};
 use crate::metrics::Metrics;
 
@@ -49,6 +49,16 @@ pub struct Limits {
     pub max_rooms_per_client: usize,
     pub join_rate_per_sec: f64,
     pub join_burst: f64,
+    /// `mailbox_max_bytes`: undelivered bytes per mailbox before eviction.
+    pub mailbox_max_bytes: usize,
+    /// `replay_window_bytes`: delivered bytes kept per mailbox for resumes.
+    pub replay_window_bytes: usize,
+    /// `client_max_held_bytes`: bytes held in mailboxes charged to one sender's address.
+    pub client_max_held_bytes: usize,
+    /// `max_held_bytes`: bytes held in all mailboxes (Redis: of the deployment).
+    pub max_held_bytes: usize,
+    /// `poll_max_bytes`: the byte budget of one read (a poll answer, a stream's read).
+    pub poll_max_bytes: usize,
 }
 
 impl Limits {
@@ -65,6 +75,11 @@ impl Limits {
             max_rooms_per_client: config.max_rooms_per_client,
             join_rate_per_sec: config.join_rate_per_sec,
             join_burst: config.join_burst,
+            mailbox_max_bytes: config.mailbox_max_bytes,
+            replay_window_bytes: config.replay_window_bytes,
+            client_max_held_bytes: config.client_max_held_bytes,
+            max_held_bytes: config.max_held_bytes,
+            poll_max_bytes: config.poll_max_bytes,
         }
     }
 
@@ -196,6 +211,9 @@ pub struct Sent {
 }
 
 /// The store a server was configured with.
+// Built once per server and never moved after: boxing the memory store to even the variants
+// would only add an indirection to every call on its hot path.
+#[allow(clippy::large_enum_variant)]
 pub enum Store {
     /// Boxed, so that the enum is a pointer either way (the memory store holds its limits and
     /// tables inline); its calls stay plain function calls.
@@ -409,6 +427,18 @@ impl Reader {
         }
     }
 
+    /// Makes the caller the peer's one poll in flight (an older poll, on any instance, reads
+    /// `Replaced` and answers at once), after acknowledging everything up to `acknowledge`.
+    pub async fn open_poll(&self, acknowledge: u64) -> ApiResult<PollTicket> {
+        match self {
+            Reader::Memory(mailbox) => {
+                mailbox.acknowledge(acknowledge);
+                Ok(mailbox.open_poll())
+            }
+            Reader::Redis(reader) => reader.open_poll(acknowledge).await,
+        }
+    }
+
     /// Marks every message up to `id` as delivered. The memory store applies it at once; the
     /// Redis store sends it with the next read, saving a round trip per batch, or with
     /// [`flush`](Self::flush) when no read follows.
@@ -428,11 +458,18 @@ impl Reader {
         }
     }
 
-    /// What follows `cursor`. With a `ticket`, reports `Replaced` once a newer stream opened.
-    pub async fn read(&self, cursor: u64, ticket: Option<StreamTicket>) -> ApiResult<Read> {
+    /// What follows `cursor`: at most `max_bytes` of encoded envelopes, but always at least
+    /// one entry when any follows (`poll_max_bytes` is at least `max_message_bytes`). With a
+    /// `ticket`, reports `Replaced` once a newer reader of its kind started.
+    pub async fn read(
+        &self,
+        cursor: u64,
+        ticket: Option<Ticket>,
+        max_bytes: usize,
+    ) -> ApiResult<Read> {
         match self {
-            Reader::Memory(mailbox) => Ok(mailbox.read_after(cursor, ticket)),
-            Reader::Redis(reader) => reader.read(cursor, ticket).await,
+            Reader::Memory(mailbox) => Ok(mailbox.read_after(cursor, ticket, max_bytes)),
+            Reader::Redis(reader) => reader.read(cursor, ticket, max_bytes).await,
         }
     }
 

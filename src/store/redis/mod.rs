@@ -14,15 +14,22 @@
 //! deadline ([`presence`]); every instance sweeps rooms whose earliest deadline has passed, and
 //! because the sweep of a room is one script, each peer leaves once.
 //!
-//! Keys of one room share the `{room}` hash tag, so every room script stays on one Redis
-//! Cluster slot; the deployment-wide keys (the rooms, the sweep index, the per-address counts,
-//! the peer count, the join buckets) share a tag of their own and are written by separate
-//! scripts. So every per-address limit holds across instances: a join is charged to its
-//! address's bucket and admitted against `max_rooms` and the per-address counts in one step
-//! (`reserve.lua`), then joins its room (`join.lua`); a refusal after the admission gives back
-//! what it counted. (A join refused before it reaches the store is charged by `joins.lua`.)
-//! `/metrics` reads two of these keys, whatever the number of rooms. Every key expires unless
-//! refreshed, so instances that crash leave nothing behind for long.
+//! Keys of one room share the `{room}` hash tag; the deployment-wide keys (the rooms, the sweep
+//! index, the per-address counts, the peer count, the join buckets, the held bytes) share a tag
+//! of their own. The room scripts touch their room's keys and the held-bytes hash; the other
+//! deployment-wide keys are written by separate scripts. So every per-address limit holds across
+//! instances: a join is charged to its address's bucket and admitted against `max_rooms` and the
+//! per-address counts in one step (`reserve.lua`), then joins its room (`join.lua`); a refusal
+//! after the admission gives back what it counted. (A join refused before it reaches the store
+//! is charged by `joins.lua`.) `/metrics` reads two of these keys, whatever the number of rooms.
+//! Every key expires unless refreshed, so instances that crash leave nothing behind for long.
+//!
+//! Bytes: each stored message has its size and the client key it is charged to beside it (a
+//! `s:<peer>` list parallel to the mailbox's), and each mailbox state counts its undelivered and
+//! delivered bytes, so that `mailbox_max_bytes`, the replay window's bytes and a read's byte
+//! budget are decided without copying a message. The bytes held per address and in total live
+//! in one deployment-wide hash, charged by the script that appends and released by the one that
+//! trims or removes, in the same step: nothing to undo if an instance dies in between.
 //!
 //! With the `redis-tls` feature, a `rediss://` URL connects over TLS (`tls.rs`): both
 //! connections are made from one client that carries the TLS settings.
@@ -46,7 +53,7 @@ use crate::client_limits::ClientRefusal;
 use crate::error::{ApiResult, Error};
 use crate::identity::{PeerId, RoomName};
 use crate::logging;
-use crate::mailbox::{Batch, Entry, Read, ResetReason, StreamTicket};
+use crate::mailbox::{Batch, Entry, PollTicket, Read, ResetReason, StreamTicket, Ticket};
 use crate::message::EncodedMessage;
 use crate::metrics::Metrics;
 use crate::store::{
@@ -56,8 +63,8 @@ use crate::store::{
 pub use self::presence::Listening;
 pub use self::wakeups::Subscription;
 
-/// Most entries one read returns; a reader with more waiting reads again at once. Bounds the
-/// reply (and the instance's memory) for a reader that resumes a full mailbox.
+/// Most entries one read returns (besides its byte budget); a reader with more waiting reads
+/// again at once.
 const READ_LIMIT: usize = 256;
 /// Rooms one sweep tick looks at; the rest wait for the next tick.
 const SWEEP_LIMIT: usize = 256;
@@ -141,6 +148,10 @@ struct Keys {
     client_rooms: String,
     /// The live peers of the deployment, for `/metrics`.
     peer_count: String,
+    /// Client address -> bytes its sends hold in mailboxes, and `*` -> bytes held in all of
+    /// them: `client_max_held_bytes` and `max_held_bytes`, charged and released by the room
+    /// scripts (`KEYS[2]` of each).
+    held: String,
 }
 
 impl Keys {
@@ -152,6 +163,7 @@ impl Keys {
             clients: format!("{prefix}:{{{prefix}:global}}:clients"),
             client_rooms: format!("{prefix}:{{{prefix}:global}}:client-rooms"),
             peer_count: format!("{prefix}:{{{prefix}:global}}:peer-count"),
+            held: format!("{prefix}:{{{prefix}:global}}:held"),
         }
     }
 
@@ -376,9 +388,7 @@ impl RedisStore {
         let reply: Value = inner
             .run(
                 inner
-                    .scripts
-                    .join
-                    .key(inner.keys.peers(room))
+                    .on_room(&inner.scripts.join, &inner.keys.peers(room))
                     .arg(peer.info.peer_id.to_string())
                     .arg(digest(peer.token.reveal()))
                     .arg(client.unwrap_or_default())
@@ -388,7 +398,8 @@ impl RedisStore {
                     .arg(limits.mailbox_capacity)
                     .arg(limits.send_burst)
                     .arg(limits.peer_timeout.as_millis() as u64)
-                    .arg(inner.key_ttl_ms),
+                    .arg(inner.key_ttl_ms)
+                    .arg(limits.mailbox_max_bytes),
             )
             .await?;
         let reply = Reply::new(reply)?;
@@ -440,19 +451,18 @@ impl RedisStore {
         let reply: Value = inner
             .run(
                 inner
-                    .scripts
-                    .leave
-                    .key(inner.keys.peers(room))
+                    .on_room(&inner.scripts.leave, &inner.keys.peers(room))
                     .arg(peer.to_string())
                     .arg(token.map(digest).unwrap_or_default())
                     .arg(inner.limits.mailbox_capacity)
-                    .arg(inner.key_ttl_ms),
+                    .arg(inner.key_ttl_ms)
+                    .arg(inner.limits.mailbox_max_bytes),
             )
             .await?;
         let reply = Reply::new(reply)?;
         match reply.status()? {
             "ok" => {}
-            other => return Err(refusal(other, &reply)?),
+            other => return Err(refusal(other, &reply, &inner.limits)?),
         }
         let departures = reply.departures(1)?;
         inner.departed(room, &departures).await?;
@@ -491,13 +501,16 @@ impl RedisStore {
     ) -> ApiResult<Sent> {
         let inner = &self.inner;
         let limits = &inner.limits;
-        let mut invocation = inner.scripts.send.key(inner.keys.peers(room));
+        let mut invocation = inner.on_room(&inner.scripts.send, &inner.keys.peers(room));
         invocation
             .arg(token.map(digest).unwrap_or_default())
             .arg(limits.mailbox_capacity)
             .arg(limits.send_rate_per_sec)
             .arg(limits.send_burst)
-            .arg(inner.key_ttl_ms);
+            .arg(inner.key_ttl_ms)
+            .arg(limits.mailbox_max_bytes)
+            .arg(limits.client_max_held_bytes)
+            .arg(limits.max_held_bytes);
         for message in batch {
             invocation.arg(message.to.map(|to| to.to_string()).unwrap_or_default());
             let draft = &message.draft;
@@ -512,7 +525,7 @@ impl RedisStore {
         let reply = Reply::new(reply)?;
         match reply.status()? {
             "ok" => {}
-            other => return Err(refusal(other, &reply)?),
+            other => return Err(refusal(other, &reply, &inner.limits)?),
         }
         let accepted = reply.int(1)? as usize;
         let departures = reply.departures(2)?;
@@ -536,9 +549,7 @@ impl RedisStore {
         let reply: Value = inner
             .run(
                 inner
-                    .scripts
-                    .authorize
-                    .key(inner.keys.peers(room))
+                    .on_room(&inner.scripts.authorize, &inner.keys.peers(room))
                     .arg(peer.to_string())
                     .arg(token.map(digest).unwrap_or_default())
                     .arg(inner.limits.peer_timeout.as_millis() as u64)
@@ -556,7 +567,7 @@ impl RedisStore {
                 pending_ack: AtomicU64::new(0),
                 sent_ack: AtomicU64::new(0),
             }),
-            other => Err(refusal(other, &reply)?),
+            other => Err(refusal(other, &reply, &inner.limits)?),
         }
     }
 
@@ -614,11 +625,10 @@ impl RedisStore {
             let reply: Value = inner
                 .run(
                     inner
-                        .scripts
-                        .sweep
-                        .key(inner.keys.peers(&room))
+                        .on_room(&inner.scripts.sweep, &inner.keys.peers(&room))
                         .arg(inner.limits.mailbox_capacity)
-                        .arg(inner.key_ttl_ms),
+                        .arg(inner.key_ttl_ms)
+                        .arg(inner.limits.mailbox_max_bytes),
                 )
                 .await?;
             let reply = Reply::new(reply)?;
@@ -719,6 +729,14 @@ impl Inner {
         Ok(())
     }
 
+    /// Room script `script` on the room whose peers hash is `peers`, with the held-bytes hash as
+    /// its second key, as `lua/room.lua` takes them.
+    fn on_room<'a>(&'a self, script: &'a Script, peers: &str) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.key(peers);
+        invocation.key(&self.keys.held);
+        invocation
+    }
+
     /// `script` on the two deployment-wide keys, in the order `reserve`, `created` and `release`
     /// take them: the rooms, then the sweep index.
     fn on_globals<'a>(&'a self, script: &'a Script) -> redis::ScriptInvocation<'a> {
@@ -762,21 +780,37 @@ impl Reader {
     }
 
     pub async fn open_stream(&self, acknowledge: Option<u64>) -> ApiResult<(StreamTicket, u64)> {
+        let (epoch, last) = self.open("stream", acknowledge).await?;
+        Ok((StreamTicket(epoch), last))
+    }
+
+    /// Makes the caller the peer's one poll in flight (an older one, on any instance, reads
+    /// `Replaced`), after acknowledging `acknowledge`.
+    pub async fn open_poll(&self, acknowledge: u64) -> ApiResult<PollTicket> {
+        self.pending_ack.fetch_max(acknowledge, Ordering::Relaxed);
+        let (epoch, _) = self.open("poll", Some(acknowledge)).await?;
+        self.sent_ack.fetch_max(acknowledge, Ordering::Relaxed);
+        Ok(PollTicket(epoch))
+    }
+
+    /// Makes the caller the peer's newest reader of `kind` (`lua/open.lua`), after
+    /// acknowledging `acknowledge`: its epoch, and the newest id.
+    async fn open(&self, kind: &str, acknowledge: Option<u64>) -> ApiResult<(u64, u64)> {
         let inner = &self.inner;
         let reply: Value = inner
             .run(
                 inner
-                    .scripts
-                    .open
-                    .key(&self.peers_key)
+                    .on_room(&inner.scripts.open, &self.peers_key)
                     .arg(&self.peer_arg)
                     .arg(acknowledge.map(|id| id.to_string()).unwrap_or_default())
-                    .arg(inner.limits.replay_window),
+                    .arg(inner.limits.replay_window)
+                    .arg(inner.limits.replay_window_bytes)
+                    .arg(kind),
             )
             .await?;
         let reply = Reply::new(reply)?;
         match reply.status()? {
-            "ok" => Ok((StreamTicket(reply.int(1)? as u64), reply.int(2)? as u64)),
+            "ok" => Ok((reply.int(1)? as u64, reply.int(2)? as u64)),
             "closed" => Err(Error::PeerNotFound),
             other => Err(unexpected(other)),
         }
@@ -786,16 +820,21 @@ impl Reader {
         self.pending_ack.fetch_max(id, Ordering::Relaxed);
     }
 
-    pub async fn read(&self, cursor: u64, ticket: Option<StreamTicket>) -> ApiResult<Read> {
+    /// What follows `cursor`: at most [`READ_LIMIT`] entries and, past the first, `max_bytes`
+    /// bytes of envelopes.
+    pub async fn read(
+        &self,
+        cursor: u64,
+        ticket: Option<Ticket>,
+        max_bytes: usize,
+    ) -> ApiResult<Read> {
         let inner = &self.inner;
         let ack = self.pending_ack.load(Ordering::Relaxed);
         let unsent = ack > self.sent_ack.load(Ordering::Relaxed);
         let reply: Value = inner
             .run(
                 inner
-                    .scripts
-                    .read
-                    .key(&self.peers_key)
+                    .on_room(&inner.scripts.read, &self.peers_key)
                     .arg(&self.peer_arg)
                     .arg(cursor)
                     .arg(if unsent {
@@ -803,13 +842,18 @@ impl Reader {
                     } else {
                         String::new()
                     })
-                    .arg(
-                        ticket
-                            .map(|StreamTicket(epoch)| epoch.to_string())
-                            .unwrap_or_default(),
-                    )
+                    .arg(match ticket {
+                        Some(Ticket::Stream(StreamTicket(epoch))) => epoch.to_string(),
+                        _ => String::new(),
+                    })
                     .arg(inner.limits.replay_window)
-                    .arg(READ_LIMIT),
+                    .arg(READ_LIMIT)
+                    .arg(inner.limits.replay_window_bytes)
+                    .arg(max_bytes)
+                    .arg(match ticket {
+                        Some(Ticket::Poll(PollTicket(epoch))) => epoch.to_string(),
+                        _ => String::new(),
+                    }),
             )
             .await?;
         self.sent_ack.fetch_max(ack, Ordering::Relaxed);
@@ -862,12 +906,11 @@ impl Reader {
         let _: i64 = inner
             .run(
                 inner
-                    .scripts
-                    .ack
-                    .key(&self.peers_key)
+                    .on_room(&inner.scripts.ack, &self.peers_key)
                     .arg(&self.peer_arg)
                     .arg(ack)
-                    .arg(inner.limits.replay_window),
+                    .arg(inner.limits.replay_window)
+                    .arg(inner.limits.replay_window_bytes),
             )
             .await?;
         self.sent_ack.fetch_max(ack, Ordering::Relaxed);
@@ -960,8 +1003,8 @@ fn unexpected(what: &str) -> Error {
     Error::Internal("the shared store gave an unexpected reply")
 }
 
-/// The error a script refused with.
-fn refusal(code: &str, reply: &Reply) -> ApiResult<Error> {
+/// The error a script refused with; `limits` are the ones it was given.
+fn refusal(code: &str, reply: &Reply, limits: &Limits) -> ApiResult<Error> {
     Ok(match code {
         "room_not_found" => Error::RoomNotFound,
         "peer_not_found" => Error::PeerNotFound,
@@ -977,6 +1020,10 @@ fn refusal(code: &str, reply: &Reply) -> ApiResult<Error> {
         "rate_limited" => Error::RateLimited {
             retry_after: Duration::from_millis(reply.int(1)?.max(0) as u64),
         },
+        "too_many_bytes_held" => Error::TooManyBytesHeld {
+            limit: limits.client_max_held_bytes,
+        },
+        "server_full" => Error::ServerFull,
         other => unexpected(other),
     })
 }

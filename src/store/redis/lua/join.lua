@@ -1,19 +1,24 @@
 -- Join: adds a peer to the room (creating the room), announces it to every peer already there,
 -- and evicts those whose backlog the announcement overflows. One atomic step, so that
 -- max_peers_per_room holds however many instances accept joins at once.
--- KEYS[1]: the room's peers hash.
+-- The announcement is a server event: its bytes count in the deployment's total, charged to no
+-- address.
+-- KEYS[1]: the room's peers hash. KEYS[2]: the held-bytes hash.
 -- ARGV: peer id, token digest, client key ("" when not counted), peer info JSON (without
 --       the peer id, which is the field's name),
 --       announcement ("join <envelope>"),
---       max peers, mailbox capacity, send burst, presence timeout (ms), key expiry (ms).
+--       max peers, mailbox capacity, send burst, presence timeout (ms), key expiry (ms),
+--       mailbox max bytes.
 -- Reply: {"peer_present"} (the peer id is in the room: a resumed join may not replace it),
 --        {"room_full"} or {"ok", created (0/1), {peer id, info JSON, ... of the peers before,
 --        in join order},
 --        {departures: peer, reason, client key, ...}, now (µs), presence deadline (ms)}.
 local peer, digest, client, info, announcement = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local max_peers, capacity, burst = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local max_peers, burst = tonumber(ARGV[6]), ARGV[8]
+capacity = tonumber(ARGV[7])
 local timeout_ms = tonumber(ARGV[9])
 key_ttl_ms = tonumber(ARGV[10])
+max_bytes = tonumber(ARGV[11])
 
 if redis.call('HEXISTS', K_PEERS, peer) == 1 then
   return {'peer_present'}
@@ -41,17 +46,19 @@ local seq = redis.call('INCR', K_SEQ)
 redis.call('HSET', K_PEERS, peer, seq .. '\n' .. digest .. '\n' .. client .. '\n' .. info)
 redis.call('HSET', K_TOKENS, digest, peer)
 redis.call('ZADD', K_SEEN, now + timeout_ms, peer)
-save(peer, {last = 0, first = 1, delivered = 0, epoch = 0, rt = tonumber(burst), ru = now})
+save(peer, {last = 0, first = 1, delivered = 0, epoch = 0, rt = tonumber(burst), ru = now,
+            ub = 0, db = 0, pe = 0, ck = client})
 touched[peer] = true
 
 local overflowing = {}
+local announcement_size = size_of(announcement)
 for _, other in ipairs(redis.call('HKEYS', K_PEERS)) do
-  if other ~= peer and not push(other, announcement, capacity) then
+  if other ~= peer and not push(other, announcement, announcement_size, '') then
     table.insert(overflowing, other)
   end
 end
 for _, other in ipairs(overflowing) do
-  remove(other, 'evicted', capacity)
+  remove(other, 'evicted')
 end
 
 finish(true)

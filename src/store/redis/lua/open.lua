@@ -1,17 +1,25 @@
--- Open a stream: acknowledges what the reconnecting client says it has, then makes the caller
--- the peer's live stream by bumping the epoch; the wake-up tells an older stream, on whatever
--- instance, that it was replaced.
--- KEYS[1]: the room's peers hash.
--- ARGV: peer id, acknowledged id ("" for none), replay window.
+-- Open a reader: acknowledges what the client says it has, then makes the caller the peer's
+-- live stream (kind "stream") or its one poll in flight (kind "poll") by bumping that kind's
+-- epoch; the wake-up tells an older reader of the kind, on whatever instance, that it was
+-- replaced (streams and polls do not end each other).
+-- KEYS[1]: the room's peers hash. KEYS[2]: the held-bytes hash.
+-- ARGV: peer id, acknowledged id ("" for none), replay window, replay window bytes, kind.
 -- Reply: {"closed"} or {"ok", epoch, newest id}.
 local peer, ack, replay_window = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local replay_bytes, kind = tonumber(ARGV[4]), ARGV[5]
 if redis.call('HEXISTS', K_PEERS, peer) == 0 then return {'closed'} end
-if ack ~= '' then acknowledge(peer, tonumber(ack), replay_window) end
+if ack ~= '' then acknowledge(peer, tonumber(ack), replay_window, replay_bytes) end
 local box = load(peer)
 if box == nil then return {'closed'} end
-box.epoch = box.epoch + 1
+local epoch
+if kind == 'poll' then
+  box.pe = box.pe + 1
+  epoch = box.pe
+else
+  box.epoch = box.epoch + 1
+  epoch = box.epoch
+end
 save(peer, box)
 flush()
-local epoch, last = box.epoch, box.last
 redis.call('PUBLISH', k_wake(peer), '1')
-return {'ok', epoch, last}
+return {'ok', epoch, box.last}

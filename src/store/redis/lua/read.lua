@@ -1,21 +1,25 @@
 -- Read: acknowledges what the reader has delivered, then returns what follows its cursor, as
--- src/mailbox.rs reads: gapless from cursor + 1, or an explicit reset.
--- KEYS[1]: the room's peers hash.
--- ARGV: peer id, cursor, acknowledged id ("" for none), stream epoch ("" for a poll),
---       replay window, most entries to return.
--- Reply: {"closed"}, {"replaced"}, or
+-- src/mailbox.rs reads: gapless from cursor + 1, or an explicit reset; at most `limit` entries
+-- and, past the first entry, at most `budget` bytes of envelopes.
+-- KEYS[1]: the room's peers hash. KEYS[2]: the held-bytes hash.
+-- ARGV: peer id, cursor, acknowledged id ("" for none), stream epoch ("" for none),
+--       replay window, most entries to return, replay window bytes, most bytes to return,
+--       poll epoch ("" for none).
+-- Reply: {"closed"}, {"replaced"} (a newer reader of the ticket's kind opened), or
 --        {"ok", newest id, reset ("", "expired" or "ahead"), id of the first entry, {entries}}.
 local peer, cursor, ack, epoch = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local replay_window, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
+local replay_bytes, budget, poll_epoch = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 if redis.call('HEXISTS', K_PEERS, peer) == 0 then return {'closed'} end
 if ack ~= '' then
-  acknowledge(peer, tonumber(ack), replay_window)
+  acknowledge(peer, tonumber(ack), replay_window, replay_bytes)
   flush()
 end
 local box = load(peer)
 if box == nil then return {'closed'} end
 local last, first = box.last, box.first
 if epoch ~= '' and box.epoch ~= tonumber(epoch) then return {'replaced'} end
+if poll_epoch ~= '' and box.pe ~= tonumber(poll_epoch) then return {'replaced'} end
 if cursor > last then
   return {'ok', last, 'ahead', last + 1, {}}
 end
@@ -23,5 +27,20 @@ local reset, start = '', cursor + 1
 if cursor + 1 < first then
   reset, start = 'expired', first
 end
-local entries = redis.call('LRANGE', k_list(peer), start - first, start - first + limit - 1)
+local count = math.min(limit, last - start + 1)
+if count <= 0 then return {'ok', last, reset, start, {}} end
+-- Only a mailbox holding more than the budget needs its sizes looked at.
+if box.ub + box.db > budget then
+  local sizes = redis.call('LRANGE', k_sizes(peer), start - first, start - first + count - 1)
+  if #sizes > 0 then
+    local bytes, fits = 0, 0
+    for _, item in ipairs(sizes) do
+      local size = parse_size(item)
+      if fits > 0 and bytes + size > budget then break end
+      bytes, fits = bytes + size, fits + 1
+    end
+    count = fits
+  end
+end
+local entries = redis.call('LRANGE', k_list(peer), start - first, start - first + count - 1)
 return {'ok', last, reset, start, entries}

@@ -1,9 +1,14 @@
 -- Shared by every script that touches one room (prepended to each when it is loaded).
 --
 -- KEYS[1] is the room's peers hash, "<prefix>:{<room>}:peers". Every key of a room carries the
--- room's "{<room>}" hash tag, so a script stays on one Redis Cluster slot; the other keys are
--- derived from KEYS[1] here rather than passed, because which mailboxes a script touches is only
--- known inside it (a join announces itself to every peer).
+-- room's "{<room>}" hash tag; the other keys of the room are derived from KEYS[1] here rather
+-- than passed, because which mailboxes a script touches is only known inside it (a join
+-- announces itself to every peer).
+-- KEYS[2] is the deployment-wide held-bytes hash, "<prefix>:{<prefix>:global}:held": client key
+-- -> bytes its sends hold in mailboxes, and "*" -> bytes held in all mailboxes. It is charged
+-- and released in the same script as the mailbox it counts (one round trip per send, and
+-- nothing to undo if an instance dies in between), which puts a room script on two slots: a
+-- Redis Cluster would need both in one node (README, "Redis Cluster").
 --
 -- Keys of a room:
 --   peers      hash  peer id -> "<join seq>\n<token digest>\n<client key>\n<name and meta JSON>"
@@ -11,12 +16,18 @@
 --   tokens     hash  token digest (the first 128 bits of its SHA-256, hex) -> peer id
 --   seen       zset  peer id -> presence deadline (ms): removed with reason timeout after it
 --   seq        string, the last join sequence number (join order)
---   boxes      hash  peer id -> its mailbox state, "last,first,delivered,epoch,rt,ru": the newest
---                    id, the id of the list's head (last + 1 when empty), ids up to `delivered`
---                    are delivered, `epoch` is bumped by each new live stream, `rt`/`ru` are the
---                    send-rate tokens and when they were counted (ms). One hash for the room
---                    rather than a key per peer: a key costs Redis more than a field.
+--   boxes      hash  peer id -> its mailbox state, "last,first,delivered,epoch,rt,ru,ub,db,pe,ck":
+--                    the newest id, the id of the list's head (last + 1 when empty), ids up to
+--                    `delivered` are delivered, `epoch` is bumped by each new live stream,
+--                    `rt`/`ru` are the send-rate tokens and when they were counted (ms), `ub`/`db`
+--                    the bytes of the undelivered / delivered messages held, `pe` is bumped by
+--                    each new poll, `ck` is the peer's client key (as in its record: what its
+--                    sends are charged to). One hash for the room rather than a key per peer: a
+--                    key costs Redis more than a field.
 --   m:<peer>   list  the peer's stored messages, "<type> <envelope without id>", oldest first
+--   s:<peer>   list  beside m:<peer>, entry for entry: "<size> <client key>", the envelope's bytes
+--                    and the address they are charged to ("" for none), so that trimming and
+--                    reading in bytes never copy the messages themselves
 -- Channel "<prefix>:w:<peer>" wakes the peer's readers; it carries nothing they rely on. (Peer
 -- ids are unique across rooms, and a shorter channel name is less for Redis to keep per
 -- listening peer.)
@@ -27,7 +38,9 @@ local K_TOKENS = base .. 'tokens'
 local K_SEEN = base .. 'seen'
 local K_SEQ = base .. 'seq'
 local K_BOXES = base .. 'boxes'
+local K_HELD = KEYS[2]
 local function k_list(peer) return base .. 'm:' .. peer end
+local function k_sizes(peer) return base .. 's:' .. peer end
 
 -- Mailbox states this script has read, and those it changed: a batch of 16 messages to one
 -- peer reads and writes its state once, not 16 times. `flush` writes the changed ones back.
@@ -39,10 +52,12 @@ local function load(peer)
   if box then return box end
   local packed = redis.call('HGET', K_BOXES, peer)
   if not packed then return nil end
-  local last, first, delivered, epoch, rt, ru =
-    string.match(packed, '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),(.*)$')
+  local last, first, delivered, epoch, rt, ru, ub, db, pe, ck = string.match(packed,
+    '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),?([^,]*),?([^,]*),?([^,]*),?(.*)$')
+  -- A state written before the byte bounds has no `ub`, `db`, `pe`, `ck`: 0, and no address.
   box = {last = tonumber(last), first = tonumber(first), delivered = tonumber(delivered),
-         epoch = tonumber(epoch), rt = tonumber(rt), ru = tonumber(ru)}
+         epoch = tonumber(epoch), rt = tonumber(rt), ru = tonumber(ru),
+         ub = tonumber(ub) or 0, db = tonumber(db) or 0, pe = tonumber(pe) or 0, ck = ck}
   boxes[peer] = box
   return box
 end
@@ -57,14 +72,50 @@ local function save(peer, box)
   dirty[peer] = true
 end
 
--- Writes the changed mailbox states back; every script that saves calls it before returning.
+-- How long keys live after their last refresh (ms); set by each script from its arguments.
+-- Every key gets it when created; joins and presence refreshes renew the room's and the
+-- listening peers' keys, so keys outlive their peers but not the instances looking after them.
+local key_ttl_ms = 0
+
+-- Bytes this script charged (+) or released (-), by client key ("" for none): written to
+-- K_HELD once, by `flush`, however many messages moved.
+local held = {}
+local function charge(client, bytes)
+  held[client] = (held[client] or 0) + bytes
+end
+
+-- Adds `delta` to a field of K_HELD and returns the new count; a count that reaches 0 (or
+-- below, after K_HELD expired while bytes were held) is removed, so that a release never
+-- leaves a debt behind.
+local function add_held(field, delta)
+  local count = redis.call('HINCRBY', K_HELD, field, delta)
+  if count <= 0 then redis.call('HDEL', K_HELD, field) end
+  return count
+end
+
+-- Writes the changed mailbox states and the held bytes back; every script that saves calls it
+-- before returning.
 local function flush()
   for peer, _ in pairs(dirty) do
     local box = boxes[peer]
     redis.call('HSET', K_BOXES, peer, fmt(box.last) .. ',' .. fmt(box.first) .. ',' ..
-      fmt(box.delivered) .. ',' .. fmt(box.epoch) .. ',' .. fmt(box.rt) .. ',' .. fmt(box.ru))
+      fmt(box.delivered) .. ',' .. fmt(box.epoch) .. ',' .. fmt(box.rt) .. ',' .. fmt(box.ru) ..
+      ',' .. fmt(box.ub) .. ',' .. fmt(box.db) .. ',' .. fmt(box.pe) .. ',' .. box.ck)
   end
   dirty = {}
+  local total = 0
+  for client, delta in pairs(held) do
+    if delta ~= 0 then
+      total = total + delta
+      if client ~= '' then add_held(client, delta) end
+    end
+  end
+  -- A total that starts from nothing may be a new K_HELD, which needs its expiry; presence
+  -- refreshes (touch.lua) renew it from then on, as they do the mailboxes it counts.
+  if total ~= 0 and add_held('*', total) == total and key_ttl_ms > 0 then
+    redis.call('PEXPIRE', K_HELD, key_ttl_ms)
+  end
+  held = {}
 end
 local prefix = string.match(base, '^(.*):{')
 local function k_wake(peer) return prefix .. ':w:' .. peer end
@@ -82,28 +133,53 @@ end
 -- Peers whose readers must look again, and mailboxes whose expiry must be refreshed.
 local woken = {}
 local touched = {}
--- How long keys live after their last refresh (ms); set by each script from its arguments.
--- Every key gets it when created; joins and presence refreshes renew the room's and the
--- listening peers' keys, so keys outlive their peers but not the instances looking after them.
-local key_ttl_ms = 0
+-- The undelivered messages and bytes a mailbox may hold (mailbox_capacity,
+-- mailbox_max_bytes); set by each script that pushes, from its arguments.
+local capacity, max_bytes = 0, 0
 
--- Appends `value` under the mailbox's next id, unless `capacity` messages are undelivered.
-local function push(peer, value, capacity)
+-- The bytes a stored value "<type> <envelope>" holds: its envelope's.
+local function size_of(value)
+  return #value - string.find(value, ' ', 1, true)
+end
+
+-- "<size> <client key>" of a sizes list entry, as (size, client key).
+local function parse_size(item)
+  local space = string.find(item, ' ', 1, true)
+  return tonumber(string.sub(item, 1, space - 1)), string.sub(item, space + 1)
+end
+
+-- Appends `value` (`size` bytes, charged to `client`) under the mailbox's next id, unless
+-- `capacity` messages are undelivered or it would take the undelivered bytes past `max_bytes`.
+local function push(peer, value, size, client)
   local box = load(peer)
   if box == nil then
     return false -- a peer without mailbox state (lost to eviction by Redis): remove it
   end
-  if box.last - box.delivered >= capacity then
+  if box.last - box.delivered >= capacity or box.ub + size > max_bytes then
     return false
   end
   if redis.call('RPUSH', k_list(peer), value) == 1 then
     -- A list that was empty did not exist: the new one needs its expiry.
     redis.call('PEXPIRE', k_list(peer), key_ttl_ms)
   end
+  if redis.call('RPUSH', k_sizes(peer), size .. ' ' .. client) == 1 then
+    redis.call('PEXPIRE', k_sizes(peer), key_ttl_ms)
+  end
   box.last = box.last + 1
+  box.ub = box.ub + size
+  charge(client, size)
   save(peer, box)
   woken[peer] = true
   return true
+end
+
+-- Releases the bytes `peer`'s mailbox holds and deletes it.
+local function drop_mailbox(peer)
+  for _, item in ipairs(redis.call('LRANGE', k_sizes(peer), 0, -1)) do
+    local size, client = parse_size(item)
+    charge(client, -size)
+  end
+  redis.call('DEL', k_list(peer), k_sizes(peer))
 end
 
 -- Removes `peer` with `reason` and tells the others; a `leave` that overflows another mailbox
@@ -112,7 +188,7 @@ end
 -- Returns nothing; `emptied` is set once the last peer went (and the room's keys are gone).
 local departures = {}
 local emptied = false
-local function remove(peer, reason, capacity)
+local function remove(peer, reason)
   local pending = {{peer, reason}}
   while #pending > 0 do
     local item = table.remove(pending)
@@ -123,15 +199,16 @@ local function remove(peer, reason, capacity)
       redis.call('HDEL', K_PEERS, gone)
       redis.call('HDEL', K_TOKENS, digest)
       redis.call('ZREM', K_SEEN, gone)
-      redis.call('DEL', k_list(gone))
+      drop_mailbox(gone)
       redis.call('HDEL', K_BOXES, gone)
       boxes[gone], dirty[gone] = nil, nil
       touched[gone] = nil
       woken[gone] = true
       table.insert(departures, {gone, why, client})
       local event = 'leave {"type":"leave","data":{"peer_id":"' .. gone .. '","reason":"' .. why .. '"}}'
+      local event_size = size_of(event)
       for _, other in ipairs(redis.call('HKEYS', K_PEERS)) do
-        if not push(other, event, capacity) then
+        if not push(other, event, event_size, '') then
           local queued = false
           for _, p in ipairs(pending) do
             if p[1] == other then queued = true end
@@ -147,17 +224,48 @@ local function remove(peer, reason, capacity)
   end
 end
 
--- Marks ids up to `id` delivered (clamped to the newest) and drops delivered messages beyond
--- the replay window.
-local function acknowledge(peer, id, replay_window)
+-- Marks ids up to `id` delivered (clamped to the newest) and drops the oldest delivered
+-- messages beyond the replay window: past `replay_window` messages or `replay_bytes` bytes.
+-- Reads only the sizes of the messages that moved, never the messages.
+local function acknowledge(peer, id, replay_window, replay_bytes)
   local box = load(peer)
   if box == nil then return end
   if id > box.last then id = box.last end
   if id <= box.delivered then return end
+  local sizes = k_sizes(peer)
+  -- Acknowledging everything (what a reader that keeps up does) moves every undelivered byte.
+  local moved = box.ub
+  if id < box.last then
+    moved = 0
+    for _, item in ipairs(redis.call('LRANGE', sizes, box.delivered + 1 - box.first, id - box.first)) do
+      moved = moved + parse_size(item)
+    end
+  end
+  box.ub, box.db = math.max(box.ub - moved, 0), box.db + moved
   box.delivered = id
-  local drop = (id - replay_window) - box.first + 1
+  -- Delivered messages held, and how many of them the count alone drops.
+  local held_count = id - box.first + 1
+  local excess = held_count - replay_window
+  local drop = 0
+  while drop < held_count and (drop < excess or box.db > replay_bytes) do
+    local want = excess - drop
+    if want < 16 then want = 16 end
+    local chunk = redis.call('LRANGE', sizes, drop, math.min(drop + want, held_count) - 1)
+    if #chunk == 0 then break end
+    for _, item in ipairs(chunk) do
+      if not (drop < excess or box.db > replay_bytes) then break end
+      local size, client = parse_size(item)
+      charge(client, -size)
+      box.db = box.db - size
+      drop = drop + 1
+    end
+  end
+  -- Messages stored before the byte bounds have no sizes: the count still trims them.
+  if drop < excess then drop = excess end
+  if box.db < 0 then box.db = 0 end
   if drop > 0 then
     redis.call('LTRIM', k_list(peer), drop, -1)
+    redis.call('LTRIM', sizes, drop, -1)
     box.first = box.first + drop
   end
   save(peer, box)
@@ -180,6 +288,7 @@ local function finish(refresh)
   end
   for peer, _ in pairs(touched) do
     redis.call('PEXPIRE', k_list(peer), key_ttl_ms)
+    redis.call('PEXPIRE', k_sizes(peer), key_ttl_ms)
   end
 end
 

@@ -1,16 +1,25 @@
--- Send: identifies the sender by its token, checks every recipient and the sender's rate, then
--- signs each message with the sender's id and appends it to every recipient's mailbox, and
--- wakes them: all of the batch or none of it. Recipients the batch overflows are evicted after.
--- KEYS[1]: the room's peers hash.
+-- Send: identifies the sender by its token, checks every recipient, the sender's rate and the
+-- bytes held for its address and in total, then signs each message with the sender's id and
+-- appends it to every recipient's mailbox, and wakes them: all of the batch or none of it.
+-- Recipients the batch overflows are evicted after.
+-- Bytes: each stored envelope counts once per recipient mailbox, charged to the sender's client
+-- key (from its mailbox state; none for a peer joined without an address) and to the total,
+-- both in KEYS[2]: charged for the whole batch before anything is appended (and taken back if
+-- that goes past a limit), so that the check and the charge are the same two commands; a
+-- recipient evicted instead of receiving is given back by `flush`.
+-- KEYS[1]: the room's peers hash. KEYS[2]: the held-bytes hash.
 -- ARGV: token digest ("" when none), mailbox capacity, rate (per second), burst, key expiry
---       (ms), then for each message: recipient id ("" for everyone else) and
---       "<type> <envelope without from and id>".
+--       (ms), mailbox max bytes, client max held bytes, max held bytes, then for each message:
+--       recipient id ("" for everyone else) and "<type> <envelope without from and id>".
 -- Reply: {error code [, message index | retry after (ms)]} or
 --        {"ok", accepted, {departures: peer, reason, client key, ...}, emptied (0/1), now (µs)}.
 local digest = ARGV[1]
-local capacity, rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
+capacity = tonumber(ARGV[2])
 key_ttl_ms = tonumber(ARGV[5])
-local first_message = 6
+max_bytes = tonumber(ARGV[6])
+local client_max_held, max_held = tonumber(ARGV[7]), tonumber(ARGV[8])
+local first_message = 9
 
 local sender, err = identify(digest)
 if err then return {err} end
@@ -38,25 +47,51 @@ if count > tokens then
   local missing = math.min(count, burst) - tokens
   return {'rate_limited', math.ceil(missing / rate * 1000)}
 end
-box.rt, box.ru = tokens - count, now
-save(sender, box)
 
+-- The signed values, and the bytes they will hold: once per recipient mailbox.
 local members = redis.call('HKEYS', K_PEERS)
-local overflowing, seen_overflow = {}, {}
 local signed_prefix = ' {"from":"' .. sender .. '",'
+local values, sizes = {}, {}
+local needed = 0
 for index = 0, count - 1 do
   local to = ARGV[first_message + 2 * index]
   local message = ARGV[first_message + 2 * index + 1]
   local space = string.find(message, ' ', 1, true)
   local value = string.sub(message, 1, space - 1) .. signed_prefix .. string.sub(message, space + 2)
+  local size = #value - space
+  values[index], sizes[index] = value, size
+  needed = needed + size * (to ~= '' and 1 or #members - 1)
+end
+local client = box.ck
+if client ~= '' and add_held(client, needed) > client_max_held then
+  add_held(client, -needed)
+  return {'too_many_bytes_held'}
+end
+local total = add_held('*', needed)
+if total > max_held then
+  add_held('*', -needed)
+  if client ~= '' then add_held(client, -needed) end
+  return {'server_full'}
+end
+if total == needed then redis.call('PEXPIRE', K_HELD, key_ttl_ms) end
+-- Charged already: what the pushes charge again below only evens this out.
+charge(client, -needed)
+
+box.rt, box.ru = tokens - count, now
+save(sender, box)
+
+local overflowing, seen_overflow = {}, {}
+for index = 0, count - 1 do
+  local to = ARGV[first_message + 2 * index]
+  local value, size = values[index], sizes[index]
   if to ~= '' then
-    if not push(to, value, capacity) and not seen_overflow[to] then
+    if not push(to, value, size, client) and not seen_overflow[to] then
       seen_overflow[to] = true
       table.insert(overflowing, to)
     end
   else
     for _, member in ipairs(members) do
-      if member ~= sender and not push(member, value, capacity) and not seen_overflow[member] then
+      if member ~= sender and not push(member, value, size, client) and not seen_overflow[member] then
         seen_overflow[member] = true
         table.insert(overflowing, member)
       end
@@ -64,7 +99,7 @@ for index = 0, count - 1 do
   end
 end
 for _, peer in ipairs(overflowing) do
-  remove(peer, 'evicted', capacity)
+  remove(peer, 'evicted')
 end
 
 finish(false)

@@ -1,14 +1,15 @@
 -- Sweep a room: removes, with reason timeout, every peer whose presence deadline has passed.
 -- Atomic, so that however many instances sweep the same room at once, each peer leaves once.
--- KEYS[1]: the room's peers hash.
--- ARGV: mailbox capacity, key expiry (ms).
+-- KEYS[1]: the room's peers hash. KEYS[2]: the held-bytes hash.
+-- ARGV: mailbox capacity, key expiry (ms), mailbox max bytes.
 -- Reply: {{departures: peer, reason, client key, ...}, the earliest deadline left (ms, -1 when the room is
 --        gone), emptied (0/1), now (µs)}.
-local capacity = tonumber(ARGV[1])
+capacity = tonumber(ARGV[1])
 key_ttl_ms = tonumber(ARGV[2])
+max_bytes = tonumber(ARGV[3])
 local now = now_ms()
 for _, peer in ipairs(redis.call('ZRANGEBYSCORE', K_SEEN, '-inf', now)) do
-  remove(peer, 'timeout', capacity)
+  remove(peer, 'timeout')
 end
 local earliest = -1
 if not emptied then
