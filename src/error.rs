@@ -113,6 +113,8 @@ pub enum Error {
     InvalidResume(Cow<'static, str>),
     /// A resume credential for a peer that is in the room right now.
     PeerPresent,
+    /// `GET /metrics` without the `metrics_token` (or with another).
+    MetricsTokenRequired,
     /// A fault of the server's, not the client's (the OS refused randomness, say).
     Internal(&'static str),
 }
@@ -128,7 +130,7 @@ impl Error {
             | InvalidQuery { .. }
             | InvalidLastEventId => Status::BadRequest,
             MissingToken | InvalidToken | MissingJoinToken | InvalidJoinToken(_)
-            | JoinTokenExpired => Status::Unauthorized,
+            | JoinTokenExpired | MetricsTokenRequired => Status::Unauthorized,
             WrongPeer | CorsRefused(_) | RoomNotAllowed | ClaimMismatch(_) => Status::Forbidden,
             RoomNotFound | PeerNotFound | RouteNotFound => Status::NotFound,
             MethodNotAllowed { .. } => Status::MethodNotAllowed,
@@ -200,6 +202,7 @@ impl Error {
             ResumeNotEnabled => "resume_not_enabled",
             InvalidResume(_) => "invalid_resume",
             PeerPresent => "peer_present",
+            MetricsTokenRequired => "metrics_token_required",
             Internal(_) => "internal_error",
         }
     }
@@ -292,6 +295,10 @@ impl Error {
                 "that peer is in the room now: its place cannot be taken over; join as a new peer"
                     .into()
             }
+            MetricsTokenRequired => {
+                "the metrics need the server's metrics_token: `Authorization: Bearer <token>`"
+                    .into()
+            }
             Internal(why) => Cow::Borrowed(why),
         }
     }
@@ -377,6 +384,7 @@ impl Error {
                 | Error::MissingJoinToken
                 | Error::InvalidJoinToken(_)
                 | Error::JoinTokenExpired
+                | Error::MetricsTokenRequired
         )
         .then(|| ("WWW-Authenticate", "Bearer".to_owned()));
         let retry_after = self
