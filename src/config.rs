@@ -392,16 +392,16 @@ impl Config {
                 "30 days",
             ),
             // A peer silent for a day is gone; a longer timeout only pins its room's slot.
-            (
-                "peer_timeout_secs",
-                self.peer_timeout_secs,
-                DAY,
-                "1 day",
-            ),
+            ("peer_timeout_secs", self.peer_timeout_secs, DAY, "1 day"),
             // Proxies cut idle connections within minutes: a heartbeat or a poll wait longer
             // than an hour would never be seen by a client behind one.
             ("heartbeat_secs", self.heartbeat_secs, HOUR, "1 hour"),
-            ("poll_max_wait_secs", self.poll_max_wait_secs, HOUR, "1 hour"),
+            (
+                "poll_max_wait_secs",
+                self.poll_max_wait_secs,
+                HOUR,
+                "1 hour",
+            ),
         ];
         for (name, value, bound, shown) in bounds {
             if value > bound as f64 {

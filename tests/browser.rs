@@ -404,7 +404,10 @@ async fn received_files_are_bytes_and_too_large_ones_are_refused() {
             "signpostApp.transfers().find(t => t.name === 'page.html' && t.state === 'done')",
         )
         .await;
-    assert_eq!(received["mime"], "text/html", "the claimed type is kept, to show");
+    assert_eq!(
+        received["mime"], "text/html",
+        "the claimed type is kept, to show"
+    );
     assert_eq!(received["savedType"], "application/octet-stream");
 
     // A "file" that announces 2 GiB (its pieces are made on demand, so nothing that large
@@ -438,13 +441,21 @@ async fn received_files_are_bytes_and_too_large_ones_are_refused() {
         shown.as_str().unwrap().contains("up to 1 GiB"),
         "the refusal names the limit: {shown}"
     );
-    let described = receiver.eval("document.getElementById('file-limit').textContent").await;
-    assert_eq!(described, "1 GiB", "the page states its limit where it describes transfers");
+    let described = receiver
+        .eval("document.getElementById('file-limit').textContent")
+        .await;
+    assert_eq!(
+        described, "1 GiB",
+        "the page states its limit where it describes transfers"
+    );
     // The refused transfer stays refused: the chunks already on their way are not kept.
     let after = receiver
         .eval("signpostApp.transfers().find(t => t.name === 'huge.bin')")
         .await;
-    assert_eq!((&after["state"], &after["bytes"]), (&json!("refused"), &json!(0)));
+    assert_eq!(
+        (&after["state"], &after["bytes"]),
+        (&json!("refused"), &json!(0))
+    );
     chromium.close().await;
     server.stop().await;
 }

@@ -78,7 +78,10 @@ async fn absurd_durations_are_refused_naming_the_key_and_its_bound() {
         ("poll_max_wait_secs", json!(3600.0)),
     ] {
         assert!(
-            signpost::build(figment(key, value.clone())).ignite().await.is_ok(),
+            signpost::build(figment(key, value.clone()))
+                .ignite()
+                .await
+                .is_ok(),
             "{key} = {value} is within its bound"
         );
     }

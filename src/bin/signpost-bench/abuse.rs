@@ -73,7 +73,9 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
 /// The `index`-th attacking address: 127.0.0.2 onwards.
 fn attacker(index: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 2)) + index as u32))
+    IpAddr::V4(Ipv4Addr::from(
+        u32::from(Ipv4Addr::new(127, 0, 0, 2)) + index as u32,
+    ))
 }
 
 /// The fresh client's address, apart from every attacker's.
@@ -257,7 +259,11 @@ pub async fn run(options: &Options, abuse: Abuse) -> Result<Report, String> {
         "server_open_files_limit": server_open_files_limit(pid),
     });
     let mut report = Report::new("abuse", settings, &Delivery::default(), &attack.errors);
-    report.figure("elapsed_s", (elapsed.as_secs_f64() * 10.0).round() / 10.0, "s");
+    report.figure(
+        "elapsed_s",
+        (elapsed.as_secs_f64() * 10.0).round() / 10.0,
+        "s",
+    );
     let samples = samples.lock();
     if let Some(start) = samples.rss_start_kib {
         let mib = |kib: u64| (kib as f64 / 102.4).round() / 10.0;
@@ -480,7 +486,12 @@ struct Held {
 
 /// Polls each held peer once every [`PRESENCE_EVERY`] so that it stays present, until stopped.
 /// `unread`: the poll's answer is not read past its head (a receiver with a backlog).
-async fn keep_present(attack: Arc<Attack>, local: IpAddr, held: Arc<Mutex<Vec<Held>>>, unread: bool) {
+async fn keep_present(
+    attack: Arc<Attack>,
+    local: IpAddr,
+    held: Arc<Mutex<Vec<Held>>>,
+    unread: bool,
+) {
     let limit = Arc::new(Semaphore::new(PRESENCE_CONCURRENCY));
     let host = attack.server.to_string();
     while attack.sleep(Duration::from_millis(100)).await {
@@ -756,8 +767,12 @@ async fn connections(attack: &Arc<Attack>) -> Figures {
             break;
         }
         // A server that no longer accepts leaves a connect waiting in its backlog.
-        let connecting = tokio::time::timeout(CONNECT_TIMEOUT, http::connect(attack.server, Some(local)));
-        let stream = match connecting.await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
+        let connecting =
+            tokio::time::timeout(CONNECT_TIMEOUT, http::connect(attack.server, Some(local)));
+        let stream = match connecting
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        {
             Ok(stream) => stream,
             Err(error) => {
                 not_opened.fetch_add(1, Ordering::Relaxed);
@@ -922,7 +937,11 @@ async fn rooms(attack: &Arc<Attack>) -> Figures {
         ("rooms_held", json!(total), ""),
         ("rooms_per_address_max", json!(most), ""),
         ("rooms_per_address_min", json!(least), ""),
-        ("max_rooms", json!(abuse.max_rooms), "as given by --max-rooms"),
+        (
+            "max_rooms",
+            json!(abuse.max_rooms),
+            "as given by --max-rooms",
+        ),
         (
             "addresses_to_exhaust_max_rooms",
             json!(abuse.max_rooms.div_ceil(most.max(1))),

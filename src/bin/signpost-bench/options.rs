@@ -330,7 +330,7 @@ fn parse_from(
                 "--addresses is 1 to 200",
             )?;
             check(
-                abuse.peers >= 2 && abuse.peers % 2 == 0,
+                abuse.peers >= 2 && abuse.peers.is_multiple_of(2),
                 "--peers is an even number, at least 2",
             )?;
             check(abuse.connections >= 1, "--connections must be at least 1")?;
