@@ -12,7 +12,9 @@
 # static files and the log), so that every other setting is the binary's own default; the
 # listing shape adds join_auth = "required" and a join key. SHAPES and ADDRESSES (space-separated)
 # and DURATION (seconds a shape is held) narrow a run; RSS_CAP_MIB (6144) stops a shape whose
-# server grows past it. The generator is this tree's, and talks only to 127.0.0.0/8.
+# server grows past it; REDIS_URL (e.g. redis://127.0.0.1:6379) runs the servers on the Redis
+# store instead of in memory, each run under a prefix of its own (Redis's own memory is not
+# counted). The generator is this tree's, and talks only to 127.0.0.0/8.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BEFORE=$(realpath "$1")
@@ -46,10 +48,15 @@ port = $port
 [default.signpost]
 static_dir = "$STATIC"
 EOF
-  local signpost='{}' token_args=()
+  local settings=() token_args=()
   if [ "$shape" = listing ]; then
-    signpost="{join_auth=\"required\", join_keys={abuse=\"$KEY\"}}"
+    settings+=("join_auth=\"required\"" "join_keys={abuse=\"$KEY\"}")
   fi
+  if [ -n "${REDIS_URL:-}" ]; then
+    settings+=("redis_url=\"$REDIS_URL\"" "redis_prefix=\"abuse-$label-$shape-$addresses-$$\"")
+  fi
+  local signpost
+  signpost="{$(IFS=,; echo "${settings[*]}")}"
   ROCKET_CONFIG="$OUT/Rocket.toml" ROCKET_PROFILE=default ROCKET_SIGNPOST="$signpost" \
     "$binary" > "$name.server.log" 2>&1 &
   local pid=$!
