@@ -49,8 +49,9 @@ pub struct Config {
     pub send_burst: f64,
     /// ICE servers handed to every peer when it joins, as `RTCIceServer` objects. Default none.
     pub ice_servers: Vec<IceServer>,
-    /// Directory of the browser client served at `/`. Default `static`, relative to the working
-    /// directory (the repository root under `cargo run`).
+    /// Directory of the browser client served at `/` and under `/static/` (`/signpost.js` is the
+    /// module other pages import). Default `static`, relative to the working directory (the
+    /// repository root under `cargo run`).
     pub static_dir: String,
     /// How much the server binary logs: `"info"` each failed request and each join, leave and
     /// eviction; `"warn"` only problems; `"debug"` also what libraries (Rocket) say at their
@@ -145,6 +146,23 @@ pub struct Config {
     /// expects on a private network; set it when the port is public and the numbers (rooms,
     /// peers, refusals) are not. Rather set it from the environment, like `turn_secret`.
     pub metrics_token: Option<JoinSecret>,
+    /// Seconds a request body may take to arrive whole, from the moment the server starts
+    /// reading it; past that the request is answered `408 body_timeout` and its connection
+    /// closed. Default 10: a full 1 MiB batch (`max_body_bytes`) over a slow 1 Mbit/s link takes
+    /// about 8 s, while a client trickling a body a byte at a time holds its connection no longer.
+    pub body_read_timeout_secs: f64,
+    /// Seconds a write to a connection may wait for the client to read before the connection is
+    /// closed, whatever was being written (an SSE stream, a poll answer, anything). Default 20:
+    /// a client that is merely slow reads something within seconds (the kernel's buffers hold
+    /// hundreds of KiB), while one that stopped reading would otherwise hold its stream, its
+    /// buffers and its descriptor forever.
+    pub write_timeout_secs: f64,
+    /// Open connections one client address (an IPv6 client: its /64) may have to this instance;
+    /// the next one is answered `429 too_many_connections` and closed. Connections from
+    /// `trusted_proxies` are not counted, since a proxy carries many clients. Default 1024: an
+    /// office of ~300 browsers behind one NAT uses ~3 each, while one address can no longer hold
+    /// every descriptor of the process.
+    pub max_connections_per_client: usize,
 }
 
 /// `join_auth`: who may join a room.
@@ -272,6 +290,9 @@ impl Default for Config {
             join_burst: 100.0,
             max_peers_per_client: 1000,
             trusted_proxies: Vec::new(),
+            body_read_timeout_secs: 10.0,
+            write_timeout_secs: 20.0,
+            max_connections_per_client: 1024,
         }
     }
 }
@@ -364,7 +385,27 @@ impl Config {
             }
         }
         self.validate_store()?;
-        self.validate_joins()
+        self.validate_joins()?;
+        self.validate_connections()
+    }
+
+    /// The connection limits' part of [`Config::validate`].
+    fn validate_connections(&self) -> Result<(), String> {
+        let timeouts = [
+            ("body_read_timeout_secs", self.body_read_timeout_secs),
+            ("write_timeout_secs", self.write_timeout_secs),
+        ];
+        for (name, value) in timeouts {
+            if !(value.is_finite() && value > 0.0) || Duration::try_from_secs_f64(value).is_err() {
+                return Err(format!(
+                    "signpost.{name} must be a positive number of seconds, not {value}"
+                ));
+            }
+        }
+        if self.max_connections_per_client == 0 {
+            return Err("signpost.max_connections_per_client must be at least 1".into());
+        }
+        Ok(())
     }
 
     /// Upper bounds on every setting in seconds, part of [`Config::validate`]: far above what
@@ -374,7 +415,7 @@ impl Config {
     fn validate_durations(&self) -> Result<(), String> {
         const HOUR: u64 = 60 * 60;
         const DAY: u64 = 24 * HOUR;
-        let bounds: [(&str, f64, u64, &str); 5] = [
+        let bounds: [(&str, f64, u64, &str); 7] = [
             // Servers' clocks drift by seconds; an hour of skew is a broken clock, and more
             // leeway would make `exp` meaningless.
             (
@@ -399,6 +440,21 @@ impl Config {
             (
                 "poll_max_wait_secs",
                 self.poll_max_wait_secs,
+                HOUR,
+                "1 hour",
+            ),
+            // A 1 MiB body (`max_body_bytes`) arrives within minutes over any working link, and
+            // a client that reads nothing for an hour is gone: longer would only let a stalled
+            // connection hold its buffers and its descriptor.
+            (
+                "body_read_timeout_secs",
+                self.body_read_timeout_secs,
+                HOUR,
+                "1 hour",
+            ),
+            (
+                "write_timeout_secs",
+                self.write_timeout_secs,
                 HOUR,
                 "1 hour",
             ),
@@ -517,6 +573,14 @@ impl Config {
     pub fn poll_max_wait(&self) -> Duration {
         Duration::from_secs_f64(self.poll_max_wait_secs)
     }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.body_read_timeout_secs)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.write_timeout_secs)
+    }
 }
 
 #[cfg(test)]
@@ -549,6 +613,18 @@ mod tests {
             },
             Config {
                 instance: Some(" ".into()),
+                ..Config::default()
+            },
+            Config {
+                body_read_timeout_secs: 0.0,
+                ..Config::default()
+            },
+            Config {
+                write_timeout_secs: f64::INFINITY,
+                ..Config::default()
+            },
+            Config {
+                max_connections_per_client: 0,
                 ..Config::default()
             },
         ];

@@ -117,6 +117,16 @@ pub enum Error {
     MetricsTokenRequired,
     /// A fault of the server's, not the client's (the OS refused randomness, say).
     Internal(&'static str),
+    /// The request body did not arrive whole within `body_read_timeout_secs`; the connection is
+    /// closed with the answer, since the rest of the body may still be on its way.
+    BodyTimeout {
+        limit: Duration,
+    },
+    /// This client address already has `max_connections_per_client` connections open to this
+    /// instance; the connection is closed with the answer.
+    TooManyConnections {
+        limit: usize,
+    },
 }
 
 impl Error {
@@ -157,6 +167,8 @@ impl Error {
             PeerPresent => Status::Conflict,
             Http(status) => *status,
             Internal(_) => Status::InternalServerError,
+            BodyTimeout { .. } => Status::RequestTimeout,
+            TooManyConnections { .. } => Status::TooManyRequests,
         }
     }
 
@@ -204,6 +216,8 @@ impl Error {
             PeerPresent => "peer_present",
             MetricsTokenRequired => "metrics_token_required",
             Internal(_) => "internal_error",
+            BodyTimeout { .. } => "body_timeout",
+            TooManyConnections { .. } => "too_many_connections",
         }
     }
 
@@ -300,6 +314,15 @@ impl Error {
                     .into()
             }
             Internal(why) => Cow::Borrowed(why),
+            BodyTimeout { limit } => format!(
+                "the body did not arrive within {} s; the connection is closed",
+                limit.as_secs_f64()
+            )
+            .into(),
+            TooManyConnections { limit } => format!(
+                "this address already has {limit} connections open to this server; close one"
+            )
+            .into(),
         }
     }
 
@@ -358,6 +381,9 @@ impl Error {
             // A reconnect to Redis takes well under a second; a client that waits one retries
             // soon without hammering an instance that cannot serve it.
             Error::StoreUnavailable => Some(1),
+            // Connections close all the time (a poll ends, a tab closes): a second is enough
+            // for one to free a place, and not so soon that a refused client spins.
+            Error::TooManyConnections { .. } => Some(1),
             _ => None,
         }
     }
@@ -375,7 +401,8 @@ impl Error {
     }
 
     /// The headers that go with the status: `WWW-Authenticate` on the 401s and `Allow` on the
-    /// 405 (RFC 9110 requires both), and `Retry-After` on the 429s and the 503.
+    /// 405 (RFC 9110 requires both), `Retry-After` on the 429s and the 503, and
+    /// `Connection: close` on the errors after which the connection cannot serve another request.
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, String)> {
         let authenticate = matches!(
             self,
@@ -394,7 +421,16 @@ impl Error {
             Error::MethodNotAllowed { allow } => Some(("Allow", allow.clone())),
             _ => None,
         };
-        authenticate.into_iter().chain(retry_after).chain(allow)
+        let close = matches!(
+            self,
+            Error::BodyTimeout { .. } | Error::TooManyConnections { .. }
+        )
+        .then(|| ("Connection", "close".to_owned()));
+        authenticate
+            .into_iter()
+            .chain(retry_after)
+            .chain(allow)
+            .chain(close)
     }
 }
 

@@ -23,7 +23,8 @@
 //!   - [`ice`]: the ICE servers a peer is given, with ephemeral TURN credentials.
 //! - Around the domain:
 //!   - `front`: the listening socket; serves the relay routes (send, SSE, long-poll) on hyper
-//!     and hands every other request to the Rocket application in-process.
+//!     and hands every other request to the Rocket application in-process; bounds what each
+//!     connection may hold in time, and how many one client address may open.
 //!   - `api`: the Rocket routes, one module per group, translating requests into hub calls.
 //!   - [`presence`]: the sweeper that times out silent peers.
 //!   - [`logging`]: the request and membership log, which never prints a token.
@@ -64,7 +65,6 @@ pub mod token_command;
 
 use rocket::fairing::AdHoc;
 use rocket::figment::Figment;
-use rocket::fs::{FileServer, Options};
 use rocket::{Build, Rocket};
 
 use crate::client_address::TrustedProxies;
@@ -100,9 +100,6 @@ pub fn build(figment: Figment) -> Rocket<Build> {
                 });
             match config {
                 Ok((config, tokens, resume, proxies, hub)) => {
-                    let static_files =
-                        FileServer::new(&config.static_dir, Options::Index | Options::Missing)
-                            .rank(20);
                     let metrics = hub.metrics().clone();
                     Ok(rocket
                         .manage(hub)
@@ -112,8 +109,7 @@ pub fn build(figment: Figment) -> Rocket<Build> {
                         .manage(resume)
                         .manage(proxies)
                         .manage(metrics)
-                        .manage(config)
-                        .mount("/", static_files))
+                        .manage(config))
                 }
                 Err(error) => {
                     // Rocket's own word for this is only "launch fairing(s) failed".

@@ -32,6 +32,7 @@ struct Inner {
     peers: Gauge,
     sse_streams: Gauge,
     polls_in_flight: Gauge,
+    connections: Gauge,
     joined: Counter,
     left: Counter,
     timed_out: Counter,
@@ -78,6 +79,7 @@ impl Metrics {
         let peers = gauge(&mut registry, "peers", "Peers in all rooms now");
         let sse_streams = gauge(&mut registry, "sse_streams", "Open SSE streams");
         let polls_in_flight = gauge(&mut registry, "polls_in_flight", "Long-polls waiting");
+        let connections = gauge(&mut registry, "connections", "Open client connections");
 
         let counters = |registry: &mut Registry, name: &str, help: &str, label, values: &[_]| {
             let family = Family::<Labels, Counter>::default();
@@ -165,6 +167,7 @@ impl Metrics {
                 peers,
                 sse_streams,
                 polls_in_flight,
+                connections,
                 joined,
                 left: departures[0].clone(),
                 timed_out: departures[1].clone(),
@@ -263,6 +266,12 @@ impl Metrics {
     pub fn poll_started(&self) -> GaugeGuard {
         self.inner.polls_in_flight.inc();
         GaugeGuard(self.inner.polls_in_flight.clone())
+    }
+
+    /// Counts an open client connection until the guard drops.
+    pub fn connection_opened(&self) -> GaugeGuard {
+        self.inner.connections.inc();
+        GaugeGuard(self.inner.connections.clone())
     }
 
     pub fn sse_streams(&self) -> i64 {

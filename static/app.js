@@ -57,6 +57,10 @@ const app = {
   mediaMode: null,
   /** Whether signaling is receiving (a stream is open or polls get answers). */
   signalingConnected: false,
+  /** Whether this page has a room key (`#key=` in its link): signaling is end-to-end encrypted. */
+  encrypted: false,
+  /** peer_id → when its first chat channel opened (performance.now()). */
+  chatOpenedAt: new Map(),
   chat: [],
   transfers: [],
   nextTransferId: 1,
@@ -99,6 +103,22 @@ window.signpostApp = {
   rejoins: () => app.rejoins ?? 0,
   /** How many `resume` messages this page refused (a bad signature, or nobody it knows). */
   refusedResumes: () => app.refusedResumes ?? 0,
+  /**
+   * End-to-end encryption of signaling: `on` when the page has a room key, `rejected` the
+   * messages refused because of it (not opening with the key, replayed, clear to a keyed page,
+   * or sealed to a page without the key).
+   */
+  encryption: () => ({ on: app.encrypted, rejected: app.client?.refused ?? 0 }),
+  /**
+   * When (ms since the page's time origin) the page started to join, and when each peer's chat
+   * channel first opened: set-up times, for benchmarks.
+   */
+  /**
+   * The safety code of the connection to `peerId` ("123 456"), from both DTLS fingerprints: the
+   * same on both ends unless someone sits in the middle. Null until connected.
+   */
+  safetyCode: (peerId) => app.links.get(peerId)?.safety ?? null,
+  timings: () => ({ joinStarted: app.joinStartedAt ?? null, chatOpened: Object.fromEntries(app.chatOpenedAt) }),
 };
 
 // ---- joining ----
@@ -114,26 +134,33 @@ async function main() {
   $("room").hidden = false;
   $("room-bar").hidden = false;
   $("room-name").textContent = room;
+  // A join token from the application comes in the fragment (#token=…), and so does the room
+  // key (#key=…): browsers never send the fragment to a server, so both stay out of every
+  // access log, and the key out of the server's reach. With a token, the token names the peer.
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const joinToken = fragment.get("token") || undefined;
+  const key = fragment.get("key") || undefined;
+  app.encrypted = Boolean(key);
+
   const share = new URL(location.pathname, location.origin);
   share.searchParams.set("room", room);
+  if (key) share.hash = new URLSearchParams({ key }).toString();
   $("share-link").value = share.href;
   $("copy-link").onclick = async () => {
     await navigator.clipboard?.writeText(share.href).catch(() => {});
     $("share-link").select();
   };
 
-  // A join token from the application comes in the fragment (#token=…), which browsers never
-  // send to a server, so it stays out of every access log. With one, the token names the peer.
-  const joinToken = new URLSearchParams(location.hash.slice(1)).get("token") || undefined;
-
   // Asking for camera/microphone may wait on a person; join meanwhile.
   const media = startMedia(wanted);
   const identity = createIdentity().then((key) => { app.identity = key; });
   let client;
+  app.joinStartedAt = performance.now();
   try {
     client = await Signpost.join(room, {
       name: joinToken ? undefined : name,
       joinToken,
+      key,
       transport,
       types: ["offer", "answer", "candidate", "resume"],
     });
@@ -156,6 +183,21 @@ async function main() {
     renderStatus();
   });
   client.on("error", ({ message }) => showError(message));
+  // Refused messages are never applied (a tampered offer never reaches setRemoteDescription);
+  // the page counts them and says why, once per reason and sender.
+  const told = new Set();
+  client.on("refused", ({ reason, from }) => {
+    renderEncryption();
+    if (told.has(`${reason} ${from}`)) return;
+    told.add(`${reason} ${from}`);
+    const who = from ? `peer ${from.slice(0, 8)}` : "the server";
+    showError({
+      unauthenticated: `A message from ${who} does not open with this room's key (altered on the way, or sent with another key); refused.`,
+      replayed: `A message from ${who} was replayed or reordered on the way; refused.`,
+      downgrade: `${who[0].toUpperCase()}${who.slice(1)} sent an unencrypted message into this encrypted room; refused.`,
+      encrypted: "This room is encrypted: open the link with its key. An encrypted message was refused.",
+    }[reason] ?? `A message from ${who} was refused (${reason}).`);
+  });
   // Signaling waits for local media so that offers and answers carry it. Every handler chains on
   // the same promise, so messages are still handled in the order they arrived.
   const ready = Promise.all([media, identity]);
@@ -185,8 +227,9 @@ async function main() {
     if (why) showError(`${link.label()} ${why}.`);
     link.close();
   }));
+  // Keyed, names come sealed inside each message (`name`), not in the server's `join`.
   for (const type of ["offer", "answer"]) {
-    client.on(type, afterMedia(({ from, data }) => linkFor(from, app.names.get(from))?.onDescription(data)));
+    client.on(type, afterMedia(({ from, data, name }) => linkFor(from, name ?? app.names.get(from))?.onDescription(data)));
   }
   client.on("candidate", afterMedia(({ from, data }) => app.links.get(from)?.onCandidate(data)));
   client.on("resume", afterMedia((envelope) => onResume(envelope)));
@@ -205,6 +248,7 @@ async function main() {
     $("leave").onclick = () => location.reload();
     renderStatus();
   });
+  renderEncryption();
 
   $("leave").onclick = () => client.leave();
   $("chat-form").onsubmit = (event) => {
@@ -346,19 +390,29 @@ function joinRefusal(room, error) {
     room_not_allowed: `Your invitation is for another room, not "${room}".`,
     invalid_join_token: `Your invitation link for "${room}" is not valid (${error.message}).`,
     too_many_joins: `Too many joins from your network just now: ${error.message}.`,
+    invalid_room_key: `The room key in this link is not valid (${error.message}): open the link exactly as it was shared.`,
+    e2ee_unavailable: `This link is end-to-end encrypted, which needs HTTPS or localhost: ${error.message}.`,
   };
   return reasons[error.code] ?? `Could not join "${room}": ${error.message}`;
 }
 
 function showLobby() {
   fillLobby({ room: "", name: "", media: "video" });
+}
+
+/** Makes the lobby's form join: to the room page, with a fresh room key for a new room. */
+function installLobby() {
   $("join-form").onsubmit = (event) => {
     event.preventDefault();
     const form = new FormData(event.target);
     const next = new URLSearchParams({ room: form.get("room") });
     if (form.get("name")) next.set("name", form.get("name"));
     if (form.get("media") !== "video") next.set("media", form.get("media"));
-    location.search = next.toString();
+    // A new room gets a fresh room key, in the fragment: only those given the link can read its
+    // signaling. The same key must reach the others, so they join with the shared link.
+    const encrypt = form.get("encrypt") === "on" && Boolean(globalThis.crypto?.subtle);
+    const hash = encrypt ? `#${new URLSearchParams({ key: Signpost.newRoomKey() })}` : "";
+    location.assign(`${location.pathname}?${next}${hash}`);
   };
 }
 
@@ -367,7 +421,8 @@ function fillLobby({ room, name, media }) {
   form.room.value = room;
   form.name.value = name;
   form.media.value = media;
-  if (!form.onsubmit) showLobby();
+  // The lobby shown after a refused join is the same form, with what was asked filled in.
+  if (!form.onsubmit) installLobby();
 }
 
 // ---- local media ----
@@ -440,6 +495,7 @@ function linkFor(peerId, name) {
     renderStatus();
   } else if (name && !link.name) {
     link.name = name;
+    link.renderTile();
   }
   return link;
 }
@@ -516,6 +572,10 @@ class Link {
       } else if (pc.connectionState === "connected") {
         clearTimeout(this.failedTimer);
         this.failedTimer = null;
+        safetyCode(pc).then((code) => {
+          this.safety = code;
+          this.renderTile();
+        });
       } else if (pc.connectionState === "closed") {
         this.vanish("is gone (the connection closed)");
       }
@@ -588,6 +648,7 @@ class Link {
   useChat(channel) {
     this.chats.add(channel);
     channel.onopen = () => {
+      if (!app.chatOpenedAt.has(this.id)) app.chatOpenedAt.set(this.id, performance.now());
       // With two chat channels (after a collision), send on whichever is open.
       this.chat = channel;
       if (app.identity) channel.send(JSON.stringify({ type: "key", key: app.identity.publicJwk }));
@@ -628,11 +689,15 @@ class Link {
     const badge = document.createElement("span");
     badge.className = "badge";
     const name = document.createElement("span");
-    caption.append(name, badge);
+    const safety = document.createElement("span");
+    safety.className = "safety";
+    safety.title = "Safety code: the same on both ends unless someone sits in the middle of the connection. Compare it aloud.";
+    caption.append(name, safety, badge);
     figure.append(video, caption);
     $("tiles").append(figure);
     this.video = video;
     this.caption = name;
+    this.safetyLabel = safety;
     this.badge = badge;
     this.renderTile();
     return figure;
@@ -660,6 +725,7 @@ class Link {
 
   renderTile() {
     this.caption.textContent = this.label();
+    this.safetyLabel.textContent = this.safety ? `code ${this.safety}` : "";
     const state = this.pc.connectionState;
     this.badge.textContent = state === "connected" ? "" : describeState(state);
     const hasVideo = this.remoteStream.getVideoTracks().some((track) => !track.muted);
@@ -733,6 +799,29 @@ class Link {
     }
     renderStatus();
   }
+}
+
+/**
+ * A short code from a connection's two DTLS fingerprints (docs/PROTOCOL.md, section 8): SHA-256
+ * of "signpost-safety-v1", then the two fingerprints sorted, one per line; its first 3 bytes as a
+ * number mod 10^6, in two groups of three digits. Both ends compute the same code; a party in the
+ * middle holds two connections with other fingerprints, so the two people would read different
+ * codes. Null where a fingerprint or WebCrypto is missing.
+ */
+async function safetyCode(pc) {
+  const fingerprints = [pc.localDescription?.sdp, pc.remoteDescription?.sdp].map(sdpFingerprint);
+  if (fingerprints.includes(null) || !crypto.subtle) return null;
+  fingerprints.sort();
+  const text = `signpost-safety-v1\n${fingerprints.join("\n")}`;
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
+  const number = ((digest[0] << 16) | (digest[1] << 8) | digest[2]) % 1000000;
+  return String(number).padStart(6, "0").replace(/^(\d{3})(\d{3})$/, "$1 $2");
+}
+
+/** The first `a=fingerprint` of `sdp` as "sha-256 AB:CD:…" (algorithm lower case, hex upper). */
+function sdpFingerprint(sdp) {
+  const match = /^a=fingerprint:(\S+) (\S+)/m.exec(sdp ?? "");
+  return match ? `${match[1].toLowerCase()} ${match[2].toUpperCase()}` : null;
 }
 
 function describeState(state) {
@@ -988,6 +1077,18 @@ function renderStatus() {
   }));
   $("status-peers").hidden = app.links.size === 0;
   $("status-alone").hidden = app.links.size > 0 || Boolean(client?.closed);
+}
+
+/** The encryption line of the status panel: on or off, and how many messages were refused. */
+function renderEncryption() {
+  const refused = app.client?.refused ?? 0;
+  const state = app.encrypted
+    ? "end-to-end: the server relays only ciphertext (room key in the link)"
+    : "off: the server can read the connection set-up (open a link with #key= to encrypt)";
+  $("status-encryption").textContent = refused > 0 ? `${state} · ${refused} refused` : state;
+  $("status-encryption").classList.toggle("off", !app.encrypted);
+  $("room-lock").textContent = app.encrypted ? "🔒 encrypted" : "not encrypted";
+  $("room-lock").classList.toggle("off", !app.encrypted);
 }
 
 function showError(message) {

@@ -26,6 +26,17 @@
 // emits `rejoined` with its peer id, new or the same. Peer connections are the page's and are
 // never touched: a page that wants the others to recognise it under a new peer id follows
 // docs/PROTOCOL.md, section 7.
+//
+// End-to-end encryption: with `key` (a room key, base64url, at least 128 bits, shared out of
+// band, e.g. in a link's fragment), every message this client sends carries its `data`
+// encrypted and authenticated (AES-GCM under a key HKDF derives from the room key and the room
+// name), bound to the room, the sender, the recipient and the type, with a per-sender sequence
+// inside (docs/PROTOCOL.md, section 8). The server relays ciphertext; name and meta travel inside
+// it instead of in the join. What does not open (altered, another key, replayed), a clear
+// message to a keyed client and a sealed one to a client without the key are never delivered:
+// each emits `refused`. The application writes no crypto.
+//
+//   const client = await Signpost.join("demo", { key: Signpost.newRoomKey(), types: [...] });
 
 /** Message types the server itself emits. */
 const SERVER_TYPES = ["join", "leave"];
@@ -71,7 +82,15 @@ const DEFAULTS = {
  *   client joined the room again by itself: `peerId` is its id now (new, or the same when the
  *   server took its resume credential), `peers` those in the room;
  * - `closed`: `fn({reason})` when the client stops for good (left, or a rejoin was refused, e.g.
- *   because the join token expired).
+ *   because the join token expired);
+ * - `refused`: `fn({reason, from, type})` for a message not delivered because of encryption:
+ *   `reason` is "unauthenticated" (does not open with this room's key: altered, another key, or
+ *   addressed elsewhere), "replayed" (its sequence is not above the sender's last), "downgrade"
+ *   (a clear message to a keyed client) or "encrypted" (a sealed message, and this client has
+ *   no key). `client.refused` counts them.
+ *
+ * With a room key, messages from peers carry `name` (and `meta`) as the sender sealed them, since
+ * the server's join has neither.
  */
 export class Signpost {
   /**
@@ -80,9 +99,14 @@ export class Signpost {
    * meta are the peer's), `types` (message types to receive besides join/leave: over SSE only
    * subscribed types reach the page), and the keys of DEFAULTS. Throws an Error with `code`
    * (the API's error code, e.g. `join_token_expired`) when the join is refused.
+   * `key`: the room key (base64url of at least 16 bytes); with it, everything sent is sealed and
+   * only sealed messages are delivered (docs/PROTOCOL.md, section 8). A key that is too short or
+   * not base64url throws `invalid_room_key`; a page without WebCrypto (no HTTPS, not
+   * localhost) throws `e2ee_unavailable`.
    */
   static async join(room, options = {}) {
     const settings = { ...DEFAULTS, ...options };
+    const cipher = settings.key ? await RoomCipher.create(room, settings.key) : null;
     let response;
     try {
       response = await joinRequest(room, settings);
@@ -91,11 +115,25 @@ export class Signpost {
     }
     const joined = await response.json().catch(() => ({}));
     if (response.status !== 201) throw apiError(response.status, joined);
-    return new Signpost(joined, settings);
+    return new Signpost(joined, settings, cipher);
   }
 
-  constructor(joined, settings) {
+  /** A fresh room key: 128 random bits, base64url (22 characters). */
+  static newRoomKey() {
+    return base64url(crypto.getRandomValues(new Uint8Array(ROOM_KEY_BYTES)));
+  }
+
+  constructor(joined, settings, cipher = null) {
     this.settings = settings;
+    /** The room's cipher when the client has a key; null in the clear. */
+    this.cipher = cipher;
+    /** Messages not delivered because of encryption (see `refused`). */
+    this.refused = 0;
+    /**
+     * Keyed clients open messages one at a time (WebCrypto is asynchronous): each delivery
+     * chains on this, so messages and resets are emitted in the order they arrived.
+     */
+    this.opening = Promise.resolve();
     this.handlers = new Map();
     this.types = new Set([...SERVER_TYPES, ...(settings.types ?? [])]);
     this.adopt(joined);
@@ -141,7 +179,8 @@ export class Signpost {
     this.incarnation = (this.incarnation ?? 0) + 1;
     this.room = joined.room;
     this.peerId = joined.peer_id;
-    this.name = joined.name ?? null;
+    // Keyed, the server was not told the name: it travels sealed (see seal()).
+    this.name = joined.name ?? (this.cipher ? this.settings.name ?? null : null);
     /** Peers already in the room when this one (re)joined, in join order. */
     this.peers = joined.peers ?? [];
     /** RTCIceServer objects from the server's configuration. */
@@ -224,7 +263,16 @@ export class Signpost {
 
   /** POSTs one batch, retrying what may succeed later (rate limit, proxy or network trouble). */
   async post(batch) {
-    const body = JSON.stringify(batch.map((entry) => entry.message));
+    let messages = batch.map((entry) => entry.message);
+    if (this.cipher) {
+      try {
+        messages = await Promise.all(messages.map((message) => this.seal(message)));
+      } catch (error) {
+        for (const entry of batch) entry.reject(error);
+        return;
+      }
+    }
+    const body = JSON.stringify(messages);
     let failures = 0;
     while (!this.closed) {
       const incarnation = this.incarnation;
@@ -273,22 +321,61 @@ export class Signpost {
     for (const entry of batch) entry.reject(new Error("signpost: the client has left"));
   }
 
+  /**
+   * `message` ({type, data, to?}) with its `data` sealed for its recipient: the sequence number
+   * is taken here, as the batch goes out, so numbers rise in the order the server accepts them.
+   */
+  seal(message) {
+    const inner = { seq: this.cipher.nextSequence(), data: message.data };
+    if (this.name) inner.name = this.name;
+    if (this.settings.meta) inner.meta = this.settings.meta;
+    return this.cipher
+      .seal(this.peerId, message.to ?? null, message.type, inner)
+      .then((data) => ({ ...message, data }));
+  }
+
   // ---- receiving ----
 
-  /** Delivers one envelope, once, in id order. */
+  /** Delivers one envelope, once, in id order (opened first when the client has a key). */
   deliver(envelope) {
     if (typeof envelope.id === "number") {
       if (envelope.id <= this.lastId) return; // already delivered before a reconnection
       this.lastId = envelope.id;
     }
-    this.emit(envelope.type, envelope);
+    const fromServer = SERVER_TYPES.includes(envelope.type);
+    if (!this.cipher) {
+      if (!fromServer && isSealed(envelope.data)) return this.refuse("encrypted", envelope);
+      return this.emit(envelope.type, envelope);
+    }
+    // The peer id this message reached: a rejoin while earlier messages are being opened must
+    // not make them look addressed to someone else.
+    const recipient = this.peerId;
+    this.opening = this.opening.then(async () => {
+      if (fromServer) return this.emit(envelope.type, envelope);
+      if (!isSealed(envelope.data)) return this.refuse("downgrade", envelope);
+      const opened = await this.cipher.open(envelope, recipient);
+      if (typeof opened === "string") return this.refuse(opened, envelope);
+      this.emit(envelope.type, { ...envelope, ...opened });
+    }).catch((error) => {
+      // Never expected (every failure to open is a refusal), but a rejected link would stop
+      // every later delivery: count it as one more refusal instead.
+      console.error("signpost: opening a message failed", error);
+      this.refuse("unauthenticated", envelope);
+    });
+  }
+
+  /** Counts and reports a message that is not delivered; it is never applied. */
+  refuse(reason, envelope) {
+    this.refused += 1;
+    this.emit("refused", { reason, from: envelope.from ?? null, type: envelope.type });
   }
 
   onReset(reset) {
     // The messages after lastId are gone (or lastId is unknown to the server): continue with
     // what the server still holds, whatever its ids.
     this.lastId = 0;
-    this.emit("reset", reset);
+    if (this.cipher) this.opening = this.opening.then(() => this.emit("reset", reset));
+    else this.emit("reset", reset);
   }
 
   /** Starts receiving on the transport the settings (and what was learnt) call for. */
@@ -628,7 +715,7 @@ export class Signpost {
 }
 
 /** Events the client emits itself, which never come from the server. */
-const LOCAL_EVENTS = new Set(["reset", "transport", "status", "error", "closed", "rejoined"]);
+const LOCAL_EVENTS = new Set(["reset", "transport", "status", "error", "closed", "rejoined", "refused"]);
 
 /** Error codes that mean the server no longer knows this peer: rejoin. */
 const FORGOTTEN = new Set(["peer_not_found", "room_not_found", "invalid_token"]);
@@ -643,8 +730,9 @@ const RESUME_REFUSED = new Set(["resume_not_enabled", "invalid_resume", "peer_pr
 function joinRequest(room, settings, resume = null) {
   const body = {};
   if (resume) body.resume = resume;
-  if (settings.name) body.name = settings.name;
-  if (settings.meta) body.meta = settings.meta;
+  // Keyed, name and meta travel sealed inside the messages instead (docs/PROTOCOL.md, 8).
+  if (settings.name && !settings.key) body.name = settings.name;
+  if (settings.meta && !settings.key) body.meta = settings.meta;
   const headers = { "Content-Type": "application/json" };
   if (settings.joinToken) headers.Authorization = `Bearer ${settings.joinToken}`;
   return fetch(`${settings.baseUrl}/api/rooms/${encodeURIComponent(room)}/peers`, {
@@ -671,4 +759,128 @@ function apiError(status, body) {
 
 function delay(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// ---- end-to-end encryption (docs/PROTOCOL.md, section 8) ----
+
+/** The format's version: the `e2ee` field of sealed data, and the HKDF salt and AAD prefix. */
+const E2EE_VERSION = "signpost-e2ee-v1";
+/** The shortest room key accepted, and the size of a new one: 128 bits. */
+const ROOM_KEY_BYTES = 16;
+/** AES-GCM nonces: 96 random bits per message (NIST SP 800-38D's recommended size). */
+const NONCE_BYTES = 12;
+
+/** Whether `data` is sealed data: `{"e2ee": "signpost-e2ee-v1", "iv": …, "ct": …}`. */
+function isSealed(data) {
+  return data !== null && typeof data === "object" && typeof data.e2ee === "string";
+}
+
+/**
+ * One room's AES-GCM key, this client's sending sequence, and the last sequence accepted from
+ * each sender. Nonces are random, so nothing about the key is ever reused across clients.
+ * Exported for checks against docs/PROTOCOL.md's test vector; `Signpost` uses it by itself.
+ */
+export class RoomCipher {
+  static async create(room, keyText) {
+    const raw = typeof keyText === "string" ? unbase64url(keyText) : null;
+    if (!raw || raw.length < ROOM_KEY_BYTES) {
+      throw apiError(0, { error: "invalid_room_key", message: "the room key must be base64url of at least 16 bytes" });
+    }
+    if (!globalThis.crypto?.subtle) {
+      throw apiError(0, { error: "e2ee_unavailable", message: "end-to-end encryption needs WebCrypto (HTTPS or localhost)" });
+    }
+    const material = await crypto.subtle.importKey("raw", raw, "HKDF", false, ["deriveKey"]);
+    const key = await crypto.subtle.deriveKey(
+      { name: "HKDF", hash: "SHA-256", salt: utf8(E2EE_VERSION), info: utf8(room) },
+      material,
+      { name: "AES-GCM", length: 256 },
+      false,
+      ["encrypt", "decrypt"],
+    );
+    return new RoomCipher(room, key);
+  }
+
+  constructor(room, key) {
+    this.room = room;
+    this.key = key;
+    /** The last sequence number this client sealed; the first message is 1. */
+    this.sequence = 0;
+    /** sender peer_id → the highest sequence accepted from it. */
+    this.seen = new Map();
+  }
+
+  nextSequence() {
+    this.sequence += 1;
+    return this.sequence;
+  }
+
+  /** What the tag authenticates besides the plaintext: who sent what to whom, where. */
+  additionalData(from, to, type) {
+    return utf8(`${E2EE_VERSION}\n${this.room}\n${from}\n${to ?? "*"}\n${type}`);
+  }
+
+  async seal(from, to, type, inner) {
+    const iv = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
+    const sealed = await crypto.subtle.encrypt(
+      { name: "AES-GCM", iv, additionalData: this.additionalData(from, to, type) },
+      this.key,
+      utf8(JSON.stringify(inner)),
+    );
+    return { e2ee: E2EE_VERSION, iv: base64url(iv), ct: base64url(new Uint8Array(sealed)) };
+  }
+
+  /**
+   * Opens an envelope that reached `recipient` (this client's peer id): `{data, seq, name?,
+   * meta?}`, or the reason it is refused. Envelopes do not say whether they were sent to one
+   * peer or to everyone, so both readings are tried: sealed for `recipient`, or for "*". A
+   * message sealed for another recipient, sender, type or room opens under neither.
+   */
+  async open(envelope, recipient) {
+    const { data, from, type } = envelope;
+    if (data.e2ee !== E2EE_VERSION || typeof data.iv !== "string" || typeof data.ct !== "string") return "unauthenticated";
+    const iv = unbase64url(data.iv);
+    const ct = unbase64url(data.ct);
+    if (!iv || iv.length !== NONCE_BYTES || !ct) return "unauthenticated";
+    let inner = null;
+    for (const to of [recipient, "*"]) {
+      try {
+        const plain = await crypto.subtle.decrypt(
+          { name: "AES-GCM", iv, additionalData: this.additionalData(from, to, type) },
+          this.key,
+          ct,
+        );
+        inner = JSON.parse(new TextDecoder().decode(plain));
+        break;
+      } catch {
+        // Not sealed for this (recipient, sender, type) under this key: try the next reading.
+      }
+    }
+    if (inner === null || typeof inner !== "object" || !Number.isSafeInteger(inner.seq)) return "unauthenticated";
+    if (inner.seq <= (this.seen.get(from) ?? 0)) return "replayed";
+    this.seen.set(from, inner.seq);
+    const opened = { data: inner.data ?? null, seq: inner.seq };
+    if (typeof inner.name === "string") opened.name = inner.name;
+    if (inner.meta !== undefined) opened.meta = inner.meta;
+    return opened;
+  }
+}
+
+function utf8(text) {
+  return new TextEncoder().encode(text);
+}
+
+function base64url(bytes) {
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+/** The bytes of unpadded base64url `text`, or null if it is not that. */
+function unbase64url(text) {
+  if (!/^[A-Za-z0-9_-]*$/.test(text) || text.length % 4 === 1) return null;
+  try {
+    return Uint8Array.from(atob(text.replace(/-/g, "+").replace(/_/g, "/")), (c) => c.charCodeAt(0));
+  } catch {
+    return null;
+  }
 }

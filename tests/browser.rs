@@ -69,6 +69,10 @@ async fn wait_full_mesh(pages: &[(&Tab, &str)]) {
 }
 
 /// Two pages in one room open a data channel to each other and chat both ways, peer to peer.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pages_chat_both_ways() {
     let Some(chromium) = Chromium::launch("two_pages_chat_both_ways").await else {
@@ -114,6 +118,10 @@ async fn two_pages_chat_both_ways() {
 }
 
 /// With fake camera and microphone, each page decodes the other's video and receives its audio.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_see_and_hear_each_other() {
     let Some(chromium) = Chromium::launch("pages_see_and_hear_each_other").await else {
@@ -154,6 +162,10 @@ async fn pages_see_and_hear_each_other() {
 
 /// A page whose camera and microphone are refused joins as a data-only peer, says so, and still
 /// connects and chats.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_media_page_joins_data_only_and_says_so() {
     let Some(chromium) =
@@ -194,6 +206,10 @@ async fn refused_media_page_joins_data_only_and_says_so() {
 
 /// A page forced onto long-polling and a page on SSE still connect and chat: signaling works
 /// whichever transport each side can use.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_page_connects_with_sse_page() {
     let Some(chromium) = Chromium::launch("long_poll_page_connects_with_sse_page").await else {
@@ -224,6 +240,10 @@ async fn long_poll_page_connects_with_sse_page() {
 
 /// Three pages form a full mesh; when one closes its tab, it leaves (by beacon, not by timeout)
 /// and the other two see it go while staying connected to each other.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pages_mesh_then_one_leaves() {
     let Some(chromium) = Chromium::launch("three_pages_mesh_then_one_leaves").await else {
@@ -272,6 +292,10 @@ async fn three_pages_mesh_then_one_leaves() {
 /// A file of a few MiB picked in one page arrives intact in the other (same SHA-256 as the file
 /// on disk), with progress shown on both sides along the way and the sender's queue bounded by
 /// flow control.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_arrives_intact_with_progress() {
     let Some(chromium) = Chromium::launch("file_arrives_intact_with_progress").await else {
@@ -463,6 +487,10 @@ async fn received_files_are_bytes_and_too_large_ones_are_refused() {
 /// Behind a proxy that buffers event streams and answers polls that wait over 3 s with a 504, a
 /// page on `transport=auto` moves to long-polling, shortens its polls below the cut and keeps
 /// that wait, and still connects and chats with a page that has a direct connection.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_transport_gets_through_a_hostile_proxy() {
     let Some(chromium) = Chromium::launch("auto_transport_gets_through_a_hostile_proxy").await
@@ -551,6 +579,10 @@ async fn auto_transport_gets_through_a_hostile_proxy() {
 
 /// signpost.js on its own (no room page): when a proxy cuts the event stream every second, it
 /// reconnects from the last id it saw, and every message arrives exactly once, in order.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signaling_module_resumes_cut_streams_without_loss() {
     let Some(chromium) =
@@ -631,6 +663,112 @@ async fn signaling_module_resumes_cut_streams_without_loss() {
     server.stop().await;
 }
 
+/// A server of one HTML page on `listener`: the origin of another site's page. It answers every
+/// request with `html`, except `/favicon.ico` (404), and closes each connection.
+fn serve_page(listener: tokio::net::TcpListener, html: String) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let html = html.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let response = if head.starts_with(b"GET /favicon.ico ") {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_owned()
+                } else {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                        html.len()
+                    )
+                };
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    })
+}
+
+/// An application's page on another origin imports `signpost.js` from the signpost server, as
+/// README.md shows (`import … from "http://<signpost>/signpost.js"`), joins a room there (the
+/// server's `cors_allowed_origins` names the page's origin), and receives and sends messages.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_another_origin_imports_the_module_and_joins() {
+    let Some(chromium) =
+        Chromium::launch("a_page_of_another_origin_imports_the_module_and_joins").await
+    else {
+        return;
+    };
+    // The server's settings name the page's origin, and the page names the server: bind the
+    // page's port first, serve the page once the server runs.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_origin = format!("http://{}", listener.local_addr().unwrap());
+    let server = Server::with(json!({ "cors_allowed_origins": [page_origin] })).await;
+    let html = format!(
+        r#"<!doctype html>
+<meta charset="utf-8">
+<title>An application</title>
+<script type="module">
+  import {{ Signpost }} from "{signpost}/signpost.js";
+  window.notes = [];
+  const client = await Signpost.join("elsewhere", {{ name: "app", baseUrl: "{signpost}", transport: "sse", types: ["note"] }});
+  client.on("note", (envelope) => notes.push(envelope.data));
+  window.app = {{ client, peerId: client.peerId }};
+</script>
+"#,
+        signpost = server.base
+    );
+    let page_server = serve_page(listener, html);
+    assert_ne!(
+        page_origin, server.base,
+        "the page and signpost have different origins"
+    );
+
+    let page = chromium
+        .open_other(&format!("{page_origin}/app.html"))
+        .await;
+    let page_id = page
+        .wait_for(
+            "the page's join through the imported module",
+            "window.app?.peerId",
+        )
+        .await;
+    let page_id = page_id.as_str().expect("a peer id").to_owned();
+    let sender = server.join("elsewhere", "sender").await;
+    let mut events = sender.events(None).await;
+    sender
+        .send_ok(json!({"type": "note", "to": page_id, "data": "hello, other origin"}))
+        .await;
+    page.wait_for("the note on the page", "notes.length === 1")
+        .await;
+    assert_eq!(page.eval("notes").await, json!(["hello, other origin"]));
+    page.eval(&format!(
+        "app.client.send('note', 'hello back', {})",
+        Value::from(sender.id.as_str())
+    ))
+    .await;
+    let reply = events.next_message().await;
+    assert_eq!(reply["from"], page_id.as_str());
+    assert_eq!(reply["data"], "hello back");
+    chromium.close().await;
+    page_server.abort();
+    server.stop().await;
+}
+
 /// A join token signed with `secret` for `room`, as an application's backend would mint it,
 /// with `exp` `expires_in` seconds from now (negative: in the past).
 fn join_token(secret: &str, room: &str, name: &str, expires_in: i64) -> String {
@@ -646,6 +784,10 @@ fn join_token(secret: &str, room: &str, name: &str, expires_in: i64) -> String {
 /// In a room that requires a join token, the page joins with the one in its `#token=` fragment,
 /// under the token's name; with an expired token it stays in the lobby and says the invitation
 /// expired.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_joins_with_a_token_from_the_fragment_and_explains_an_expired_one() {
     let Some(chromium) =

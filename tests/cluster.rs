@@ -5,7 +5,7 @@
 //! Each test starts a `redis-server` of its own (so that its faults disturb no other test) and
 //! two or three instances on it sharing one key prefix: in-process servers, except the one that
 //! is SIGKILLed, which is the real binary in a child process. Without redis-server, the tests
-//! are skipped outside CI (`tests/common/external.rs`).
+//! are ignored outside CI (`tests/common/external.rs`).
 //!
 //! The SSE heartbeat stays at its default (15 s), longer than [`common::EVENT_DEADLINE`]: a
 //! stream also reads its mailbox again at each heartbeat, which would otherwise hide a lost
@@ -45,8 +45,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// `count` in-process instances with `settings` over the defaults; `None` (the skip is
-    /// printed) when redis-server is missing outside CI.
+    /// `count` in-process instances with `settings` over the defaults (the test fails when
+    /// redis-server is missing: `external::can_run`).
     async fn start(test: &str, count: usize, settings: Value) -> Option<Cluster> {
         if !external::can_run(test, Redis::available()) {
             return None;
@@ -198,6 +198,10 @@ fn seen(message: &Value) -> (u64, &str, &Value) {
 
 /// 1. A stream on instance A receives what is posted on instance B: ids gapless from 1 and
 ///    `from` set by the server to the sender, whichever instance either used.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_on_one_instance_receives_what_is_posted_on_another() {
     let Some(cluster) = Cluster::start("cross_instance_sse", 3, json!({})).await else {
@@ -240,6 +244,10 @@ async fn a_stream_on_one_instance_receives_what_is_posted_on_another() {
 
 /// 2. A long-poll waiting on instance A answers promptly when a message for it is posted on
 ///    instance B: the wake-up crosses instances, well before the poll's `wait`.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_on_one_instance_wakes_for_a_send_on_another() {
     let Some(cluster) = Cluster::start("cross_instance_poll", 2, json!({})).await else {
@@ -319,6 +327,10 @@ async fn concurrent_joins(
 
 /// 3. `max_peers_per_room` and `max_rooms` hold exactly across instances: of 20 joins at once,
 ///    split over two instances, exactly the limit succeed and every other is a `409`.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_joins_on_two_instances_honour_the_limits_exactly() {
     let Some(cluster) = Cluster::start(
@@ -362,6 +374,10 @@ async fn concurrent_joins_on_two_instances_honour_the_limits_exactly() {
 
 /// 4. With three instances sweeping, a silent peer is removed once: the room hears exactly one
 ///    `leave` with reason `timeout`, and the instances count one such departure between them.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_sweeping_instances_time_a_silent_peer_out_once() {
     let Some(cluster) = Cluster::start("cluster_sweep", 3, json!({"peer_timeout_secs": 1.0})).await
@@ -468,6 +484,10 @@ impl CutStream {
 ///    `Last-Event-ID` and resumes with nothing lost (messages sent while it was disconnected
 ///    included) and nothing repeated; and the peers whose streams it held, which never come
 ///    back, are timed out by the survivor.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_instances_clients_resume_elsewhere_and_its_silent_peers_time_out() {
     let Some(cluster) =
@@ -550,6 +570,10 @@ async fn a_killed_instances_clients_resume_elsewhere_and_its_silent_peers_time_o
 
 /// 6. One live stream per peer across the cluster: a new stream on instance B ends the old one
 ///    on instance A at once, and the new one gets what follows.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_stream_on_one_instance_ends_the_old_one_on_another() {
     let Some(cluster) = Cluster::start("cluster_one_stream", 2, json!({})).await else {
@@ -579,6 +603,10 @@ async fn a_new_stream_on_one_instance_ends_the_old_one_on_another() {
 
 /// 7. The per-peer send rate is one bucket across the cluster: with `send_burst = 10`, sending
 ///    alternately through two instances, the 11th message is refused with `429`.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_send_rate_is_one_bucket_across_instances() {
     let Some(cluster) = Cluster::start(
@@ -632,6 +660,10 @@ fn assert_unavailable(what: &str, answer: &Answer) {
 /// 8. Redis stopped: every request that needs it answers at once with `503 store_unavailable`
 ///    and `Retry-After`, open streams and polls end, `/readyz` says 503 while `/healthz` stays
 ///    200; Redis back on the same port, service resumes by itself, wake-ups included.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_fails_fast_and_service_resumes_when_it_returns() {
     let Some(cluster) = Cluster::start("cluster_redis_down", 2, json!({})).await else {
@@ -735,6 +767,10 @@ async fn redis_stopped_fails_fast_and_service_resumes_when_it_returns() {
 
 /// 9. Redis restarted empty: existing clients are told their room or their peer is gone, and
 ///    never get a silent gap or an id again.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_tells_clients_they_are_gone() {
     let Some(cluster) = Cluster::start("cluster_redis_empty", 2, json!({})).await else {
@@ -816,6 +852,10 @@ async fn redis_restarted_empty_tells_clients_they_are_gone() {
 ///     `FLUSHALL`, `SCRIPT FLUSH`, every connection dropped): a stream and a poll that were
 ///     reading find their mailbox gone and end, told their peer is gone, rather than wait in an
 ///     empty mailbox or start again from id 1.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_emptied_under_open_readers_ends_them() {
     let Some(cluster) = Cluster::start("cluster_redis_flushed", 2, json!({})).await else {
@@ -883,6 +923,10 @@ async fn redis_emptied_under_open_readers_ends_them() {
 /// 10. The instances' pub/sub connections killed (`CLIENT KILL TYPE pubsub`): no message is
 ///     lost, and a stream open across the kill is woken promptly for messages sent after it,
 ///     well within the heartbeat.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_subscriptions_lose_nothing_and_wakeups_resume() {
     let Some(cluster) = Cluster::start("cluster_pubsub_kill", 2, json!({})).await else {
@@ -928,6 +972,10 @@ async fn killed_subscriptions_lose_nothing_and_wakeups_resume() {
 
 /// 11. Many senders on three instances at once, to one recipient: every message arrives once,
 ///     ids 1..N without a gap, and each sender's messages in the order it sent them.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_senders_on_three_instances_keep_order_and_ids() {
     const SENDERS: usize = 8;
@@ -992,6 +1040,10 @@ async fn concurrent_senders_on_three_instances_keep_order_and_ids() {
 
 /// 12. `/metrics` of an instance on Redis counts its round trips to the store, and each
 ///     re-establishment of its wake-up connection after a pub/sub kill, once.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_store_round_trips_and_reconnects() {
     let Some(cluster) = Cluster::start("cluster_metrics", 2, json!({})).await else {
@@ -1036,6 +1088,10 @@ fn wakeup_connections(cluster: &Cluster) -> Vec<(String, String)> {
 ///     answered, while readers are subscribed, with Redis's subscribed-mode reply, which must
 ///     not count as a failure (it did: every instance with a reader dropped and re-established
 ///     its connection every 5 s).
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_wakeup_connection_survives_its_ping() {
     let Some(cluster) = Cluster::start("cluster_ping", 2, json!({})).await else {
@@ -1084,6 +1140,10 @@ async fn a_healthy_wakeup_connection_survives_its_ping() {
 /// A room reserved by an instance that never got to join it (it crashed, or lost Redis, between
 /// the reservation and the join) does not count against `max_rooms` for good: the sweep finds
 /// no room behind the reservation once the presence timeout has passed, and releases it.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reservation_whose_join_never_came_is_forgotten() {
     let settings = json!({"max_rooms": 1, "peer_timeout_secs": 1.0});
@@ -1126,6 +1186,10 @@ async fn a_reservation_whose_join_never_came_is_forgotten() {
 
 /// `redis+unix://` works as `redis://` does: an instance on Redis's unix socket and one on its
 /// TCP port, sharing a prefix, relay to each other.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_on_the_unix_socket_shares_rooms_with_one_on_tcp() {
     if !external::can_run(

@@ -63,6 +63,8 @@ async fn absurd_durations_are_refused_naming_the_key_and_its_bound() {
         ("peer_timeout_secs", "1000000000.0", "86400"),
         ("heartbeat_secs", "1000000000.0", "3600"),
         ("poll_max_wait_secs", "1000000000.0", "3600"),
+        ("body_read_timeout_secs", "1000000000.0", "3600"),
+        ("write_timeout_secs", "1000000000.0", "3600"),
     ] {
         let refusal = common::instance::Instance::refusal(&format!("{key}={value}")).await;
         for expected in [format!("signpost.{key}"), bound.to_owned()] {
@@ -76,6 +78,8 @@ async fn absurd_durations_are_refused_naming_the_key_and_its_bound() {
         ("peer_timeout_secs", json!(86400.0)),
         ("heartbeat_secs", json!(3600.0)),
         ("poll_max_wait_secs", json!(3600.0)),
+        ("body_read_timeout_secs", json!(3600.0)),
+        ("write_timeout_secs", json!(3600.0)),
     ] {
         assert!(
             signpost::build(figment(key, value.clone()))

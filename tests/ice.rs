@@ -335,6 +335,10 @@ impl Drop for Coturn {
 
 /// The credentials a peer receives at join work on a real coturn configured with the same
 /// secret; a tampered credential and an expired username are refused by it.
+#[cfg_attr(
+    signpost_missing = "coturn",
+    ignore = "needs coturn: apt-get install coturn (README.md, Prerequisites)"
+)]
 #[tokio::test]
 async fn a_real_coturn_accepts_the_credentials_signpost_hands_out() {
     if !external::can_run(

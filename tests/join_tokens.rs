@@ -130,7 +130,8 @@ async fn a_fixture_token_minted_by_pyjwt_joins() {
     );
 }
 
-/// Mints a token with Debian's PyJWT; `None` when the test must be skipped.
+/// Mints a token with Debian's PyJWT (the test fails when PyJWT is missing:
+/// `external::can_run`).
 fn pyjwt(test: &str, claims: &Value, secret: &str, kid: Option<&str>) -> Option<String> {
     if !external::can_run(test, external::python_module("jwt", "python3-jwt")) {
         return None;
@@ -149,6 +150,10 @@ fn pyjwt(test: &str, claims: &Value, secret: &str, kid: Option<&str>) -> Option<
 }
 
 /// Tokens minted now by an independent implementation (PyJWT) join, with and without `kid`.
+#[cfg_attr(
+    signpost_missing = "python3-jwt",
+    ignore = "needs PyJWT: apt-get install python3-jwt (README.md, Prerequisites)"
+)]
 #[tokio::test]
 async fn tokens_minted_by_pyjwt_join() {
     let server = server("required").await;

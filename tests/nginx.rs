@@ -2,7 +2,7 @@
 //! one Redis, nginx load-balancing them round-robin with no sticky sessions, and real Chromium
 //! pages of the room client talking through nginx.
 //!
-//! Needs redis-server, nginx and Chromium; skipped with the reason outside CI when one is
+//! Needs redis-server, nginx and Chromium; ignored with the reason outside CI when one is
 //! missing, a failure under `CI=true` (`common/external.rs`).
 
 #[path = "common/browser.rs"]
@@ -120,11 +120,7 @@ fn nginx_binary() -> &'static str {
 }
 
 fn nginx_available() -> Result<(), String> {
-    if Path::new("/usr/sbin/nginx").exists() {
-        Ok(())
-    } else {
-        external::programs(&["nginx"], "nginx")
-    }
+    common::requirements::nginx().map(drop)
 }
 
 /// Two pages, through nginx round-robin over two instances sharing one Redis, connect and chat;
@@ -132,6 +128,14 @@ fn nginx_available() -> Result<(), String> {
 /// signaling resumes on the surviving instance (nginx sends them there), and a third page that
 /// joins afterwards connects to both, which needs both old pages to receive its join and answer
 /// its offers: no sticky sessions, and no page stuck on a dead instance.
+#[cfg_attr(
+    any(
+        signpost_missing = "chromium",
+        signpost_missing = "redis",
+        signpost_missing = "nginx"
+    ),
+    ignore = "needs Chromium, redis-server and nginx: apt-get install chromium redis-server nginx (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_behind_round_robin_nginx_keep_working_when_an_instance_dies() {
     const TEST: &str = "pages_behind_round_robin_nginx_keep_working_when_an_instance_dies";

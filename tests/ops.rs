@@ -123,6 +123,10 @@ async fn send_without_token(server: &Server, room: &str) -> u16 {
 /// Every series is there from the start, and each moves with the traffic that should move it:
 /// rooms, peers, open streams, waiting polls, accepted and delivered messages, rejections by
 /// code, departures by reason (evictions included) and mailbox resets.
+#[cfg_attr(
+    signpost_missing = "python3-prometheus-client",
+    ignore = "needs Prometheus's parser: apt-get install python3-prometheus-client (README.md, Prerequisites)"
+)]
 #[tokio::test]
 async fn metrics_follow_the_traffic() {
     if !external::can_run(
@@ -341,6 +345,10 @@ async fn server_with_grace(grace: u32) -> Server {
 /// in flight returns 200 with no messages and where to resume, both before the grace period is
 /// over (without the `Shutdown` select they would be cut only after grace and mercy); and the
 /// server stops as soon as its connections have closed, not when the grace period runs out.
+#[cfg_attr(
+    signpost_missing = "python3-prometheus-client",
+    ignore = "needs Prometheus's parser: apt-get install python3-prometheus-client (README.md, Prerequisites)"
+)]
 #[tokio::test]
 async fn shutdown_ends_streams_and_polls_within_the_grace_period() {
     if !external::can_run(

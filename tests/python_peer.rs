@@ -1,10 +1,12 @@
 //! A client no one here wrote against the page: `examples/python-peer/peer.py` (aiortc, following
 //! docs/PROTOCOL.md) and the room page in headless Chromium talk both ways, with the Python peer
-//! as the newcomer and as the peer already there, over SSE and over long-polling.
+//! as the newcomer and as the peer already there, over SSE and over long-polling; and the same
+//! with a room key (`--key`, and `#key=` in the page's link): end-to-end encrypted signaling
+//! implemented from docs/PROTOCOL.md, section 8, with Python's `cryptography`.
 //!
 //! The peer runs in the virtualenv `.ci/run` makes (`target/python-venv`, or `$SIGNPOST_VENV`),
-//! where aiortc is installed from PyPI. Without it, or without Chromium, the tests are skipped
-//! with the reason printed, and fail under `CI=true` (`common/external.rs`).
+//! where aiortc is installed from PyPI. Without it, or without Chromium, the tests are ignored
+//! with the reason, and fail under `CI=true` (`common/external.rs`).
 
 #[path = "common/browser.rs"]
 #[allow(dead_code)] // screenshots and the like, for tests/browser.rs
@@ -19,30 +21,7 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 use chrome::{Chromium, Tab};
-use common::{external, Server};
-
-/// The virtualenv's Python, if aiortc imports there.
-fn python() -> Result<PathBuf, String> {
-    let venv = std::env::var_os("SIGNPOST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/python-venv"));
-    let python = venv.join("bin/python");
-    let imports = std::process::Command::new(&python)
-        .args(["-c", "import aiortc"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if imports {
-        Ok(python)
-    } else {
-        Err(format!(
-            "{} cannot import aiortc (run .ci/run, or make the venv and pip install -r \
-             .ci/python-requirements.txt)",
-            python.display()
-        ))
-    }
-}
+use common::{external, requirements, Server};
 
 /// The Python peer, running, and the JSON lines it prints.
 struct PythonPeer {
@@ -54,10 +33,20 @@ struct PythonPeer {
 }
 
 impl PythonPeer {
-    fn start(python: &PathBuf, server: &Server, room: &str, transport: &str) -> PythonPeer {
+    fn start(
+        python: &PathBuf,
+        server: &Server,
+        room: &str,
+        transport: &str,
+        key: Option<&str>,
+    ) -> PythonPeer {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python-peer/peer.py");
-        let mut child = Command::new(python)
-            .arg(script)
+        let mut command = Command::new(python);
+        command.arg(script);
+        if let Some(key) = key {
+            command.args(["--key", key]);
+        }
+        let mut child = command
             .args([
                 &server.base,
                 room,
@@ -152,9 +141,15 @@ async fn talk(tab: &Tab, tab_id: &str, mut peer: PythonPeer, peer_id: &str, tran
     .await;
 }
 
-/// Runs one case: who joins first, and the transport both use.
+/// Runs one case: who joins first, and the transport both use, in the clear.
 async fn case(test: &str, python_first: bool, transport: &str) {
-    let python = python();
+    keyed_case(test, python_first, transport, None).await;
+}
+
+/// Runs one case, with `key` as the room key of both sides when given: then the page must show
+/// encryption on and nothing refused, so the two sealed and opened every message alike.
+async fn keyed_case(test: &str, python_first: bool, transport: &str, key: Option<&str>) {
+    let python = requirements::aiortc_python();
     if !external::can_run(test, python.as_ref().map(|_| ()).map_err(Clone::clone)) {
         return;
     }
@@ -164,50 +159,134 @@ async fn case(test: &str, python_first: bool, transport: &str) {
     let python = python.expect("checked above");
     let server = Server::start().await;
     let room = format!("python-{transport}-{python_first}");
-    let page_url = server.url(&format!("/?room={room}&name=page&transport={transport}"));
+    let fragment = key.map(|key| format!("#key={key}")).unwrap_or_default();
+    let page_url = server.url(&format!(
+        "/?room={room}&name=page&transport={transport}{fragment}"
+    ));
     if python_first {
         // The Python peer is already there; the page is the newcomer and offers.
-        let mut peer = PythonPeer::start(&python, &server, &room, transport);
+        let mut peer = PythonPeer::start(&python, &server, &room, transport, key);
         let joined = peer.next("joined").await;
         let peer_id = joined["peer_id"].as_str().unwrap().to_owned();
         let tab = chromium.open(&page_url).await;
         let tab_id = tab.peer_id().await;
         talk(&tab, &tab_id, peer, &peer_id, transport).await;
+        assert_encryption(&tab, key).await;
         tab.close().await;
     } else {
         // The page is already there; the Python peer is the newcomer and offers.
         let tab = chromium.open(&page_url).await;
         let tab_id = tab.peer_id().await;
-        let mut peer = PythonPeer::start(&python, &server, &room, transport);
+        let mut peer = PythonPeer::start(&python, &server, &room, transport, key);
         let joined = peer.next("joined").await;
         assert_eq!(joined["peers"], serde_json::json!([tab_id]));
         let peer_id = joined["peer_id"].as_str().unwrap().to_owned();
         talk(&tab, &tab_id, peer, &peer_id, transport).await;
+        assert_encryption(&tab, key).await;
         tab.close().await;
     }
     chromium.close().await;
 }
 
+/// The page's encryption state: on with a key, off without, and nothing refused either way.
+async fn assert_encryption(tab: &Tab, key: Option<&str>) {
+    assert_eq!(
+        tab.eval("signpostApp.encryption()").await,
+        serde_json::json!({"on": key.is_some(), "rejected": 0})
+    );
+}
+
+/// A room key for the keyed cases (16 bytes, base64url).
+const KEY: &str = "cHl0aG9uLXBlZXIta2V5IQ";
+
+/// With a room key, the Python peer joins second and offers, over SSE.
+#[cfg_attr(
+    any(signpost_missing = "chromium", signpost_missing = "aiortc"),
+    ignore = "needs Chromium, and aiortc in target/python-venv (README.md, Prerequisites)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_python_newcomer_over_sse() {
+    keyed_case("keyed_python_newcomer_over_sse", false, "sse", Some(KEY)).await;
+}
+
+/// With a room key, the Python peer is there first and answers, over long-polling.
+#[cfg_attr(
+    any(signpost_missing = "chromium", signpost_missing = "aiortc"),
+    ignore = "needs Chromium, and aiortc in target/python-venv (README.md, Prerequisites)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_python_already_there_over_poll() {
+    keyed_case(
+        "keyed_python_already_there_over_poll",
+        true,
+        "poll",
+        Some(KEY),
+    )
+    .await;
+}
+
 /// The Python peer joins second and offers, over SSE.
+#[cfg_attr(
+    any(signpost_missing = "chromium", signpost_missing = "aiortc"),
+    ignore = "needs Chromium, and aiortc in target/python-venv (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_newcomer_over_sse() {
     case("python_newcomer_over_sse", false, "sse").await;
 }
 
 /// The Python peer joins second and offers, over long-polling.
+#[cfg_attr(
+    any(signpost_missing = "chromium", signpost_missing = "aiortc"),
+    ignore = "needs Chromium, and aiortc in target/python-venv (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_newcomer_over_poll() {
     case("python_newcomer_over_poll", false, "poll").await;
 }
 
 /// The Python peer is there first and answers the page's offer, over SSE.
+#[cfg_attr(
+    any(signpost_missing = "chromium", signpost_missing = "aiortc"),
+    ignore = "needs Chromium, and aiortc in target/python-venv (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_already_there_over_sse() {
     case("python_already_there_over_sse", true, "sse").await;
 }
 
 /// The Python peer is there first and answers the page's offer, over long-polling.
+#[cfg_attr(
+    any(signpost_missing = "chromium", signpost_missing = "aiortc"),
+    ignore = "needs Chromium, and aiortc in target/python-venv (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_already_there_over_poll() {
     case("python_already_there_over_poll", true, "poll").await;
+}
+
+/// With a room key, the Python peer joins second and offers, over long-polling.
+#[cfg_attr(
+    any(signpost_missing = "chromium", signpost_missing = "aiortc"),
+    ignore = "needs Chromium, and aiortc in target/python-venv (README.md, Prerequisites)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_python_newcomer_over_poll() {
+    keyed_case("keyed_python_newcomer_over_poll", false, "poll", Some(KEY)).await;
+}
+
+/// With a room key, the Python peer is there first and answers, over SSE.
+#[cfg_attr(
+    any(signpost_missing = "chromium", signpost_missing = "aiortc"),
+    ignore = "needs Chromium, and aiortc in target/python-venv (README.md, Prerequisites)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_python_already_there_over_sse() {
+    keyed_case(
+        "keyed_python_already_there_over_sse",
+        true,
+        "sse",
+        Some(KEY),
+    )
+    .await;
 }

@@ -4,8 +4,9 @@
 //!
 //! Each test makes a throwaway CA and a certificate for 127.0.0.1 with the `openssl` CLI and
 //! starts a redis-server of its own with TLS only (no plain port). Without `openssl` or
-//! redis-server, the tests are skipped outside CI (`tests/common/external.rs`).
-#![cfg(feature = "redis-tls")]
+//! redis-server, the tests are ignored outside CI (`tests/common/external.rs`). Without the
+//! `redis-tls` feature they are ignored too, saying so, so that a plain `cargo test` shows what it
+//! left out instead of running nothing in silence.
 
 mod common;
 
@@ -84,8 +85,8 @@ fn openssl(dir: &Path, args: &str) {
     );
 }
 
-/// The certificates and a TLS-only Redis using them; `None` (the skip is printed) when openssl
-/// or redis-server is missing outside CI.
+/// The certificates and a TLS-only Redis using them (the test fails when openssl or
+/// redis-server is missing: `external::can_run`).
 fn tls_redis(test: &str) -> Option<(Certificates, Redis)> {
     let available = Redis::available().and_then(|()| external::programs(&["openssl"], "openssl"));
     if !external::can_run(test, available) {
@@ -117,6 +118,17 @@ fn over_tls(redis: &Redis, ca_file: Option<&Path>) -> Value {
 /// `redis_tls_ca_file`, are ready and serve as one: a stream on one receives a join and a
 /// message made on the other. Every wake-up crosses instances on the pub/sub connection, so
 /// both it and the command connection go over TLS (the Redis has no plain port).
+#[cfg_attr(
+    not(feature = "redis-tls"),
+    ignore = "needs the redis-tls feature: cargo test --features redis-tls --test redis_tls"
+)]
+#[cfg_attr(
+    all(
+        feature = "redis-tls",
+        any(signpost_missing = "redis", signpost_missing = "openssl")
+    ),
+    ignore = "needs redis-server and openssl: apt-get install redis-server openssl (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_serve_as_one_through_a_redis_that_speaks_only_tls() {
     let Some((certificates, redis)) = tls_redis("redis_tls_cluster") else {
@@ -155,6 +167,17 @@ async fn two_instances_serve_as_one_through_a_redis_that_speaks_only_tls() {
 /// not hold the test's CA: the handshake fails, and the instance does not serve. It answers as
 /// it does whenever Redis is unreachable: `/readyz` and a join say `503 store_unavailable` with
 /// `Retry-After`, at once; never a hang, a 500, or a plain-text fallback.
+#[cfg_attr(
+    not(feature = "redis-tls"),
+    ignore = "needs the redis-tls feature: cargo test --features redis-tls --test redis_tls"
+)]
+#[cfg_attr(
+    all(
+        feature = "redis-tls",
+        any(signpost_missing = "redis", signpost_missing = "openssl")
+    ),
+    ignore = "needs redis-server and openssl: apt-get install redis-server openssl (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_certificate_keeps_the_instance_unready() {
     let Some((_certificates, redis)) = tls_redis("redis_tls_untrusted") else {
@@ -194,6 +217,10 @@ async fn an_untrusted_certificate_keeps_the_instance_unready() {
 /// setting (and the file): a `redis_tls_ca_file` that is missing, that holds no certificate,
 /// whose certificate does not parse, or that goes with a plain `redis://` URL; and `#insecure`,
 /// which would turn certificate checks off.
+#[cfg_attr(
+    not(feature = "redis-tls"),
+    ignore = "needs the redis-tls feature: cargo test --features redis-tls --test redis_tls"
+)]
 #[tokio::test]
 async fn tls_settings_that_cannot_work_stop_the_server_from_starting() {
     let (tls, plain) = ("rediss://127.0.0.1:6380", "redis://127.0.0.1:6380");

@@ -337,6 +337,10 @@ async fn call_survives_restart(test: &str, settings: &str, down: Duration) {
 /// A deploy with the default configuration: SIGTERM, started again on the same port at once.
 /// The data channel never leaves `open`, chat goes both ways during and after, both pages are
 /// back in the room within 10 s, and a newcomer reaches both with no duplicates anywhere.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_survives_a_restart() {
     call_survives_restart("a_call_survives_a_restart", "", Duration::ZERO).await;
@@ -344,6 +348,10 @@ async fn a_call_survives_a_restart() {
 
 /// The same with the server down for longer than `peer_timeout_secs` (2 s here), so that the
 /// pages give up on their old peers without asking and rejoin.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_survives_an_outage_longer_than_the_peer_timeout() {
     call_survives_restart(
@@ -355,6 +363,10 @@ async fn a_call_survives_an_outage_longer_than_the_peer_timeout() {
 }
 
 /// With a `resume_secret`, the restarted server re-admits each page under its old peer id.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_survives_a_restart_under_the_same_peer_ids() {
     call_survives_restart(
@@ -445,6 +457,10 @@ impl Drop for Cable {
 /// like a buffering proxy) returns to SSE once the server answers again; one cut off from a
 /// server that is merely unreachable never leaves SSE at all. Neither was forgotten: the same
 /// peer id throughout.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_returns_to_sse_after_an_outage() {
     let Some(chromium) = Chromium::launch("a_page_returns_to_sse_after_an_outage").await else {
@@ -508,6 +524,10 @@ async fn a_page_returns_to_sse_after_an_outage() {
 /// A page the server forgot (it timed out while its HTTP was cut off, its peer connection
 /// working) rejoins by itself as the same participant: the other page keeps the connection
 /// meanwhile and re-pairs it to the new peer id, with no second tile.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forgotten_page_rejoins_as_itself() {
     forgotten_page_rejoins(
@@ -520,6 +540,10 @@ async fn a_forgotten_page_rejoins_as_itself() {
 /// The same with a `resume_secret`: the page comes back under its old peer id, and the other
 /// page, which heard it leave (timed out), keeps the connection for good, not only for the
 /// grace it gives an orphan.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forgotten_page_resumes_its_peer_id() {
     forgotten_page_rejoins(
@@ -675,6 +699,10 @@ impl Drop for Stranger {
 /// Nobody takes over another participant's place: a stranger in the room who saw Alice's
 /// `resume` (after she rejoined) replays it to Bob, and then sends one with Alice's key and a
 /// forged signature. Bob refuses both and still lists exactly Alice, on the same connection.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nobody_can_take_over_a_participant() {
     let Some(chromium) = Chromium::launch("nobody_can_take_over_a_participant").await else {
@@ -729,6 +757,10 @@ async fn nobody_can_take_over_a_participant() {
 
 /// A peer whose tab closed without its leave beacon (as Firefox sometimes does) is shown gone at
 /// once, long before the server's peer timeout, because its data channel closed.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_peer_is_shown_gone_at_once() {
     let Some(chromium) = Chromium::launch("a_vanished_peer_is_shown_gone_at_once").await else {
@@ -755,5 +787,66 @@ async fn a_vanished_peer_is_shown_gone_at_once() {
         2,
         "the server still lists Bob: the page did not learn it from a leave"
     );
+    chromium.close().await;
+}
+
+/// With a room key (docs/PROTOCOL.md, section 8), participant keys travel only sealed: a
+/// forgotten page rejoins and keeps its tile, while a stranger in the room, who sees its
+/// `resume` only as ciphertext, learns no key or signature from it, and sending that ciphertext
+/// to Bob as her own is refused and counted; Bob still lists exactly Alice, who chats on.
+#[cfg_attr(
+    signpost_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or CHROMIUM=<path> (README.md, Prerequisites)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_rejoin_keeps_the_tile_and_its_proof_stays_sealed() {
+    let test = "a_keyed_rejoin_keeps_the_tile_and_its_proof_stays_sealed";
+    let Some(chromium) = Chromium::launch(test).await else {
+        return;
+    };
+    let server = Signpost::start("peer_timeout_secs=2.0");
+    let room = "sealed-takeover";
+    let key = "cmVzdGFydC1yb29tLWtleSE";
+    let cable = Cable::to(&server).await;
+    let alice = chromium
+        .open(&cable.url(&format!("/?room={room}&name=Alice&media=none#key={key}")))
+        .await;
+    let alice_id = alice.peer_id().await;
+    let bob = chromium
+        .open(&server.url(&format!("/?room={room}&name=Bob&media=none#key={key}")))
+        .await;
+    let bob_id = bob.peer_id().await;
+    wait_exactly(&bob, std::slice::from_ref(&alice_id)).await;
+    let mut mallory = Stranger::join(&server, room).await;
+
+    // Alice is forgotten and rejoins; her sealed `resume` reaches everyone, Mallory included.
+    cable.set(Line::Cut);
+    server.wait_room(room, 2, Duration::from_secs(20)).await;
+    cable.set(Line::Open);
+    let resume = mallory.next_of("resume").await;
+    let alice_now = resume["from"].as_str().expect("from").to_owned();
+    let sealed = &resume["data"];
+    assert_eq!(sealed["e2ee"], "signpost-e2ee-v1", "{resume}");
+    let fields: Vec<&String> = sealed.as_object().expect("an object").keys().collect();
+    assert_eq!(
+        fields,
+        ["ct", "e2ee", "iv"],
+        "nothing but ciphertext: {resume}"
+    );
+    wait_exactly(&bob, std::slice::from_ref(&alice_now)).await;
+    let rejected_before = bob.eval("signpostApp.encryption().rejected").await;
+
+    // Mallory sends Alice's sealed proof to Bob as her own: it does not open for her peer id.
+    mallory.send("resume", sealed.clone(), &bob_id).await;
+    bob.wait_for(
+        "Bob refusing Mallory's copy",
+        &format!("signpostApp.encryption().rejected > {rejected_before}"),
+    )
+    .await;
+    wait_exactly(&bob, std::slice::from_ref(&alice_now)).await;
+    chat(&alice, &bob, "Alice, sealed and still herself").await;
+    let log = bob.eval("signpostApp.chatLog()").await;
+    let last = &log.as_array().expect("a log").last().expect("a message")["from"];
+    assert_eq!(last, &json!(alice_now), "Bob credits Alice, not Mallory");
     chromium.close().await;
 }

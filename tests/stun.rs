@@ -73,6 +73,10 @@ async fn stun_counts(server: &Server) -> (u64, u64) {
 
 /// A real STUN client learns its reflexive address from signpost, whose URL the join response
 /// advertised next to the configured servers.
+#[cfg_attr(
+    signpost_missing = "coturn",
+    ignore = "needs coturn: apt-get install coturn (README.md, Prerequisites)"
+)]
 #[tokio::test]
 async fn a_real_stun_client_gets_its_reflexive_address() {
     if !external::can_run(
@@ -141,6 +145,10 @@ async fn the_answer_is_the_senders_own_address() {
 
 /// Garbage (empty, HTTP, truncated, a STUN response, random bytes, oversized) gets no answer,
 /// is counted as ignored, and the server keeps answering real clients afterwards.
+#[cfg_attr(
+    signpost_missing = "coturn",
+    ignore = "needs coturn: apt-get install coturn (README.md, Prerequisites)"
+)]
 #[tokio::test]
 async fn garbage_is_ignored_and_the_server_keeps_answering() {
     if !external::can_run(

@@ -15,11 +15,19 @@ It prints one JSON object per line on stdout, for people and for tests:
 
 With --until-chat-and-video it leaves the room and exits once it has had both a chat message
 and a video frame from some peer (exit status 0), or fails after --timeout seconds (status 1).
+
+With --key (the room key of a page's link, `#key=<this>`) its signaling is end-to-end encrypted
+as docs/PROTOCOL.md, section 8 specifies (Python's `cryptography`: HKDF and AES-GCM): it seals
+every message it sends, opens what it receives, and refuses (and reports) what does not open:
+
+    {"event": "refused", "reason": "unauthenticated", "from": "…", "type": "offer"}
 """
 
 import argparse
 import asyncio
+import base64
 import json
+import os
 import sys
 import threading
 import urllib.error
@@ -28,20 +36,105 @@ import urllib.request
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 
 def report(event, **fields):
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
-class Signpost:
-    """The HTTP API (docs/API.md): join, send, receive (SSE or long-poll), leave."""
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
-    def __init__(self, base, room, name):
+
+def unb64url(text):
+    if not isinstance(text, str) or len(text) % 4 == 1:
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Refused(Exception):
+    """A message that is not delivered; `reason` as in docs/PROTOCOL.md, section 8."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RoomCipher:
+    """docs/PROTOCOL.md, section 8: the room's AES-GCM key, and sequences out and in."""
+
+    VERSION = "signpost-e2ee-v1"
+
+    def __init__(self, room, key_text):
+        raw = unb64url(key_text)
+        if len(raw) < 16:
+            raise ValueError("a room key has at least 16 bytes")
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=self.VERSION.encode(), info=room.encode())
+        self.aead = AESGCM(hkdf.derive(raw))
+        self.room = room
+        self.sequence = 0  # the last sequence sealed; the first message is 1
+        self.seen = {}  # sender peer_id -> the highest sequence accepted from it
+
+    def additional_data(self, sender, to, kind):
+        return f"{self.VERSION}\n{self.room}\n{sender}\n{to or '*'}\n{kind}".encode()
+
+    def seal(self, sender, to, kind, data, name=None):
+        self.sequence += 1
+        inner = {"seq": self.sequence, "data": data}
+        if name:
+            inner["name"] = name
+        iv = os.urandom(12)
+        plain = json.dumps(inner, separators=(",", ":")).encode()
+        sealed = self.aead.encrypt(iv, plain, self.additional_data(sender, to, kind))
+        return {"e2ee": self.VERSION, "iv": b64url(iv), "ct": b64url(sealed)}
+
+    def open(self, envelope, recipient):
+        """The inner object ({"seq", "data", "name"?}) of an envelope that reached `recipient`."""
+        data, sender, kind = envelope.get("data"), envelope.get("from"), envelope["type"]
+        try:
+            if data.get("e2ee") != self.VERSION:
+                raise ValueError("another version")
+            iv, sealed = unb64url(data["iv"]), unb64url(data["ct"])
+            if len(iv) != 12:
+                raise ValueError("a nonce has 12 bytes")
+        except (AttributeError, KeyError, ValueError, TypeError):
+            raise Refused("unauthenticated")
+        for to in (recipient, None):  # sealed for this peer, or for everyone ("*")
+            try:
+                plain = self.aead.decrypt(iv, sealed, self.additional_data(sender, to, kind))
+                inner = json.loads(plain)
+                break
+            except (InvalidTag, ValueError):
+                continue
+        else:
+            raise Refused("unauthenticated")
+        seq = inner.get("seq") if isinstance(inner, dict) else None
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            raise Refused("unauthenticated")
+        if seq <= self.seen.get(sender, 0):
+            raise Refused("replayed")
+        self.seen[sender] = seq
+        return inner
+
+
+def is_sealed(data):
+    return isinstance(data, dict) and isinstance(data.get("e2ee"), str)
+
+
+class Signpost:
+    """The HTTP API (docs/API.md): join, send, receive (SSE or long-poll), leave. With a room
+    key, `data` is sealed on the way out and opened on the way in (docs/PROTOCOL.md, 8)."""
+
+    def __init__(self, base, room, name, key=None):
         self.base = base.rstrip("/")
         self.room = room
         self.name = name
         self.joined = None
+        self.cipher = RoomCipher(room, key) if key else None
 
     def request(self, method, path, body=None, timeout=30):
         data = None if body is None else json.dumps(body).encode()
@@ -54,11 +147,14 @@ class Signpost:
             return json.loads(text) if text else None
 
     async def join(self):
-        body = {"name": self.name} if self.name else {}
+        # With a key the name travels sealed in every message instead of in the clear join.
+        body = {"name": self.name} if self.name and not self.cipher else {}
         self.joined = await asyncio.to_thread(self.request, "POST", f"/api/rooms/{self.room}/peers", body)
         return self.joined
 
     async def send(self, to, kind, data):
+        if self.cipher:
+            data = self.cipher.seal(self.joined["peer_id"], to, kind, data, self.name)
         message = {"type": kind, "to": to, "data": data}
         await asyncio.to_thread(self.request, "POST", self.joined["send_url"], message)
 
@@ -75,7 +171,23 @@ class Signpost:
             item = await queue.get()
             if isinstance(item, Exception):
                 raise item
-            yield item
+            try:
+                yield self.open(item)
+            except Refused as refused:
+                report("refused", reason=refused.reason, type=item["type"], **{"from": item.get("from")})
+
+    def open(self, envelope):
+        """The envelope as the sender wrote it, or Refused (docs/PROTOCOL.md, 8)."""
+        if envelope["type"] in ("join", "leave"):
+            return envelope  # the server's own, in the clear
+        if not self.cipher:
+            if is_sealed(envelope.get("data")):
+                raise Refused("encrypted")
+            return envelope
+        if not is_sealed(envelope.get("data")):
+            raise Refused("downgrade")
+        inner = self.cipher.open(envelope, self.joined["peer_id"])
+        return {**envelope, "data": inner.get("data"), "name": inner.get("name")}
 
     def read_stream(self, loop, queue):
         """The SSE stream, resumed with Last-Event-ID whenever it ends (docs/API.md)."""
@@ -129,7 +241,7 @@ class Signpost:
 
 class Peer:
     def __init__(self, args):
-        self.signpost = Signpost(args.url, args.room, args.name)
+        self.signpost = Signpost(args.url, args.room, args.name, args.key)
         self.transport = args.transport
         self.chat_text = args.chat
         self.connections = {}  # peer_id -> RTCPeerConnection
@@ -250,6 +362,7 @@ def main():
     parser.add_argument("--name", default="aiortc")
     parser.add_argument("--transport", choices=["sse", "poll"], default="sse")
     parser.add_argument("--chat", default="hello from aiortc", help="what to say on each chat channel")
+    parser.add_argument("--key", help="the room key (a page link's #key=…): end-to-end encrypted signaling")
     parser.add_argument("--until-chat-and-video", action="store_true")
     parser.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     args = parser.parse_args()

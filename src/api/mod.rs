@@ -10,6 +10,8 @@
 //! - `cors`: cross-origin access for the origins in the config.
 //! - `openapi`: `GET /api/openapi.yaml`, the machine-readable description of the API.
 //! - `ops`: `/healthz`, `/readyz` and `/metrics`, outside `/api`.
+//! - `static_files`: the page and `/signpost.js` from `static_dir`, also under `/static/`,
+//!   cacheable and readable from any origin.
 //! - `client`: the client address the join limits are charged to.
 //! - `auth`, `body`, `params`: request guards that turn headers, bodies and path segments into
 //!   domain values or precise errors.
@@ -23,6 +25,7 @@ mod openapi;
 mod ops;
 pub mod params;
 mod rooms;
+mod static_files;
 
 use rocket::fairing::{AdHoc, Fairing, Info, Kind};
 use rocket::http::Status;
@@ -49,6 +52,10 @@ pub fn stage() -> AdHoc {
                 ],
             )
             .mount("/", routes![ops::healthz, ops::readyz, ops::metrics])
+            .mount(
+                "/",
+                routes![static_files::file, static_files::file_under_static],
+            )
             .register("/", catchers![default_catcher])
             .attach(RequestLog)
             .attach(NoStore)

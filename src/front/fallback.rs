@@ -29,7 +29,7 @@ pub async fn dispatch(
     };
     // Every body is bounded, whichever route it is for: Rocket's own limits would only apply
     // after the front had read it.
-    let body = match request::body(&parts, body, front.config.max_body_bytes).await {
+    let body = match request::body(&parts, body, &front.config).await {
         Ok(body) => body,
         Err(error) => return front.refuse(&parts, &error),
     };

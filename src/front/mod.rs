@@ -20,7 +20,15 @@
 //! - `methods`: which methods each known path answers, for `405` with `Allow`.
 //! - `fallback`: hands every other request to Rocket.
 //! - `signals`: the process signals that stop the server.
+//! - `connection`: the connections one client address may hold, and the write timeout.
+//! - `descriptors`: the descriptor limit, raised at start.
+//!
+//! Time bounds every connection: its request heads (hyper's `header_read_timeout`, from Rocket's
+//! `keep_alive`), its bodies (`body_read_timeout_secs`, in `request::body`) and its writes
+//! (`write_timeout_secs`, in `connection::TimedIo`).
 
+mod connection;
+mod descriptors;
 mod events;
 mod fallback;
 mod methods;
@@ -53,12 +61,14 @@ use rocket::Shutdown;
 use tokio::net::TcpListener;
 use tokio::select;
 
+use crate::client_address::TrustedProxies;
 use crate::config::Config;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::logging;
 use crate::metrics::Metrics;
 
+use self::connection::{Connections, TimedIo};
 use self::response::ResponseBody;
 
 /// A bound signpost server: the listening socket and the application behind it.
@@ -110,6 +120,8 @@ struct Front {
     rocket: Client,
     /// Every route of both layers, for the `405`s of known paths.
     methods: methods::Methods,
+    /// Open connections per client address, for `max_connections_per_client`.
+    connections: Connections,
 }
 
 impl Server {
@@ -124,13 +136,14 @@ impl Server {
             .await
             .map_err(|error| StartError::Application(format!("{error}; the reason is above")))?;
         let orbit = rocket.rocket();
-        let (Some(hub), Some(config), Some(metrics)) = (
+        let (Some(hub), Some(config), Some(metrics), Some(proxies)) = (
             orbit.state::<Hub>().cloned(),
             orbit.state::<Config>().cloned(),
             orbit.state::<Metrics>().cloned(),
+            orbit.state::<TrustedProxies>().cloned(),
         ) else {
-            // `build` manages all three; only a change to it could get here.
-            let missing = "the Rocket application manages no hub, config or metrics";
+            // `build` manages all four; only a change to it could get here.
+            let missing = "the Rocket application manages no hub, config, metrics or proxies";
             return Err(StartError::Application(missing.to_owned()));
         };
         let shutdown = orbit.shutdown();
@@ -139,6 +152,7 @@ impl Server {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|error| StartError::Bind(address, error))?;
+        let connections = Connections::new(config.max_connections_per_client, proxies);
         let front = Arc::new(Front {
             hub,
             config,
@@ -146,6 +160,7 @@ impl Server {
             shutdown,
             rocket,
             methods,
+            connections,
         });
         Ok(Server {
             listener,
@@ -181,6 +196,7 @@ impl Server {
             front,
             http,
         } = self;
+        descriptors::raise_limit();
         if let Ok(address) = listener.local_addr() {
             logging::info(format_args!("listening on http://{address}"));
         }
@@ -191,8 +207,15 @@ impl Server {
         } else {
             // hyper's keep-alive has no idle timeout of its own; this bounds how long an idle
             // connection may take to send its next request head, as Rocket's `keep_alive` did.
+            // The clock starts when hyper begins reading a head, the first one included, and
+            // runs for the whole head, so a head trickled a byte at a time is cut off too.
+            // (With `keep_alive = 0`, hyper's own 30 s bounds the one head.)
             connection.header_read_timeout(Duration::from_secs(http.keep_alive.into()));
         }
+        // A connection over its address's cap is answered once and closed.
+        let mut refusal = connection.clone();
+        refusal.keep_alive(false);
+        let write_timeout = front.config.write_timeout();
         let graceful = GracefulShutdown::new();
         let mut shutdown = front.shutdown.clone();
         tokio::pin!(stop);
@@ -211,13 +234,32 @@ impl Server {
                     };
                     // Signaling messages are small and latency matters more than packing.
                     let _ = stream.set_nodelay(true);
+                    let open = front.metrics.connection_opened();
+                    let io = TokioIo::new(TimedIo::new(stream, write_timeout));
+                    let Ok(slot) = front.connections.admit(remote.ip()) else {
+                        let front = front.clone();
+                        let service = service_fn(move |request: Request<Incoming>| {
+                            let front = front.clone();
+                            async move { Ok::<_, Infallible>(front.refuse_connection(request)) }
+                        });
+                        let served = graceful.watch(refusal.serve_connection(io, service));
+                        tokio::spawn(async move {
+                            let _open = open;
+                            let _ = served.await;
+                        });
+                        continue;
+                    };
                     let front = front.clone();
                     let service = service_fn(move |request| {
                         let front = front.clone();
                         async move { Ok::<_, Infallible>(front.handle(request, remote).await) }
                     });
-                    let served = graceful.watch(connection.serve_connection(TokioIo::new(stream), service));
-                    tokio::spawn(served);
+                    let served = graceful.watch(connection.serve_connection(io, service));
+                    tokio::spawn(async move {
+                        // Held for as long as the connection is open, released however it ends.
+                        let _held = (slot, open);
+                        let _ = served.await;
+                    });
                 }
                 () = &mut stop => {
                     front.shutdown.clone().notify();
@@ -308,6 +350,13 @@ impl Front {
             }
             Err(error) => self.refuse(&parts, &error),
         }
+    }
+
+    /// The one answer of a connection over `max_connections_per_client`.
+    fn refuse_connection(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        let limit = self.connections.limit();
+        let (parts, _) = request.into_parts();
+        self.refuse(&parts, &Error::TooManyConnections { limit })
     }
 
     /// The answer to a request the front refuses, counted and logged as Rocket's are.

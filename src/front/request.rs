@@ -1,5 +1,5 @@
 //! How a relay request becomes domain values: path segments, query values, the token and the
-//! JSON body, each refused with the same [`Error`] Rocket's guards give for the same input.
+//! JSON body (bounded in bytes and in time), each refused with the same [`Error`] Rocket's guards give for the same input.
 
 use std::borrow::Cow;
 
@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::api::auth::Token;
 use crate::api::body::parse_json;
 use crate::api::params;
+use crate::config::Config;
 use crate::error::Error;
 use crate::identity::{PeerId, RoomName};
 
@@ -65,28 +66,38 @@ pub fn token(request: &Parts) -> Token {
     })
 }
 
-/// Reads a body of at most `limit` bytes. A `Content-Length` over the limit is refused before
-/// anything is read.
-pub async fn body(request: &Parts, body: Incoming, limit: usize) -> Result<Bytes, Error> {
+/// Reads a body of at most `max_body_bytes`, which must arrive whole within
+/// `body_read_timeout_secs` of the read's start. A `Content-Length` over the limit is refused
+/// before anything is read.
+pub async fn body(request: &Parts, body: Incoming, config: &Config) -> Result<Bytes, Error> {
+    let limit = config.max_body_bytes;
     let announced = header(request, "Content-Length").and_then(|length| length.parse().ok());
     if announced.is_some_and(|length: usize| length > limit) {
         return Err(Error::BodyTooLarge { limit });
     }
+    // One deadline for the whole body, not one per read: a client trickling a byte at a time
+    // would pass any timeout between two reads, and hold its connection for as long as it liked.
+    let timeout = config.body_read_timeout();
     // A body that arrives in one frame is handed on as it is, without a copy.
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(Error::BodyTooLarge { limit }),
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(Error::BodyTooLarge { limit }),
         // The client went away or sent broken chunked framing.
-        Err(_) => Err(Error::Http(Status::BadRequest)),
+        Ok(Err(_)) => Err(Error::Http(Status::BadRequest)),
+        Err(_) => Err(Error::BodyTimeout { limit: timeout }),
     }
 }
 
-/// Reads and parses a JSON body of at most `limit` bytes.
+/// Reads and parses a JSON body, bounded as [`body`] bounds it.
 pub async fn json_body<T: DeserializeOwned>(
     request: &Parts,
     incoming: Incoming,
-    limit: usize,
+    config: &Config,
 ) -> Result<T, Error> {
-    let bytes = body(request, incoming, limit).await?;
-    parse_json(&bytes, header(request, "Content-Type"), limit)
+    let bytes = body(request, incoming, config).await?;
+    parse_json(
+        &bytes,
+        header(request, "Content-Type"),
+        config.max_body_bytes,
+    )
 }

@@ -23,8 +23,7 @@ pub async fn send(
     if token.as_deref().is_none() {
         return Err(Error::MissingToken);
     }
-    let batch: MessageBatch =
-        request::json_body(request, body, front.config.max_body_bytes).await?;
+    let batch: MessageBatch = request::json_body(request, body, &front.config).await?;
     let accepted = front.hub.send(&room, token.as_deref(), batch.0).await?;
     front.metrics.messages_accepted(accepted);
     let mut json = Vec::with_capacity(24);

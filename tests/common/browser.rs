@@ -4,11 +4,12 @@
 //! served by a test server. Tests take turns ([`Chromium::launch`] holds a process-wide lock), so
 //! that two cores are never shared by several browsers doing video at once.
 //!
-//! Without Chromium, a test is skipped with the reason printed, unless `CI=true` (or
-//! `SIGNPOST_BROWSER_TESTS=1`) says the browser tests must run, in which case it fails: the
+//! Without Chromium, the tests are built ignored, each with
+//! `#[cfg_attr(signpost_missing = "chromium", ignore = "needs Chromium …")]`, unless `CI=true`
+//! (or `SIGNPOST_BROWSER_TESTS=1`) says the browser tests must run, in which case they fail: the
 //! policy of `common/external.rs`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use chromiumoxide::browser::{Browser, BrowserConfig};
@@ -19,7 +20,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::common::external;
+use crate::common::{external, requirements};
 
 /// How long a test waits for a condition in a page before failing. Generous because WebRTC
 /// set-up and video decoding on a loaded two-core machine take seconds; it bounds a hang, it
@@ -56,31 +57,6 @@ const FLAGS: &[&str] = &[
     "--disable-dev-shm-usage",
 ];
 
-/// The Chromium to run: `$CHROMIUM`, else the first of the usual paths that exists.
-fn find_chromium() -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os("CHROMIUM") {
-        let path = PathBuf::from(path);
-        return if path.exists() {
-            Ok(path)
-        } else {
-            Err(format!("CHROMIUM={} does not exist", path.display()))
-        };
-    }
-    [
-        "/usr/bin/chromium",
-        "/usr/bin/chromium-browser",
-        "/usr/bin/google-chrome",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|path| path.exists())
-    .ok_or_else(|| {
-        "Chromium not found (looked for $CHROMIUM, /usr/bin/chromium, /usr/bin/chromium-browser, \
-             /usr/bin/google-chrome); install it with `apt-get install chromium`"
-            .to_owned()
-    })
-}
-
 /// A running headless Chromium with its own profile directory.
 pub struct Chromium {
     browser: Browser,
@@ -90,7 +66,7 @@ pub struct Chromium {
 }
 
 impl Chromium {
-    /// Launches Chromium for `test`, or returns `None` after printing why the test is skipped.
+    /// Launches Chromium for `test` (which fails when there is none: `external::can_run`).
     /// Pages get the fake camera and microphone without a prompt.
     pub async fn launch(test: &str) -> Option<Chromium> {
         Chromium::launch_with(test, FLAGS).await
@@ -109,7 +85,7 @@ impl Chromium {
     }
 
     async fn launch_with(test: &str, flags: &[&str]) -> Option<Chromium> {
-        let executable = find_chromium();
+        let executable = requirements::chromium();
         if !external::can_run(test, executable.as_ref().map(|_| ()).map_err(Clone::clone)) {
             return None;
         }
@@ -156,6 +132,16 @@ impl Chromium {
         tab.wait_for("the page's automation hook", "window.signpostApp && true")
             .await;
         tab
+    }
+
+    /// Opens `url`, any page rather than the room client's, in a new page; returns once it has
+    /// loaded. The test then waits for what the page itself sets up.
+    pub async fn open_other(&self, url: &str) -> Tab {
+        let page = self.browser.new_page(url).await.expect("a new page");
+        Tab {
+            page,
+            url: url.to_owned(),
+        }
     }
 
     /// Closes the browser and waits for its process to exit.
@@ -280,8 +266,9 @@ impl Tab {
     }
 }
 
-/// What a failing wait prints about the page: its peers, transport and shown errors.
-const STATUS_SNAPSHOT: &str = "({ transport: signpostApp.transport(), peers: signpostApp.peers(), \
+/// What a failing wait prints about the page: its peers, transport and shown errors (nothing on
+/// a page other than the room client).
+const STATUS_SNAPSHOT: &str = "typeof signpostApp === 'undefined' ? null : ({ transport: signpostApp.transport(), peers: signpostApp.peers(), \
     errors: [...document.querySelectorAll('#status-errors li')].map(li => li.textContent) })";
 
 fn truthy(value: &Value) -> bool {

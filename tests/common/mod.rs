@@ -9,6 +9,7 @@
 pub mod external;
 pub mod instance;
 pub mod redis;
+pub mod requirements;
 
 use std::time::{Duration, Instant};
 
@@ -35,8 +36,8 @@ tokio::task_local! {
     pub static STORE: TestStore;
 }
 
-/// Runs `test` with its servers on `store`; a Redis test is skipped (with the reason printed)
-/// when redis-server is missing outside CI.
+/// Runs `test` with its servers on `store`; a Redis test is ignored (build.rs) when redis-server
+/// is missing outside CI.
 pub async fn on_store(store: &str, name: &str, test: impl std::future::Future<Output = ()>) {
     let store = match store {
         "redis" => match redis::shared(name) {
@@ -64,6 +65,10 @@ macro_rules! store_tests {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                signpost_missing = "redis",
+                ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+            )]
             async fn redis() {
                 $crate::common::on_store("redis", concat!(stringify!($name), "::redis"), async $body).await
             }

@@ -1,6 +1,8 @@
 //! A hostile HTTP proxy for the browser tests, in front of a test server: it can hold back SSE
 //! responses (as a buffering proxy does), cut SSE streams after a while, and answer long polls
-//! that wait too long with a 504 (as a proxy with a short read timeout does).
+//! that wait too long with a 504 (as a proxy with a short read timeout does). It records every
+//! body it relays, both ways, and can alter one character of the first offer a peer sends (as
+//! a server or proxy in the middle would, tests/e2ee.rs).
 //!
 //! Each request gets its own upstream connection and `Connection: close`, so that the proxy sees
 //! every request line (keep-alive would hide later requests of a connection).
@@ -21,6 +23,9 @@ pub struct Hostility {
     pub cut_streams_after: Option<Duration>,
     /// Answer 504 to a long poll that has not been answered within this long.
     pub cut_polls_after: Option<Duration>,
+    /// Change one character of the first `offer`'s `data` a POST carries (its sealed `ct`, or
+    /// its clear `sdp`), once, and pass the rest on unchanged.
+    pub alter_first_offer: bool,
 }
 
 /// One request as the proxy saw it.
@@ -30,6 +35,13 @@ pub struct Seen {
     pub target: String,
     /// Whether the proxy cut it (504 for a poll, a closed connection for a stream).
     pub cut: bool,
+    /// The request body as the proxy passed it on (after any alteration).
+    #[allow(dead_code)] // read by tests/e2ee.rs
+    pub request_body: Vec<u8>,
+    /// The response bytes relayed so far, head included (an SSE stream grows while it lasts).
+    pub response: Vec<u8>,
+    /// Whether the proxy altered this request's body.
+    pub altered: bool,
 }
 
 /// A proxy listening on 127.0.0.1; it stops when dropped.
@@ -87,18 +99,51 @@ async fn relay(
     hostility: Hostility,
     seen: &Mutex<Vec<Seen>>,
 ) -> std::io::Result<()> {
-    let Some((head, body_start)) = read_head(&mut client).await? else {
+    let Some((head, mut body_start)) = read_head(&mut client).await? else {
         return Ok(());
     };
+    // A body with a length is read whole before it goes on, to be recorded and maybe altered.
+    let length = content_length(&head);
+    while body_start.len() < length {
+        let mut chunk = vec![0u8; length - body_start.len()];
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        body_start.extend_from_slice(&chunk[..n]);
+    }
     let target = head
         .lines()
         .next()
         .and_then(|line| line.split(' ').nth(1))
         .unwrap_or("")
         .to_owned();
+
+    let path = target.split('?').next().unwrap_or("");
+    let is_stream = path.ends_with("/events");
+    let is_poll = head.starts_with("GET ") && path.ends_with("/messages");
+    let index = {
+        let mut seen = seen.lock();
+        // Decided under the lock, so that of two offers in flight only one is altered.
+        let mut altered = false;
+        if hostility.alter_first_offer && !seen.iter().any(|request| request.altered) {
+            if let Some(body) = alter_offer(&body_start) {
+                body_start = body;
+                altered = true;
+            }
+        }
+        seen.push(Seen {
+            target: target.clone(),
+            cut: false,
+            request_body: body_start.clone(),
+            response: Vec::new(),
+            altered,
+        });
+        seen.len() - 1
+    };
     let mut request = String::new();
-    for line in head.lines().filter(|line| !line.is_empty()) {
-        if !line.to_ascii_lowercase().starts_with("connection:") {
+    for line in with_content_length(&head, body_start.len()).lines() {
+        if !line.is_empty() && !line.to_ascii_lowercase().starts_with("connection:") {
             request.push_str(line);
             request.push_str("\r\n");
         }
@@ -107,18 +152,7 @@ async fn relay(
     let mut server = TcpStream::connect(upstream).await?;
     server.write_all(request.as_bytes()).await?;
     server.write_all(&body_start).await?;
-
-    let path = target.split('?').next().unwrap_or("");
-    let is_stream = path.ends_with("/events");
-    let is_poll = head.starts_with("GET ") && path.ends_with("/messages");
-    let index = {
-        let mut seen = seen.lock();
-        seen.push(Seen {
-            target: target.clone(),
-            cut: false,
-        });
-        seen.len() - 1
-    };
+    let record = |bytes: &[u8]| seen.lock()[index].response.extend_from_slice(bytes);
     let mark_cut = || seen.lock()[index].cut = true;
 
     let (mut client_read, mut client_write) = client.split();
@@ -141,7 +175,7 @@ async fn relay(
         (_, true) => hostility.cut_polls_after,
         _ => None,
     };
-    let download = copy_until(&mut server_read, &mut client_write, limit);
+    let download = copy_until(&mut server_read, &mut client_write, limit, &record);
     tokio::pin!(upload);
     let outcome = tokio::select! {
         outcome = download => outcome?,
@@ -176,6 +210,7 @@ async fn copy_until(
     reader: &mut (impl AsyncRead + Unpin),
     writer: &mut (impl AsyncWrite + Unpin),
     limit: Option<Duration>,
+    record: &impl Fn(&[u8]),
 ) -> std::io::Result<Relayed> {
     let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
     let mut buffer = vec![0u8; 16 * 1024];
@@ -193,6 +228,7 @@ async fn copy_until(
         if n == 0 {
             return Ok(Relayed::Done);
         }
+        record(&buffer[..n]);
         writer.write_all(&buffer[..n]).await?;
         copied += n;
     }
@@ -216,4 +252,54 @@ async fn read_head(client: &mut TcpStream) -> std::io::Result<Option<(String, Ve
             return Ok(None);
         }
     }
+}
+
+/// The `Content-Length` of a request head, 0 without one.
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `head` with its `Content-Length` set to `length`.
+fn with_content_length(head: &str, length: usize) -> String {
+    let mut out = String::new();
+    for line in head.split("\r\n").filter(|line| !line.is_empty()) {
+        let is_length = line
+            .split_once(':')
+            .is_some_and(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"));
+        if is_length {
+            out.push_str(&format!("Content-Length: {length}"));
+        } else {
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out
+}
+
+/// A send body (one message or an array) with one character of its first offer's `data`
+/// changed: in the middle of the sealed `ct`, or of the clear `sdp`. None if it has no offer.
+fn alter_offer(body: &[u8]) -> Option<Vec<u8>> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let messages: Vec<&mut serde_json::Value> = match &mut value {
+        serde_json::Value::Array(messages) => messages.iter_mut().collect(),
+        message => vec![message],
+    };
+    let offer = messages
+        .into_iter()
+        .find(|message| message["type"] == "offer")?;
+    let data = &mut offer["data"];
+    let field = if data["ct"].is_string() { "ct" } else { "sdp" };
+    let text = data[field].as_str()?.to_owned();
+    let middle = text.len() / 2;
+    let was = text.as_bytes()[middle];
+    let now = if was == b'A' { 'B' } else { 'A' };
+    let mut changed = text.clone();
+    changed.replace_range(middle..middle + 1, &now.to_string());
+    data[field] = serde_json::Value::String(changed);
+    serde_json::to_vec(&value).ok()
 }

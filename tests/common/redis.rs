@@ -164,8 +164,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// One server shared by the tests of a binary that run on the Redis store; `None` (after the
-/// skip is printed) when redis-server is not installed and the tests are not required.
+/// One server shared by the tests of a binary that run on the Redis store (the test fails when
+/// redis-server is missing: `external::can_run`).
 pub fn shared(test: &str) -> Option<String> {
     static SHARED: OnceLock<Mutex<Option<Redis>>> = OnceLock::new();
     if !external::can_run(test, Redis::available()) {
