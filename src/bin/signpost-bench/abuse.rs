@@ -761,6 +761,7 @@ async fn connections(attack: &Arc<Attack>) -> Figures {
         abuse.addresses, abuse.connections
     );
     let opening = Instant::now();
+    let mut connected = 0u64;
     for index in 0..abuse.addresses * abuse.connections {
         let local = attacker(index % abuse.addresses);
         if attack.stopped() {
@@ -783,6 +784,7 @@ async fn connections(attack: &Arc<Attack>) -> Figures {
             }
         };
         open.fetch_add(1, Ordering::Relaxed);
+        connected += 1;
         let (attack, open, closed_by_server, answered, head) = (
             Arc::clone(attack),
             Arc::clone(&open),
@@ -825,9 +827,10 @@ async fn connections(attack: &Arc<Attack>) -> Figures {
             closed_by_server.fetch_add(1, Ordering::Relaxed);
         });
     }
-    let opened = open.load(Ordering::Relaxed);
+    // Connections the server accepted, some of which it may have closed already.
+    let opened = connected;
     eprintln!(
-        "connections: {opened} open in {:.1} s, {} not opened",
+        "connections: {opened} opened in {:.1} s, {} not opened",
         opening.elapsed().as_secs_f64(),
         not_opened.load(Ordering::Relaxed)
     );
