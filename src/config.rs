@@ -175,6 +175,11 @@ pub struct Config {
     /// the pages re-pair by their participant keys (docs/PROTOCOL.md, section 7). Rather set it
     /// from the environment, like `turn_secret`.
     pub resume_secret: Option<JoinSecret>,
+    /// The bearer token `GET /metrics` asks for (`Authorization: Bearer <token>`), at least 16
+    /// bytes so that it cannot be guessed. Default none: `/metrics` is open, as Prometheus
+    /// expects on a private network; set it when the port is public and the numbers (rooms,
+    /// peers, refusals) are not. Rather set it from the environment, like `turn_secret`.
+    pub metrics_token: Option<JoinSecret>,
     /// Seconds a request body may take to arrive whole, from the moment the server starts
     /// reading it; past that the request is answered `408 body_timeout` and its connection
     /// closed. Default 10: a full 1 MiB batch (`max_body_bytes`) over a slow 1 Mbit/s link takes
@@ -317,6 +322,7 @@ impl Default for Config {
             join_auth: JoinAuth::Open,
             join_keys: BTreeMap::new(),
             resume_secret: None,
+            metrics_token: None,
             join_token_audience: "signpost".into(),
             join_token_leeway_secs: 60,
             join_rate_per_sec: 20.0,
@@ -411,6 +417,15 @@ impl Config {
                 ));
             }
         }
+        self.validate_durations()?;
+        if let Some(token) = &self.metrics_token {
+            if token.expose().len() < 16 {
+                return Err(format!(
+                    "signpost.metrics_token is {} bytes; it needs at least 16",
+                    token.expose().len()
+                ));
+            }
+        }
         self.validate_store()?;
         self.validate_joins()?;
         self.validate_connections()
@@ -450,6 +465,67 @@ impl Config {
                 return Err(format!(
                     "signpost.{name} ({value}) must be at least signpost.max_message_bytes ({})",
                     self.max_message_bytes
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Upper bounds on every setting in seconds, part of [`Config::validate`]: far above what
+    /// any deployment wants, and far below where arithmetic on them breaks (a leeway added to
+    /// the clock that overflows refuses every token, or panics in a debug build; a timeout
+    /// added to an `Instant` can panic the same way).
+    fn validate_durations(&self) -> Result<(), String> {
+        const HOUR: u64 = 60 * 60;
+        const DAY: u64 = 24 * HOUR;
+        let bounds: [(&str, f64, u64, &str); 7] = [
+            // Servers' clocks drift by seconds; an hour of skew is a broken clock, and more
+            // leeway would make `exp` meaningless.
+            (
+                "join_token_leeway_secs",
+                self.join_token_leeway_secs as f64,
+                HOUR,
+                "1 hour",
+            ),
+            // coturn suggests a day; a month outlasts any call, and a leaked credential should
+            // not relay for longer.
+            (
+                "turn_credential_ttl_secs",
+                self.turn_credential_ttl_secs as f64,
+                30 * DAY,
+                "30 days",
+            ),
+            // A peer silent for a day is gone; a longer timeout only pins its room's slot.
+            ("peer_timeout_secs", self.peer_timeout_secs, DAY, "1 day"),
+            // Proxies cut idle connections within minutes: a heartbeat or a poll wait longer
+            // than an hour would never be seen by a client behind one.
+            ("heartbeat_secs", self.heartbeat_secs, HOUR, "1 hour"),
+            (
+                "poll_max_wait_secs",
+                self.poll_max_wait_secs,
+                HOUR,
+                "1 hour",
+            ),
+            // A 1 MiB body (`max_body_bytes`) arrives within minutes over any working link, and
+            // a client that reads nothing for an hour is gone: longer would only let a stalled
+            // connection hold its buffers and its descriptor.
+            (
+                "body_read_timeout_secs",
+                self.body_read_timeout_secs,
+                HOUR,
+                "1 hour",
+            ),
+            (
+                "write_timeout_secs",
+                self.write_timeout_secs,
+                HOUR,
+                "1 hour",
+            ),
+        ];
+        for (name, value, bound, shown) in bounds {
+            if value > bound as f64 {
+                return Err(format!(
+                    "signpost.{name} is at most {bound} ({shown}), not {value}"
                 ));
             }
         }

@@ -131,6 +131,8 @@ pub enum Error {
     InvalidResume(Cow<'static, str>),
     /// A resume credential for a peer that is in the room right now.
     PeerPresent,
+    /// `GET /metrics` without the `metrics_token` (or with another).
+    MetricsTokenRequired,
     /// A fault of the server's, not the client's (the OS refused randomness, say).
     Internal(&'static str),
     /// The request body did not arrive whole within `body_read_timeout_secs`; the connection is
@@ -156,8 +158,7 @@ impl Error {
             | InvalidQuery { .. }
             | InvalidLastEventId => Status::BadRequest,
             MissingToken | InvalidToken | MissingJoinToken | InvalidJoinToken(_)
-            | JoinTokenExpired => Status::Unauthorized,
-            CredentialRequired => Status::Unauthorized,
+            | JoinTokenExpired | CredentialRequired | MetricsTokenRequired => Status::Unauthorized,
             WrongPeer | CorsRefused(_) | RoomNotAllowed | ClaimMismatch(_) => Status::Forbidden,
             RoomNotFound | PeerNotFound | RouteNotFound => Status::NotFound,
             MethodNotAllowed { .. } => Status::MethodNotAllowed,
@@ -239,6 +240,7 @@ impl Error {
             ResumeNotEnabled => "resume_not_enabled",
             InvalidResume(_) => "invalid_resume",
             PeerPresent => "peer_present",
+            MetricsTokenRequired => "metrics_token_required",
             Internal(_) => "internal_error",
             BodyTimeout { .. } => "body_timeout",
             TooManyConnections { .. } => "too_many_connections",
@@ -350,6 +352,10 @@ impl Error {
                 "that peer is in the room now: its place cannot be taken over; join as a new peer"
                     .into()
             }
+            MetricsTokenRequired => {
+                "the metrics need the server's metrics_token: `Authorization: Bearer <token>`"
+                    .into()
+            }
             Internal(why) => Cow::Borrowed(why),
             BodyTimeout { limit } => format!(
                 "the body did not arrive within {} s; the connection is closed",
@@ -453,6 +459,7 @@ impl Error {
                 | Error::InvalidJoinToken(_)
                 | Error::JoinTokenExpired
                 | Error::CredentialRequired
+                | Error::MetricsTokenRequired
         )
         .then(|| ("WWW-Authenticate", "Bearer".to_owned()));
         let retry_after = self

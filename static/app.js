@@ -11,6 +11,12 @@ const FILE_READ_BYTES = 1024 * 1024;
 /** Stop queueing file chunks above this many buffered bytes; resume below the low mark. */
 const FILE_HIGH_WATER = 1024 * 1024;
 const FILE_LOW_WATER = 256 * 1024;
+/**
+ * The largest file this page receives: a received file is held in memory until it is saved, so
+ * one announced larger is refused before any of it is buffered (the page says so where it
+ * describes transfers).
+ */
+const MAX_RECEIVED_FILE_BYTES = 1024 * 1024 * 1024;
 /** Files up to this size get a SHA-256 shown on both sides (WebCrypto hashes in one piece). */
 const HASH_LIMIT_BYTES = 64 * 1024 * 1024;
 /** Shown error lines. */
@@ -81,8 +87,14 @@ window.signpostApp = {
   peerId: () => app.client?.peerId ?? null,
   /** "video", "audio" or "none"; null while the page is still asking for camera/microphone. */
   mediaMode: () => app.mediaMode,
-  /** [{id, peer_id, direction, name, size, bytes, state, sha256, sawProgress, peakBuffered}] */
-  transfers: () => app.transfers.map(({ element, blob, ...transfer }) => ({ ...transfer })),
+  /**
+   * [{id, peer_id, direction, name, size, bytes, state, sha256, sawProgress, peakBuffered,
+   * savedType}]: `state` is "sending", "receiving", "done", "failed" or "refused" (too large);
+   * `savedType` is the MIME type a received file is saved under.
+   */
+  transfers: () => app.transfers.map(({ element, blob, ...transfer }) => ({ ...transfer, savedType: blob?.type ?? null })),
+  /** The largest file this page receives, in bytes. */
+  maxReceivedFileBytes: () => MAX_RECEIVED_FILE_BYTES,
   /** Sends `file` (a File or Blob) to every connected peer. */
   sendFile: (file) => sendFileToAll(file),
   /** Inbound RTP statistics from `peerId`: {audio, video}, each null or the stats object. */
@@ -246,6 +258,7 @@ async function main() {
     if (sendChat(text) === 0) showError("Nobody can receive chat yet: no peer is connected.");
     $("chat-input").value = "";
   };
+  $("file-limit").textContent = formatBytes(MAX_RECEIVED_FILE_BYTES);
   $("file-input").onchange = () => {
     for (const file of $("file-input").files) sendFileToAll(file);
     $("file-input").value = "";
@@ -938,24 +951,35 @@ function receiveFile(link, channel) {
       }
       if (header.type !== "file" || !Number.isSafeInteger(header.size) || header.size < 0) return channel.close();
       transfer = newTransfer(link, "receive", String(header.name ?? "file"), header.size);
+      // What the sender says the file is: shown, never used to open it (see finish).
       transfer.mime = String(header.mime ?? "");
+      if (header.size > MAX_RECEIVED_FILE_BYTES) {
+        transfer.state = "refused";
+        renderTransfer(transfer);
+        showError(`${transfer.name} from ${link.label()} is ${formatBytes(header.size)}; this page receives files up to ${formatBytes(MAX_RECEIVED_FILE_BYTES)}.`);
+        return channel.close();
+      }
       if (header.size === 0) finish();
       return;
     }
-    if (typeof data === "string") return;
+    if (typeof data === "string" || transfer.state !== "receiving") return;
+    // A sender that sends more than it announced is cut off rather than buffered.
+    if (transfer.bytes + data.byteLength > transfer.size) return channel.close();
     chunks.push(data);
     progress(transfer, transfer.bytes + data.byteLength);
     if (transfer.bytes >= transfer.size) finish();
   };
   channel.onclose = () => {
-    if (transfer && transfer.state !== "done") {
+    if (transfer && transfer.state === "receiving") {
       transfer.state = "failed";
       renderTransfer(transfer);
       showError(`${transfer.name} from ${link.label()} did not arrive completely.`);
     }
   };
   const finish = async () => {
-    transfer.blob = new Blob(chunks, { type: transfer.mime || "application/octet-stream" });
+    // Saved as bytes whatever type the sender claims: a "text/html" file opened from its Save
+    // link would otherwise run as a page of this origin, with this page's room and tokens.
+    transfer.blob = new Blob(chunks, { type: "application/octet-stream" });
     chunks.length = 0;
     transfer.state = "done";
     channel.send(JSON.stringify({ type: "received", size: transfer.bytes }));
@@ -1003,10 +1027,10 @@ function renderTransfer(transfer) {
   const arrow = transfer.direction === "send" ? `to ${peer}` : `from ${peer}`;
   item.querySelector(".transfer-name").textContent = `${transfer.name} ${arrow}`;
   const percent = transfer.size ? Math.floor((100 * transfer.bytes) / transfer.size) : 100;
-  const state = { sending: `${percent}%`, receiving: `${percent}%`, done: "done", failed: "failed" }[transfer.state];
+  const state = { sending: `${percent}%`, receiving: `${percent}%`, done: "done", failed: "failed", refused: "refused: too large" }[transfer.state];
   item.querySelector(".transfer-state").textContent = `${formatBytes(transfer.size)} · ${state}`;
   item.querySelector("progress").value = transfer.size ? transfer.bytes / transfer.size : 1;
-  item.classList.toggle("failed", transfer.state === "failed");
+  item.classList.toggle("failed", transfer.state === "failed" || transfer.state === "refused");
   if (transfer.blob && !item.querySelector("a")) {
     const link = document.createElement("a");
     link.href = URL.createObjectURL(transfer.blob);
@@ -1027,7 +1051,8 @@ async function sha256(blob) {
 function formatBytes(bytes) {
   if (bytes < 1024) return `${bytes} B`;
   if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
-  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+  if (bytes < 1024 * 1024 * 1024) return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+  return `${+(bytes / 1024 / 1024 / 1024).toFixed(1)} GiB`;
 }
 
 // ---- status panel ----

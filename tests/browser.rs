@@ -395,6 +395,95 @@ async fn file_arrives_intact_with_progress() {
     server.stop().await;
 }
 
+/// A received file is saved as `application/octet-stream` whatever type its sender claims (an
+/// HTML file cannot run as a page of this origin), and a file announced larger than the page's
+/// limit is refused, with a message naming the limit, before any of its bytes are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn received_files_are_bytes_and_too_large_ones_are_refused() {
+    let Some(chromium) =
+        Chromium::launch("received_files_are_bytes_and_too_large_ones_are_refused").await
+    else {
+        return;
+    };
+    let server = Server::start().await;
+    let [(sender, sender_id), (receiver, receiver_id)] = open_pages(
+        &chromium,
+        &server,
+        "file-types",
+        ["name=Sender&media=none", "name=Receiver&media=none"],
+    )
+    .await;
+    wait_full_mesh(&[(&sender, &sender_id), (&receiver, &receiver_id)]).await;
+
+    let reached = sender
+        .eval(
+            "signpostApp.sendFile(new File(['<script>document.title = \"pwned\"</script>'], \
+             'page.html', { type: 'text/html' }))",
+        )
+        .await;
+    assert_eq!(reached, 1);
+    let received = receiver
+        .wait_for(
+            "the HTML file to arrive",
+            "signpostApp.transfers().find(t => t.name === 'page.html' && t.state === 'done')",
+        )
+        .await;
+    assert_eq!(
+        received["mime"], "text/html",
+        "the claimed type is kept, to show"
+    );
+    assert_eq!(received["savedType"], "application/octet-stream");
+
+    // A "file" that announces 2 GiB (its pieces are made on demand, so nothing that large
+    // exists): the receiver refuses it on its header.
+    let limit = receiver.eval("signpostApp.maxReceivedFileBytes()").await;
+    assert_eq!(limit, 1024 * 1024 * 1024, "the page's limit is 1 GiB");
+    sender
+        .eval(
+            "signpostApp.sendFile({ name: 'huge.bin', size: 2 * 1024 ** 3, type: '', \
+             slice: (start, end) => new Blob([new Uint8Array(end - start)]) })",
+        )
+        .await;
+    let refused = receiver
+        .wait_for(
+            "the large file to be refused",
+            "signpostApp.transfers().find(t => t.name === 'huge.bin' && t.state === 'refused')",
+        )
+        .await;
+    assert_eq!(refused["bytes"], 0, "none of it was kept");
+    assert_eq!(refused["savedType"], Value::Null);
+    sender
+        .wait_for(
+            "the sender to see its transfer fail",
+            "signpostApp.transfers().find(t => t.name === 'huge.bin' && t.state === 'failed')",
+        )
+        .await;
+    let shown = receiver
+        .eval("[...document.querySelectorAll('#status-errors li')].map(li => li.textContent).join(' ')")
+        .await;
+    assert!(
+        shown.as_str().unwrap().contains("up to 1 GiB"),
+        "the refusal names the limit: {shown}"
+    );
+    let described = receiver
+        .eval("document.getElementById('file-limit').textContent")
+        .await;
+    assert_eq!(
+        described, "1 GiB",
+        "the page states its limit where it describes transfers"
+    );
+    // The refused transfer stays refused: the chunks already on their way are not kept.
+    let after = receiver
+        .eval("signpostApp.transfers().find(t => t.name === 'huge.bin')")
+        .await;
+    assert_eq!(
+        (&after["state"], &after["bytes"]),
+        (&json!("refused"), &json!(0))
+    );
+    chromium.close().await;
+    server.stop().await;
+}
+
 /// Behind a proxy that buffers event streams and answers polls that wait over 3 s with a 504, a
 /// page on `transport=auto` moves to long-polling, shortens its polls below the cut and keeps
 /// that wait, and still connects and chats with a page that has a direct connection.

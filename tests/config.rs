@@ -54,3 +54,42 @@ async fn without_the_feature_rediss_is_refused_with_how_to_get_it() {
         assert!(refusal.contains(expected), "{expected:?} in {refusal}");
     }
 }
+
+/// Every setting in seconds has an upper bound: an absurd value (a leeway that would overflow
+/// the clock, a timeout of centuries) stops the server at start with a message that names the
+/// key and its bound, instead of refusing every token or panicking later.
+#[tokio::test]
+async fn absurd_durations_are_refused_naming_the_key_and_its_bound() {
+    for (key, value, bound) in [
+        ("join_token_leeway_secs", "9223372036854775807", "3600"),
+        ("turn_credential_ttl_secs", "9223372036854775807", "2592000"),
+        ("peer_timeout_secs", "1000000000.0", "86400"),
+        ("heartbeat_secs", "1000000000.0", "3600"),
+        ("poll_max_wait_secs", "1000000000.0", "3600"),
+        ("body_read_timeout_secs", "1000000000.0", "3600"),
+        ("write_timeout_secs", "1000000000.0", "3600"),
+    ] {
+        let refusal = common::instance::Instance::refusal(&format!("{key}={value}")).await;
+        for expected in [format!("signpost.{key}"), bound.to_owned()] {
+            assert!(refusal.contains(&expected), "{expected:?} in {refusal}");
+        }
+    }
+    // At the bound itself, the server starts.
+    for (key, value) in [
+        ("join_token_leeway_secs", json!(3600)),
+        ("turn_credential_ttl_secs", json!(2_592_000)),
+        ("peer_timeout_secs", json!(86400.0)),
+        ("heartbeat_secs", json!(3600.0)),
+        ("poll_max_wait_secs", json!(3600.0)),
+        ("body_read_timeout_secs", json!(3600.0)),
+        ("write_timeout_secs", json!(3600.0)),
+    ] {
+        assert!(
+            signpost::build(figment(key, value.clone()))
+                .ignite()
+                .await
+                .is_ok(),
+            "{key} = {value} is within its bound"
+        );
+    }
+}

@@ -468,3 +468,96 @@ async fn shutdown_ends_streams_and_polls_within_the_grace_period() {
     assert!(poll_took < grace, "the poll returned after {poll_took:?}");
     assert!(stop_took < grace, "the server stopped after {stop_took:?}");
 }
+
+/// With `metrics_token` set, `GET /metrics` answers only a scrape that presents it as
+/// `Authorization: Bearer`: without it or with another token, a 401 JSON error that says which
+/// credential is missing; with it, the exposition.
+#[tokio::test]
+async fn metrics_token_guards_the_metrics() {
+    const TOKEN: &str = "a-scraper-token-of-32-characters";
+    let server = Server::with(json!({ "metrics_token": TOKEN })).await;
+    let scrape = |authorization: Option<&str>| {
+        let mut request = server.client.get(server.url("/metrics"));
+        if let Some(authorization) = authorization {
+            request = request.header("Authorization", authorization);
+        }
+        request.send()
+    };
+    for authorization in [
+        None,
+        Some("Bearer a-scraper-token-of-32-characterz".to_owned()),
+        Some(format!("Bearer {}", &TOKEN[..31])),
+        Some(format!("Basic {TOKEN}")),
+    ] {
+        let response = scrape(authorization.as_deref()).await.unwrap();
+        assert_eq!(response.status(), 401, "{authorization:?}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "metrics_token_required", "{authorization:?}");
+    }
+    let response = scrape(Some(&format!("Bearer {TOKEN}"))).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("signpost_rooms"), "{text}");
+    server.stop().await;
+}
+
+/// A `metrics_token` shorter than 16 bytes stops the server at start: a short one can be
+/// guessed.
+#[tokio::test]
+async fn a_short_metrics_token_is_refused_at_start() {
+    let figment = test_figment(json!({ "metrics_token": "short" }));
+    match signpost::build(figment).ignite().await {
+        Ok(_) => panic!("a 5-byte metrics_token should be refused"),
+        Err(error) => assert!(
+            matches!(error.kind(), rocket::error::ErrorKind::FailedFairings(_)),
+            "refused by signpost's config fairing, not {error}"
+        ),
+    }
+}
+
+/// Every answer carries `Vary: Origin`, once, with or without an `Origin` in the request, from
+/// both layers: the relay routes (an answer, an error, a 405 the front gives itself) and Rocket
+/// (an API route, an ops route, a static file, a 404 on and off `/api`). A shared cache then
+/// never hands one origin's answer to another.
+#[tokio::test]
+async fn every_answer_varies_on_origin() {
+    let server = Server::start().await;
+    let alice = server.join("vary", "alice").await;
+    let poll = format!("{}/messages?after=0&wait=0", alice.peer_path());
+    let requests = [
+        ("GET", poll.as_str(), true, 200),
+        ("POST", "/api/rooms/vary/messages", false, 401),
+        ("PUT", "/api/rooms/vary/messages", false, 405),
+        ("GET", "/api/rooms/vary", false, 200),
+        ("GET", "/healthz", false, 200),
+        ("GET", "/", false, 200),
+        ("GET", "/no-such-file", false, 404),
+        ("GET", "/api/no-such-route", false, 404),
+    ];
+    for origin in [None, Some(APP)] {
+        for (method, path, with_token, status) in requests {
+            let mut request = server
+                .client
+                .request(method.parse().unwrap(), server.url(path));
+            if with_token {
+                request = request.bearer_auth(&alice.token);
+            }
+            if let Some(origin) = origin {
+                request = request.header("Origin", origin);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), status, "{method} {path} from {origin:?}");
+            let vary: Vec<&str> = response
+                .headers()
+                .get_all("vary")
+                .iter()
+                .flat_map(|value| value.to_str().unwrap().split(','))
+                .map(str::trim)
+                .filter(|name| name.eq_ignore_ascii_case("origin"))
+                .collect();
+            assert_eq!(vary, ["Origin"], "{method} {path} from {origin:?}");
+        }
+    }
+    server.stop().await;
+}

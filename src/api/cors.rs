@@ -57,7 +57,7 @@ pub fn allowed_origin_headers<'a>(
         })
 }
 
-/// Adds the CORS headers to the responses Rocket serves.
+/// Adds the CORS headers to the responses Rocket serves, and `Vary: Origin` to all of them.
 pub struct CorsHeaders;
 
 #[rocket::async_trait]
@@ -70,6 +70,10 @@ impl Fairing for CorsHeaders {
     }
 
     async fn on_response<'r>(&self, request: &'r Request<'_>, response: &mut Response<'r>) {
+        // The answer may depend on Origin (the headers below), so a shared cache must key on
+        // it: every answer says so, with or without an Origin, on every path (static files,
+        // errors and 404s included).
+        response.adjoin_raw_header("Vary", "Origin");
         let Some(origin) = request.headers().get_one("Origin") else {
             return;
         };
@@ -87,8 +91,6 @@ impl Fairing for CorsHeaders {
                 response.set_raw_header(name, value.to_owned());
             }
         }
-        // The answer depends on Origin whatever it was, so caches must key on it.
-        response.adjoin_raw_header("Vary", "Origin");
     }
 }
 

@@ -59,11 +59,16 @@ pub fn stream(content_type: &'static str, chunks: Chunks) -> Response<ResponseBo
 
 /// What Rocket's fairings add to an `/api/` response (`api::NoStore`, `api::cors`, Shield's
 /// `nosniff`), added to a relay response.
+/// Every answer, whatever its path, also gets `Vary: Origin`, as Rocket's answers do.
 pub fn decorate(response: &mut Response<ResponseBody>, config: &Config, request: &Parts) {
+    let headers = response.headers_mut();
+    // What an answer holds may depend on the request's Origin (CORS headers on `/api/`), so a
+    // shared cache must never hand one origin's answer to another: every answer says so, with
+    // or without an Origin, and on every path (docs/API.md, "CORS").
+    headers.append(VARY, HeaderValue::from_static("Origin"));
     if !request.uri.path().starts_with("/api/") {
         return;
     }
-    let headers = response.headers_mut();
     if !headers.contains_key(CACHE_CONTROL) {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -81,7 +86,6 @@ pub fn decorate(response: &mut Response<ResponseBody>, config: &Config, request:
                 headers.insert(name, value);
             }
         }
-        headers.append(VARY, HeaderValue::from_static("Origin"));
     }
 }
 

@@ -8,7 +8,7 @@
 //! the client. SSE streams, which are long-lived and chunked, go through reqwest and are parsed
 //! by `eventsource-stream`, as the integration tests do.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
@@ -16,7 +16,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Rocket closes a keep-alive connection after 5 s without a request; reconnect before that.
 const REUSE_IDLE_LIMIT: Duration = Duration::from_secs(4);
@@ -29,6 +29,9 @@ pub struct ConnectionError(pub String);
 /// One keep-alive HTTP/1.1 connection to the server.
 pub struct Connection {
     server: SocketAddr,
+    /// The loopback address the connection comes from (the abuse mode plays many clients);
+    /// `None`: the system's choice.
+    local: Option<IpAddr>,
     host: String,
     stream: Option<TcpStream>,
     /// Bytes read from the socket; `consumed` of them belong to answers already returned.
@@ -45,8 +48,15 @@ pub struct Answer<'a> {
 
 impl Connection {
     pub fn new(server: SocketAddr) -> Self {
+        Self::from_address(server, None)
+    }
+
+    /// A connection whose socket is bound to `local` first, so that the server sees it as
+    /// coming from that address.
+    pub fn from_address(server: SocketAddr, local: Option<IpAddr>) -> Self {
         Self {
             server,
+            local,
             host: server.to_string(),
             stream: None,
             buffer: Vec::with_capacity(16 * 1024),
@@ -85,6 +95,15 @@ impl Connection {
     /// Sends a complete request (head and body) and reads its answer. A request is never
     /// retried: a POST that may have been accepted must not be sent twice.
     pub async fn request(&mut self, request: &[u8]) -> Result<Answer<'_>, ConnectionError> {
+        self.request_parts(&[request]).await
+    }
+
+    /// [`Connection::request`] with the request in several parts, written one after another
+    /// (a large body shared by many requests need not be copied into each).
+    pub async fn request_parts(
+        &mut self,
+        request: &[&[u8]],
+    ) -> Result<Answer<'_>, ConnectionError> {
         match self.exchange(request).await {
             Ok((status, start, end)) => Ok(Answer {
                 status,
@@ -97,7 +116,7 @@ impl Connection {
         }
     }
 
-    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<(u16, usize, usize)> {
+    async fn exchange(&mut self, request: &[&[u8]]) -> std::io::Result<(u16, usize, usize)> {
         self.buffer.drain(..self.consumed);
         self.consumed = 0;
         if self.last_used.elapsed() > REUSE_IDLE_LIMIT {
@@ -105,12 +124,12 @@ impl Connection {
         }
         if self.stream.is_none() {
             self.buffer.clear();
-            let stream = TcpStream::connect(self.server).await?;
-            stream.set_nodelay(true)?;
-            self.stream = Some(stream);
+            self.stream = Some(connect(self.server, self.local).await?);
         }
         let stream = self.stream.as_mut().expect("connected above");
-        stream.write_all(request).await?;
+        for part in request {
+            stream.write_all(part).await?;
+        }
 
         let head_end = loop {
             if let Some(at) = find(&self.buffer, b"\r\n\r\n") {
@@ -150,6 +169,23 @@ impl Connection {
         }
         Ok((status, head_end, end))
     }
+}
+
+/// A TCP connection to `server` from `local` (any port), with Nagle's algorithm off.
+pub async fn connect(server: SocketAddr, local: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let stream = match local {
+        None => TcpStream::connect(server).await?,
+        Some(local) => {
+            let socket = match local {
+                IpAddr::V4(_) => TcpSocket::new_v4()?,
+                IpAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(local, 0))?;
+            socket.connect(server).await?
+        }
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::Result<()> {

@@ -12,17 +12,21 @@
 //! - `churn`: joins plus leaves per second.
 //! - `storm`: a reconnect storm: the server (started by the generator) restarted under N peers
 //!   with open streams, every peer rejoining as signpost.js does; the time until all are back.
+//! - `abuse`: one attack shape at a time against a server on its default profile, from one or
+//!   more client addresses at their full default allowances: the server's memory and
+//!   descriptors, and a fresh client's round-trip latency, while it lasts.
 //!
-//! Every mode checks delivery: lost and duplicated messages (from the gapless per-mailbox ids and
+//! Every mode but `abuse` checks delivery: lost and duplicated messages (from the gapless per-mailbox ids and
 //! a sequence number the generator puts in each message's `data`) must be 0. Errors are counted
 //! by status code. Every run is bounded in time and in count, and it only talks to the loopback
 //! interface. See `docs/BENCHMARKS.md` for the server configuration (`ROCKET_PROFILE=bench`)
 //! and the commands behind the published figures.
 //!
 //! Layout: [`options`] parses the command line, [`http`] is the client side of the API,
-//! [`report`] gathers counters, latencies and the summary, and [`relay`], [`idle`], [`churn`]
-//! and [`storm`] are the modes.
+//! [`report`] gathers counters, latencies and the summary, and [`relay`], [`idle`], [`churn`],
+//! [`storm`] and [`abuse`] are the modes.
 
+mod abuse;
 mod churn;
 mod http;
 mod idle;
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
             Mode::Idle(idle) => idle::run(&options, idle).await,
             Mode::Churn(churn) => churn::run(&options, churn).await,
             Mode::Storm(storm) => storm::run(&options, storm).await,
+            Mode::Abuse(abuse) => abuse::run(&options, abuse).await,
         }
     });
     match outcome {

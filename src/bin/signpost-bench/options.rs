@@ -8,7 +8,7 @@ use std::time::Duration;
 use lexopt::prelude::*;
 
 pub const USAGE: &str = "\
-usage: signpost-bench <relay|idle|churn|storm> [options]
+usage: signpost-bench <relay|idle|churn|storm|abuse> [options]
 
 common:
   --url URL            server (loopback only)          [http://127.0.0.1:8000]
@@ -47,6 +47,18 @@ storm (starts and restarts the server itself, on the port of --url):
   --peers N            peers, in rooms of 4, streams open [2000]
   --server-bin PATH    the signpost binary to run with ROCKET_PROFILE=bench
                        [signpost, next to this program]
+
+abuse (a server on its default profile; one attack shape per run, see docs/BENCHMARKS.md):
+  --shape S            memory, connections, rooms or listing   [memory]
+  --addresses N        attacking client addresses, 127.0.0.2 … [1]
+  --duration SECS      how long the attack is held, once set up [40]
+  --peers N            memory, rooms: peers per address         [1000]
+  --connections N      connections: trickling connections per address [2000]
+  --rss-cap-mib M      stop the shape when the server's RSS passes this [6144]
+  --max-rooms N        the server's max_rooms, to say how many addresses exhaust it [10000]
+  --room ROOM          listing: the invite-only room to look at  [abuse-listing]
+  --join-token TOKEN   listing: a join token for ROOM, so that it has a peer to look at
+  --server-pid PID     is needed for RSS and descriptors
 ";
 
 #[derive(Debug, Clone)]
@@ -67,6 +79,47 @@ pub enum Mode {
     Idle(Idle),
     Churn(Churn),
     Storm(Storm),
+    Abuse(Abuse),
+}
+
+/// The attack an abuse run reproduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Messages sent to peers that never acknowledge them, and answers never read.
+    Memory,
+    /// Connections that trickle a request body a byte at a time.
+    Connections,
+    /// One peer in each of as many rooms as the server lets one address open.
+    Rooms,
+    /// An invite-only room's listing, asked for without a credential.
+    Listing,
+}
+
+impl Shape {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Memory => "memory",
+            Shape::Connections => "connections",
+            Shape::Rooms => "rooms",
+            Shape::Listing => "listing",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Abuse {
+    pub shape: Shape,
+    /// Attacking client addresses, 127.0.0.2 onwards (at most 200: the fresh client that
+    /// measures latency is 127.0.1.1).
+    pub addresses: usize,
+    pub duration: Duration,
+    pub peers: usize,
+    pub connections: usize,
+    /// Server RSS in MiB past which the shape stops, so that a run cannot take the machine down.
+    pub rss_cap_mib: u64,
+    pub max_rooms: u64,
+    pub room: String,
+    pub join_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +208,17 @@ fn parse_from(
         duration: Duration::from_secs(10),
     };
     let mut server_bin = None;
+    let mut abuse = Abuse {
+        shape: Shape::Memory,
+        addresses: 1,
+        duration: Duration::from_secs(40),
+        peers: 1000,
+        connections: 2000,
+        rss_cap_mib: 6144,
+        max_rooms: 10_000,
+        room: "abuse-listing".into(),
+        join_token: None,
+    };
     let mut rooms = None;
     let mut peers = None;
     let mut duration = None;
@@ -193,6 +257,26 @@ fn parse_from(
             Long("hold") => idle.hold = seconds(parser.value()?.parse()?)?,
             Long("workers") => churn.workers = parser.value()?.parse()?,
             Long("server-bin") => server_bin = Some(PathBuf::from(parser.value()?)),
+            Long("shape") => {
+                abuse.shape = match parser.value()?.string()?.as_str() {
+                    "memory" => Shape::Memory,
+                    "connections" => Shape::Connections,
+                    "rooms" => Shape::Rooms,
+                    "listing" => Shape::Listing,
+                    other => {
+                        return Err(format!(
+                            "--shape is memory, connections, rooms or listing, not {other}"
+                        )
+                        .into())
+                    }
+                }
+            }
+            Long("addresses") => abuse.addresses = parser.value()?.parse()?,
+            Long("connections") => abuse.connections = parser.value()?.parse()?,
+            Long("rss-cap-mib") => abuse.rss_cap_mib = parser.value()?.parse()?,
+            Long("max-rooms") => abuse.max_rooms = parser.value()?.parse()?,
+            Long("room") => abuse.room = parser.value()?.string()?,
+            Long("join-token") => abuse.join_token = Some(parser.value()?.string()?),
             Long("help") | Short('h') => return Err(USAGE.into()),
             _ => return Err(arg.unexpected()),
         }
@@ -238,8 +322,23 @@ fn parse_from(
             };
             Mode::Storm(Storm { peers, server_bin })
         }
+        Some("abuse") => {
+            abuse.peers = peers.unwrap_or(abuse.peers);
+            abuse.duration = duration.unwrap_or(abuse.duration);
+            check(
+                (1..=200).contains(&abuse.addresses),
+                "--addresses is 1 to 200",
+            )?;
+            check(
+                abuse.peers >= 2 && abuse.peers.is_multiple_of(2),
+                "--peers is an even number, at least 2",
+            )?;
+            check(abuse.connections >= 1, "--connections must be at least 1")?;
+            check(abuse.rss_cap_mib >= 1, "--rss-cap-mib must be at least 1")?;
+            Mode::Abuse(abuse)
+        }
         Some(other) => return Err(format!("unknown mode {other:?}").into()),
-        None => return Err("a mode is required: relay, idle, churn or storm".into()),
+        None => return Err("a mode is required: relay, idle, churn, storm or abuse".into()),
     };
     check(threads >= 1, "--threads must be at least 1")?;
     Ok(Options {
@@ -343,5 +442,23 @@ mod tests {
         };
         assert_eq!((storm.peers, storm.server_bin), (8, "/opt/signpost".into()));
         assert!(parse("storm --peers 0").is_err());
+    }
+
+    /// An abuse run attacks from 1 address for 40 s with 1,000 peers unless told otherwise,
+    /// and refuses more addresses than it has loopback addresses set aside for.
+    #[test]
+    fn abuse_defaults_and_bounds() {
+        let Mode::Abuse(abuse) = parse("abuse").unwrap().mode else {
+            panic!("abuse mode")
+        };
+        assert_eq!(abuse.shape, Shape::Memory);
+        assert_eq!((abuse.addresses, abuse.peers), (1, 1000));
+        assert_eq!(abuse.duration, Duration::from_secs(40));
+        let Mode::Abuse(abuse) = parse("abuse --shape rooms --addresses 10").unwrap().mode else {
+            panic!("abuse mode")
+        };
+        assert_eq!((abuse.shape, abuse.addresses), (Shape::Rooms, 10));
+        assert!(parse("abuse --addresses 201").is_err());
+        assert!(parse("abuse --shape everything").is_err());
     }
 }
