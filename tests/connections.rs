@@ -239,6 +239,11 @@ store_tests! {
             "send_rate_per_sec": 1e9,
             "send_burst": 1e9,
             "mailbox_capacity": 100000,
+            // Room for the megabytes the stalled stream is sent: a full mailbox would evict
+            // Bob before his write times out.
+            "mailbox_max_bytes": 1 << 26,
+            "client_max_held_bytes": 1 << 30,
+            "max_held_bytes": 1 << 30,
         }))
         .await;
         let alice = server.join("stall", "alice").await;
