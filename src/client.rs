@@ -426,7 +426,9 @@ impl Client {
         })
     }
 
-    /// The peers of `room`, in join order (`GET /api/rooms/{room}`).
+    /// The peers of `room`, in join order (`GET /api/rooms/{room}`), asked with no credential:
+    /// a server whose rooms are invite-only answers `credential_required` (use
+    /// [`Peer::room_peers`] there).
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), signpost::client::ClientError> {
@@ -528,6 +530,30 @@ impl Peer {
 
     fn url(&self, path: &str) -> String {
         self.client.url(path)
+    }
+
+    /// The peers of this peer's room, in join order, asked with this peer's token: unlike
+    /// [`Client::room`], this also works on a server whose rooms are invite-only
+    /// (`join_auth = "required"`, where a look at a room needs a credential for it).
+    ///
+    /// ```no_run
+    /// # async fn run(peer: signpost::client::Peer) -> Result<(), signpost::client::ClientError> {
+    /// for other in peer.room_peers().await? { println!("{}", other.peer_id); }
+    /// # Ok(()) }
+    /// ```
+    pub async fn room_peers(&self) -> Result<Vec<PeerInfo>, ClientError> {
+        #[derive(Deserialize)]
+        struct Room {
+            peers: Vec<PeerInfo>,
+        }
+        let response = self
+            .client
+            .http
+            .get(self.url(&format!("/api/rooms/{}", segment(self.room()))))
+            .bearer_auth(&self.joined.token)
+            .send()
+            .await?;
+        Ok(answer::<Room>(response).await?.peers)
     }
 
     /// Sends one message; returns how many the server accepted (1).

@@ -597,6 +597,47 @@ store_tests! {
 }
 }
 
+/// The typed client on an invite-only server: a peer that joined with a join token lists its
+/// room with its own token (`Peer::room_peers`), while `Client::room`, which sends no credential,
+/// is refused with `credential_required`.
+#[tokio::test]
+async fn the_typed_client_lists_an_invite_only_room_as_its_peer() {
+    let server = server("required").await;
+    let client = signpost::client::Client::new(&server.base);
+    let invite = |name: &str| {
+        let mut claims = claims("private");
+        claims["name"] = json!(name);
+        signpost::client::JoinOptions::default().join_token(sign(&claims, KEY_ONE, None))
+    };
+    let host = client
+        .join("private", invite("Host"))
+        .await
+        .expect("the host joins");
+    let guest = client
+        .join("private", invite("Guest"))
+        .await
+        .expect("the guest joins");
+    let names: Vec<_> = guest
+        .room_peers()
+        .await
+        .expect("a peer lists its own room")
+        .into_iter()
+        .map(|peer| (peer.peer_id, peer.name))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            (host.id().to_owned(), Some("Host".to_owned())),
+            (guest.id().to_owned(), Some("Guest".to_owned())),
+        ]
+    );
+    let refused = client
+        .room("private")
+        .await
+        .expect_err("no credential, no listing");
+    assert_eq!(refused.code(), Some("credential_required"));
+}
+
 /// A join token minted by PyJWT opens the look at its room as it opens the join.
 #[tokio::test]
 async fn a_join_token_minted_by_pyjwt_shows_its_room() {
