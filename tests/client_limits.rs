@@ -136,22 +136,6 @@ store_tests! {
     }
 }
 
-/// The `signpost_peers` gauge of `server`'s `/metrics`.
-async fn peers_gauge(server: &Server) -> Option<u64> {
-    let text = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics request")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|line| line.strip_prefix("signpost_peers "))
-        .and_then(|value| value.trim().parse().ok())
-}
-
 store_tests! {
     /// A peer that times out frees its place too: once a witness in its room hears its `leave`,
     /// its address joins again.
@@ -181,7 +165,7 @@ store_tests! {
         // told the room (docs/API.md, "Several instances"), in the script that also counts the
         // deployment's peers: the peers gauge falling to the witness alone says it has run.
         let deadline = std::time::Instant::now() + common::EVENT_DEADLINE;
-        while peers_gauge(&server).await != Some(1) {
+        while server.metric("signpost_peers").await != 1.0 {
             assert!(std::time::Instant::now() < deadline, "the silent peer's place was never given back");
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }

@@ -163,19 +163,7 @@ async fn until_more_sweeps(server: &Server, more: u32) {
 
 /// The value of one sample of `server`'s `/metrics` (0 when absent).
 async fn metric(server: &Server, sample: &str) -> f64 {
-    let text = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics request")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
-        .map(|value| value.trim().parse().expect("a sample value"))
-        .unwrap_or(0.0)
+    server.metric(sample).await
 }
 
 /// `peer` as a client of `server`: the same peer, reached through another instance.

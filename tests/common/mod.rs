@@ -141,6 +141,23 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// The value of one sample of this server's `/metrics` (0 when absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .map(|value| value.trim().parse().expect("a sample value"))
+            .unwrap_or(0.0)
+    }
+
     /// Joins `room` as `name` and returns the peer, asserting the join succeeded.
     pub async fn join(&self, room: &str, name: &str) -> Peer {
         let response = self
