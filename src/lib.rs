@@ -21,6 +21,8 @@
 //!   - [`resume`]: resume credentials, with which a forgotten peer rejoins as itself.
 //!   - [`client_address`]: who a request comes from (`trusted_proxies`, `X-Forwarded-For`).
 //!   - [`client_limits`]: the join rate, live peers and rooms one client address may have.
+//!   - [`admission`]: whether a join is let in, and as whom: the one order of its checks (rate,
+//!     body, join token, resume credential, then the store's), with no HTTP in it.
 //!   - [`ice`]: the ICE servers a peer is given, with ephemeral TURN credentials.
 //! - Around the domain:
 //!   - `front`: the listening socket; serves the relay routes (send, SSE, long-poll) on hyper
@@ -41,6 +43,7 @@
 #[macro_use]
 extern crate rocket;
 
+pub mod admission;
 mod api;
 #[cfg(feature = "client")]
 pub mod client;
