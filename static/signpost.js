@@ -16,7 +16,9 @@
 // that buffers responses. An unreachable server is not that signature; and after an outage
 // "auto" tries SSE again, in case the verdict was the outage's.
 // Either way it remembers the last message id it delivered and resumes after it, so a
-// reconnection loses nothing and repeats nothing.
+// reconnection loses nothing and repeats nothing. Receiving is one state machine (`state`:
+// idle, connecting, streaming, polling, backing-off, rejoining, closed), whose states and
+// transitions are listed in RECEIVING_STATES below.
 //
 // Outages: while the server cannot be reached the client keeps trying, with exponential backoff
 // and full jitter (capped), honouring `Retry-After`; it never gives up while the page is open.

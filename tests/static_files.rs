@@ -119,7 +119,10 @@ async fn the_page_modules_are_served_as_javascript() {
         .filter(|name| name.ends_with(".js"))
         .collect();
     modules.sort();
-    assert!(!modules.is_empty(), "the page has modules under static/app/");
+    assert!(
+        !modules.is_empty(),
+        "the page has modules under static/app/"
+    );
     for module in &modules {
         let expected = std::fs::read_to_string(format!("static/app/{module}")).unwrap();
         for path in [format!("/app/{module}"), format!("/static/app/{module}")] {
