@@ -11,18 +11,19 @@ mod chrome;
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use chrome::Chromium;
 use common::external;
 use common::instance::Instance;
+use common::process::{ChildProcess, Watch};
 use common::redis::Redis;
 
 /// A real nginx in front of `upstreams`, round-robin, configured as the README advises; single
 /// process, in a directory of its own, killed when dropped.
 struct Nginx {
     port: u16,
-    child: Child,
+    _process: ChildProcess,
     _dir: tempfile::TempDir,
 }
 
@@ -73,41 +74,27 @@ http {{
 "#
         );
         std::fs::write(dir.path().join("nginx.conf"), config).expect("nginx.conf written");
-        let child = Command::new(nginx_binary())
+        let mut command = Command::new(nginx_binary());
+        command
             .arg("-p")
             .arg(dir.path())
             .arg("-c")
             .arg(dir.path().join("nginx.conf"))
             .arg("-e")
             .arg(dir.path().join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx starts");
-        let nginx = Nginx {
-            port,
-            child,
-            _dir: dir,
-        };
+            .stdin(Stdio::null());
+        let mut process = ChildProcess::spawn("nginx", command, Watch::Nothing);
         // Readiness probe: nginx takes a moment to listen.
-        let deadline = std::time::Instant::now() + common::EVENT_DEADLINE;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        process.await_port(port, common::EVENT_DEADLINE);
+        Nginx {
+            port,
+            _process: process,
+            _dir: dir,
         }
-        nginx
     }
 
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

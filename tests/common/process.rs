@@ -1,0 +1,276 @@
+//! One way to run a program beside a test: the real signpost binary, redis-server, nginx,
+//! coturn, Firefox, the Python peer. [`ChildProcess`] starts it, captures the output stream the
+//! test watches (line by line, on a thread, so that a program that stops writing fails the test
+//! at a deadline instead of hanging it, and one that writes a lot never blocks on a full pipe),
+//! awaits its readiness, and kills it when dropped, however the test ends.
+//!
+//! Whether an optional program is here is the caller's check, before it starts one:
+//! `external::can_run(test, …)` with the functions of `requirements.rs`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpStream;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::eventually::CHECK_EVERY;
+
+/// Which of the child's output streams the test reads; the other one, and any stream not read,
+/// goes to /dev/null.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    Stdout,
+    Stderr,
+    /// Neither: readiness is a port or a probe.
+    Nothing,
+}
+
+/// A program a test started. Killed (SIGKILL) and reaped when dropped, unless it has already
+/// been waited for.
+pub struct ChildProcess {
+    /// The program's name in failure messages.
+    name: String,
+    child: Child,
+    /// Every line of the watched stream so far, shared with the thread that reads it.
+    output: Arc<Output>,
+    /// How many lines of `output` [`ChildProcess::read_until`] and
+    /// [`ChildProcess::next_line`] have handed out already.
+    read: usize,
+    /// Whether the child has been reaped (then it is not killed on drop).
+    reaped: bool,
+}
+
+/// The lines read from a child, and two ways to be woken when one comes: a condition variable
+/// for the tests that wait on a thread, a `Notify` for the ones that wait in a task.
+#[derive(Default)]
+struct Output {
+    /// Lock held only to push or read lines, never across a wait's `.await`.
+    lines: Mutex<Lines>,
+    changed: Condvar,
+    notify: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Lines {
+    lines: Vec<String>,
+    /// The stream reached its end (the child closed it, usually by exiting).
+    ended: bool,
+}
+
+impl Output {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lines> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, line: Option<String>) {
+        let mut lines = self.lock();
+        match line {
+            Some(line) => lines.lines.push(line),
+            None => lines.ended = true,
+        }
+        drop(lines);
+        self.changed.notify_all();
+        // One waiting task at most (the owner): a stored permit covers a push that comes
+        // between its check and its wait.
+        self.notify.notify_one();
+    }
+}
+
+impl ChildProcess {
+    /// Starts `command` as `name`, with the stream `watch` piped and read into lines and the
+    /// other output streams sent to /dev/null; stdin is left as `command` set it. Fails the test
+    /// if the program cannot start.
+    pub fn spawn(name: &str, mut command: Command, watch: Watch) -> ChildProcess {
+        let piped = |stream: Watch| {
+            if watch == stream {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            }
+        };
+        command
+            .stdout(piped(Watch::Stdout))
+            .stderr(piped(Watch::Stderr));
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("{name} does not start: {error}"));
+        let output = Arc::new(Output::default());
+        let stream: Option<Box<dyn Read + Send>> = match watch {
+            Watch::Stdout => Some(Box::new(child.stdout.take().expect("piped"))),
+            Watch::Stderr => Some(Box::new(child.stderr.take().expect("piped"))),
+            Watch::Nothing => None,
+        };
+        match stream {
+            Some(stream) => {
+                let output = output.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                        output.push(Some(line));
+                    }
+                    output.push(None);
+                });
+            }
+            None => output.push(None),
+        }
+        ChildProcess {
+            name: name.to_owned(),
+            child,
+            output,
+            read: 0,
+            reaped: false,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child's stdin, if `command` piped it.
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    /// Reads the watched output, from where the last read stopped, until `find` returns a value
+    /// for a line, and returns it. Guarantees that line was written; fails the test, naming
+    /// `what` and showing the whole output, if the output ends first or not within `within`.
+    /// (It waits on this thread, as the synchronous start-up of a server does.)
+    pub fn read_until<T>(
+        &mut self,
+        what: &str,
+        within: Duration,
+        mut find: impl FnMut(&str) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + within;
+        let mut lines = self.output.lock();
+        loop {
+            while self.read < lines.lines.len() {
+                let line = &lines.lines[self.read];
+                self.read += 1;
+                if let Some(found) = find(line) {
+                    return found;
+                }
+            }
+            let now = Instant::now();
+            if lines.ended || now >= deadline {
+                let why = if lines.ended {
+                    "its output ended".to_owned()
+                } else {
+                    format!("not within {within:?}")
+                };
+                let output = lines.lines.join("\n");
+                drop(lines);
+                panic!(
+                    "{} never showed {what}: {why}; its output:\n{output}",
+                    self.name
+                );
+            }
+            lines = self
+                .output
+                .changed
+                .wait_timeout(lines, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The next line of the watched output not read yet, waiting in the task (no deadline: the
+    /// caller bounds its whole wait); `None` once the output has ended.
+    pub async fn next_line(&mut self) -> Option<String> {
+        loop {
+            {
+                let lines = self.output.lock();
+                if let Some(line) = lines.lines.get(self.read) {
+                    self.read += 1;
+                    return Some(line.clone());
+                }
+                if lines.ended {
+                    return None;
+                }
+            }
+            self.output.notify.notified().await;
+        }
+    }
+
+    /// Every line of the watched output so far, read or not.
+    pub fn output(&self) -> Vec<String> {
+        self.output.lock().lines.clone()
+    }
+
+    /// Every line of the watched output, once it has ended (the child closed it, usually by
+    /// exiting); fails the test if it has not within `within`.
+    pub fn whole_output(&mut self, within: Duration) -> Vec<String> {
+        let (lines, waited) = self
+            .output
+            .changed
+            .wait_timeout_while(self.output.lock(), within, |lines| !lines.ended)
+            .unwrap_or_else(|e| e.into_inner());
+        assert!(
+            !waited.timed_out(),
+            "{}'s output did not end within {within:?}",
+            self.name
+        );
+        self.read = lines.lines.len();
+        lines.lines.clone()
+    }
+
+    /// Waits until `ready` holds (checked every [`CHECK_EVERY`] on this thread), failing the
+    /// test with `what` if the child exits first or it does not within `within`.
+    pub fn await_ready(&mut self, what: &str, within: Duration, mut ready: impl FnMut() -> bool) {
+        let deadline = Instant::now() + within;
+        while !ready() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited ({status}) before {what}", self.name);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not get to {what} within {within:?}",
+                self.name
+            );
+            std::thread::sleep(CHECK_EVERY);
+        }
+    }
+
+    /// Waits until the child accepts TCP connections on `port` of 127.0.0.1 (see
+    /// [`ChildProcess::await_ready`]).
+    pub fn await_port(&mut self, port: u16, within: Duration) {
+        self.await_ready(&format!("listening on port {port}"), within, || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    /// SIGTERM, as a service manager stops a program; does not wait.
+    pub fn terminate(&self) {
+        let signalled = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(signalled.success(), "SIGTERM reached {}", self.name);
+    }
+
+    /// SIGKILL, and waits until the child is gone.
+    pub fn kill(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            self.wait();
+        }
+    }
+
+    /// Waits (on this thread) until the child exits, and returns how it did.
+    pub fn wait(&mut self) -> ExitStatus {
+        let status = self
+            .child
+            .wait()
+            .unwrap_or_else(|error| panic!("{} is reaped: {error}", self.name));
+        self.reaped = true;
+        status
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
