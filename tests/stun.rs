@@ -8,6 +8,7 @@ use common::external;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 
+use common::eventually::eventually;
 use common::Server;
 use serde_json::{json, Value};
 
@@ -213,17 +214,10 @@ async fn the_stun_server_stops_with_the_server() {
     );
     server.stop().await;
     // The serving task ends on Shutdown; give the runtime a moment to drop it.
-    let deadline = tokio::time::Instant::now() + common::EVENT_DEADLINE;
-    loop {
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "port {port} still bound"
-        );
-        tokio::task::yield_now().await;
-    }
+    eventually(&format!("port {port} is free"), || async {
+        UdpSocket::bind(("127.0.0.1", port)).is_ok()
+    })
+    .await;
 }
 
 /// `stun_url` overrides the advertised URL, and without `stun_bind` nothing is advertised.
