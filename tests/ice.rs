@@ -263,23 +263,25 @@ impl Coturn {
             std::env::temp_dir().join(format!("signpost-coturn-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut command = Command::new("turnserver");
-        command.args([
-            "-n", // no config file: everything is on this command line
-            "--listening-ip=127.0.0.1",
-            &format!("--listening-port={port}"),
-            "--relay-ip=127.0.0.1",
-            "--use-auth-secret",
-            &format!("--static-auth-secret={secret}"),
-            "--realm=signpost.test",
-            "--no-tls",
-            "--no-dtls",
-            "--no-cli",
-            // The test's peer address is loopback; never in production.
-            "--allow-loopback-peers",
-            "--log-file=stdout",
-            &format!("--pidfile={}", dir.join("turnserver.pid").display()),
-            &format!("--userdb={}", dir.join("turndb").display()),
-        ]);
+        command
+            .args([
+                "-n", // no config file: everything is on this command line
+                "--listening-ip=127.0.0.1",
+                &format!("--listening-port={port}"),
+                "--relay-ip=127.0.0.1",
+                "--use-auth-secret",
+                &format!("--static-auth-secret={secret}"),
+                "--realm=signpost.test",
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+                // The test's peer address is loopback; never in production.
+                "--allow-loopback-peers",
+                "--log-file=stdout",
+                &format!("--pidfile={}", dir.join("turnserver.pid").display()),
+                &format!("--userdb={}", dir.join("turndb").display()),
+            ])
+            .stderr(Stdio::null());
         // coturn's turnserver (apt-get install coturn; .ci/run installs it).
         let mut process = ChildProcess::spawn("turnserver", command, Watch::Stdout);
         // Its log says when its listeners are up.

@@ -36,7 +36,8 @@ impl Signpost {
             .env("ROCKET_PORT", "0")
             .env("ROCKET_SIGNPOST", settings)
             .env_remove("RUST_LOG")
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
         if let Some(rust_log) = rust_log {
             command.env("RUST_LOG", rust_log);
         }

@@ -82,7 +82,9 @@ http {{
             .arg(dir.path().join("nginx.conf"))
             .arg("-e")
             .arg(dir.path().join("error.log"))
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let mut process = ChildProcess::spawn("nginx", command, Watch::Nothing);
         // Readiness probe: nginx takes a moment to listen.
         process.await_port(port, common::EVENT_DEADLINE);

@@ -51,7 +51,8 @@ async fn sigterm_ends_streams_and_polls_and_the_log_keeps_tokens_out() {
         .env("ROCKET_PORT", "0")
         .env("ROCKET_SIGNPOST", "{log_level=\"info\"}")
         .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
     // Killed if the test fails before it exits by itself.
     let mut process = ChildProcess::spawn("signpost", command, Watch::Stderr);
     let base = process.read_until("the banner", DEADLINE, |line| {

@@ -59,7 +59,8 @@ impl Signpost {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("ROCKET_ADDRESS", "127.0.0.1")
             .env("ROCKET_PORT", self.port.to_string())
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
         if !self.settings.is_empty() {
             command.env("ROCKET_SIGNPOST", format!("{{{}}}", self.settings));
         }

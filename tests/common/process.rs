@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use super::eventually::CHECK_EVERY;
 
-/// Which of the child's output streams the test reads; the other one, and any stream not read,
-/// goes to /dev/null.
+/// Which of the child's output streams the test reads (the other one is left as the command
+/// set it: inherited unless the caller sends it elsewhere).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Watch {
     Stdout,
@@ -77,20 +77,15 @@ impl Output {
 }
 
 impl ChildProcess {
-    /// Starts `command` as `name`, with the stream `watch` piped and read into lines and the
-    /// other output streams sent to /dev/null; stdin is left as `command` set it. Fails the test
-    /// if the program cannot start.
+    /// Starts `command` as `name`, with the stream `watch` piped and read into lines; stdin and
+    /// the other streams are left as `command` set them. Fails the test if the program cannot
+    /// start.
     pub fn spawn(name: &str, mut command: Command, watch: Watch) -> ChildProcess {
-        let piped = |stream: Watch| {
-            if watch == stream {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            }
+        match watch {
+            Watch::Stdout => command.stdout(Stdio::piped()),
+            Watch::Stderr => command.stderr(Stdio::piped()),
+            Watch::Nothing => &mut command,
         };
-        command
-            .stdout(piped(Watch::Stdout))
-            .stderr(piped(Watch::Stderr));
         let mut child = command
             .spawn()
             .unwrap_or_else(|error| panic!("{name} does not start: {error}"));
@@ -252,6 +247,29 @@ impl ChildProcess {
         if !self.reaped {
             let _ = self.child.kill();
             self.wait();
+        }
+    }
+
+    /// Waits in the task until the child exits by itself, and returns how it did; fails the test
+    /// if it has not within `within`. (For a child that talks to a server running in the test's
+    /// own runtime, which a wait on the thread would stall.)
+    pub async fn exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            let exited = self
+                .child
+                .try_wait()
+                .unwrap_or_else(|error| panic!("{} is reaped: {error}", self.name));
+            if let Some(status) = exited {
+                self.reaped = true;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {within:?}",
+                self.name
+            );
+            tokio::time::sleep(CHECK_EVERY).await;
         }
     }
 

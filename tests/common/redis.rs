@@ -92,7 +92,9 @@ impl Redis {
                 "--maxmemory-policy",
                 "noeviction",
             ])
-            .stdin(Stdio::piped());
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let mut process = ChildProcess::spawn("redis-server", command, Watch::Nothing);
         let stdin = process.take_stdin();
         let mut redis = Redis {
