@@ -37,9 +37,7 @@ async fn open_pages<const N: usize>(
 ) -> [(Tab, String); N] {
     let mut pages = Vec::with_capacity(N);
     for query in queries {
-        let tab = chromium.open(&room_url(server, room, query)).await;
-        let id = tab.peer_id().await;
-        pages.push((tab, id));
+        pages.push(chromium.join(&room_url(server, room, query)).await);
     }
     pages.try_into().ok().expect("one page per query")
 }
@@ -495,14 +493,12 @@ async fn auto_transport_gets_through_a_hostile_proxy() {
         },
     )
     .await;
-    let behind = chromium
-        .open(&proxy.url("/?room=proxied&name=Behind&media=none"))
+    let (behind, behind_id) = chromium
+        .join(&proxy.url("/?room=proxied&name=Behind&media=none"))
         .await;
-    let behind_id = behind.peer_id().await;
-    let direct = chromium
-        .open(&room_url(&server, "proxied", "name=Direct&media=none"))
+    let (direct, direct_id) = chromium
+        .join(&room_url(&server, "proxied", "name=Direct&media=none"))
         .await;
-    let direct_id = direct.peer_id().await;
 
     behind.wait_connected(&[&direct_id]).await;
     direct.wait_connected(&[&behind_id]).await;
@@ -789,14 +785,13 @@ async fn page_joins_with_a_token_from_the_fragment_and_explains_an_expired_one()
     let server = Server::with(json!({"join_auth": "required", "join_keys": {"app": secret}})).await;
 
     let token = join_token(secret, "invited", "Invitee", 300);
-    let invited = chromium
-        .open(&room_url(
+    let (invited, peer_id) = chromium
+        .join(&room_url(
             &server,
             "invited",
             &format!("media=none#token={token}"),
         ))
         .await;
-    let peer_id = invited.peer_id().await;
     // Under `required` a room is shown only with a credential for it: the join token is one.
     let listing: Value = server
         .client

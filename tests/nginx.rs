@@ -145,10 +145,8 @@ async fn pages_behind_round_robin_nginx_keep_working_when_an_instance_dies() {
     let nginx = Nginx::start(&[first.port, second.port]);
     let page = |name: &str| nginx.url(&format!("/?room=lb&name={name}&media=none"));
 
-    let alice = chromium.open(&page("Alice")).await;
-    let alice_id = alice.peer_id().await;
-    let bob = chromium.open(&page("Bob")).await;
-    let bob_id = bob.peer_id().await;
+    let (alice, alice_id) = chromium.join(&page("Alice")).await;
+    let (bob, bob_id) = chromium.join(&page("Bob")).await;
     alice.wait_connected(&[&bob_id]).await;
     bob.wait_connected(&[&alice_id]).await;
     alice.eval("signpostApp.sendChat('before')").await;
@@ -173,8 +171,7 @@ async fn pages_behind_round_robin_nginx_keep_working_when_an_instance_dies() {
     bob.eval("signpostApp.sendChat('after, from Bob')").await;
     alice.wait_chat(&bob_id, "after, from Bob").await;
 
-    let carol = chromium.open(&page("Carol")).await;
-    let carol_id = carol.peer_id().await;
+    let (carol, carol_id) = chromium.join(&page("Carol")).await;
     carol.wait_connected(&[&alice_id, &bob_id]).await;
     alice.wait_connected(&[&bob_id, &carol_id]).await;
     bob.wait_connected(&[&alice_id, &carol_id]).await;

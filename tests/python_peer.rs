@@ -152,15 +152,13 @@ async fn keyed_case(test: &str, python_first: bool, transport: &str, key: Option
         let mut peer = PythonPeer::start(&python, &server, &room, transport, key);
         let joined = peer.next("joined").await;
         let peer_id = joined["peer_id"].as_str().unwrap().to_owned();
-        let tab = chromium.open(&page_url).await;
-        let tab_id = tab.peer_id().await;
+        let (tab, tab_id) = chromium.join(&page_url).await;
         talk(&tab, &tab_id, peer, &peer_id, transport).await;
         assert_encryption(&tab, key).await;
         tab.close().await;
     } else {
         // The page is already there; the Python peer is the newcomer and offers.
-        let tab = chromium.open(&page_url).await;
-        let tab_id = tab.peer_id().await;
+        let (tab, tab_id) = chromium.join(&page_url).await;
         let mut peer = PythonPeer::start(&python, &server, &room, transport, key);
         let joined = peer.next("joined").await;
         assert_eq!(joined["peers"], serde_json::json!([tab_id]));

@@ -125,11 +125,9 @@ async fn open_page(
     room: &str,
     name: &str,
 ) -> (Tab, String) {
-    let tab = chromium
-        .open(&server.url(&format!("/?room={room}&name={name}&media=none")))
-        .await;
-    let id = tab.peer_id().await;
-    (tab, id)
+    chromium
+        .join(&server.url(&format!("/?room={room}&name={name}&media=none")))
+        .await
 }
 
 /// Waits until `tab` lists exactly the peers `others` (no one else, no one twice), each with a
@@ -442,10 +440,9 @@ async fn a_page_returns_to_sse_after_an_outage() {
     };
     let server = Signpost::start("");
     let cable = Cable::to(&server).await;
-    let alice = chromium
-        .open(&cable.url("/?room=outage&name=Alice&media=none&transport=auto"))
+    let (alice, alice_id) = chromium
+        .join(&cable.url("/?room=outage&name=Alice&media=none&transport=auto"))
         .await;
-    let alice_id = alice.peer_id().await;
     alice
         .wait_for("streaming", "signpostApp.transport() === 'sse'")
         .await;
@@ -573,20 +570,18 @@ async fn forgotten_page_rejoins(test: &str, settings: &str) {
         }
     };
     let cable = Cable::to(&server).await;
-    let alice = chromium
-        .open(&cable.url(&format!(
+    let (alice, alice_id) = chromium
+        .join(&cable.url(&format!(
             "/?room={room}&name=Alice&media=none{}",
             invitation("Alice")
         )))
         .await;
-    let alice_id = alice.peer_id().await;
-    let bob = chromium
-        .open(&server.url(&format!(
+    let (bob, bob_id) = chromium
+        .join(&server.url(&format!(
             "/?room={room}&name=Bob&media=none{}",
             invitation("Bob")
         )))
         .await;
-    let bob_id = bob.peer_id().await;
     wait_exactly(&alice, std::slice::from_ref(&bob_id)).await;
     wait_exactly(&bob, std::slice::from_ref(&alice_id)).await;
     sample_channels(&bob).await;
@@ -728,10 +723,9 @@ async fn nobody_can_take_over_a_participant() {
     let server = Signpost::start("peer_timeout_secs=2.0");
     let room = "takeover";
     let cable = Cable::to(&server).await;
-    let alice = chromium
-        .open(&cable.url(&format!("/?room={room}&name=Alice&media=none")))
+    let (alice, alice_id) = chromium
+        .join(&cable.url(&format!("/?room={room}&name=Alice&media=none")))
         .await;
-    let alice_id = alice.peer_id().await;
     let (bob, bob_id) = open_page(&chromium, &server, room, "Bob").await;
     wait_exactly(&bob, std::slice::from_ref(&alice_id)).await;
     let mut mallory = Stranger::join(&server, room).await;
@@ -825,14 +819,12 @@ async fn a_keyed_rejoin_keeps_the_tile_and_its_proof_stays_sealed() {
     let room = "sealed-takeover";
     let key = "cmVzdGFydC1yb29tLWtleSE";
     let cable = Cable::to(&server).await;
-    let alice = chromium
-        .open(&cable.url(&format!("/?room={room}&name=Alice&media=none#key={key}")))
+    let (alice, alice_id) = chromium
+        .join(&cable.url(&format!("/?room={room}&name=Alice&media=none#key={key}")))
         .await;
-    let alice_id = alice.peer_id().await;
-    let bob = chromium
-        .open(&server.url(&format!("/?room={room}&name=Bob&media=none#key={key}")))
+    let (bob, bob_id) = chromium
+        .join(&server.url(&format!("/?room={room}&name=Bob&media=none#key={key}")))
         .await;
-    let bob_id = bob.peer_id().await;
     wait_exactly(&bob, std::slice::from_ref(&alice_id)).await;
     let mut mallory = Stranger::join(&server, room).await;
 

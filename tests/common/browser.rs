@@ -134,6 +134,14 @@ impl Chromium {
         tab
     }
 
+    /// Opens the room client at `url` in a new page and waits until it has joined its room:
+    /// returns the page and its peer id, as every browser test starts a peer.
+    pub async fn join(&self, url: &str) -> (Tab, String) {
+        let tab = self.open(url).await;
+        let id = tab.peer_id().await;
+        (tab, id)
+    }
+
     /// Opens `url`, any page rather than the room client's, in a new page; returns once it has
     /// loaded. The test then waits for what the page itself sets up.
     pub async fn open_other(&self, url: &str) -> Tab {
