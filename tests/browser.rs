@@ -785,7 +785,7 @@ async fn page_joins_with_a_token_from_the_fragment_and_explains_an_expired_one()
     let server = Server::with(json!({"join_auth": "required", "join_keys": {"app": secret}})).await;
 
     let token = join_token(secret, "invited", "Invitee", 300);
-    let (invited, peer_id) = chromium
+    let (_invited, peer_id) = chromium
         .join(&room_url(
             &server,
             "invited",
