@@ -4,7 +4,7 @@
 mod common;
 
 use common::external;
-use common::process::{ChildProcess, Watch};
+use common::process::{self, ChildProcess, Watch};
 
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};
@@ -298,14 +298,13 @@ impl Coturn {
     /// Whether coturn grants a TURN allocation to `username`/`password`, asked by coturn's own
     /// client (no data is sent: `-n 0`).
     fn allocates(&self, username: &str, password: &str) -> bool {
-        Command::new("turnutils_uclient")
+        let mut command = Command::new("turnutils_uclient");
+        command
             .args(["-n", "0", "-m", "1", "-c", "-X", "-e", "127.0.0.1"])
             .args(["-p", &self.port.to_string(), "-u", username, "-w", password])
-            .arg("127.0.0.1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("turnutils_uclient runs")
+            .arg("127.0.0.1");
+        process::run("turnutils_uclient", command, common::EVENT_DEADLINE)
+            .status
             .success()
     }
 }

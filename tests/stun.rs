@@ -9,6 +9,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 
 use common::eventually::eventually;
+use common::process;
 use common::Server;
 use serde_json::{json, Value};
 
@@ -36,10 +37,10 @@ async fn stun_server() -> (Server, u16, Value) {
 /// Runs coturn's STUN client against `port` and returns the reflexive address it reports.
 async fn real_client_binding(port: u16) -> Option<SocketAddr> {
     let output = tokio::task::spawn_blocking(move || {
-        Command::new("turnutils_stunclient")
-            .args(["-p", &port.to_string(), "127.0.0.1"])
-            .output()
-            .expect("coturn's turnutils_stunclient runs (apt-get install coturn; .ci/run does)")
+        // coturn's turnutils_stunclient (apt-get install coturn; .ci/run does)
+        let mut command = Command::new("turnutils_stunclient");
+        command.args(["-p", &port.to_string(), "127.0.0.1"]);
+        process::run("turnutils_stunclient", command, common::EVENT_DEADLINE)
     })
     .await
     .unwrap();

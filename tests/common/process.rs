@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output as Finished, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -281,6 +281,57 @@ impl ChildProcess {
             .unwrap_or_else(|error| panic!("{} is reaped: {error}", self.name));
         self.reaped = true;
         status
+    }
+}
+
+/// Runs `command` to its end, as `Command::output` does (stdin closed, stdout and stderr
+/// captured), but for at most `within`: guarantees the program has exited when it returns, and
+/// fails the test, naming `name` and showing what the program wrote, if it cannot start or has
+/// not finished in time (then it is killed). For the one-shot programs a test asks something:
+/// PyJWT, openssl, coturn's clients, the binary's subcommands.
+pub fn run(name: &str, mut command: Command, within: Duration) -> Finished {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|error| panic!("{name} does not start: {error}"));
+    // Read on threads, so that a program writing more than a pipe holds never blocks.
+    fn drain(stream: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = BufReader::new(stream).read_to_end(&mut bytes);
+            bytes
+        })
+    }
+    let stdout = drain(child.stdout.take().expect("piped"));
+    let stderr = drain(child.stderr.take().expect("piped"));
+    let deadline = Instant::now() + within;
+    let status = loop {
+        let exited = child
+            .try_wait()
+            .unwrap_or_else(|error| panic!("{name} is reaped: {error}"));
+        if let Some(status) = exited {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let wrote = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+            panic!(
+                "{name} did not finish within {within:?}; stdout:\n{}\nstderr:\n{}",
+                wrote(stdout.join().unwrap_or_default()),
+                wrote(stderr.join().unwrap_or_default())
+            );
+        }
+        // Short: these programs usually answer in milliseconds.
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Finished {
+        status,
+        stdout: stdout.join().expect("stdout is read"),
+        stderr: stderr.join().expect("stderr is read"),
     }
 }
 
