@@ -279,7 +279,8 @@ impl Tab {
 const STATUS_SNAPSHOT: &str = "typeof signpostApp === 'undefined' ? null : ({ transport: signpostApp.transport(), peers: signpostApp.peers(), \
     errors: [...document.querySelectorAll('#status-errors li')].map(li => li.textContent) })";
 
-fn truthy(value: &Value) -> bool {
+/// Whether JavaScript counts `value` as true (for the waits of Chromium's and Firefox's pages).
+pub fn truthy(value: &Value) -> bool {
     match value {
         Value::Null => false,
         Value::Bool(b) => *b,

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use crate::chrome::PAGE_DEADLINE;
+use crate::chrome::{truthy, PAGE_DEADLINE};
 use crate::common::process::{ChildProcess, Watch};
 use crate::common::{external, requirements};
 
@@ -202,10 +202,7 @@ impl FirefoxTab<'_> {
         let checks = async {
             loop {
                 let value = self.eval(expression).await;
-                let truthy = !matches!(&value, Value::Null | Value::Bool(false))
-                    && value != json!(0)
-                    && value != json!("");
-                if truthy {
+                if truthy(&value) {
                     return value;
                 }
                 tokio::time::sleep(CHECK_EVERY).await;

@@ -186,6 +186,15 @@ impl ChildProcess {
         }
     }
 
+    /// The watched output so far, for a failure message (nothing if none was watched or written).
+    fn shown(&self) -> String {
+        let lines = self.output.lock();
+        if lines.lines.is_empty() {
+            return String::new();
+        }
+        format!("; its output:\n{}", lines.lines.join("\n"))
+    }
+
     /// Every line of the watched output so far, read or not.
     pub fn output(&self) -> Vec<String> {
         self.output.lock().lines.clone()
@@ -214,12 +223,17 @@ impl ChildProcess {
         let deadline = Instant::now() + within;
         while !ready() {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited ({status}) before {what}", self.name);
+                panic!(
+                    "{} exited ({status}) before {what}{}",
+                    self.name,
+                    self.shown()
+                );
             }
             assert!(
                 Instant::now() < deadline,
-                "{} did not get to {what} within {within:?}",
-                self.name
+                "{} did not get to {what} within {within:?}{}",
+                self.name,
+                self.shown()
             );
             std::thread::sleep(CHECK_EVERY);
         }
@@ -266,8 +280,9 @@ impl ChildProcess {
             }
             assert!(
                 Instant::now() < deadline,
-                "{} did not exit within {within:?}",
-                self.name
+                "{} did not exit within {within:?}{}",
+                self.name,
+                self.shown()
             );
             tokio::time::sleep(CHECK_EVERY).await;
         }
