@@ -2,14 +2,15 @@
 //! coturn, Firefox, the Python peer. [`ChildProcess`] starts it, captures the output stream the
 //! test watches (line by line, on a thread, so that a program that stops writing fails the test
 //! at a deadline instead of hanging it, and one that writes a lot never blocks on a full pipe),
-//! awaits its readiness, and kills it when dropped, however the test ends.
+//! awaits its readiness, and kills it when dropped, however the test ends. A one-shot program
+//! the test asks something (PyJWT, openssl, coturn's clients) goes through [`run`] instead.
 //!
 //! Whether an optional program is here is the caller's check, before it starts one:
 //! `external::can_run(test, …)` with the functions of `requirements.rs`.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Output as Finished, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,7 @@ pub struct ChildProcess {
     name: String,
     child: Child,
     /// Every line of the watched stream so far, shared with the thread that reads it.
-    output: Arc<Output>,
+    output: Arc<Captured>,
     /// How many lines of `output` [`ChildProcess::read_until`] and
     /// [`ChildProcess::next_line`] have handed out already.
     read: usize,
@@ -43,7 +44,7 @@ pub struct ChildProcess {
 /// The lines read from a child, and two ways to be woken when one comes: a condition variable
 /// for the tests that wait on a thread, a `Notify` for the ones that wait in a task.
 #[derive(Default)]
-struct Output {
+struct Captured {
     /// Lock held only to push or read lines, never across a wait's `.await`.
     lines: Mutex<Lines>,
     changed: Condvar,
@@ -57,7 +58,7 @@ struct Lines {
     ended: bool,
 }
 
-impl Output {
+impl Captured {
     fn lock(&self) -> std::sync::MutexGuard<'_, Lines> {
         self.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -89,7 +90,7 @@ impl ChildProcess {
         let mut child = command
             .spawn()
             .unwrap_or_else(|error| panic!("{name} does not start: {error}"));
-        let output = Arc::new(Output::default());
+        let output = Arc::new(Captured::default());
         let stream: Option<Box<dyn Read + Send>> = match watch {
             Watch::Stdout => Some(Box::new(child.stdout.take().expect("piped"))),
             Watch::Stderr => Some(Box::new(child.stderr.take().expect("piped"))),
@@ -304,7 +305,7 @@ impl ChildProcess {
 /// fails the test, naming `name` and showing what the program wrote, if it cannot start or has
 /// not finished in time (then it is killed). For the one-shot programs a test asks something:
 /// PyJWT, openssl, coturn's clients, the binary's subcommands.
-pub fn run(name: &str, mut command: Command, within: Duration) -> Finished {
+pub fn run(name: &str, mut command: Command, within: Duration) -> Output {
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -343,7 +344,7 @@ pub fn run(name: &str, mut command: Command, within: Duration) -> Finished {
         // Short: these programs usually answer in milliseconds.
         std::thread::sleep(Duration::from_millis(5));
     };
-    Finished {
+    Output {
         status,
         stdout: stdout.join().expect("stdout is read"),
         stderr: stderr.join().expect("stderr is read"),
