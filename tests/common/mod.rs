@@ -6,8 +6,11 @@
 //! (the Redis one on a real `redis-server` the tests start, with a key prefix of its own).
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod eventually;
 pub mod external;
 pub mod instance;
+pub mod process;
+pub mod read_until;
 pub mod redis;
 pub mod requirements;
 
