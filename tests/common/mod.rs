@@ -9,6 +9,7 @@
 pub mod external;
 pub mod instance;
 pub mod redis;
+pub mod redis_ha;
 pub mod requirements;
 
 use std::time::{Duration, Instant};
