@@ -164,9 +164,10 @@ mod experiments {
     use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
     use redis::cluster::ClusterClientBuilder;
     use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-    use redis::{AsyncConnectionConfig, ConnectionAddr, ProtocolVersion, PushKind, RedisError};
+    use redis::{
+        AsyncConnectionConfig, ConnectionAddr, ProtocolVersion, PushInfo, PushKind, RedisError, Script,
+    };
 
-    use super::common::redis::Redis;
     use super::common::redis_ha::{self, Cluster, Sentinels, FAILOVER_DEADLINE};
 
     const TIMEOUT: Duration = Duration::from_millis(500);
@@ -497,5 +498,222 @@ mod experiments {
             return;
         }
         sentinel_experiment(Some("s3cret"));
+    }
+
+    /// Experiment: a cluster connection (RESP2, for commands) and a RESP3 one with a push
+    /// sender (for sharded pub/sub), across a slot migration and a SIGKILL of the slot's master:
+    /// scripts by their first key, NOSCRIPT after `SCRIPT FLUSH`, a cross-slot script, and
+    /// whether `SSUBSCRIBE` follows the slot.
+    #[test]
+    #[ignore = "experiment for issue #18: prints a timeline (--ignored --nocapture)"]
+    fn experiment_cluster() {
+        if !super::common::external::can_run("experiment", redis_ha::available()) {
+            return;
+        }
+        let mut cluster = Cluster::start();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (key, channel) = ("{busy}:n", "{busy}:w:p");
+        let slot = cluster.slot_of(key);
+        let owner = cluster.master_of(key);
+        let urls = cluster.urls();
+        let connection = runtime.block_on(async move {
+            let client = ClusterClientBuilder::new(urls)
+                .connection_timeout(TIMEOUT)
+                .response_timeout(TIMEOUT)
+                .build()
+                .expect("a cluster client");
+            client.get_async_connection().await.expect("connects")
+        });
+
+        // Scripts: routed by their first key; NOSCRIPT after a flush on the owner; cross-slot.
+        let script = Script::new("return redis.call('INCR', KEYS[1])");
+        let mut probe = connection.clone();
+        runtime.block_on(async {
+            let first: Result<i64, _> = script.key(key).invoke_async(&mut probe).await;
+            println!("cluster: script on {key} (slot {slot}, master {owner}): {first:?}");
+            println!("  SCRIPT FLUSH on {owner}: {}", redis_ha::cli(owner, &["script", "flush"]));
+            let again: Result<i64, _> = script.key(key).invoke_async(&mut probe).await;
+            println!("  the script again (NOSCRIPT, then reloaded?): {again:?}");
+            let two = Script::new("redis.call('INCR', KEYS[1]); return redis.call('INCR', KEYS[2])");
+            let cross: Result<i64, _> =
+                two.key(key).key("{other}:n").invoke_async(&mut probe).await;
+            println!("  a script with keys of two slots: {:?}", cross.map_err(|e| short(&e)));
+            let undeclared = Script::new("return redis.call('INCR', '{busy}:undeclared')");
+            let local: Result<i64, _> = undeclared.key(key).invoke_async(&mut probe).await;
+            println!("  a script writing an undeclared key of its slot: {local:?}");
+        });
+
+        // Load: the script every tick, and an SPUBLISH of a sequence number every tick.
+        let started = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let scripted = {
+            let connection = connection.clone();
+            load(&runtime, &stop, started, move || {
+                let mut connection = connection.clone();
+                let script = Script::new("return redis.call('INCR', KEYS[1])");
+                async move {
+                    script
+                        .key(key)
+                        .invoke_async::<i64>(&mut connection)
+                        .await
+                        .map(drop)
+                }
+            })
+        };
+        let published: Arc<Mutex<Vec<(Duration, u64, Result<i64, String>)>>> = Arc::default();
+        {
+            let (stop, published, mut connection) = (stop.clone(), published.clone(), connection.clone());
+            runtime.spawn(async move {
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    let result: Result<i64, RedisError> = redis::cmd("SPUBLISH")
+                        .arg(channel)
+                        .arg(seq)
+                        .query_async(&mut connection)
+                        .await;
+                    let at = started.elapsed();
+                    published.lock().unwrap().push((at, seq, result.map_err(|e| short(&e))));
+                    tokio::time::sleep(TICK).await;
+                }
+            });
+        }
+        let subscribers = [false, true].map(|resubscribe| {
+            (
+                resubscribe,
+                subscribe(&runtime, cluster.urls(), channel, started, resubscribe),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let other = cluster
+            .nodes_seen_by(owner)
+            .into_iter()
+            .find(|node| node.master && node.port != owner)
+            .expect("another master")
+            .port;
+        let migrating = started.elapsed();
+        cluster.migrate_slot(slot, other);
+        let migrated = started.elapsed();
+        std::thread::sleep(Duration::from_secs(3));
+        let killing = started.elapsed();
+        let killed = cluster.kill_master_of(key);
+        let promoted = cluster.wait_for_promotion(killed, slot, FAILOVER_DEADLINE);
+        let promotion = started.elapsed();
+        std::thread::sleep(Duration::from_secs(3));
+        cluster.restart(killed);
+        let restarted = started.elapsed();
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(700));
+        println!(
+            "cluster timeline: migrate slot {slot} {owner} -> {other} {migrating:?}..{migrated:?}; \
+             SIGKILL {killed} at {killing:?}, {promoted} promoted by {promotion:?}; \
+             old master back as a replica at {restarted:?}"
+        );
+        summarize("script (EVALSHA) through the cluster connection", &scripted, started, started);
+        let timeline = scripted.lock().unwrap();
+        let errors: Vec<_> = timeline.iter().filter(|(_, o)| !o.starts_with("ok")).collect();
+        println!("  script errors (time, kind): {:?}", &errors[..errors.len().min(12)]);
+        drop(timeline);
+
+        let published = published.lock().unwrap();
+        for (resubscribe, received) in &subscribers {
+            println!("  subscriber that re-SSUBSCRIBEs on SUNSUBSCRIBE/disconnection: {resubscribe}");
+            report_received(&published, &received.lock().unwrap());
+        }
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+
+    type Received = Arc<Mutex<Vec<(Duration, PushKind, Option<u64>)>>>;
+
+    /// A RESP3 cluster connection with a push sender, `SSUBSCRIBE`d to `channel`, recording
+    /// what it is pushed. With `resubscribe`, it subscribes again after a `SUNSUBSCRIBE` or a
+    /// disconnection it did not ask for (the cluster connection routes it to the slot's owner).
+    fn subscribe(
+        runtime: &tokio::runtime::Runtime,
+        urls: Vec<String>,
+        channel: &'static str,
+        started: Instant,
+        resubscribe: bool,
+    ) -> Received {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PushInfo>();
+        let mut subscriber = runtime.block_on(async move {
+            let subscribing = ClusterClientBuilder::new(urls)
+                .use_protocol(ProtocolVersion::RESP3)
+                .push_sender(tx)
+                .connection_timeout(TIMEOUT)
+                .response_timeout(TIMEOUT)
+                .build()
+                .expect("a RESP3 cluster client");
+            let mut subscriber = subscribing.get_async_connection().await.expect("connects");
+            subscriber.ssubscribe(channel).await.expect("SSUBSCRIBE");
+            subscriber
+        });
+        let received: Received = Arc::default();
+        let record = received.clone();
+        runtime.spawn(async move {
+            while let Some(push) = rx.recv().await {
+                let seq = (push.kind == PushKind::SMessage)
+                    .then(|| push.data.get(1))
+                    .flatten()
+                    .and_then(|value| redis::from_redis_value_ref::<u64>(value).ok());
+                let lost = matches!(push.kind, PushKind::SUnsubscribe | PushKind::Disconnection);
+                record.lock().unwrap().push((started.elapsed(), push.kind, seq));
+                if resubscribe && lost {
+                    let deadline = Instant::now() + FAILOVER_DEADLINE;
+                    while let Err(error) = subscriber.ssubscribe(channel).await {
+                        record.lock().unwrap().push((
+                            started.elapsed(),
+                            PushKind::Other(format!("resubscribe failed: {}", short(&error))),
+                            None,
+                        ));
+                        if Instant::now() > deadline {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        received
+    }
+
+    /// Prints which published sequence numbers a subscriber missed, in runs.
+    fn report_received(
+        published: &[(Duration, u64, Result<i64, String>)],
+        received: &[(Duration, PushKind, Option<u64>)],
+    ) {
+        let got: std::collections::HashSet<u64> = received.iter().filter_map(|(_, _, s)| *s).collect();
+        let mut missing: Vec<(Duration, Duration, u64, u64, String)> = Vec::new();
+        for (at, seq, result) in published.iter() {
+            if got.contains(seq) {
+                continue;
+            }
+            let what = match result {
+                Ok(n) => format!("SPUBLISH -> {n}"),
+                Err(e) => format!("SPUBLISH error {e}"),
+            };
+            match missing.last_mut() {
+                Some(last) if last.3 + 1 == *seq && last.4 == what => {
+                    last.1 = *at;
+                    last.3 = *seq;
+                }
+                _ => missing.push((*at, *at, *seq, *seq, what)),
+            }
+        }
+        println!(
+            "    sharded pub/sub: {} published, {} received",
+            published.len(),
+            got.len()
+        );
+        for (from, to, first, last, what) in &missing {
+            println!("    not received: seq {first}..={last} published {from:?}..{to:?} ({what})");
+        }
+        let others: Vec<_> = received
+            .iter()
+            .filter(|(_, kind, _)| *kind != PushKind::SMessage)
+            .map(|(at, kind, _)| (at, kind))
+            .collect();
+        println!("    other pushes: {others:?}");
     }
 }
