@@ -716,4 +716,57 @@ mod experiments {
             .collect();
         println!("    other pushes: {others:?}");
     }
+
+    /// Experiment: the latency of one EVALSHA (a one-key `INCR` script), 2,000 in a row after
+    /// 200 to warm up, through a `ConnectionManager` to a single Redis, a multiplexed
+    /// connection to the master the sentinels name, and a cluster connection.
+    #[test]
+    #[ignore = "experiment for issue #18: prints figures (--ignored --nocapture)"]
+    fn experiment_evalsha_latency() {
+        if !super::common::external::can_run("experiment", redis_ha::available()) {
+            return;
+        }
+        let single = super::common::redis::Redis::start();
+        let sentinels = Sentinels::start();
+        let cluster = Cluster::start();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let script = Script::new("return redis.call('INCR', KEYS[1])");
+            let client = redis::Client::open(single.url()).unwrap();
+            let mut plain = ConnectionManager::new(client).await.unwrap();
+            let mut sentinel = sentinel_client(&sentinels)
+                .get_async_connection()
+                .await
+                .unwrap();
+            let mut clustered = ClusterClientBuilder::new(cluster.urls())
+                .build()
+                .unwrap()
+                .get_async_connection()
+                .await
+                .unwrap();
+            macro_rules! time {
+                ($name:expr, $connection:expr) => {{
+                    let mut took = Vec::with_capacity(2000);
+                    for i in 0..2200 {
+                        let began = Instant::now();
+                        let _: i64 = script.key("{room}:n").invoke_async($connection).await.unwrap();
+                        if i >= 200 {
+                            took.push(began.elapsed());
+                        }
+                    }
+                    took.sort();
+                    let mean = took.iter().sum::<Duration>() / took.len() as u32;
+                    println!(
+                        "EVALSHA via {}: mean {:?}, p50 {:?}, p99 {:?}",
+                        $name, mean, took[took.len() / 2], took[took.len() * 99 / 100]
+                    );
+                }};
+            }
+            for _ in 0..2 {
+                time!("ConnectionManager, one Redis", &mut plain);
+                time!("MultiplexedConnection, Sentinel's master", &mut sentinel);
+                time!("cluster_async::ClusterConnection", &mut clustered);
+            }
+        });
+    }
 }
