@@ -44,10 +44,17 @@ fn sentinels_come_up_fail_over_and_take_the_old_master_back() {
     assert_eq!(killed, second);
     let third = sentinels.wait_for_new_master(killed, FAILOVER_DEADLINE);
     assert_eq!(third, first, "the only replica left is promoted");
-    println!("sentinel: SIGKILL to a promoted master in {:?}", started.elapsed());
+    println!(
+        "sentinel: SIGKILL to a promoted master in {:?}",
+        started.elapsed()
+    );
 
     sentinels.restart(killed);
-    assert_eq!(sentinels.master_port(), third, "the restarted node stays a replica");
+    assert_eq!(
+        sentinels.master_port(),
+        third,
+        "the restarted node stays a replica"
+    );
     assert!(sentinels.data_cli(killed, &["role"]).starts_with("slave"));
 }
 
@@ -87,9 +94,9 @@ fn cluster_comes_up_fails_over_migrates_and_takes_the_old_master_back() {
     let nodes = cluster.nodes_seen_by(cluster.running()[0]);
     let masters: Vec<_> = nodes.iter().filter(|node| node.master).collect();
     assert_eq!(masters.len(), 3);
-    assert!(masters
+    assert!(masters.iter().all(|master| nodes
         .iter()
-        .all(|master| nodes.iter().any(|n| n.master_id.as_ref() == Some(&master.id))));
+        .any(|n| n.master_id.as_ref() == Some(&master.id))));
     let served: u32 = masters
         .iter()
         .flat_map(|master| master.slots.iter())
@@ -119,11 +126,18 @@ fn cluster_comes_up_fails_over_migrates_and_takes_the_old_master_back() {
     let killed = cluster.kill_master_of(key);
     assert_eq!(killed, other);
     let promoted = cluster.wait_for_promotion(killed, slot, FAILOVER_DEADLINE);
-    println!("cluster: SIGKILL to a promoted replica in {:?}", started.elapsed());
+    println!(
+        "cluster: SIGKILL to a promoted replica in {:?}",
+        started.elapsed()
+    );
     assert_eq!(redis_ha::cli(promoted, &["get", key]), "7");
 
     cluster.restart(killed);
-    assert_eq!(cluster.master_of(key), promoted, "the restarted node stays a replica");
+    assert_eq!(
+        cluster.master_of(key),
+        promoted,
+        "the restarted node stays a replica"
+    );
     assert!(redis_ha::cli(killed, &["role"]).starts_with("slave"));
 
     // redis-cli --cluster reshard moves slots too.
@@ -165,7 +179,8 @@ mod experiments {
     use redis::cluster::ClusterClientBuilder;
     use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
     use redis::{
-        AsyncConnectionConfig, ConnectionAddr, ProtocolVersion, PushInfo, PushKind, RedisError, Script,
+        AsyncConnectionConfig, ConnectionAddr, ProtocolVersion, PushInfo, PushKind, RedisError,
+        Script,
     };
 
     use super::common::redis_ha::{self, Cluster, Sentinels, FAILOVER_DEADLINE};
@@ -424,7 +439,8 @@ mod experiments {
                 });
             }
             {
-                let (stop, record, resolves) = (stop.clone(), follower_line.clone(), resolves.clone());
+                let (stop, record, resolves) =
+                    (stop.clone(), follower_line.clone(), resolves.clone());
                 runtime.spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         let began = Instant::now();
@@ -457,9 +473,24 @@ mod experiments {
             std::thread::sleep(Duration::from_secs(4));
             stop.store(true, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(600));
-            summarize("ConnectionManager (fixed address)", &manager_line, fault_at, started);
-            summarize("MultiplexedConnection (fixed address)", &multiplexed_line, fault_at, started);
-            summarize("follower (re-resolves on error)", &follower_line, fault_at, started);
+            summarize(
+                "ConnectionManager (fixed address)",
+                &manager_line,
+                fault_at,
+                started,
+            );
+            summarize(
+                "MultiplexedConnection (fixed address)",
+                &multiplexed_line,
+                fault_at,
+                started,
+            );
+            summarize(
+                "follower (re-resolves on error)",
+                &follower_line,
+                fault_at,
+                started,
+            );
             let (resolved, went_back) = *resolves.lock().unwrap();
             println!(
                 "  follower resolved the master {resolved} times; INCR went back {} times, \
@@ -531,13 +562,20 @@ mod experiments {
         runtime.block_on(async {
             let first: Result<i64, _> = script.key(key).invoke_async(&mut probe).await;
             println!("cluster: script on {key} (slot {slot}, master {owner}): {first:?}");
-            println!("  SCRIPT FLUSH on {owner}: {}", redis_ha::cli(owner, &["script", "flush"]));
+            println!(
+                "  SCRIPT FLUSH on {owner}: {}",
+                redis_ha::cli(owner, &["script", "flush"])
+            );
             let again: Result<i64, _> = script.key(key).invoke_async(&mut probe).await;
             println!("  the script again (NOSCRIPT, then reloaded?): {again:?}");
-            let two = Script::new("redis.call('INCR', KEYS[1]); return redis.call('INCR', KEYS[2])");
+            let two =
+                Script::new("redis.call('INCR', KEYS[1]); return redis.call('INCR', KEYS[2])");
             let cross: Result<i64, _> =
                 two.key(key).key("{other}:n").invoke_async(&mut probe).await;
-            println!("  a script with keys of two slots: {:?}", cross.map_err(|e| short(&e)));
+            println!(
+                "  a script with keys of two slots: {:?}",
+                cross.map_err(|e| short(&e))
+            );
             let undeclared = Script::new("return redis.call('INCR', '{busy}:undeclared')");
             let local: Result<i64, _> = undeclared.key(key).invoke_async(&mut probe).await;
             println!("  a script writing an undeclared key of its slot: {local:?}");
@@ -560,9 +598,10 @@ mod experiments {
                 }
             })
         };
-        let published: Arc<Mutex<Vec<(Duration, u64, Result<i64, String>)>>> = Arc::default();
+        let published: Published = Arc::default();
         {
-            let (stop, published, mut connection) = (stop.clone(), published.clone(), connection.clone());
+            let (stop, published, mut connection) =
+                (stop.clone(), published.clone(), connection.clone());
             runtime.spawn(async move {
                 let mut seq = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -573,7 +612,10 @@ mod experiments {
                         .query_async(&mut connection)
                         .await;
                     let at = started.elapsed();
-                    published.lock().unwrap().push((at, seq, result.map_err(|e| short(&e))));
+                    published
+                        .lock()
+                        .unwrap()
+                        .push((at, seq, result.map_err(|e| short(&e))));
                     tokio::time::sleep(TICK).await;
                 }
             });
@@ -610,21 +652,37 @@ mod experiments {
              SIGKILL {killed} at {killing:?}, {promoted} promoted by {promotion:?}; \
              old master back as a replica at {restarted:?}"
         );
-        summarize("script (EVALSHA) through the cluster connection", &scripted, started, started);
+        summarize(
+            "script (EVALSHA) through the cluster connection",
+            &scripted,
+            started,
+            started,
+        );
         let timeline = scripted.lock().unwrap();
-        let errors: Vec<_> = timeline.iter().filter(|(_, o)| !o.starts_with("ok")).collect();
-        println!("  script errors (time, kind): {:?}", &errors[..errors.len().min(12)]);
+        let errors: Vec<_> = timeline
+            .iter()
+            .filter(|(_, o)| !o.starts_with("ok"))
+            .collect();
+        println!(
+            "  script errors (time, kind): {:?}",
+            &errors[..errors.len().min(12)]
+        );
         drop(timeline);
 
         let published = published.lock().unwrap();
         for (resubscribe, received) in &subscribers {
-            println!("  subscriber that re-SSUBSCRIBEs on SUNSUBSCRIBE/disconnection: {resubscribe}");
+            println!(
+                "  subscriber that re-SSUBSCRIBEs on SUNSUBSCRIBE/disconnection: {resubscribe}"
+            );
             report_received(&published, &received.lock().unwrap());
         }
         runtime.shutdown_timeout(Duration::from_secs(1));
     }
 
     type Received = Arc<Mutex<Vec<(Duration, PushKind, Option<u64>)>>>;
+
+    /// What the publisher sent: when, its sequence number, and `SPUBLISH`'s answer.
+    type Published = Arc<Mutex<Vec<(Duration, u64, Result<i64, String>)>>>;
 
     /// A RESP3 cluster connection with a push sender, `SSUBSCRIBE`d to `channel`, recording
     /// what it is pushed. With `resubscribe`, it subscribes again after a `SUNSUBSCRIBE` or a
@@ -658,7 +716,10 @@ mod experiments {
                     .flatten()
                     .and_then(|value| redis::from_redis_value_ref::<u64>(value).ok());
                 let lost = matches!(push.kind, PushKind::SUnsubscribe | PushKind::Disconnection);
-                record.lock().unwrap().push((started.elapsed(), push.kind, seq));
+                record
+                    .lock()
+                    .unwrap()
+                    .push((started.elapsed(), push.kind, seq));
                 if resubscribe && lost {
                     let deadline = Instant::now() + FAILOVER_DEADLINE;
                     while let Err(error) = subscriber.ssubscribe(channel).await {
@@ -683,7 +744,8 @@ mod experiments {
         published: &[(Duration, u64, Result<i64, String>)],
         received: &[(Duration, PushKind, Option<u64>)],
     ) {
-        let got: std::collections::HashSet<u64> = received.iter().filter_map(|(_, _, s)| *s).collect();
+        let got: std::collections::HashSet<u64> =
+            received.iter().filter_map(|(_, _, s)| *s).collect();
         let mut missing: Vec<(Duration, Duration, u64, u64, String)> = Vec::new();
         for (at, seq, result) in published.iter() {
             if got.contains(seq) {
@@ -749,7 +811,11 @@ mod experiments {
                     let mut took = Vec::with_capacity(2000);
                     for i in 0..2200 {
                         let began = Instant::now();
-                        let _: i64 = script.key("{room}:n").invoke_async($connection).await.unwrap();
+                        let _: i64 = script
+                            .key("{room}:n")
+                            .invoke_async($connection)
+                            .await
+                            .unwrap();
                         if i >= 200 {
                             took.push(began.elapsed());
                         }
@@ -758,7 +824,10 @@ mod experiments {
                     let mean = took.iter().sum::<Duration>() / took.len() as u32;
                     println!(
                         "EVALSHA via {}: mean {:?}, p50 {:?}, p99 {:?}",
-                        $name, mean, took[took.len() / 2], took[took.len() * 99 / 100]
+                        $name,
+                        mean,
+                        took[took.len() / 2],
+                        took[took.len() * 99 / 100]
                     );
                 }};
             }

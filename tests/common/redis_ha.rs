@@ -67,11 +67,15 @@ impl Node {
             child,
             stdin,
         };
-        wait_for(Duration::from_secs(10), "redis-server to answer PING", || {
-            let answer = cli(port, &["ping"]);
-            // NOAUTH: up, and asking for a password.
-            (answer == "PONG" || answer.starts_with("NOAUTH")).then_some(())
-        });
+        wait_for(
+            Duration::from_secs(10),
+            "redis-server to answer PING",
+            || {
+                let answer = cli(port, &["ping"]);
+                // NOAUTH: up, and asking for a password.
+                (answer == "PONG" || answer.starts_with("NOAUTH")).then_some(())
+            },
+        );
         node
     }
 
@@ -249,7 +253,11 @@ impl Sentinels {
             args.extend(["--requirepass", password, "--masterauth", password].map(String::from));
         }
         if let Some(master) = master {
-            args.extend(["--replicaof".to_owned(), "127.0.0.1".into(), master.to_string()]);
+            args.extend([
+                "--replicaof".to_owned(),
+                "127.0.0.1".into(),
+                master.to_string(),
+            ]);
         }
         let node = Node::spawn(port, args);
         match self.data.iter_mut().find(|(p, _)| *p == port) {
@@ -283,26 +291,30 @@ impl Sentinels {
     /// Waits until every sentinel sees the master, its replica and the two other sentinels.
     fn wait_settled(&self) {
         let master = self.master_port();
-        wait_for(FAILOVER_DEADLINE, "the sentinels to find each other", || {
-            self.sentinels
-                .iter()
-                .all(|sentinel| {
-                    let state = cli(sentinel.port, &["sentinel", "master", &self.name]);
-                    let field = |key: &str| {
-                        let lines: Vec<&str> = state.lines().collect();
-                        lines
-                            .iter()
-                            .position(|line| *line == key)
-                            .and_then(|i| lines.get(i + 1))
-                            .map(|v| v.to_string())
-                    };
-                    field("port") == Some(master.to_string())
-                        && field("flags").as_deref() == Some("master")
-                        && field("num-slaves").as_deref() == Some("1")
-                        && field("num-other-sentinels").as_deref() == Some("2")
-                })
-                .then_some(())
-        });
+        wait_for(
+            FAILOVER_DEADLINE,
+            "the sentinels to find each other",
+            || {
+                self.sentinels
+                    .iter()
+                    .all(|sentinel| {
+                        let state = cli(sentinel.port, &["sentinel", "master", &self.name]);
+                        let field = |key: &str| {
+                            let lines: Vec<&str> = state.lines().collect();
+                            lines
+                                .iter()
+                                .position(|line| *line == key)
+                                .and_then(|i| lines.get(i + 1))
+                                .map(|v| v.to_string())
+                        };
+                        field("port") == Some(master.to_string())
+                            && field("flags").as_deref() == Some("master")
+                            && field("num-slaves").as_deref() == Some("1")
+                            && field("num-other-sentinels").as_deref() == Some("2")
+                    })
+                    .then_some(())
+            },
+        );
     }
 
     /// The sentinels' URLs, as `redis_sentinels` takes them.
@@ -354,11 +366,15 @@ impl Sentinels {
     pub fn failover(&self) -> u16 {
         let old = self.master_port();
         let sentinel = self.sentinels[0].port;
-        let answer = wait_for(FAILOVER_DEADLINE, "SENTINEL FAILOVER to be accepted", || {
-            let answer = cli(sentinel, &["sentinel", "failover", &self.name]);
-            // NOGOODSLAVE while the replica has not yet reported in; INPROG never here.
-            (answer == "OK").then_some(answer)
-        });
+        let answer = wait_for(
+            FAILOVER_DEADLINE,
+            "SENTINEL FAILOVER to be accepted",
+            || {
+                let answer = cli(sentinel, &["sentinel", "failover", &self.name]);
+                // NOGOODSLAVE while the replica has not yet reported in; INPROG never here.
+                (answer == "OK").then_some(answer)
+            },
+        );
         assert_eq!(answer, "OK");
         let new = self.wait_for_new_master(old, FAILOVER_DEADLINE);
         self.wait_replica_of(old, new);
@@ -404,13 +420,17 @@ impl Sentinels {
 
     /// Waits until the node `port` replicates `master` and is in sync.
     fn wait_replica_of(&self, port: u16, master: u16) {
-        wait_for(FAILOVER_DEADLINE, "the old master to rejoin as a replica", || {
-            let info = self.data_cli(port, &["info", "replication"]);
-            (info_field(&info, "role").as_deref() == Some("slave")
-                && info_field(&info, "master_port") == Some(master.to_string())
-                && info_field(&info, "master_link_status").as_deref() == Some("up"))
-            .then_some(())
-        });
+        wait_for(
+            FAILOVER_DEADLINE,
+            "the old master to rejoin as a replica",
+            || {
+                let info = self.data_cli(port, &["info", "replication"]);
+                (info_field(&info, "role").as_deref() == Some("slave")
+                    && info_field(&info, "master_port") == Some(master.to_string())
+                    && info_field(&info, "master_link_status").as_deref() == Some("up"))
+                .then_some(())
+            },
+        );
     }
 }
 
@@ -503,16 +523,19 @@ impl Cluster {
     /// `WAIT 1` succeeds and a failover finds a replica to promote).
     pub fn wait_ok(&self) {
         wait_for(FAILOVER_DEADLINE, "cluster_state:ok on every node", || {
-            self.running().iter().all(|port| {
-                let info = cli(*port, &["cluster", "info"]);
-                let replication = cli(*port, &["info", "replication"]);
-                info_field(&info, "cluster_state").as_deref() == Some("ok")
-                    && info_field(&info, "cluster_known_nodes").as_deref() == Some("6")
-                    && info_field(&info, "cluster_slots_assigned").as_deref() == Some("16384")
-                    && (info_field(&replication, "role").as_deref() == Some("master")
-                        || info_field(&replication, "master_link_status").as_deref() == Some("up"))
-            })
-            .then_some(())
+            self.running()
+                .iter()
+                .all(|port| {
+                    let info = cli(*port, &["cluster", "info"]);
+                    let replication = cli(*port, &["info", "replication"]);
+                    info_field(&info, "cluster_state").as_deref() == Some("ok")
+                        && info_field(&info, "cluster_known_nodes").as_deref() == Some("6")
+                        && info_field(&info, "cluster_slots_assigned").as_deref() == Some("16384")
+                        && (info_field(&replication, "role").as_deref() == Some("master")
+                            || info_field(&replication, "master_link_status").as_deref()
+                                == Some("up"))
+                })
+                .then_some(())
         });
     }
 
@@ -561,7 +584,10 @@ impl Cluster {
                     port,
                     master: flags.contains("master"),
                     failed: flags.contains("fail"),
-                    master_id: fields.get(3).filter(|id| **id != "-").map(|id| id.to_string()),
+                    master_id: fields
+                        .get(3)
+                        .filter(|id| **id != "-")
+                        .map(|id| id.to_string()),
                     slots: fields
                         .iter()
                         .skip(8)
@@ -639,12 +665,16 @@ impl Cluster {
     /// replica in sync and the whole cluster is `ok`.
     pub fn restart(&mut self, old: u16) {
         self.spawn(old);
-        wait_for(FAILOVER_DEADLINE, "the old master to rejoin as a replica", || {
-            let info = cli(old, &["info", "replication"]);
-            (info_field(&info, "role").as_deref() == Some("slave")
-                && info_field(&info, "master_link_status").as_deref() == Some("up"))
-            .then_some(())
-        });
+        wait_for(
+            FAILOVER_DEADLINE,
+            "the old master to rejoin as a replica",
+            || {
+                let info = cli(old, &["info", "replication"]);
+                (info_field(&info, "role").as_deref() == Some("slave")
+                    && info_field(&info, "master_link_status").as_deref() == Some("up"))
+                .then_some(())
+            },
+        );
         self.wait_ok();
     }
 
@@ -661,11 +691,17 @@ impl Cluster {
         let slot_arg = slot.to_string();
         let ok = |answer: String, what: &str| assert_eq!(answer, "OK", "{what}");
         ok(
-            cli(to, &["cluster", "setslot", &slot_arg, "importing", &from_id]),
+            cli(
+                to,
+                &["cluster", "setslot", &slot_arg, "importing", &from_id],
+            ),
             "SETSLOT IMPORTING",
         );
         ok(
-            cli(from, &["cluster", "setslot", &slot_arg, "migrating", &to_id]),
+            cli(
+                from,
+                &["cluster", "setslot", &slot_arg, "migrating", &to_id],
+            ),
             "SETSLOT MIGRATING",
         );
         loop {
@@ -704,8 +740,7 @@ impl Cluster {
                 .iter()
                 .all(|asked| {
                     self.nodes_seen_by(*asked).iter().any(|node| {
-                        node.port == to
-                            && node.slots.iter().any(|(s, e)| (*s..=*e).contains(&slot))
+                        node.port == to && node.slots.iter().any(|(s, e)| (*s..=*e).contains(&slot))
                     })
                 })
                 .then_some(())
