@@ -457,6 +457,7 @@ mod experiments {
             std::thread::sleep(Duration::from_millis(500));
             let fault_at = Instant::now();
             let old = sentinels.master_port();
+            let (epoch_before, replid_before) = (config_epoch(&sentinels), replid(&sentinels, old));
             let new = if fault == "SENTINEL FAILOVER" {
                 sentinels.failover()
             } else {
@@ -469,6 +470,14 @@ mod experiments {
                 "  master {old} -> {new}: every sentinel agreed and the old one rejoined {:?} \
                  after the fault",
                 fault_at.elapsed()
+            );
+            let info = sentinels.data_cli(new, &["info", "replication"]);
+            println!(
+                "  config-epoch {epoch_before} -> {}; new master's master_replid changed: {}, \
+                 its master_replid2 is the old one's: {}",
+                config_epoch(&sentinels),
+                redis_ha::info_field(&info, "master_replid") != Some(replid_before.clone()),
+                redis_ha::info_field(&info, "master_replid2") == Some(replid_before),
             );
             std::thread::sleep(Duration::from_secs(4));
             stop.store(true, Ordering::Relaxed);
@@ -509,6 +518,42 @@ mod experiments {
             );
         }
         runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+
+    /// The master's `config-epoch` as the first sentinel reports it (`SENTINEL MASTER`).
+    fn config_epoch(sentinels: &Sentinels) -> String {
+        let port: u16 = sentinels.urls()[0]
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let answer = redis_ha::cli(port, &["sentinel", "master", sentinels.master_name()]);
+        let lines: Vec<&str> = answer.lines().collect();
+        let at = lines
+            .iter()
+            .position(|line| *line == "config-epoch")
+            .unwrap();
+        lines[at + 1].to_owned()
+    }
+
+    /// The `master_replid` of the data node on `port`.
+    fn replid(sentinels: &Sentinels, port: u16) -> String {
+        let info = sentinels.data_cli(port, &["info", "replication"]);
+        redis_ha::info_field(&info, "master_replid").unwrap_or_default()
+    }
+
+    /// `cluster_my_epoch` and `master_replid` of the cluster node on `port`.
+    fn cluster_identity(port: u16) -> (String, String) {
+        let epoch = redis_ha::info_field(
+            &redis_ha::cli(port, &["cluster", "info"]),
+            "cluster_my_epoch",
+        );
+        let replid = redis_ha::info_field(
+            &redis_ha::cli(port, &["info", "replication"]),
+            "master_replid",
+        );
+        (epoch.unwrap_or_default(), replid.unwrap_or_default())
     }
 
     /// Experiment: what follows a Sentinel failover (see `sentinel_experiment`).
@@ -633,14 +678,28 @@ mod experiments {
             .find(|node| node.master && node.port != owner)
             .expect("another master")
             .port;
+        let before = [owner, other].map(cluster_identity);
         let migrating = started.elapsed();
         cluster.migrate_slot(slot, other);
         let migrated = started.elapsed();
+        println!(
+            "cluster identities (my_epoch, replid) of source and target before the migration \
+             {before:?}, after {:?}",
+            [owner, other].map(cluster_identity)
+        );
         std::thread::sleep(Duration::from_secs(3));
+        let killed_replid = cluster_identity(other).1;
         let killing = started.elapsed();
         let killed = cluster.kill_master_of(key);
         let promoted = cluster.wait_for_promotion(killed, slot, FAILOVER_DEADLINE);
         let promotion = started.elapsed();
+        let (promoted_epoch, _) = cluster_identity(promoted);
+        let replication = redis_ha::cli(promoted, &["info", "replication"]);
+        println!(
+            "promoted {promoted}: my_epoch {promoted_epoch}, master_replid2 is the killed \
+             master's replid: {}",
+            redis_ha::info_field(&replication, "master_replid2") == Some(killed_replid)
+        );
         std::thread::sleep(Duration::from_secs(3));
         cluster.restart(killed);
         let restarted = started.elapsed();
