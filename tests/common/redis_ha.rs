@@ -129,9 +129,10 @@ pub fn wait_for<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Op
     }
 }
 
-/// A port that was free a moment ago, below `below`, and whose `+ 10000` (a cluster node's bus
-/// port) was free too when `with_bus`. Other test binaries pick theirs the same way (the system
-/// hands out each ephemeral port once in turn), so they do not collide in practice.
+/// A port that was free a moment ago (as `redis.rs` picks them, so other test binaries running
+/// at the same time get other ones); with `with_bus`, one below 55536 whose `+ 10000` (a cluster
+/// node's bus port) was free too. A port taken by someone else between this check and the
+/// server's bind makes the start fail at its readiness deadline, never hang.
 fn free_port(with_bus: bool) -> u16 {
     let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
     for _ in 0..1000 {
