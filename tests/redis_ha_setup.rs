@@ -77,6 +77,37 @@ fn sentinels_with_a_password_fail_over() {
     assert_ne!(second, first);
 }
 
+/// Sentinel over TLS only (data nodes, replication and sentinels on `tls-port`, `rediss://`
+/// URLs): the sentinels reach the nodes and fail over all the same.
+#[test]
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
+#[cfg_attr(
+    signpost_missing = "openssl",
+    ignore = "needs openssl: apt-get install openssl (README.md, Prerequisites)"
+)]
+fn sentinels_over_tls_fail_over() {
+    let available =
+        redis_ha::available().and_then(|()| common::external::programs(&["openssl"], "openssl"));
+    if !common::external::can_run("sentinels_tls", available) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let sentinels = Sentinels::start_tls(redis_ha::TlsFiles::generate(dir.path()), None);
+    assert!(sentinels
+        .urls()
+        .iter()
+        .all(|url| url.starts_with("rediss://")));
+    let first = sentinels.master_port();
+    assert_eq!(redis_ha::cli(first, &["ping"]), "", "no plain-text port");
+    assert_eq!(sentinels.data_cli(first, &["set", "k", "v"]), "OK");
+    let second = sentinels.failover();
+    assert_ne!(second, first);
+    assert!(sentinels.data_cli(first, &["role"]).starts_with("slave"));
+}
+
 /// Cluster: six nodes come up as three masters with a replica each and every slot served; the
 /// master of a room's slot, SIGKILLed, is replaced by its replica; restarted, it rejoins as a
 /// replica; a slot moves with its keys to another master.
@@ -323,13 +354,11 @@ mod experiments {
     }
 
     fn sentinel_client(sentinels: &Sentinels) -> SentinelClient {
+        let tls = sentinels.tls().is_some();
         let addresses: Vec<ConnectionAddr> = sentinels
-            .urls()
-            .iter()
-            .map(|url| {
-                let port = url.rsplit(':').next().unwrap().parse().unwrap();
-                ConnectionAddr::Tcp("127.0.0.1".into(), port)
-            })
+            .sentinel_ports()
+            .into_iter()
+            .map(|port| address(port, tls))
             .collect();
         let mut builder = SentinelClientBuilder::new(
             addresses,
@@ -340,20 +369,67 @@ mod experiments {
         if let Some(password) = sentinels.password() {
             builder = builder.set_client_to_redis_password(password);
         }
+        #[cfg(feature = "redis-tls")]
+        if let Some(files) = sentinels.tls() {
+            use redis::TlsMode;
+            builder = builder
+                .set_client_to_sentinel_tls_mode(TlsMode::Secure)
+                .set_client_to_sentinel_certificates(certificates(files))
+                .set_client_to_redis_tls_mode(TlsMode::Secure)
+                .set_client_to_redis_certificates(certificates(files));
+        }
         builder.build().expect("a sentinel client")
+    }
+
+    /// 127.0.0.1:`port`, over TLS when `tls`.
+    fn address(port: u16, tls: bool) -> ConnectionAddr {
+        if tls {
+            ConnectionAddr::TcpTls {
+                host: "127.0.0.1".into(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp("127.0.0.1".into(), port)
+        }
+    }
+
+    /// Trust the set-up's CA, and no other.
+    #[cfg(feature = "redis-tls")]
+    fn certificates(files: &redis_ha::TlsFiles) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(&files.ca).expect("the CA file")),
+        }
+    }
+
+    /// A client for the sentinel on `port`.
+    fn sentinel_node(sentinels: &Sentinels, port: u16) -> redis::Client {
+        let info = address(port, sentinels.tls().is_some());
+        #[cfg(feature = "redis-tls")]
+        if let Some(files) = sentinels.tls() {
+            return redis::Client::build_with_tls(info, certificates(files)).expect("a client");
+        }
+        redis::Client::open(info).expect("a client")
     }
 
     /// Sentinel: a `ConnectionManager` and a plain multiplexed connection to the master the
     /// sentinels name, our re-resolving follower, and a pub/sub connection, across a planned
     /// failover and then a SIGKILL of the new master.
-    fn sentinel_experiment(password: Option<&str>) {
-        let mut sentinels = match password {
-            Some(password) => Sentinels::start_with_password(password),
-            None => Sentinels::start(),
+    fn sentinel_experiment(password: Option<&str>, tls: Option<redis_ha::TlsFiles>) {
+        let with_tls = tls.is_some();
+        let mut sentinels = match (password, tls) {
+            (password, Some(tls)) => Sentinels::start_tls(tls, password),
+            (Some(password), None) => Sentinels::start_with_password(password),
+            (None, None) => Sentinels::start(),
         };
         let runtime = tokio::runtime::Runtime::new().unwrap();
         for fault in ["SENTINEL FAILOVER", "SIGKILL of the master"] {
-            println!("sentinel ({fault}, password: {}):", password.is_some());
+            println!(
+                "sentinel ({fault}, password: {}, TLS: {with_tls}):",
+                password.is_some()
+            );
             let started = Instant::now();
             let stop = Arc::new(AtomicBool::new(false));
             let (manager, multiplexed, pubsub_client, mut follower) = runtime.block_on(async {
@@ -424,10 +500,9 @@ mod experiments {
             // When do the sentinels announce the switch (`+switch-master` on their pub/sub)?
             let switch_at: Arc<Mutex<Option<Duration>>> = Arc::default();
             {
-                let url = sentinels.urls()[1].clone();
+                let client = sentinel_node(&sentinels, sentinels.sentinel_ports()[1]);
                 let switch_at = switch_at.clone();
                 let mut pubsub = runtime.block_on(async move {
-                    let client = redis::Client::open(url).unwrap();
                     let mut pubsub = client.get_async_pubsub().await.expect("sentinel pubsub");
                     pubsub.subscribe("+switch-master").await.expect("subscribe");
                     pubsub
@@ -522,13 +597,8 @@ mod experiments {
 
     /// The master's `config-epoch` as the first sentinel reports it (`SENTINEL MASTER`).
     fn config_epoch(sentinels: &Sentinels) -> String {
-        let port: u16 = sentinels.urls()[0]
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let answer = redis_ha::cli(port, &["sentinel", "master", sentinels.master_name()]);
+        let port = sentinels.sentinel_ports()[0];
+        let answer = sentinels.sentinel_cli(port, &["sentinel", "master", sentinels.master_name()]);
         let lines: Vec<&str> = answer.lines().collect();
         let at = lines
             .iter()
@@ -563,7 +633,7 @@ mod experiments {
         if !super::common::external::can_run("experiment", redis_ha::available()) {
             return;
         }
-        sentinel_experiment(None);
+        sentinel_experiment(None, None);
     }
 
     /// Experiment: the same with `requirepass` on the data nodes.
@@ -573,7 +643,24 @@ mod experiments {
         if !super::common::external::can_run("experiment", redis_ha::available()) {
             return;
         }
-        sentinel_experiment(Some("s3cret"));
+        sentinel_experiment(Some("s3cret"), None);
+    }
+
+    /// Experiment: the same over TLS only (sentinels and data nodes, `rediss://`), with a
+    /// password on the data nodes. Needs `--features redis-tls` and openssl.
+    #[test]
+    #[ignore = "experiment for issue #18: prints a timeline (--ignored --nocapture)"]
+    #[cfg(feature = "redis-tls")]
+    fn experiment_sentinel_failover_tls() {
+        let available = redis_ha::available()
+            .and_then(|()| super::common::external::programs(&["openssl"], "openssl"));
+        if !super::common::external::can_run("experiment", available) {
+            return;
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let files = redis_ha::TlsFiles::generate(dir.path());
+        sentinel_experiment(Some("s3cret"), Some(files));
     }
 
     /// Experiment: a cluster connection (RESP2, for commands) and a RESP3 one with a push

@@ -46,8 +46,9 @@ struct Node {
 }
 
 impl Node {
-    /// Starts `redis-server <args>` and returns once it answers `PING`.
-    fn spawn(port: u16, args: Vec<String>) -> Node {
+    /// Starts `redis-server <args>` and returns once it answers `PING` (to `redis-cli
+    /// <prefix>`: `--tls --cacert <CA>` for a TLS-only node).
+    fn spawn(port: u16, args: Vec<String>, prefix: &[String]) -> Node {
         let mut child = Command::new("sh")
             .args([
                 "-c",
@@ -71,7 +72,7 @@ impl Node {
             Duration::from_secs(10),
             "redis-server to answer PING",
             || {
-                let answer = cli(port, &["ping"]);
+                let answer = cli_as(prefix, port, &["ping"]);
                 // NOAUTH: up, and asking for a password.
                 (answer == "PONG" || answer.starts_with("NOAUTH")).then_some(())
             },
@@ -97,7 +98,13 @@ impl Drop for Node {
 
 /// `redis-cli -p <port> <args>`, its standard output trimmed ("" when the server is down).
 pub fn cli(port: u16, args: &[&str]) -> String {
+    cli_as(&[], port, args)
+}
+
+/// `redis-cli <prefix> -p <port> <args>`.
+pub fn cli_as(prefix: &[String], port: u16, args: &[&str]) -> String {
     let output = Command::new("redis-cli")
+        .args(prefix)
         .args(["-p", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())
@@ -180,6 +187,82 @@ fn data_args(port: u16, dir: &Path) -> Vec<String> {
     .into()
 }
 
+/// A CA's certificate and a server certificate it signed for 127.0.0.1, with its key (PEM).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// `redis-server` arguments for a TLS-only node on `port` (clients show no certificate;
+    /// replication and, for a sentinel, its connections to the nodes use TLS too).
+    fn server_lines(&self, port: u16) -> Vec<(String, String)> {
+        let path = |path: &Path| path.display().to_string();
+        [
+            ("port", "0".to_owned()),
+            ("tls-port", port.to_string()),
+            ("tls-cert-file", path(&self.cert)),
+            ("tls-key-file", path(&self.key)),
+            ("tls-ca-cert-file", path(&self.ca)),
+            ("tls-auth-clients", "no".to_owned()),
+            ("tls-replication", "yes".to_owned()),
+        ]
+        .map(|(name, value)| (name.to_owned(), value))
+        .into()
+    }
+
+    /// A throwaway CA and a certificate it signed for 127.0.0.1 (an IP SAN), made with the
+    /// `openssl` CLI in `dir` (as tests/redis_tls.rs makes its own).
+    pub fn generate(dir: &Path) -> TlsFiles {
+        let new_key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        let openssl = |args: &str| {
+            let output = Command::new("openssl")
+                .current_dir(dir)
+                .args(args.split_whitespace())
+                .output()
+                .expect("openssl runs");
+            assert!(
+                output.status.success(),
+                "openssl {args} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        openssl(&format!(
+            "req -x509 {new_key} -keyout ca.key -out ca.pem -days 1 -subj /CN=signpost-test-CA \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
+        ));
+        openssl(&format!(
+            "req {new_key} -keyout server.key -out server.csr -subj /CN=127.0.0.1"
+        ));
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .expect("the extensions file");
+        openssl(
+            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
+             -days 1 -extfile server.ext",
+        );
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        }
+    }
+
+    /// How `redis-cli` reaches a TLS-only node.
+    fn cli_prefix(&self) -> Vec<String> {
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            self.ca.display().to_string(),
+        ]
+    }
+}
+
 /// A master, one replica and three sentinels that watch them (quorum 2).
 pub struct Sentinels {
     name: String,
@@ -187,6 +270,7 @@ pub struct Sentinels {
     data: Vec<(u16, Option<Node>)>,
     sentinels: Vec<Node>,
     password: Option<String>,
+    tls: Option<TlsFiles>,
     dir: PathBuf,
 }
 
@@ -197,16 +281,22 @@ impl Sentinels {
     /// A new set-up: returns once the replica is in sync and every sentinel knows the replica
     /// and the two other sentinels (so that a failover can be authorized at once).
     pub fn start() -> Sentinels {
-        Sentinels::start_with(None)
+        Sentinels::start_with(None, None)
     }
 
     /// The same with `requirepass <password>` on the master and the replica (`masterauth`, and
     /// the sentinels' `auth-pass`); the sentinels themselves ask none.
     pub fn start_with_password(password: &str) -> Sentinels {
-        Sentinels::start_with(Some(password.to_owned()))
+        Sentinels::start_with(Some(password.to_owned()), None)
     }
 
-    fn start_with(password: Option<String>) -> Sentinels {
+    /// The same speaking TLS only, data nodes and sentinels, with the certificates of `tls`
+    /// (`rediss://` URLs), and a password on the data nodes when given.
+    pub fn start_tls(tls: TlsFiles, password: Option<&str>) -> Sentinels {
+        Sentinels::start_with(password.map(str::to_owned), Some(tls))
+    }
+
+    fn start_with(password: Option<String>, tls: Option<TlsFiles>) -> Sentinels {
         let dir = temp_dir("sentinel");
         let name = Sentinels::MASTER.to_owned();
         let mut set_up = Sentinels {
@@ -214,6 +304,7 @@ impl Sentinels {
             data: Vec::new(),
             sentinels: Vec::new(),
             password,
+            tls,
             dir,
         };
         let master = free_port(false);
@@ -237,9 +328,15 @@ impl Sentinels {
             if let Some(password) = &set_up.password {
                 text.push_str(&format!("sentinel auth-pass {} {password}\n", set_up.name));
             }
+            if let Some(tls) = &set_up.tls {
+                for (name, value) in tls.server_lines(port) {
+                    text.push_str(&format!("{name} {value}\n"));
+                }
+            }
             std::fs::write(&conf, text).expect("a sentinel.conf");
             let args = vec![conf.display().to_string(), "--sentinel".to_owned()];
-            set_up.sentinels.push(Node::spawn(port, args));
+            let prefix = set_up.prefix();
+            set_up.sentinels.push(Node::spawn(port, args, &prefix));
         }
         set_up.wait_settled();
         set_up
@@ -250,6 +347,11 @@ impl Sentinels {
         let dir = self.dir.join(port.to_string());
         std::fs::create_dir_all(&dir).expect("a node directory");
         let mut args = data_args(port, &dir);
+        if let Some(tls) = &self.tls {
+            for (name, value) in tls.server_lines(port) {
+                args.extend([format!("--{name}"), value]);
+            }
+        }
         if let Some(password) = &self.password {
             args.extend(["--requirepass", password, "--masterauth", password].map(String::from));
         }
@@ -260,23 +362,37 @@ impl Sentinels {
                 master.to_string(),
             ]);
         }
-        let node = Node::spawn(port, args);
+        let node = Node::spawn(port, args, &self.prefix());
         match self.data.iter_mut().find(|(p, _)| *p == port) {
             Some(slot) => slot.1 = Some(node),
             None => self.data.push((port, Some(node))),
         }
     }
 
+    /// `redis-cli`'s arguments for TLS, if the set-up speaks it.
+    fn prefix(&self) -> Vec<String> {
+        self.tls
+            .as_ref()
+            .map(TlsFiles::cli_prefix)
+            .unwrap_or_default()
+    }
+
     /// `redis-cli` against the data node on `port` (with the password, if any).
     pub fn data_cli(&self, port: u16, args: &[&str]) -> String {
+        let prefix = self.prefix();
         match &self.password {
             Some(password) => {
                 let mut all = vec!["--no-auth-warning", "-a", password];
                 all.extend_from_slice(args);
-                cli(port, &all)
+                cli_as(&prefix, port, &all)
             }
-            None => cli(port, args),
+            None => cli_as(&prefix, port, args),
         }
+    }
+
+    /// `redis-cli` against the sentinel on `port`.
+    pub fn sentinel_cli(&self, port: u16, args: &[&str]) -> String {
+        cli_as(&self.prefix(), port, args)
     }
 
     /// Waits until the replica on `port` has finished its sync with its master.
@@ -299,7 +415,8 @@ impl Sentinels {
                 self.sentinels
                     .iter()
                     .all(|sentinel| {
-                        let state = cli(sentinel.port, &["sentinel", "master", &self.name]);
+                        let state =
+                            self.sentinel_cli(sentinel.port, &["sentinel", "master", &self.name]);
                         let field = |key: &str| {
                             let lines: Vec<&str> = state.lines().collect();
                             lines
@@ -318,17 +435,32 @@ impl Sentinels {
         );
     }
 
-    /// The sentinels' URLs, as `redis_sentinels` takes them.
+    /// The sentinels' URLs, as `redis_sentinels` takes them (`rediss://` with TLS).
     pub fn urls(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         self.sentinels
             .iter()
-            .map(|node| format!("redis://127.0.0.1:{}", node.port))
+            .map(|node| format!("{scheme}://127.0.0.1:{}", node.port))
             .collect()
+    }
+
+    /// The sentinels' ports.
+    pub fn sentinel_ports(&self) -> Vec<u16> {
+        self.sentinels.iter().map(|node| node.port).collect()
     }
 
     /// The master name, as `redis_sentinel_master` takes it.
     pub fn master_name(&self) -> &str {
         &self.name
+    }
+
+    /// The certificates, for a TLS-only set-up.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
     }
 
     /// The password of the data nodes, if any.
@@ -355,7 +487,7 @@ impl Sentinels {
 
     /// The master's port as the sentinel on `sentinel` reports it.
     fn master_by(&self, sentinel: u16) -> Option<u16> {
-        let answer = cli(
+        let answer = self.sentinel_cli(
             sentinel,
             &["sentinel", "get-master-addr-by-name", &self.name],
         );
@@ -371,7 +503,7 @@ impl Sentinels {
             FAILOVER_DEADLINE,
             "SENTINEL FAILOVER to be accepted",
             || {
-                let answer = cli(sentinel, &["sentinel", "failover", &self.name]);
+                let answer = self.sentinel_cli(sentinel, &["sentinel", "failover", &self.name]);
                 // NOGOODSLAVE while the replica has not yet reported in; INPROG never here.
                 (answer == "OK").then_some(answer)
             },
@@ -516,7 +648,7 @@ impl Cluster {
             ]
             .map(String::from),
         );
-        self.nodes.insert(port, Some(Node::spawn(port, args)));
+        self.nodes.insert(port, Some(Node::spawn(port, args, &[])));
     }
 
     /// Waits until every running node reports `cluster_state:ok` with every slot assigned and
