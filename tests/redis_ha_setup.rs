@@ -711,6 +711,15 @@ mod experiments {
             let undeclared = Script::new("return redis.call('INCR', '{busy}:undeclared')");
             let local: Result<i64, _> = undeclared.key(key).invoke_async(&mut probe).await;
             println!("  a script writing an undeclared key of its slot: {local:?}");
+            let pipeline: Result<(Option<i64>, Option<i64>), _> = redis::pipe()
+                .get("{busy}:n")
+                .get("{other}:n")
+                .query_async(&mut probe)
+                .await;
+            println!(
+                "  a pipeline of GETs on two slots: {:?}",
+                pipeline.map_err(|e| short(&e))
+            );
         });
 
         // Load: the script every tick, and an SPUBLISH of a sequence number every tick.
