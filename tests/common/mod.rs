@@ -12,6 +12,7 @@ pub mod instance;
 pub mod process;
 pub mod read_until;
 pub mod redis;
+pub mod redis_ha;
 pub mod requirements;
 
 use std::time::{Duration, Instant};
