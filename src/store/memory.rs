@@ -4,19 +4,21 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::Mutex;
+use rocket::async_trait;
 
 use crate::client_limits::{ClientHoldings, JoinRate};
 use crate::error::{ApiResult, Error};
 use crate::held_bytes::HeldBytes;
 use crate::identity::{PeerId, PeerToken, RoomName};
-use crate::mailbox::{Mailbox, MailboxLimits, Push};
+use crate::mailbox::{Mailbox, MailboxLimits, PollTicket, Push, Read, StreamTicket, Ticket};
 use crate::message::EncodedMessage;
 use crate::rate_limit::TokenBucket;
 use crate::store::{
-    leave_event, Departure, JoinOutcome, LeaveReason, Limits, NewPeer, Outgoing, PeerInfo, Sent,
+    leave_event, Departure, JoinOutcome, LeaveReason, Limits, Listening, NewPeer, Outgoing,
+    PeerInfo, Reader, Sent, Store, Wake,
 };
 
 pub struct MemoryStore {
@@ -269,7 +271,7 @@ impl MemoryStore {
     }
 
     /// The mailbox of `peer`, for the request that proves to be that peer.
-    pub fn mailbox(
+    pub fn reader(
         &self,
         room: &RoomName,
         peer: PeerId,
@@ -299,8 +301,14 @@ impl MemoryStore {
             .ok_or(Error::PeerNotFound)
     }
 
-    /// Removes every peer that has had no listener for `timeout`.
-    pub fn sweep(&self, now: Instant, timeout: Duration) -> Vec<(RoomName, Departure)> {
+    /// Removes every peer that has had no listener for `peer_timeout`.
+    pub fn sweep(&self) -> Vec<(RoomName, Departure)> {
+        self.sweep_at(Instant::now())
+    }
+
+    /// [`sweep`](Self::sweep) as of `now`.
+    fn sweep_at(&self, now: Instant) -> Vec<(RoomName, Departure)> {
+        let timeout = self.limits.peer_timeout;
         let mut state = self.rooms.lock();
         let expired: Vec<(RoomName, PeerId)> = state
             .rooms
@@ -339,6 +347,122 @@ impl MemoryStore {
                 .map(|members| members.peers.len())
                 .sum(),
         )
+    }
+}
+
+// The memory store's operations never wait: each is a plain function call under its lock, so
+// the futures below complete at their first poll.
+#[async_trait]
+impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ready(&self) -> ApiResult<()> {
+        Ok(())
+    }
+
+    async fn charge_join(&self, client: IpAddr) -> ApiResult<()> {
+        MemoryStore::charge_join(self, client)
+    }
+
+    async fn join(
+        &self,
+        room: &RoomName,
+        peer: NewPeer,
+        announcement: Arc<EncodedMessage>,
+    ) -> ApiResult<JoinOutcome> {
+        MemoryStore::join(self, room, peer, announcement)
+    }
+
+    async fn leave(
+        &self,
+        room: &RoomName,
+        peer: PeerId,
+        token: Option<&str>,
+    ) -> ApiResult<Vec<Departure>> {
+        MemoryStore::leave(self, room, peer, token)
+    }
+
+    async fn identify(&self, room: &RoomName, token: Option<&str>) -> ApiResult<PeerId> {
+        MemoryStore::identify(self, room, token)
+    }
+
+    async fn send(
+        &self,
+        room: &RoomName,
+        token: Option<&str>,
+        batch: &[Outgoing],
+    ) -> ApiResult<Sent> {
+        MemoryStore::send(self, room, token, batch)
+    }
+
+    async fn reader(
+        &self,
+        room: &RoomName,
+        peer: PeerId,
+        token: Option<&str>,
+    ) -> ApiResult<Box<dyn Reader>> {
+        let mailbox = MemoryStore::reader(self, room, peer, token)?;
+        Ok(Box::new(MailboxReader(mailbox)))
+    }
+
+    async fn room(&self, room: &RoomName) -> ApiResult<Option<Vec<PeerInfo>>> {
+        Ok(MemoryStore::room(self, room))
+    }
+
+    async fn peer(&self, room: &RoomName, peer: PeerId) -> ApiResult<PeerInfo> {
+        MemoryStore::peer(self, room, peer)
+    }
+
+    async fn sweep(&self) -> ApiResult<Vec<(RoomName, Departure)>> {
+        Ok(MemoryStore::sweep(self))
+    }
+
+    async fn counts(&self) -> ApiResult<(usize, usize)> {
+        Ok(MemoryStore::counts(self))
+    }
+}
+
+/// A memory mailbox as its stream or poll reads it: every call acts on the mailbox at once.
+pub struct MailboxReader(pub Arc<Mailbox>);
+
+#[async_trait]
+impl Reader for MailboxReader {
+    async fn subscribe(&self) -> ApiResult<Wake> {
+        Ok(Wake::new(self.0.subscribe(), None))
+    }
+
+    async fn open_stream(&self, acknowledge: Option<u64>) -> ApiResult<(StreamTicket, u64)> {
+        if let Some(id) = acknowledge {
+            self.0.acknowledge(id);
+        }
+        Ok((self.0.open_stream(), self.0.last_id()))
+    }
+
+    async fn open_poll(&self, acknowledge: u64) -> ApiResult<PollTicket> {
+        self.0.acknowledge(acknowledge);
+        Ok(self.0.open_poll())
+    }
+
+    fn acknowledge(&self, id: u64) {
+        self.0.acknowledge(id);
+    }
+
+    async fn flush(&self) -> ApiResult<()> {
+        Ok(())
+    }
+
+    async fn read(&self, cursor: u64, ticket: Option<Ticket>, max_bytes: usize) -> ApiResult<Read> {
+        Ok(self.0.read_after(cursor, ticket, max_bytes))
+    }
+
+    fn listen(&self) -> Listening {
+        Listening::new(self.0.listen())
+    }
+
+    fn may_miss_wakeups(&self) -> bool {
+        false
     }
 }
 
