@@ -570,3 +570,98 @@ fn announce(held: &HeldBytes, peers: &[Peer], event: &Arc<EncodedMessage>) -> Ve
     }
     overflowing
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::message::{Draft, MessageType};
+
+    /// The output of a future that must not wait: the memory store's never do.
+    fn now<F: Future>(future: F) -> F::Output {
+        match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(output) => output,
+            Poll::Pending => panic!("a memory store future waited"),
+        }
+    }
+
+    fn store(peer_timeout: Duration) -> MemoryStore {
+        let config = Config {
+            peer_timeout_secs: peer_timeout.as_secs_f64(),
+            ..Config::default()
+        };
+        MemoryStore::new(Limits::new(&config))
+    }
+
+    /// Joins a new peer through the trait; returns its id and token.
+    fn join(store: &dyn Store, room: &RoomName) -> (PeerId, PeerToken) {
+        let info = PeerInfo {
+            peer_id: PeerId::random(),
+            name: None,
+            meta: None,
+        };
+        let announcement = EncodedMessage::from_server("join", &info);
+        let token = PeerToken::generate().unwrap();
+        let id = info.peer_id;
+        let peer = NewPeer {
+            info,
+            token: token.clone(),
+            client: None,
+        };
+        now(store.join(room, peer, announcement)).unwrap();
+        (id, token)
+    }
+
+    /// Through `dyn Store` and `dyn Reader`, a send and the recipient's read complete at their
+    /// first poll, with no task switch: the memory store's relay path never waits.
+    #[test]
+    fn a_send_and_a_read_through_the_traits_never_wait() {
+        let store = store(Duration::from_secs(10));
+        let store: &dyn Store = &store;
+        let room = RoomName::parse("traits").unwrap();
+        let (_, alice_token) = join(store, &room);
+        let (bob, bob_token) = join(store, &room);
+        let reader = now(store.reader(&room, bob, Some(bob_token.reveal()))).unwrap();
+        let (ticket, _) = now(reader.open_stream(None)).unwrap();
+        let offer = MessageType::parse_client("offer").unwrap();
+        let batch = [Outgoing {
+            to: Some(bob),
+            draft: Draft::new(&offer, None),
+        }];
+        let sent = now(store.send(&room, Some(alice_token.reveal()), &batch)).unwrap();
+        assert_eq!(sent.accepted, 1);
+        let Read::Batch(batch) =
+            now(reader.read(0, Some(Ticket::Stream(ticket)), 1 << 16)).unwrap()
+        else {
+            panic!("bob is in the room")
+        };
+        assert_eq!(batch.entries.len(), 1);
+        assert_eq!(batch.entries[0].message.kind(), "offer");
+    }
+
+    /// The opaque `Listening` guard a reader hands out keeps its peer present for as long as it
+    /// lives, whatever the time; once it is dropped, the peer is swept `peer_timeout` later.
+    #[test]
+    fn a_peer_is_swept_only_after_its_listening_guard_is_dropped() {
+        let timeout = Duration::from_secs(10);
+        let store = store(timeout);
+        let room = RoomName::parse("presence").unwrap();
+        let (peer, token) = join(&store, &room);
+        let reader = now(Store::reader(&store, &room, peer, Some(token.reveal()))).unwrap();
+        let listening = reader.listen();
+        assert!(store.sweep_at(Instant::now() + timeout * 3).is_empty());
+        drop(listening);
+        let dropped = Instant::now();
+        assert!(store.sweep_at(dropped + timeout / 2).is_empty());
+        let gone = store.sweep_at(Instant::now() + timeout);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].1.peer, peer);
+        assert_eq!(gone[0].1.reason, LeaveReason::Timeout);
+        assert_eq!(MemoryStore::counts(&store), (0, 0));
+    }
+}

@@ -14,11 +14,12 @@
 //! [`Box<dyn Reader>`](Reader): nothing outside `store/` knows which store it runs on, and adding
 //! a store means implementing these two traits (and passing the behaviour suite on it), with no
 //! match arm to add anywhere else. The methods' doc comments are the contract every store keeps.
-//! What it costs: every async call allocates one boxed future (`async-trait`) and goes through a
-//! vtable, some tens of nanoseconds against ~27 µs of work per relayed message (BENCHMARKS.md);
-//! the memory store's futures still complete at their first poll, so a read or a send on it
-//! never waits or switches task. A reader or a listening guard is boxed once per stream or poll,
-//! never per message.
+//! What it costs: every async call allocates one boxed future (`async-trait`: a trait object's
+//! async methods cannot return an unnamed future) and goes through a vtable, some tens of
+//! nanoseconds against the tens of microseconds of server CPU a relayed message costs end to end
+//! (docs/BENCHMARKS.md). The memory store's futures still complete at their first poll, so a
+//! send or a read on it never waits or switches task (a unit test polls them once). A reader
+//! and its listening guard are boxed once per stream or poll, never per message.
 
 pub mod memory;
 pub mod redis;
