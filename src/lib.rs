@@ -14,8 +14,9 @@
 //!   - [`mailbox`]: a peer's gapless, resumable message sequence and its delivery state.
 //!   - [`held_bytes`]: the bytes held in mailboxes, per sender's address and in total.
 //!   - [`hub`]: every operation on rooms and peers, and the rules that need no storage.
-//!   - [`store`]: where rooms, peers and mailboxes live: in memory, or in Redis so that several
-//!     instances act as one server.
+//!   - [`store`]: where rooms, peers and mailboxes live: the `Store` and `Reader` traits, and
+//!     their two implementations, in memory (`store/memory.rs`) or in Redis so that several
+//!     instances act as one server (`store/redis/`).
 //!   - [`rate_limit`]: the token bucket (per-peer sends, per-client joins).
 //!   - [`join_token`]: join tokens signed by the application: checking and minting them.
 //!   - [`resume`]: resume credentials, with which a forgotten peer rejoins as itself.

@@ -35,6 +35,7 @@
 //! connections are made from one client that carries the TLS settings.
 
 mod presence;
+mod seam;
 #[cfg(feature = "redis-tls")]
 mod tls;
 mod wakeups;
