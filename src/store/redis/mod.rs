@@ -70,7 +70,7 @@ use crate::store::{Departure, JoinOutcome, Limits, NewPeer, Outgoing, PeerInfo, 
 use self::connection::Connection;
 use self::keys::Keys;
 use self::records::{digest, parse_record};
-use self::scripts::{Admission, Joined, Scripts};
+use self::scripts::{Admission, JoinAnswer, Scripts};
 
 pub use self::presence::Listening;
 pub use self::reader::Reader;
@@ -220,9 +220,9 @@ impl RedisStore {
     ) -> ApiResult<JoinOutcome> {
         let inner = &self.inner;
         let joined = match scripts::join(inner, room, &peer, client, &announcement).await? {
-            Joined::Joined(joined) => joined,
-            Joined::PeerPresent => return Err(Error::PeerPresent),
-            Joined::RoomFull => {
+            JoinAnswer::Joined(joined) => joined,
+            JoinAnswer::PeerPresent => return Err(Error::PeerPresent),
+            JoinAnswer::RoomFull => {
                 return Err(Error::RoomFull {
                     limit: inner.limits.max_peers_per_room,
                 })

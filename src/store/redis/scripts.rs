@@ -1,5 +1,5 @@
 //! The scripts, and one typed call per script: each call builds the script's keys and
-//! arguments and reads its reply into a type of its own ([`Admission`], [`Joined`],
+//! arguments and reads its reply into a type of its own ([`Admission`], [`JoinAnswer`],
 //! [`Removed`], …; [`Refusal`] for the error codes the room scripts answer), so that no caller
 //! reads a reply by position. A reply's shape is read here, once, next to the call and to the
 //! header of its Lua file (keys, arguments, reply), which it follows.
@@ -195,7 +195,7 @@ impl Admission {
 
 /// What `lua/join.lua` answered.
 #[derive(Debug)]
-pub(super) enum Joined {
+pub(super) enum JoinAnswer {
     Joined(JoinReply),
     /// The peer id is in the room: a resumed join may not replace it.
     PeerPresent,
@@ -229,7 +229,7 @@ pub(super) async fn join(
     peer: &NewPeer,
     client: Option<&str>,
     announcement: &EncodedMessage,
-) -> ApiResult<Joined> {
+) -> ApiResult<JoinAnswer> {
     let limits = &inner.limits;
     let info = StoredInfo {
         name: peer.info.name.clone(),
@@ -253,10 +253,10 @@ pub(super) async fn join(
                 .arg(limits.mailbox_max_bytes),
         )
         .await?;
-    Joined::parse(reply)
+    JoinAnswer::parse(reply)
 }
 
-impl Joined {
+impl JoinAnswer {
     fn parse(reply: Value) -> ApiResult<Self> {
         let mut reply = Reply::new(reply)?;
         match reply.status()? {
@@ -919,7 +919,7 @@ mod tests {
     #[test]
     fn joined_reads_success_and_refusals() {
         let info = r#"{"name":"Alice"}"#;
-        let created = Joined::parse(array(vec![
+        let created = JoinAnswer::parse(array(vec![
             text("ok"),
             Value::Int(1),
             texts(&[]),
@@ -928,7 +928,7 @@ mod tests {
             Value::Int(5_000),
         ]))
         .unwrap();
-        let Joined::Joined(created) = created else {
+        let JoinAnswer::Joined(created) = created else {
             panic!("a join that created its room reads as a join");
         };
         assert!(created.peers.is_empty() && created.departures.is_empty());
@@ -940,14 +940,14 @@ mod tests {
             })
         );
 
-        let existing = Joined::parse(array(vec![
+        let existing = JoinAnswer::parse(array(vec![
             text("ok"),
             Value::Int(0),
             texts(&[ALICE, info]),
             texts(&[BOB, "evicted", "203.0.113.7"]),
         ]))
         .unwrap();
-        let Joined::Joined(existing) = existing else {
+        let JoinAnswer::Joined(existing) = existing else {
             panic!("a join into an existing room reads as a join");
         };
         assert_eq!(existing.created, None);
@@ -964,15 +964,15 @@ mod tests {
         );
 
         assert!(matches!(
-            Joined::parse(array(vec![text("peer_present")])),
-            Ok(Joined::PeerPresent)
+            JoinAnswer::parse(array(vec![text("peer_present")])),
+            Ok(JoinAnswer::PeerPresent)
         ));
         assert!(matches!(
-            Joined::parse(array(vec![text("room_full")])),
-            Ok(Joined::RoomFull)
+            JoinAnswer::parse(array(vec![text("room_full")])),
+            Ok(JoinAnswer::RoomFull)
         ));
         for shape in malformed(&["ok"]) {
-            assert!(is_unexpected(Joined::parse(shape.clone())), "{shape:?}");
+            assert!(is_unexpected(JoinAnswer::parse(shape.clone())), "{shape:?}");
         }
         // Created, but without its time and deadline; an odd list of peers; a bad departure.
         for shape in [
@@ -986,7 +986,7 @@ mod tests {
             ]),
             array(vec![text("ok"), Value::Int(0), texts(&[]), texts(&[BOB])]),
         ] {
-            assert!(is_unexpected(Joined::parse(shape.clone())), "{shape:?}");
+            assert!(is_unexpected(JoinAnswer::parse(shape.clone())), "{shape:?}");
         }
     }
 
