@@ -111,7 +111,7 @@ impl Cluster {
         sum
     }
 
-    /// The channel that wakes `peer`'s readers (`src/store/redis/mod.rs`, `Keys::wake`).
+    /// The channel that wakes `peer`'s readers (`src/store/redis/keys.rs`, `Keys::wake`).
     fn wake_channel(&self, peer: &Peer) -> String {
         format!("{}:w:{}", self.prefix, peer.id)
     }
