@@ -10,6 +10,7 @@ pub mod external;
 pub mod instance;
 pub mod redis;
 pub mod requirements;
+pub mod stores;
 
 use std::time::{Duration, Instant};
 
