@@ -18,6 +18,7 @@ use common::stores::Instance;
 use common::EVENT_DEADLINE;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use signpost::config::Config;
 use signpost::error::{ApiResult, Error};
 use signpost::identity::{PeerId, PeerToken, RoomName};
 use signpost::mailbox::{Read, ResetReason, Ticket};
@@ -177,7 +178,8 @@ fn batch(read: Read) -> (Option<ResetReason>, Vec<Got>, u64) {
 }
 
 /// Everything `peer`'s mailbox holds after `cursor`, read whole (the next read from the last id
-/// until one comes back empty), asserting that the parts join without a gap.
+/// until one comes back empty), asserting that the parts join without a gap and that the newest
+/// id the mailbox reports is the last one read.
 async fn read_after(store: &dyn Store, room: &RoomName, peer: &Peer, cursor: u64) -> Vec<Got> {
     let reader = store
         .reader(room, peer.id, peer.token())
@@ -186,9 +188,13 @@ async fn read_after(store: &dyn Store, room: &RoomName, peer: &Peer, cursor: u64
     let mut got: Vec<Got> = Vec::new();
     let mut cursor = cursor;
     loop {
-        let (reset, entries, _) = batch(reader.read(cursor, None, usize::MAX).await.unwrap());
+        let (reset, entries, last_id) = batch(reader.read(cursor, None, usize::MAX).await.unwrap());
         assert_eq!(reset, None, "a read from {cursor} needs no reset");
+        if let Some(first) = entries.first() {
+            assert_eq!(first.id, cursor + 1, "no gap after {cursor}");
+        }
         let Some(last) = entries.last() else {
+            assert_eq!(last_id, cursor, "the newest id is the last one read");
             return got;
         };
         cursor = last.id;
@@ -304,7 +310,8 @@ store_contract! {
         let alice = join(&*store, &room).await;
         let bob = join(&*store, &room).await;
         let carol = join(&*store, &room).await;
-        send(&*store, &room, &alice, vec![message(Some(bob.id), "offer", json!({"sdp": "v=0"}))]).await;
+        let offer = message(Some(bob.id), "offer", json!({"sdp": "v=0"}));
+        send(&*store, &room, &alice, vec![offer]).await;
 
         let got = read_after(&*store, &room, &bob, 0).await;
         let offers: Vec<&Got> = got.iter().filter(|got| got.kind == "offer").collect();
@@ -488,7 +495,8 @@ store_contract! {
         assert_eq!(leaves(&read_after(&*store, &room, &carol, 0).await), evicted);
         assert_eq!(leaves(&read_after(&*store, &room, &bob, 0).await), evicted);
         assert!(matches!(alices.read(0, None, usize::MAX).await, Ok(Read::Closed)));
-        assert_eq!(store.reader(&room, alice.id, alice.token()).await.err(), Some(Error::PeerNotFound));
+        let gone = store.reader(&room, alice.id, alice.token()).await;
+        assert_eq!(gone.err(), Some(Error::PeerNotFound));
         assert_eq!(store.counts().await.unwrap(), (1, 2));
     }
 
@@ -543,20 +551,27 @@ store_contract! {
     }
 
     /// `max_peers_per_room`: a join to a full room is `RoomFull`, and changes nothing: no peer,
-    /// no `join` event for those in the room, the same counts (docs/API.md, Limits, "Which
-    /// error wins": "A refused join changes nothing and holds nothing").
+    /// no `join` event for those in the room, the same counts, and nothing counted against the
+    /// address (docs/API.md, Limits, "Which error wins": "A refused join changes nothing and
+    /// holds nothing").
     every async fn a_full_room_refuses_a_join_and_changes_nothing(deployment) {
-        let store = deployment.open(|config| config.max_peers_per_room = 2).await;
+        let store = deployment.open(|config| {
+            config.max_peers_per_room = 2;
+            config.max_peers_per_client = 3;
+        }).await;
         let room = room("full");
         let alice = join(&*store, &room).await;
         join(&*store, &room).await;
         let before = store.counts().await.unwrap();
-        let refused = join_as(&*store, &room, None, Some(address(HOME))).await;
-        assert_eq!(refused.err(), Some(Error::RoomFull { limit: 2 }));
-        assert_eq!(store.counts().await.unwrap(), before);
         assert_eq!(before, (1, 2));
+        for _ in 0..3 {
+            let refused = join_as(&*store, &room, None, Some(address(HOME))).await;
+            assert_eq!(refused.err(), Some(Error::RoomFull { limit: 2 }));
+        }
+        assert_eq!(store.counts().await.unwrap(), before);
         assert_eq!(store.room(&room).await.unwrap().unwrap().len(), 2);
         assert_eq!(read_after(&*store, &room, &alice, 0).await.len(), 1, "one join, Bob's");
+        join(&*store, &self::room("elsewhere")).await; // the address's third peer of three
     }
 
     /// `max_rooms`: a join that would create a room past it is `TooManyRooms`; joining a room
@@ -661,7 +676,8 @@ store_contract! {
         let three: Vec<Outgoing> = (0..3).map(|n| message(Some(bob.id), "n", json!(n))).collect();
         assert_eq!(send(&*store, &room, &alice, three).await.accepted, 3);
         let one = [message(Some(bob.id), "n", json!(3))];
-        assert!(matches!(store.send(&room, alice.token(), &one).await, Err(Error::RateLimited { .. })));
+        let refused = store.send(&room, alice.token(), &one).await;
+        assert!(matches!(refused, Err(Error::RateLimited { .. })));
         assert_eq!(ids(&read_after(&*store, &room, &bob, 0).await), [1, 2, 3]);
     }
 
@@ -676,7 +692,8 @@ store_contract! {
         let bob = join(&*store, &room).await; // Alice: 1
         let carol = join(&*store, &room).await; // Alice: 2 (full), Bob: 1
         acknowledge_all(&*store, &room, &bob).await;
-        let (dave, outcome) = join_outcome(&*store, &room, None, Some(address(HOME))).await.unwrap();
+        let (dave, outcome) =
+            join_outcome(&*store, &room, None, Some(address(HOME))).await.unwrap();
         let before: Vec<PeerId> = outcome.peers.iter().map(|peer| peer.peer_id).collect();
         assert_eq!(before, [alice.id, bob.id, carol.id], "the peers already there, in join order");
         assert_eq!(outcome.departures, [departure(&alice, LeaveReason::Evicted)]);
@@ -804,8 +821,10 @@ store_contract! {
         let bob = serde_json::to_value(store.peer(&room, ids[1]).await.unwrap()).unwrap();
         assert_eq!(bob, json!({"peer_id": ids[1], "name": "Bob"}));
         assert_eq!(store.peer(&room, PeerId::random()).await.err(), Some(Error::PeerNotFound));
-        assert_eq!(store.peer(&self::room("nowhere"), ids[0]).await.err(), Some(Error::RoomNotFound));
+        let nowhere = store.peer(&self::room("nowhere"), ids[0]).await;
+        assert_eq!(nowhere.err(), Some(Error::RoomNotFound));
         assert!(store.room(&self::room("nowhere")).await.unwrap().is_none());
+        assert_eq!(store.ready().await, Ok(()));
     }
 
     /// Tokens: `identify`, `reader`, `send` and `leave` with no token are `MissingToken`, with
@@ -822,7 +841,8 @@ store_contract! {
         assert_eq!(store.identify(&room, alice.token()).await, Ok(alice.id));
         assert_eq!(store.identify(&room, None).await, Err(Error::MissingToken));
         assert_eq!(store.identify(&room, Some(&nobody)).await, Err(Error::InvalidToken));
-        assert_eq!(store.identify(&RoomName::parse("elsewhere").unwrap(), alice.token()).await, Err(Error::RoomNotFound));
+        let elsewhere = RoomName::parse("elsewhere").unwrap();
+        assert_eq!(store.identify(&elsewhere, alice.token()).await, Err(Error::RoomNotFound));
 
         let reader = |peer: PeerId, token: Option<&str>| {
             let store = Arc::clone(&store.store);
@@ -911,7 +931,8 @@ store_contract! {
         let refused = join_as(&*store, &room, Some(alice.id), Some(address(HOME))).await;
         assert_eq!(refused.err(), Some(Error::PeerPresent));
         assert_eq!(store.counts().await.unwrap(), (1, 2));
-        assert_eq!(store.identify(&room, alice.token()).await, Ok(alice.id), "Alice keeps her place");
+        let alices = store.identify(&room, alice.token()).await;
+        assert_eq!(alices, Ok(alice.id), "Alice keeps her place");
     }
 
     /// Tickets: a newer stream replaces the older (its reads are `Replaced`), a newer poll the
@@ -935,7 +956,8 @@ store_contract! {
         let newer = reader.open_poll(0).await.unwrap();
         assert!(matches!(read(Ticket::Poll(poll)).await, Read::Replaced));
         assert!(matches!(read(Ticket::Poll(newer)).await, Read::Batch(_)));
-        assert!(matches!(read(Ticket::Stream(second)).await, Read::Batch(_)), "a poll ends no stream");
+        let stream = read(Ticket::Stream(second)).await;
+        assert!(matches!(stream, Read::Batch(_)), "a poll ends no stream");
     }
 
     /// Wake-ups: a reader that subscribed before reading is woken by a message sent after the
@@ -992,34 +1014,38 @@ store_contract! {
         let reader = one.reader(&room, alice.id, alice.token()).await.unwrap();
         let mut wake = reader.subscribe().await.unwrap();
         let (ticket, _) = reader.open_stream(Some(1)).await.unwrap();
+        let stream = Ticket::Stream(ticket);
         wake.mark_seen();
-        let (_, got, _) = batch(reader.read(1, Some(Ticket::Stream(ticket)), usize::MAX).await.unwrap());
+        let (_, got, _) = batch(reader.read(1, Some(stream), usize::MAX).await.unwrap());
         assert_eq!(ids(&got), Vec::<u64>::new());
 
         send(&*two, &room, &bob, vec![message(Some(alice.id), "n", json!(1))]).await;
         tokio::time::timeout(EVENT_DEADLINE, wake.changed()).await.expect("woken").expect("open");
-        let (_, got, _) = batch(reader.read(1, Some(Ticket::Stream(ticket)), usize::MAX).await.unwrap());
+        let (_, got, _) = batch(reader.read(1, Some(stream), usize::MAX).await.unwrap());
         assert_eq!(ids(&got), [2]);
 
         let elsewhere = two.reader(&room, alice.id, alice.token()).await.unwrap();
         wake.mark_seen();
         elsewhere.open_stream(Some(2)).await.unwrap();
         tokio::time::timeout(EVENT_DEADLINE, wake.changed()).await.expect("woken").expect("open");
-        assert!(matches!(reader.read(2, Some(Ticket::Stream(ticket)), usize::MAX).await, Ok(Read::Replaced)));
+        let replaced = reader.read(2, Some(stream), usize::MAX).await;
+        assert!(matches!(replaced, Ok(Read::Replaced)));
 
         let poll = reader.open_poll(2).await.unwrap();
         wake.mark_seen();
         let newer = elsewhere.open_poll(2).await.unwrap();
         tokio::time::timeout(EVENT_DEADLINE, wake.changed()).await.expect("woken").expect("open");
-        assert!(matches!(reader.read(2, Some(Ticket::Poll(poll)), usize::MAX).await, Ok(Read::Replaced)));
-        assert!(matches!(elsewhere.read(2, Some(Ticket::Poll(newer)), usize::MAX).await, Ok(Read::Batch(_))));
+        let replaced = reader.read(2, Some(Ticket::Poll(poll)), usize::MAX).await;
+        assert!(matches!(replaced, Ok(Read::Replaced)));
+        let newest = elsewhere.read(2, Some(Ticket::Poll(newer)), usize::MAX).await;
+        assert!(matches!(newest, Ok(Read::Batch(_))));
     }
 
     /// Several instances: the room's limits hold across instances (a join through either counts
     /// toward `max_peers_per_room`), and a refused join changes the counts of neither
     /// (docs/API.md, Several instances).
     shared async fn limits_hold_across_instances(deployment) {
-        let settings = |config: &mut signpost::config::Config| config.max_peers_per_room = 2;
+        let settings = |config: &mut Config| config.max_peers_per_room = 2;
         let one = deployment.open(settings).await;
         let two = deployment.open(settings).await;
         let room = room("limited");
@@ -1035,7 +1061,7 @@ store_contract! {
     /// not swept by the other, and a silent peer is removed once in total however many
     /// instances sweep at once (docs/API.md, Several instances).
     shared async fn two_instances_sweep_a_silent_peer_once(deployment) {
-        let settings = |config: &mut signpost::config::Config| config.peer_timeout_secs = PEER_TIMEOUT_SECS;
+        let settings = |config: &mut Config| config.peer_timeout_secs = PEER_TIMEOUT_SECS;
         let one = deployment.open(settings).await;
         let two = deployment.open(settings).await;
         let room = room("swept");

@@ -129,7 +129,8 @@ macro_rules! store_contract {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn memory() {
             let backend = $crate::common::stores::Backend::Memory;
-            if let Some($deployment) = backend.deployment(concat!(stringify!($name), "::memory")) $body
+            let test = concat!(stringify!($name), "::memory");
+            if let Some($deployment) = backend.deployment(test) $body
         }
     };
     (@redis $name:ident $deployment:ident $body:block) => {
@@ -140,7 +141,8 @@ macro_rules! store_contract {
         )]
         async fn redis() {
             let backend = $crate::common::stores::Backend::Redis;
-            if let Some($deployment) = backend.deployment(concat!(stringify!($name), "::redis")) $body
+            let test = concat!(stringify!($name), "::redis");
+            if let Some($deployment) = backend.deployment(test) $body
         }
     };
 }
