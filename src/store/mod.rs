@@ -167,13 +167,19 @@ pub fn leave_event(peer: PeerId, reason: LeaveReason) -> Arc<EncodedMessage> {
 
 /// A peer about to join. Its id is new, or, for a resumed join, one that was in the room before.
 ///
-/// Both stores check a join in one order, and the first check that fails is the answer
-/// (docs/API.md, "Which error wins"): the address's join rate ([`TooManyJoins`], charged
-/// whatever follows), the id is in the room ([`PeerPresent`]), the room is full
-/// ([`RoomFull`]), the room is new and the server holds `max_rooms` ([`TooManyRooms`]), the
-/// address holds `max_peers_per_client` peers ([`TooManyPeersForClient`]), the room is new to
-/// the address and it holds peers in `max_rooms_per_client` rooms ([`TooManyRoomsForClient`]).
-/// A refused join changes nothing, and holds nothing (no room slot, no count).
+/// Every [`Store::join`] checks a join in this order, and the first check that fails is the
+/// answer (docs/API.md, "Which error wins"):
+/// 1. the address's join rate ([`TooManyJoins`]; charged whatever follows);
+/// 2. the id is in the room ([`PeerPresent`]);
+/// 3. the room is full ([`RoomFull`]);
+/// 4. the room is new and the server (the deployment, on a shared store) holds `max_rooms`
+///    ([`TooManyRooms`]);
+/// 5. the address holds `max_peers_per_client` peers ([`TooManyPeersForClient`]);
+/// 6. the room is new to the address and it holds peers in `max_rooms_per_client` rooms
+///    ([`TooManyRoomsForClient`]).
+///
+/// A refused join changes nothing but the join rate it charged, and holds nothing (no room
+/// slot, no count).
 ///
 /// [`TooManyJoins`]: crate::error::Error::TooManyJoins
 /// [`PeerPresent`]: crate::error::Error::PeerPresent
