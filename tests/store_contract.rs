@@ -258,7 +258,7 @@ async fn sweep_for(stores: &[&Instance], period: Duration) -> Vec<(RoomName, Dep
 
 /// A presence timeout short enough to wait for, long enough that a listening peer's refresh
 /// (every third of it, on Redis) is never late on a loaded machine.
-const PEER_TIMEOUT_SECS: f64 = 0.6;
+const PEER_TIMEOUT_SECS: f64 = 1.5;
 
 store_contract! {
     /// Ids: a mailbox's ids start at 1 and have no gaps, in the order the messages were sent
@@ -428,8 +428,9 @@ store_contract! {
 
     /// What is acknowledged is delivered: with no replay window, a read after an
     /// acknowledgement no longer returns what it acknowledged, and a cursor before it gets the
-    /// `expired` reset with what is still held (docs/API.md, Delivery, "When a message counts as
-    /// delivered", "What the mailbox keeps").
+    /// `expired` reset with what is still held; an acknowledgement beyond the newest id is
+    /// clamped to it (docs/API.md, Delivery, "When a message counts as delivered", "What the
+    /// mailbox keeps").
     every async fn acknowledged_entries_are_not_read_again(deployment) {
         let store = deployment.open(|config| config.replay_window = 0).await;
         let room = room("acknowledged");
@@ -444,6 +445,13 @@ store_contract! {
         assert_eq!((reset, ids(&got)), (None, vec![3, 4]));
         let (reset, got, _) = batch(reader.read(0, None, usize::MAX).await.unwrap());
         assert_eq!((reset, ids(&got)), (Some(ResetReason::Expired), vec![3, 4]));
+
+        // Acknowledging ids not yet assigned is clamped to the newest: what comes later is new.
+        reader.acknowledge(100);
+        reader.flush().await.unwrap();
+        send(&*store, &room, &bob, vec![message(Some(alice.id), "n", json!(3))]).await;
+        let (reset, got, _) = batch(reader.read(4, None, usize::MAX).await.unwrap());
+        assert_eq!((reset, ids(&got)), (None, vec![5]));
     }
 
     /// The replay window: a stream that resumes from an earlier cursor within the window gets
@@ -745,6 +753,26 @@ store_contract! {
         send(&*store, &room, &alice, vec![blob(bob.id)]).await;
     }
 
+    /// What the server holds is given back when its mailbox goes: once the recipient left, the
+    /// bytes sent to it no longer count against the sender's address (docs/API.md, Delivery,
+    /// "What the server holds": "until they leave the mailbox (..., or the mailbox's peer
+    /// gone)").
+    every async fn bytes_held_are_released_when_the_recipient_goes(deployment) {
+        let blob = |to: PeerId| message(Some(to), "blob", json!("x".repeat(500)));
+        let size = blob(PeerId::random()).draft.signed_len();
+        let limit = 2 * size + size / 2;
+        let store = deployment.open(|config| config.client_max_held_bytes = limit).await;
+        let room = room("released");
+        let alice = join(&*store, &room).await;
+        let bob = join_as(&*store, &room, None, Some(address("198.51.100.7"))).await.unwrap();
+        let carol = join_as(&*store, &room, None, Some(address("198.51.100.8"))).await.unwrap();
+        send(&*store, &room, &alice, vec![blob(bob.id), blob(bob.id)]).await;
+        let refused = store.send(&room, alice.token(), &[blob(carol.id)]).await;
+        assert_eq!(refused.err(), Some(Error::TooManyBytesHeld { limit }));
+        store.leave(&room, bob.id, bob.token()).await.unwrap();
+        send(&*store, &room, &alice, vec![blob(carol.id), blob(carol.id)]).await;
+    }
+
     /// What the server holds, in all: a send that would take the bytes held in every mailbox
     /// (the server's `join` and `leave` events included) past `max_held_bytes` is refused
     /// whole with `ServerFull`, whoever sends it; reading makes room (docs/API.md, Delivery,
@@ -854,10 +882,16 @@ store_contract! {
         assert_eq!(reader(alice.id, bob.token()).await, Some(Error::WrongPeer));
         assert_eq!(reader(PeerId::random(), alice.token()).await, Some(Error::PeerNotFound));
         assert_eq!(reader(alice.id, alice.token()).await, None);
+        let nowhere = store.reader(&elsewhere, alice.id, alice.token()).await;
+        assert_eq!(nowhere.err(), Some(Error::RoomNotFound));
+        let nowhere = store.leave(&elsewhere, alice.id, alice.token()).await;
+        assert_eq!(nowhere.err(), Some(Error::RoomNotFound));
 
         let hello = [message(None, "hello", json!(null))];
         assert_eq!(store.send(&room, None, &hello).await.err(), Some(Error::MissingToken));
         assert_eq!(store.send(&room, Some(&nobody), &hello).await.err(), Some(Error::InvalidToken));
+        let nowhere = store.send(&elsewhere, alice.token(), &hello).await;
+        assert_eq!(nowhere.err(), Some(Error::RoomNotFound));
 
         assert_eq!(store.leave(&room, alice.id, None).await, Err(Error::MissingToken));
         assert_eq!(store.leave(&room, alice.id, Some(&nobody)).await, Err(Error::InvalidToken));
@@ -1041,20 +1075,60 @@ store_contract! {
         assert!(matches!(newest, Ok(Read::Batch(_))));
     }
 
-    /// Several instances: the room's limits hold across instances (a join through either counts
-    /// toward `max_peers_per_room`), and a refused join changes the counts of neither
-    /// (docs/API.md, Several instances).
+    /// Several instances: the limits hold across instances: a join through either counts
+    /// toward `max_peers_per_room` and `max_peers_per_client`, a refused join changes the
+    /// counts of neither, and a peer's send rate is one bucket (docs/API.md, Several instances).
     shared async fn limits_hold_across_instances(deployment) {
-        let settings = |config: &mut Config| config.max_peers_per_room = 2;
+        let settings = |config: &mut Config| {
+            config.max_peers_per_room = 2;
+            config.max_peers_per_client = 3;
+            config.send_burst = 3.0;
+            config.send_rate_per_sec = 0.01;
+        };
         let one = deployment.open(settings).await;
         let two = deployment.open(settings).await;
         let room = room("limited");
-        join(&*one, &room).await;
-        join(&*two, &room).await;
+        let alice = join(&*one, &room).await;
+        let bob = join(&*two, &room).await;
         let refused = join_as(&*one, &room, None, Some(address(HOME))).await;
         assert_eq!(refused.err(), Some(Error::RoomFull { limit: 2 }));
         assert_eq!(one.counts().await.unwrap(), (1, 2));
         assert_eq!(two.counts().await.unwrap(), (1, 2));
+
+        join(&*two, &self::room("other")).await; // the address's third peer
+        let refused = join_as(&*one, &self::room("third"), None, Some(address(HOME))).await;
+        assert!(matches!(refused.err(), Some(Error::TooManyPeersForClient { limit: 3, .. })));
+
+        // One send bucket per peer, whichever instance its sends go through.
+        let hello = || vec![message(Some(bob.id), "n", json!(null))];
+        send(&*one, &room, &alice, hello()).await;
+        send(&*two, &room, &alice, hello()).await;
+        send(&*one, &room, &alice, hello()).await;
+        let refused = two.send(&room, alice.token(), &hello()).await;
+        assert!(matches!(refused, Err(Error::RateLimited { .. })), "3 of 3 taken");
+    }
+
+    /// Several instances: a resume works on any instance: what was delivered through one is
+    /// acknowledged for all, and another replays its window or resets as the first would
+    /// (docs/API.md, Several instances: "a resume by `Last-Event-ID` or `after` works on any
+    /// instance").
+    shared async fn a_resume_works_on_any_instance(deployment) {
+        let settings = |config: &mut Config| config.replay_window = 2;
+        let one = deployment.open(settings).await;
+        let two = deployment.open(settings).await;
+        let room = room("resume-anywhere");
+        let alice = join(&*one, &room).await;
+        let bob = join(&*one, &room).await;
+        for n in 0..4 {
+            send(&*one, &room, &bob, vec![message(Some(alice.id), "n", json!(n))]).await;
+        }
+        let here = one.reader(&room, alice.id, alice.token()).await.unwrap();
+        here.open_stream(Some(5)).await.unwrap();
+        let there = two.reader(&room, alice.id, alice.token()).await.unwrap();
+        let (reset, got, _) = batch(there.read(3, None, usize::MAX).await.unwrap());
+        assert_eq!((reset, ids(&got)), (None, vec![4, 5]));
+        let (reset, got, _) = batch(there.read(1, None, usize::MAX).await.unwrap());
+        assert_eq!((reset, ids(&got)), (Some(ResetReason::Expired), vec![4, 5]));
     }
 
     /// Several instances: presence is deployment-wide: a peer listening through one instance is
