@@ -667,8 +667,9 @@ store_contract! {
     }
 
     /// The send rate: each message costs one token of the sender's bucket of `send_burst`; a
-    /// batch that does not fit is refused whole with `RateLimited`, delivering nothing
-    /// (docs/API.md, Send).
+    /// batch that does not fit is refused whole with `RateLimited`, delivering nothing; a
+    /// refused batch takes no tokens (docs/API.md, Send; Errors: "A request that fails changes
+    /// nothing").
     every async fn a_batch_over_the_send_rate_is_refused_whole(deployment) {
         let store = deployment.open(|config| {
             config.send_burst = 3.0;
@@ -681,6 +682,10 @@ store_contract! {
         let refused = store.send(&room, alice.token(), &four).await;
         assert!(matches!(refused, Err(Error::RateLimited { .. })), "4 > 3");
         assert_eq!(read_after(&*store, &room, &bob, 0).await.len(), 0);
+        let mut bad: Vec<Outgoing> = (0..2).map(|n| message(Some(bob.id), "n", json!(n))).collect();
+        bad.push(message(Some(PeerId::random()), "n", json!(2)));
+        let refused = store.send(&room, alice.token(), &bad).await;
+        assert_eq!(refused.err(), Some(Error::UnknownRecipient { index: 2 }), "charged nothing");
         let three: Vec<Outgoing> = (0..3).map(|n| message(Some(bob.id), "n", json!(n))).collect();
         assert_eq!(send(&*store, &room, &alice, three).await.accepted, 3);
         let one = [message(Some(bob.id), "n", json!(3))];
@@ -1152,5 +1157,57 @@ store_contract! {
         let timed_out = vec![(bob.id.to_string(), "timeout".to_owned())];
         assert_eq!(leaves(&read_after(&*two, &room, &alice, 0).await), timed_out, "one leave");
         assert_eq!(two.counts().await.unwrap(), (1, 1));
+    }
+}
+
+/// A room that a join's evictions empty is gone at once, as any room whose last peer goes: not
+/// listed, not counted, and not held against `max_rooms` (docs/API.md, Concepts, "Room": "it
+/// disappears when its last peer leaves"; Limits, `max_rooms`). Here the announcement of the
+/// third peer overflows the first's mailbox (capacity 1), whose `leave` overflows the second's,
+/// whose `leave` overflows the joiner's own.
+///
+/// Written by hand rather than through `store_contract!`, so that the Redis store's leg can be
+/// ignored: the Redis store keeps such a room counted (`counts` says one room and no peers, and
+/// a new room is `TooManyRooms`) until a sweep after `peer_timeout` releases it, because its
+/// join, unlike its leave, send and sweep, does not release a room it emptied. Found by this
+/// suite; the ignore goes when the store is fixed.
+async fn a_room_emptied_by_a_join_is_gone(deployment: common::stores::Deployment) {
+    let store = deployment
+        .open(|config| {
+            config.mailbox_capacity = 1;
+            config.max_rooms = 1;
+        })
+        .await;
+    let room = room("emptied");
+    let alice = join(&*store, &room).await;
+    let bob = join(&*store, &room).await; // Alice: 1 (full)
+    let (carol, outcome) = join_outcome(&*store, &room, None, Some(address(HOME)))
+        .await
+        .unwrap();
+    let evicted = [&alice, &bob, &carol].map(|peer| departure(peer, LeaveReason::Evicted));
+    assert_eq!(outcome.departures, evicted);
+    assert!(store.room(&room).await.unwrap().is_none());
+    assert_eq!(store.counts().await.unwrap(), (0, 0));
+    join(&*store, &self::room("another")).await;
+}
+
+mod a_room_emptied_by_a_join_is_gone {
+    use super::common::stores::Backend;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory() {
+        let test = "a_room_emptied_by_a_join_is_gone::memory";
+        if let Some(deployment) = Backend::Memory.deployment(test) {
+            super::a_room_emptied_by_a_join_is_gone(deployment).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "the Redis store's join does not release a room its evictions emptied (issue 17)"]
+    async fn redis() {
+        let test = "a_room_emptied_by_a_join_is_gone::redis";
+        if let Some(deployment) = Backend::Redis.deployment(test) {
+            super::a_room_emptied_by_a_join_is_gone(deployment).await
+        }
     }
 }
