@@ -508,6 +508,34 @@ store_contract! {
         assert_eq!(store.counts().await.unwrap(), (1, 2));
     }
 
+    /// Capacity bounds the undelivered backlog only: a peer that keeps reading is never cut
+    /// off for the volume it receives, and its replay window keeps at most `replay_window`
+    /// messages and `replay_window_bytes` (docs/API.md, Delivery, "What the mailbox keeps").
+    every async fn a_peer_that_keeps_reading_is_never_cut_off(deployment) {
+        let blob = |to: PeerId| message(Some(to), "blob", json!("x".repeat(300)));
+        let size = blob(PeerId::random()).draft.signed_len();
+        let store = deployment.open(|config| {
+            config.mailbox_capacity = 3;
+            config.replay_window = 3;
+            config.replay_window_bytes = 2 * size;
+        }).await;
+        let room = room("keeps-reading");
+        let alice = join(&*store, &room).await;
+        let bob = join(&*store, &room).await; // Alice: 1
+        let reader = store.reader(&room, alice.id, alice.token()).await.unwrap();
+        for round in 0..20u64 {
+            let sent = send(&*store, &room, &bob, vec![blob(alice.id), blob(alice.id)]).await;
+            assert_eq!(sent.departures, [], "round {round}");
+            reader.acknowledge(1 + 2 * (round + 1));
+            reader.flush().await.unwrap();
+        }
+        // Delivered: 41 messages; the window keeps the last two blobs (its bytes), not three.
+        let (reset, got, _) = batch(reader.read(39, None, usize::MAX).await.unwrap());
+        assert_eq!((reset, ids(&got)), (None, vec![40, 41]));
+        let (reset, got, _) = batch(reader.read(38, None, usize::MAX).await.unwrap());
+        assert_eq!((reset, ids(&got)), (Some(ResetReason::Expired), vec![40, 41]));
+    }
+
     /// Capacity in bytes: a message that would take a peer's undelivered bytes past
     /// `mailbox_max_bytes` evicts it as a full mailbox does, reported once (docs/API.md,
     /// Delivery, "What the mailbox keeps", "A peer that stops reading").
@@ -596,7 +624,8 @@ store_contract! {
     }
 
     /// `max_peers_per_client`: an address holding that many peers is refused another with
-    /// `TooManyPeersForClient` (others are not), which changes nothing; one of its peers
+    /// `TooManyPeersForClient` (other addresses, and joins counted to none, are not), which
+    /// changes nothing; one of its peers
     /// leaving gives the place back, at the latest one round trip later (docs/API.md, Limits
     /// per client; Several instances).
     every async fn peers_per_client_are_limited(deployment) {
@@ -612,6 +641,7 @@ store_contract! {
         );
         assert_eq!(store.counts().await.unwrap(), (1, 2));
         join_as(&*store, &room, None, Some(address("2001:db8::1"))).await.expect("another address");
+        join_as(&*store, &room, None, None).await.expect("a join of no address is not counted");
 
         store.leave(&room, first.id, first.token()).await.unwrap();
         let deadline = Instant::now() + EVENT_DEADLINE;
