@@ -13,6 +13,7 @@
 //!   - [`message`]: what clients send, and envelopes encoded once for every recipient.
 //!   - [`mailbox`]: a peer's gapless, resumable message sequence and its delivery state.
 //!   - [`held_bytes`]: the bytes held in mailboxes, per sender's address and in total.
+//!   - [`membership`]: who is in a room and why they left (`LeaveReason`).
 //!   - [`hub`]: every operation on rooms and peers, and the rules that need no storage.
 //!   - [`store`]: where rooms, peers and mailboxes live: in memory, or in Redis so that several
 //!     instances act as one server.
@@ -56,6 +57,7 @@ pub mod identity;
 pub mod join_token;
 pub mod logging;
 pub mod mailbox;
+pub mod membership;
 pub mod message;
 pub mod metrics;
 pub mod presence;
@@ -78,6 +80,16 @@ use crate::metrics::Metrics;
 use crate::resume::ResumeKeys;
 
 pub use crate::front::{shutdown_signals, Endpoint, Server, StartError};
+
+impl Server {
+    /// Builds the application from `figment` (Rocket's settings, and signpost's under its
+    /// `signpost` key) and binds its address.
+    pub async fn bind(figment: Figment) -> Result<Server, StartError> {
+        let http = rocket::Config::try_from(&figment)
+            .map_err(|error| StartError::Rocket(error.to_string()))?;
+        Server::start(build(figment), http).await
+    }
+}
 
 /// The Rocket application as configured by `figment`, with signpost's settings read from its
 /// `signpost` key: the shared state, every route but the three relay routes, the fairings and

@@ -33,6 +33,7 @@ use rocket::{Request, Response};
 
 use crate::error::{Error, ErrorCode};
 use crate::logging;
+use crate::metrics::Metrics;
 
 /// Mounts the API routes, the JSON error catchers and the request log.
 pub fn stage() -> AdHoc {
@@ -73,8 +74,9 @@ fn default_catcher(status: Status, _: &Request<'_>) -> Error {
     }
 }
 
-/// Logs each failed request Rocket answers ([`logging::failed_request`]); the path names the
-/// room and the peer.
+/// Logs each failed request Rocket answers ([`logging::failed_request`]), the path naming the
+/// room and the peer, and counts it by its error code in `signpost_rejected_total`, as the front
+/// does for the requests it refuses itself.
 struct RequestLog;
 
 #[rocket::async_trait]
@@ -87,7 +89,11 @@ impl Fairing for RequestLog {
     }
 
     async fn on_response<'r>(&self, request: &'r Request<'_>, response: &mut Response<'r>) {
-        let code = request.local_cache(ErrorCode::default).0.unwrap_or("-");
+        let code = request.local_cache(ErrorCode::default).0;
+        if let (Some(code), Some(metrics)) = (code, request.rocket().state::<Metrics>()) {
+            metrics.rejected(code);
+        }
+        let code = code.unwrap_or("-");
         logging::failed_request(
             request.method().as_str(),
             request.uri().path().as_str(),

@@ -7,7 +7,7 @@
 //! (docs/BENCHMARKS.md has the profile); on hyper directly, about 43 µs and 21 KB. So the front
 //! serves those three on hyper, and hands every other request (join, leave, rooms, ICE,
 //! `/healthz`, `/metrics`, static files, CORS preflight) to the Rocket application that
-//! [`crate::build`] assembles, dispatched in-process through Rocket's local client: those keep
+//! `signpost::build` assembles and hands down, dispatched in-process through Rocket's local client: those keep
 //! Rocket's routing, guards, fairings and catchers.
 //!
 //! Both layers share one `Hub`, one `Config`, one `Metrics` and one Rocket `Shutdown`, and the
@@ -55,9 +55,8 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use rocket::figment::Figment;
 use rocket::local::asynchronous::Client;
-use rocket::Shutdown;
+use rocket::{Build, Rocket, Shutdown};
 use tokio::net::TcpListener;
 use tokio::select;
 
@@ -125,14 +124,17 @@ struct Front {
 }
 
 impl Server {
-    /// Builds the application from `figment` (Rocket's settings, and signpost's under its
-    /// `signpost` key) and binds its address.
-    pub async fn bind(figment: Figment) -> Result<Server, StartError> {
-        let http = rocket::Config::try_from(&figment)
-            .map_err(|error| StartError::Rocket(error.to_string()))?;
+    /// Serves `application` (what `signpost::build` assembles) behind the front, with Rocket's
+    /// settings `http`: ignites it, takes the state both layers share from it, and binds the
+    /// address. [`Server::bind`] is the public way in; the application is handed down rather
+    /// than built here, so that the front never calls back up into what assembles it.
+    pub(crate) async fn start(
+        application: Rocket<Build>,
+        http: rocket::Config,
+    ) -> Result<Server, StartError> {
         // The fairing that failed has already said why (Rocket's own word is "launch fairing(s)
         // failed").
-        let rocket = Client::untracked(crate::build(figment))
+        let rocket = Client::untracked(application)
             .await
             .map_err(|error| StartError::Application(format!("{error}; the reason is above")))?;
         let orbit = rocket.rocket();
