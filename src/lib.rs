@@ -24,6 +24,8 @@
 //!   - [`client_limits`]: the join rate, live peers and rooms one client address may have.
 //!   - [`ice`]: the ICE servers a peer is given, with ephemeral TURN credentials.
 //! - Around the domain:
+//!   - [`relay_routes`]: the three relay routes' methods and paths, defined once for both HTTP
+//!     layers: the front matches requests with them, the join answer writes its URLs with them.
 //!   - `front`: the listening socket; serves the relay routes (send, SSE, long-poll) on hyper
 //!     and hands every other request to the Rocket application in-process; bounds what each
 //!     connection may hold in time, and how many one client address may open.
@@ -62,6 +64,7 @@ pub mod message;
 pub mod metrics;
 pub mod presence;
 pub mod rate_limit;
+pub mod relay_routes;
 pub mod resume;
 pub mod store;
 pub mod stun;

@@ -52,7 +52,7 @@ use hyper::body::Incoming;
 use hyper::http::request::Parts;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use rocket::local::asynchronous::Client;
@@ -66,6 +66,7 @@ use crate::error::Error;
 use crate::hub::Hub;
 use crate::logging;
 use crate::metrics::Metrics;
+use crate::relay_routes::{RelayPath, RelayRoute};
 
 use self::connection::{Connections, TimedIo};
 use self::response::ResponseBody;
@@ -293,39 +294,6 @@ impl Server {
     }
 }
 
-/// The route a request names, if it is one of the three the front serves; its segments are
-/// still percent-encoded.
-enum Route<'a> {
-    Send { room: &'a str },
-    Events { room: &'a str, peer: &'a str },
-    Poll { room: &'a str, peer: &'a str },
-}
-
-impl<'a> Route<'a> {
-    fn of(method: &Method, path: &'a str) -> Option<Route<'a>> {
-        let rest = path.strip_prefix("/api/rooms/")?;
-        let mut segments = rest.split('/');
-        let mut next = || segments.next();
-        let route = match (next(), next(), next(), next(), next()) {
-            (Some(room), Some("messages"), None, _, _) if method == Method::POST => {
-                Route::Send { room }
-            }
-            (Some(room), Some("peers"), Some(peer), Some("events"), None)
-                if method == Method::GET =>
-            {
-                Route::Events { room, peer }
-            }
-            (Some(room), Some("peers"), Some(peer), Some("messages"), None)
-                if method == Method::GET =>
-            {
-                Route::Poll { room, peer }
-            }
-            _ => return None,
-        };
-        Some(route)
-    }
-}
-
 impl Front {
     async fn handle(
         &self,
@@ -333,7 +301,7 @@ impl Front {
         remote: SocketAddr,
     ) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
-        let Some(route) = Route::of(&parts.method, parts.uri.path()) else {
+        let Some(relay) = RelayRoute::matching(parts.method.as_str(), parts.uri.path()) else {
             // Checked before Rocket sees the request: Rocket alone would answer 404, and it
             // does not know the relay routes' paths.
             if let Some(allow) = self.methods.refusal(&parts.method, parts.uri.path()) {
@@ -344,10 +312,11 @@ impl Front {
             let dispatch = fallback::dispatch(self, Request::from_parts(parts, body), remote);
             return Box::pin(dispatch).await;
         };
+        let RelayPath { route, room, peer } = relay;
         let answer = match route {
-            Route::Send { room } => send::send(self, room, &parts, body).await,
-            Route::Events { room, peer } => events::events(self, room, peer, &parts).await,
-            Route::Poll { room, peer } => poll::poll(self, room, peer, &parts).await,
+            RelayRoute::Send => send::send(self, room, &parts, body).await,
+            RelayRoute::Events => events::events(self, room, peer, &parts).await,
+            RelayRoute::Poll => poll::poll(self, room, peer, &parts).await,
         };
         match answer {
             Ok(mut response) => {
