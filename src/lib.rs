@@ -26,6 +26,8 @@
 //! - Around the domain:
 //!   - [`relay_routes`]: the three relay routes' methods and paths, defined once for both HTTP
 //!     layers: the front matches requests with them, the join answer writes its URLs with them.
+//!   - [`response_headers`]: the headers every answer carries (caching, browser protections,
+//!     CORS), decided once for both HTTP layers.
 //!   - `front`: the listening socket; serves the relay routes (send, SSE, long-poll) on hyper
 //!     and hands every other request to the Rocket application in-process; bounds what each
 //!     connection may hold in time, and how many one client address may open.
@@ -65,6 +67,7 @@ pub mod metrics;
 pub mod presence;
 pub mod rate_limit;
 pub mod relay_routes;
+pub mod response_headers;
 pub mod resume;
 pub mod store;
 pub mod stun;

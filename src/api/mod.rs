@@ -27,15 +27,21 @@ pub mod params;
 mod rooms;
 mod static_files;
 
+use std::borrow::Cow;
+
 use rocket::fairing::{AdHoc, Fairing, Info, Kind};
 use rocket::http::Status;
+use rocket::shield::Shield;
 use rocket::{Request, Response};
 
+use crate::config::Config;
 use crate::error::{Error, ErrorCode};
 use crate::logging;
 use crate::metrics::Metrics;
+use crate::response_headers::{response_headers, Answered, Value, Write};
 
-/// Mounts the API routes, the JSON error catchers and the request log.
+/// Mounts the API routes, the JSON error catchers, the request log and the headers of every
+/// answer.
 pub fn stage() -> AdHoc {
     AdHoc::on_ignite("signpost API", |rocket| async {
         rocket
@@ -59,8 +65,10 @@ pub fn stage() -> AdHoc {
             )
             .register("/", catchers![default_catcher])
             .attach(RequestLog)
-            .attach(NoStore)
-            .attach(cors::CorsHeaders)
+            .attach(ResponseHeaders)
+            // Replaces the `Shield` Rocket attaches by default: `response_headers` writes what
+            // it wrote, on both layers' answers.
+            .attach(Shield::new())
     })
 }
 
@@ -103,24 +111,42 @@ impl Fairing for RequestLog {
     }
 }
 
-/// Marks every API response `Cache-Control: no-store` unless it says otherwise (the SSE stream
-/// says `no-cache`). Long-poll answers are GETs that a caching proxy would otherwise be free to
-/// replay to the next poll, and join answers carry a secret token.
-struct NoStore;
+/// Writes the headers [`response_headers`] decides into every answer Rocket gives, as the front
+/// writes them into the relay routes' (`front::response::decorate`).
+struct ResponseHeaders;
 
 #[rocket::async_trait]
-impl Fairing for NoStore {
+impl Fairing for ResponseHeaders {
     fn info(&self) -> Info {
         Info {
-            name: "signpost no-store",
+            name: "signpost response headers",
             kind: Kind::Response,
         }
     }
 
     async fn on_response<'r>(&self, request: &'r Request<'_>, response: &mut Response<'r>) {
-        let is_api = request.uri().path().starts_with("/api/");
-        if is_api && !response.headers().contains("Cache-Control") {
-            response.set_raw_header("Cache-Control", "no-store");
+        let Some(config) = request.rocket().state::<Config>() else {
+            // `build` manages it: without it, the application does not start.
+            return;
+        };
+        let answered = Answered {
+            method: request.method().as_str(),
+            path: request.uri().path().as_str(),
+            origin: request.headers().get_one("Origin"),
+            status: response.status().code,
+        };
+        for header in response_headers(config, &answered) {
+            let value: Cow<'static, str> = match header.value {
+                Value::Fixed(text) => Cow::Borrowed(text),
+                Value::FromRequest(text) => Cow::Owned(text.to_owned()),
+            };
+            match header.write {
+                Write::Append => response.adjoin_raw_header(header.name, value),
+                Write::IfAbsent if response.headers().contains(header.name) => {}
+                Write::IfAbsent | Write::Replace => {
+                    response.set_raw_header(header.name, value);
+                }
+            }
         }
     }
 }
