@@ -2,12 +2,13 @@
 //! calls. `docs/API.md` is the contract of the whole API.
 //!
 //! The three relay routes (send, the SSE stream, the long-poll) are not here: `front` serves
-//! them on hyper directly, with the rules these modules share with it (`auth`, `body`, `cors`,
-//! `params`).
+//! them on hyper directly, with the rules these modules share with it (`auth`, `body`,
+//! `params`). Every answer's headers are decided below both layers, in
+//! [`response_headers`](crate::response_headers); the `ResponseHeaders` fairing here writes them.
 //!
 //! - `rooms`: join, leave, look at a room or a peer.
 //! - `ice`: the ICE servers (STUN, TURN credentials) a peer may use.
-//! - `cors`: cross-origin access for the origins in the config.
+//! - `cors`: the CORS preflight, for the origins in the config.
 //! - `openapi`: `GET /api/openapi.yaml`, the machine-readable description of the API.
 //! - `ops`: `/healthz`, `/readyz` and `/metrics`, outside `/api`.
 //! - `static_files`: the page and `/signpost.js` from `static_dir`, also under `/static/`,
@@ -19,7 +20,7 @@
 pub mod auth;
 pub mod body;
 mod client;
-pub mod cors;
+mod cors;
 mod ice;
 mod openapi;
 mod ops;

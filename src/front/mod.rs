@@ -11,8 +11,9 @@
 //! Rocket's routing, guards, fairings and catchers.
 //!
 //! Both layers share one `Hub`, one `Config`, one `Metrics` and one Rocket `Shutdown`, and the
-//! relay routes reuse the API's own rules (`api::auth`, `api::body`, `api::cors`, the one
-//! `Error`), so a client sees one API whichever layer answered.
+//! relay routes reuse the API's own rules (`api::auth`, `api::body`, `api::params`, the one
+//! `Error`) and the tables below both layers (`relay_routes`, `response_headers`), so a client
+//! sees one API whichever layer answered.
 //!
 //! - `request`: how a relay request's path, query, token and body become domain values.
 //! - `response`: JSON and error responses, and the headers every relay response carries.
