@@ -84,7 +84,7 @@ fn default_catcher(status: Status, _: &Request<'_>) -> Error {
 }
 
 /// Logs each failed request Rocket answers ([`logging::failed_request`]), the path naming the
-/// room and the peer, and counts it by its error code in `signpost_rejected_total`, as the front
+/// room and the peer, and counts it by its error code in `signpost_rejections_total`, as the front
 /// does for the requests it refuses itself.
 struct RequestLog;
 
@@ -99,8 +99,10 @@ impl Fairing for RequestLog {
 
     async fn on_response<'r>(&self, request: &'r Request<'_>, response: &mut Response<'r>) {
         let code = request.local_cache(ErrorCode::default).0;
-        if let (Some(code), Some(metrics)) = (code, request.rocket().state::<Metrics>()) {
-            metrics.rejected(code);
+        if let Some(code) = code {
+            if let Some(metrics) = request.rocket().state::<Metrics>() {
+                metrics.rejected(code);
+            }
         }
         let code = code.unwrap_or("-");
         logging::failed_request(

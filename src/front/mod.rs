@@ -7,8 +7,8 @@
 //! (docs/BENCHMARKS.md has the profile); on hyper directly, about 43 µs and 21 KB. So the front
 //! serves those three on hyper, and hands every other request (join, leave, rooms, ICE,
 //! `/healthz`, `/metrics`, static files, CORS preflight) to the Rocket application that
-//! `signpost::build` assembles and hands down, dispatched in-process through Rocket's local client: those keep
-//! Rocket's routing, guards, fairings and catchers.
+//! `signpost::build` assembles and hands down, dispatched in-process through Rocket's local
+//! client: those keep Rocket's routing, guards, fairings and catchers.
 //!
 //! Both layers share one `Hub`, one `Config`, one `Metrics` and one Rocket `Shutdown`, and the
 //! relay routes reuse the API's own rules (`api::auth`, `api::body`, `api::params`, the one
