@@ -233,6 +233,10 @@ impl RedisStore {
         if let Some(created) = &joined.created {
             scripts::created(inner, room, created).await?;
         }
+        if let Some(emptied_us) = joined.emptied_us {
+            // As a leave that empties its room: forgotten at once, not held until a sweep.
+            scripts::release(inner, room, emptied_us).await?;
+        }
         Ok(JoinOutcome {
             peers: joined.peers,
             departures: joined.departures,

@@ -211,6 +211,9 @@ pub(super) struct JoinReply {
     pub(super) departures: Vec<Departure>,
     /// Set when the join created the room, which [`created`] then records.
     pub(super) created: Option<Created>,
+    /// When the room was emptied (µs), for [`release`]: the announcement's evictions cascaded
+    /// until no peer was left, the joiner included.
+    pub(super) emptied_us: Option<i64>,
 }
 
 /// When a room was created, as [`created`] takes it.
@@ -275,6 +278,11 @@ impl JoinAnswer {
             })
             .collect::<ApiResult<Vec<_>>>()?;
         let departures = reply.departures(3)?;
+        let emptied_us = if reply.int(6)? == 1 {
+            Some(reply.int(4)?)
+        } else {
+            None
+        };
         let created = if created {
             Some(Created {
                 now_us: reply.int(4)?,
@@ -287,6 +295,7 @@ impl JoinAnswer {
             peers,
             departures,
             created,
+            emptied_us,
         }))
     }
 }
@@ -926,6 +935,7 @@ mod tests {
             texts(&[]),
             Value::Int(1_000_000),
             Value::Int(5_000),
+            Value::Int(0),
         ]))
         .unwrap();
         let JoinAnswer::Joined(created) = created else {
@@ -945,12 +955,17 @@ mod tests {
             Value::Int(0),
             texts(&[ALICE, info]),
             texts(&[BOB, "evicted", "203.0.113.7"]),
+            Value::Int(2_000_000),
+            Value::Int(5_000),
+            Value::Int(1),
         ]))
         .unwrap();
         let JoinAnswer::Joined(existing) = existing else {
             panic!("a join into an existing room reads as a join");
         };
         assert_eq!(existing.created, None);
+        assert_eq!(existing.emptied_us, Some(2_000_000));
+        assert_eq!(created.emptied_us, None);
         assert_eq!(existing.peers.len(), 1);
         assert_eq!(existing.peers[0].peer_id.to_string(), ALICE);
         assert_eq!(existing.peers[0].name.as_deref(), Some("Alice"));
