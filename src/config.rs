@@ -101,7 +101,7 @@ pub struct Config {
     pub turn_urls: Vec<String>,
     /// The secret shared with coturn (`static-auth-secret`), from which each peer's credentials
     /// are derived; it is never sent to anyone. Default none (no TURN credentials).
-    pub turn_secret: Option<TurnSecret>,
+    pub turn_secret: Option<Secret>,
     /// How long TURN credentials stay valid. Default 86,400 s (24 h), coturn's own suggestion: a
     /// call lasts well within it, and a client refreshes with `GET …/ice-servers` before that.
     pub turn_credential_ttl_secs: u64,
@@ -137,7 +137,7 @@ pub struct Config {
     /// The HS256 secrets that sign join tokens, by key id (the token header's `kid`), each at
     /// least 32 bytes (RFC 7518 asks for a key as long as the hash). Default none. Several keys
     /// allow rotation (README). Rather set them from the environment, like `turn_secret`.
-    pub join_keys: BTreeMap<String, JoinSecret>,
+    pub join_keys: BTreeMap<String, Secret>,
     /// The `aud` a join token must carry. Default `"signpost"`; give each deployment its own so
     /// that a token minted for one does not open another that shares a key.
     pub join_token_audience: String,
@@ -174,12 +174,12 @@ pub struct Config {
     /// shares the secret. Default none: no credentials, and a rejoin gets a new peer id, which
     /// the pages re-pair by their participant keys (docs/PROTOCOL.md, section 7). Rather set it
     /// from the environment, like `turn_secret`.
-    pub resume_secret: Option<JoinSecret>,
+    pub resume_secret: Option<Secret>,
     /// The bearer token `GET /metrics` asks for (`Authorization: Bearer <token>`), at least 16
     /// bytes so that it cannot be guessed. Default none: `/metrics` is open, as Prometheus
     /// expects on a private network; set it when the port is public and the numbers (rooms,
     /// peers, refusals) are not. Rather set it from the environment, like `turn_secret`.
-    pub metrics_token: Option<JoinSecret>,
+    pub metrics_token: Option<Secret>,
     /// Seconds a request body may take to arrive whole, from the moment the server starts
     /// reading it; past that the request is answered `408 body_timeout` and its connection
     /// closed. Default 10: a full 1 MiB batch (`max_body_bytes`) over a slow 1 Mbit/s link takes
@@ -212,13 +212,15 @@ pub enum JoinAuth {
     Required,
 }
 
-/// One secret of `join_keys`: deserialised from a plain string; `Debug` never shows it, so a
-/// logged config cannot leak it.
+/// A secret of the configuration: a value of `join_keys`, `turn_secret`, `resume_secret`,
+/// `metrics_token`. Deserialised from a plain string; `Debug` never shows it, so a logged config
+/// cannot leak it, and only [`expose`](Self::expose) hands out its bytes, to the one that signs
+/// or compares with it.
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(transparent)]
-pub struct JoinSecret(String);
+pub struct Secret(String);
 
-impl JoinSecret {
+impl Secret {
     pub fn new(secret: impl Into<String>) -> Self {
         Self(secret.into())
     }
@@ -228,31 +230,9 @@ impl JoinSecret {
     }
 }
 
-impl fmt::Debug for JoinSecret {
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("JoinSecret(<redacted>)")
-    }
-}
-
-/// `turn_secret`: deserialised from a plain string; `Debug` never shows it, so a logged config
-/// cannot leak it.
-#[derive(Clone, Deserialize, Serialize)]
-#[serde(transparent)]
-pub struct TurnSecret(String);
-
-impl TurnSecret {
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
-    }
-
-    pub fn expose(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-impl fmt::Debug for TurnSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TurnSecret(<redacted>)")
+        f.write_str("Secret(<redacted>)")
     }
 }
 
@@ -658,6 +638,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every secret of the configuration is one [`Secret`], and a logged config shows none of
+    /// them.
+    #[test]
+    fn a_debug_config_shows_no_secret() {
+        let config = Config {
+            turn_secret: Some(Secret::new("turn-secret-value")),
+            join_keys: BTreeMap::from([("k".to_owned(), Secret::new("join-key-value"))]),
+            resume_secret: Some(Secret::new("resume-secret-value")),
+            metrics_token: Some(Secret::new("metrics-token-value")),
+            ..Config::default()
+        };
+        let logged = format!("{config:?}");
+        for secret in ["turn-secret", "join-key", "resume-secret", "metrics-token"] {
+            assert!(!logged.contains(secret), "{secret} in {logged}");
+        }
+        assert_eq!(logged.matches("Secret(<redacted>)").count(), 4, "{logged}");
+    }
 
     #[test]
     fn defaults_are_valid_and_nonsense_is_refused() {

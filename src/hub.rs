@@ -6,11 +6,9 @@
 //! once, before the store sees it), the order in which errors are reported, and the log line
 //! and the metrics of every join and departure, whichever store or instance caused it.
 
+use serde_json::value::RawValue;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::error::{ApiResult, Error};
@@ -18,7 +16,7 @@ use crate::identity::{PeerId, PeerToken, RoomName};
 use crate::logging;
 use crate::message::{Draft, EncodedMessage, MessageType, OutgoingMessage};
 use crate::metrics::Metrics;
-use crate::store::{Departure, NewPeer, Outgoing, Reader, Store};
+use crate::store::{self, Departure, NewPeer, Outgoing, Reader, Store};
 
 pub use crate::store::{LeaveReason, PeerInfo};
 
@@ -29,7 +27,8 @@ pub struct Hub {
 }
 
 struct Shared {
-    store: Store,
+    /// Memory or Redis: which one, only the store knows.
+    store: Arc<dyn Store>,
     /// The largest encoded envelope accepted.
     max_message_bytes: usize,
     /// Told of every join and departure.
@@ -61,7 +60,7 @@ impl Hub {
     pub fn with_metrics(config: &Config, metrics: Metrics) -> Result<Self, String> {
         Ok(Self {
             shared: Arc::new(Shared {
-                store: Store::new(config, &metrics)?,
+                store: store::open(config, &metrics)?,
                 max_message_bytes: config.max_message_bytes,
                 metrics,
                 client_ipv6_prefix: config.client_ipv6_prefix,
@@ -73,8 +72,8 @@ impl Hub {
         &self.shared.metrics
     }
 
-    pub fn store(&self) -> &Store {
-        &self.shared.store
+    pub fn store(&self) -> &dyn Store {
+        &*self.shared.store
     }
 
     /// The key `client`'s per-address limits are kept under.
@@ -213,7 +212,7 @@ impl Hub {
         room: &RoomName,
         peer: PeerId,
         token: Option<&str>,
-    ) -> ApiResult<Reader> {
+    ) -> ApiResult<Box<dyn Reader>> {
         self.shared.store.reader(room, peer, token).await
     }
 
@@ -238,9 +237,9 @@ impl Hub {
         self.shared.store.peer(room, peer).await
     }
 
-    /// Removes every peer that has had no listener for `timeout`. Returns how many went.
-    pub async fn sweep(&self, now: Instant, timeout: Duration) -> ApiResult<usize> {
-        let gone = self.shared.store.sweep(now, timeout).await?;
+    /// Removes every peer that has had no listener for `peer_timeout`. Returns how many went.
+    pub async fn sweep(&self) -> ApiResult<usize> {
+        let gone = self.shared.store.sweep().await?;
         for (room, departure) in &gone {
             self.departed(room, std::slice::from_ref(departure));
         }

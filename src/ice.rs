@@ -13,7 +13,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha1::Sha1;
 
-use crate::config::{Config, IceServer, TurnSecret};
+use crate::config::{Config, IceServer, Secret};
 use crate::identity::PeerId;
 
 /// What a peer passes to `new RTCPeerConnection({iceServers})`, and until when it works.
@@ -28,7 +28,7 @@ pub struct IceServers {
 #[derive(Debug, Clone)]
 pub struct Turn {
     urls: Vec<String>,
-    secret: TurnSecret,
+    secret: Secret,
     ttl: Duration,
 }
 
@@ -84,7 +84,7 @@ impl IceConfig {
 }
 
 /// `base64(HMAC-SHA1(secret, username))`, the password coturn expects for `username`.
-pub fn turn_credential(secret: &TurnSecret, username: &str) -> String {
+pub fn turn_credential(secret: &Secret, username: &str) -> String {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac = <Hmac<Sha1> as KeyInit>::new_from_slice(secret.expose())
         .expect("HMAC takes keys of any length");
@@ -107,7 +107,7 @@ mod tests {
     #[test]
     fn credential_matches_an_openssl_computed_vector() {
         assert_eq!(
-            turn_credential(&TurnSecret::new("north"), "1700000000:alice"),
+            turn_credential(&Secret::new("north"), "1700000000:alice"),
             OPENSSL_VECTOR
         );
     }
@@ -118,7 +118,7 @@ mod tests {
     fn credentials_expire_ttl_after_now_and_name_the_peer() {
         let config = Config {
             turn_urls: vec!["turn:turn.example.org".into()],
-            turn_secret: Some(TurnSecret::new("s")),
+            turn_secret: Some(Secret::new("s")),
             turn_credential_ttl_secs: 600,
             ..Config::default()
         };

@@ -284,7 +284,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::config::JoinSecret;
+    use crate::config::Secret;
 
     const KEY_A: &str = "a-secret-of-at-least-thirty-two-bytes-1";
     const KEY_B: &str = "b-secret-of-at-least-thirty-two-bytes-2";
@@ -294,7 +294,7 @@ mod tests {
             join_auth: JoinAuth::Required,
             join_keys: keys
                 .iter()
-                .map(|(kid, secret)| (kid.to_string(), JoinSecret::new(*secret)))
+                .map(|(kid, secret)| (kid.to_string(), Secret::new(*secret)))
                 .collect::<BTreeMap<_, _>>(),
             ..Config::default()
         };

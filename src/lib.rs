@@ -14,13 +14,16 @@
 //!   - [`mailbox`]: a peer's gapless, resumable message sequence and its delivery state.
 //!   - [`held_bytes`]: the bytes held in mailboxes, per sender's address and in total.
 //!   - [`hub`]: every operation on rooms and peers, and the rules that need no storage.
-//!   - [`store`]: where rooms, peers and mailboxes live: in memory, or in Redis so that several
-//!     instances act as one server.
+//!   - [`store`]: where rooms, peers and mailboxes live: the `Store` and `Reader` traits, and
+//!     their two implementations, in memory (`store/memory.rs`) or in Redis so that several
+//!     instances act as one server (`store/redis/`).
 //!   - [`rate_limit`]: the token bucket (per-peer sends, per-client joins).
 //!   - [`join_token`]: join tokens signed by the application: checking and minting them.
 //!   - [`resume`]: resume credentials, with which a forgotten peer rejoins as itself.
 //!   - [`client_address`]: who a request comes from (`trusted_proxies`, `X-Forwarded-For`).
 //!   - [`client_limits`]: the join rate, live peers and rooms one client address may have.
+//!   - [`admission`]: whether a join is let in, and as whom: the one order of its checks (rate,
+//!     body, join token, resume credential, then the store's), with no HTTP in it.
 //!   - [`ice`]: the ICE servers a peer is given, with ephemeral TURN credentials.
 //! - Around the domain:
 //!   - `front`: the listening socket; serves the relay routes (send, SSE, long-poll) on hyper
@@ -41,6 +44,7 @@
 #[macro_use]
 extern crate rocket;
 
+pub mod admission;
 mod api;
 #[cfg(feature = "client")]
 pub mod client;

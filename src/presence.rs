@@ -1,7 +1,9 @@
 //! Presence: a background sweeper that removes peers with no open stream and no poll in flight
-//! for `peer_timeout_secs`, so that the others get a `leave` with reason `timeout`. With the
-//! Redis store, it also starts the store's own background tasks (wake-ups, presence refresh);
-//! every instance sweeps, and each removal happens once.
+//! for `peer_timeout_secs`, so that the others get a `leave` with reason `timeout`. It also
+//! starts the store's own background work ([`Store::start`]: with Redis, wake-ups and presence
+//! refresh); every instance sweeps, and each removal happens once.
+//!
+//! [`Store::start`]: crate::store::Store::start
 
 use rocket::fairing::AdHoc;
 use rocket::tokio::{self, select, time};
@@ -18,9 +20,7 @@ pub fn stage() -> AdHoc {
                 return;
             };
             let hub = hub.clone();
-            if let crate::store::Store::Redis(store) = hub.store() {
-                store.start(rocket.shutdown());
-            }
+            hub.store().start(rocket.shutdown());
             let timeout = config.peer_timeout();
             // A quarter of the timeout bounds how late a removal can be (by 25%) while keeping
             // the sweep, which walks every peer, rare.
@@ -37,7 +37,7 @@ pub fn stage() -> AdHoc {
                         _ = ticks.tick() => {
                             // A store that is down is retried at the next tick; the sweep is
                             // idempotent, so a missed one only delays a removal.
-                            if let Err(error) = hub.sweep(std::time::Instant::now(), timeout).await {
+                            if let Err(error) = hub.sweep().await {
                                 crate::logging::warn(format_args!("presence sweep failed: {}", error.code()));
                             }
                         }

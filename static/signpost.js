@@ -16,7 +16,9 @@
 // that buffers responses. An unreachable server is not that signature; and after an outage
 // "auto" tries SSE again, in case the verdict was the outage's.
 // Either way it remembers the last message id it delivered and resumes after it, so a
-// reconnection loses nothing and repeats nothing.
+// reconnection loses nothing and repeats nothing. Receiving is one state machine (`state`:
+// idle, connecting, streaming, polling, backing-off, rejoining, closed), whose states and
+// transitions are listed in RECEIVING_STATES below.
 //
 // Outages: while the server cannot be reached the client keeps trying, with exponential backoff
 // and full jitter (capped), honouring `Retry-After`; it never gives up while the page is open.
@@ -137,21 +139,30 @@ export class Signpost {
     this.handlers = new Map();
     this.types = new Set([...SERVER_TYPES, ...(settings.types ?? [])]);
     this.adopt(joined);
-    this.current = null; // "sse" | "poll"
-    this.closed = false;
+    /** Where receiving is: one of RECEIVING_STATES; changed only by `transition`. */
+    this.state = "idle";
+    /**
+     * Bumped by every transition: an asynchronous step (a stream's callbacks, the poll loop, a
+     * backoff) acts only while the epoch it was given is current; any other transition (a
+     * rejoin a send started, a leave) ends it.
+     */
+    this.epoch = 0;
+    /** "sse" or "poll": the transport of the latest connecting or polling state; null before. */
+    this.receivingBy = null;
+    /** The EventSource of the "connecting" and "streaming" states; null in every other. */
+    this.source = null;
+    /** Aborts the request of the "polling" state; null in every other. */
+    this.pollAbort = null;
+    /** The rejoin of the "rejoining" state, shared by whoever asks for one meanwhile. */
+    this.rejoinDone = null;
     this.outbox = [];
     this.flushTimer = null;
     this.sending = null;
-    this.source = null;
-    this.pollAbort = null;
-    /** Bumped whenever receiving stops or restarts: a loop of an older generation ends. */
-    this.generation = 0;
-    /** The rejoin in progress, if any (one at a time). */
-    this.rejoining = null;
+    // What receiving has learnt, which outlives the states:
     /**
      * Set in "auto" once streaming is shown not to work while the server answers (a proxy
      * buffers it): from then on this client long-polls, until an outage makes the verdict
-     * doubtful (see startPoll). An unreachable server never sets it.
+     * doubtful (see poll). An unreachable server never sets it.
      */
     this.sseBlocked = false;
     /** When the server was first found unreachable in the current outage (ms), or null. */
@@ -165,7 +176,9 @@ export class Signpost {
     globalThis.addEventListener?.("pagehide", this.onPageHide);
     // Start on a later task, so that the caller, resuming from `await Signpost.join()`,
     // subscribes before anything is emitted.
-    setTimeout(() => this.startReceiving(), 0);
+    setTimeout(() => {
+      if (this.state === "idle") this.startReceiving();
+    }, 0);
   }
 
   /** Takes on the identity a join response gives: on the first join and on every rejoin. */
@@ -212,13 +225,39 @@ export class Signpost {
 
   /** "sse" or "poll": how messages are being received. */
   get transport() {
-    return this.current;
+    return this.receivingBy;
   }
 
-  setTransport(transport) {
-    if (this.current === transport) return;
-    this.current = transport;
-    this.emit("transport", transport);
+  /** Whether the client stopped for good (left, or a rejoin was refused). */
+  get closed() {
+    return this.state === "closed";
+  }
+
+  /**
+   * The one place where `state` changes (see RECEIVING_STATES). Leaving a state releases what
+   * it held (the stream, except to "streaming", which keeps it; the poll in flight); entering "connecting" or "polling" emits
+   * `transport` when the transport changes. Returns the new epoch, the caller's licence to go
+   * on acting in this state.
+   */
+  transition(next) {
+    if (!RECEIVING_STATES[this.state].includes(next)) {
+      throw new Error(`signpost: no transition from "${this.state}" to "${next}"`);
+    }
+    // "streaming" goes on with the stream "connecting" opened; every other state has its own.
+    if (next !== "streaming") {
+      this.source?.close();
+      this.source = null;
+    }
+    this.pollAbort?.abort();
+    this.pollAbort = null;
+    this.state = next;
+    this.epoch += 1;
+    const transport = { connecting: "sse", polling: "poll" }[next];
+    if (transport && transport !== this.receivingBy) {
+      this.receivingBy = transport;
+      this.emit("transport", transport);
+    }
+    return this.epoch;
   }
 
   // ---- sending ----
@@ -381,30 +420,22 @@ export class Signpost {
   /** Starts receiving on the transport the settings (and what was learnt) call for. */
   startReceiving() {
     if (this.closed) return;
-    this.stopReceiving();
     const poll = this.settings.transport === "poll" || (this.settings.transport === "auto" && this.sseBlocked);
-    if (poll) this.startPoll();
-    else this.startSse();
-  }
-
-  /** Stops the stream or poll in progress; its loop sees a new generation and ends. */
-  stopReceiving() {
-    this.generation += 1;
-    this.source?.close();
-    this.source = null;
-    this.pollAbort?.abort();
-    this.pollAbort = null;
+    if (poll) this.poll(this.transition("polling"));
+    else {
+      this.transition("connecting");
+      this.stream();
+    }
   }
 
   /**
-   * Opens an SSE stream that resumes after lastId. `attempt` counts failures in a row (for the
-   * backoff); `blocked` those among them where the server answered and still the stream did
-   * not open: only those show that streaming does not get through.
+   * In "connecting": opens an SSE stream that resumes after lastId. The stream acts while it is
+   * `this.source`, which any transition closes and clears.
+   * `attempt` counts failures in a row (for the backoff); `blocked` those among them where the
+   * server answered and still the stream did not open: only those show that streaming does not
+   * get through.
    */
-  startSse(attempt = 0, blocked = 0) {
-    if (this.closed) return;
-    const generation = this.generation;
-    this.setTransport("sse");
+  stream(attempt = 0, blocked = 0) {
     const params = new URLSearchParams({ token: this.joined.token });
     if (this.lastId > 0) params.set("last_event_id", String(this.lastId));
     const source = new EventSource(this.url(`${this.joined.events_url}?${params}`));
@@ -412,27 +443,25 @@ export class Signpost {
     let ready = false;
     const fail = async (reason) => {
       if (this.source !== source) return;
-      source.close();
-      this.source = null;
       clearTimeout(readyTimer);
+      const backingOff = this.transition("backing-off");
       this.emit("status", { connected: false, detail: reason });
       const failures = ready ? 1 : attempt + 1;
-      const state = await this.recover(failures);
-      if (this.closed || generation !== this.generation || state === "rejoining") return;
+      const outcome = await this.recover(failures);
+      if (backingOff !== this.epoch || outcome === "rejoining") return;
       // A stream that never opened although the server answers: streaming is held back.
-      const held = !ready && state === "known" ? blocked + 1 : ready ? 0 : blocked;
+      const held = !ready && outcome === "known" ? blocked + 1 : ready ? 0 : blocked;
       if (this.settings.transport === "auto" && held >= this.settings.sseFailuresBeforePoll) {
         this.fallBackToPoll("Streaming does not get through this network; switched to long-polling.");
         return;
       }
-      this.startSse(failures, held);
+      this.transition("connecting");
+      this.stream(failures, held);
     };
     const readyTimer = setTimeout(() => {
       if (this.source !== source) return;
       if (this.settings.transport === "auto") {
         // Connected, yet nothing arrived: a proxy is holding the stream back.
-        source.close();
-        this.source = null;
         this.fallBackToPoll("No answer on the event stream within 5 s; switched to long-polling.");
       } else {
         fail("no ready event");
@@ -441,6 +470,7 @@ export class Signpost {
     source.addEventListener("ready", () => {
       ready = true;
       clearTimeout(readyTimer);
+      if (this.source === source && this.state === "connecting") this.transition("streaming");
       this.unreachableSince = null;
       this.emit("status", { connected: true, detail: "stream open" });
     });
@@ -457,16 +487,16 @@ export class Signpost {
   fallBackToPoll(message) {
     this.sseBlocked = true;
     this.reportError("sse_blocked", message);
-    this.stopReceiving();
-    this.startPoll();
+    this.poll(this.transition("polling"));
   }
 
-  /** Long-polls after lastId until closed, adapting the wait to what the network lets through. */
-  async startPoll() {
-    if (this.closed) return;
-    const generation = this.generation;
-    const current = () => !this.closed && generation === this.generation;
-    this.setTransport("poll");
+  /**
+   * In "polling" (licensed by `epoch`): long-polls after lastId until another transition, adapting
+   * the wait to what the network lets through. A failed poll passes through "backing-off" and
+   * comes back to "polling" in this same loop.
+   */
+  async poll(epoch) {
+    const current = () => epoch === this.epoch;
     let failures = 0;
     let connected = false;
     while (current()) {
@@ -543,8 +573,10 @@ export class Signpost {
         this.reportError("poll_cut", `The network cut a ${wait} s poll; now waiting at most ${this.pollWaitSecs} s.`);
         continue;
       }
+      epoch = this.transition("backing-off");
       if (retryAfter !== null) await delay(retryAfter);
-      if ((await this.recover(failures)) === "rejoining") return;
+      if ((await this.recover(failures)) === "rejoining" || !current()) return;
+      epoch = this.transition("polling");
     }
   }
 
@@ -602,14 +634,18 @@ export class Signpost {
    */
   rejoin(incarnation) {
     if (this.closed || incarnation !== this.incarnation) return Promise.resolve();
-    this.rejoining ??= this.rejoinUntilBack().finally(() => {
-      this.rejoining = null;
-    });
-    return this.rejoining;
+    if (this.state !== "rejoining") {
+      this.transition("rejoining");
+      const done = this.rejoinUntilBack().finally(() => {
+        if (this.rejoinDone === done) this.rejoinDone = null;
+      });
+      this.rejoinDone = done;
+    }
+    return this.rejoinDone;
   }
 
+  /** In "rejoining": joins until the server takes this client back or refuses it for good. */
   async rejoinUntilBack() {
-    this.stopReceiving();
     this.emit("status", { connected: false, detail: "rejoining" });
     const previousPeerId = this.peerId;
     let failures = 0;
@@ -630,7 +666,7 @@ export class Signpost {
         continue;
       }
       if (response?.status === 201) {
-        // As after any outage, "auto" tries streaming again (see startPoll).
+        // As after any outage, "auto" tries streaming again (see poll).
         if (this.unreachableSince !== null) this.sseBlocked = false;
         this.adopt(body);
         this.unreachableSince = null;
@@ -695,10 +731,7 @@ export class Signpost {
 
   close(reason) {
     if (this.closed) return;
-    this.closed = true;
-    this.source?.close();
-    this.source = null;
-    this.pollAbort?.abort();
+    this.transition("closed");
     clearTimeout(this.flushTimer);
     globalThis.removeEventListener?.("pagehide", this.onPageHide);
     this.emit("closed", { reason });
@@ -718,6 +751,36 @@ export class Signpost {
     this.emit("error", { code, message });
   }
 }
+
+/**
+ * The receiving side's states, each with the states it may go to. `Signpost.transition` is the
+ * only place `state` changes, and it refuses any move not listed here.
+ * - "idle": joined; receiving starts on a later task (see the constructor).
+ * - "connecting": an SSE stream is open, waiting for the server's `ready`. Then "streaming"; or,
+ *   when it fails, "backing-off"; or, in "auto" with no `ready` within readyTimeoutMs (or after
+ *   sseFailuresBeforePoll failures while the server answers), "polling".
+ * - "streaming": `ready` arrived: messages come over SSE. A failure: "backing-off".
+ * - "polling": long-polling. A failed poll: "backing-off" (a cut poll retries at once with a
+ *   shorter wait, staying here); the first answer after an outage, in "auto" where streaming was
+ *   judged blocked: "connecting", to try streaming again.
+ * - "backing-off": after a failure, waiting (backoff with full jitter, `Retry-After`), then asking
+ *   the server whether it still knows this peer: back to "connecting" or "polling", or to
+ *   "rejoining" when it does not (or was unreachable for longer than the peer timeout).
+ * - "rejoining": the server forgot this peer: joining again until it answers: then "connecting"
+ *   or "polling" as the new peer, or "closed" when refused for good.
+ * - "closed": left, or a rejoin was refused. Final.
+ * Any state but "closed" goes to "rejoining" when a send finds the peer forgotten, and to
+ * "closed" on leave().
+ */
+const RECEIVING_STATES = {
+  idle: ["connecting", "polling", "rejoining", "closed"],
+  connecting: ["streaming", "backing-off", "polling", "rejoining", "closed"],
+  streaming: ["backing-off", "rejoining", "closed"],
+  polling: ["backing-off", "connecting", "rejoining", "closed"],
+  "backing-off": ["connecting", "polling", "rejoining", "closed"],
+  rejoining: ["connecting", "polling", "closed"],
+  closed: [],
+};
 
 /** Events the client emits itself, which never come from the server. */
 const LOCAL_EVENTS = new Set(["reset", "transport", "status", "error", "closed", "rejoined", "refused"]);

@@ -18,25 +18,13 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use chrome::{Chromium, Tab};
+use common::eventually::eventually_within;
 use common::Server;
 use proxy::{Hostility, Proxy};
 
 /// The room page's URL for `room` with extra query parameters.
 fn room_url(server: &Server, room: &str, query: &str) -> String {
     server.url(&format!("/?room={room}&{query}"))
-}
-
-/// Waits until `condition` holds (checked every 50 ms), failing the test after the page
-/// deadline.
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + chrome::PAGE_DEADLINE;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} did not happen in time"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Opens one page per query string in `room`, in order (so each joins after the previous one),
@@ -49,9 +37,7 @@ async fn open_pages<const N: usize>(
 ) -> [(Tab, String); N] {
     let mut pages = Vec::with_capacity(N);
     for query in queries {
-        let tab = chromium.open(&room_url(server, room, query)).await;
-        let id = tab.peer_id().await;
-        pages.push((tab, id));
+        pages.push(chromium.join(&room_url(server, room, query)).await);
     }
     pages.try_into().ok().expect("one page per query")
 }
@@ -507,14 +493,12 @@ async fn auto_transport_gets_through_a_hostile_proxy() {
         },
     )
     .await;
-    let behind = chromium
-        .open(&proxy.url("/?room=proxied&name=Behind&media=none"))
+    let (behind, behind_id) = chromium
+        .join(&proxy.url("/?room=proxied&name=Behind&media=none"))
         .await;
-    let behind_id = behind.peer_id().await;
-    let direct = chromium
-        .open(&room_url(&server, "proxied", "name=Direct&media=none"))
+    let (direct, direct_id) = chromium
+        .join(&room_url(&server, "proxied", "name=Direct&media=none"))
         .await;
-    let direct_id = direct.peer_id().await;
 
     behind.wait_connected(&[&direct_id]).await;
     direct.wait_connected(&[&behind_id]).await;
@@ -534,14 +518,15 @@ async fn auto_transport_gets_through_a_hostile_proxy() {
             .filter(|request| request.target.contains("/messages?"))
             .collect::<Vec<_>>()
     };
-    eventually("a cut poll, then two that get through", || {
+    let cut_then_two = || async {
         let polls = polls();
         polls
             .iter()
             .position(|poll| poll.cut)
             .is_some_and(|cut| polls.len() >= cut + 3)
-    })
-    .await;
+    };
+    let what = "a cut poll, then two that get through";
+    eventually_within(what, chrome::PAGE_DEADLINE, cut_then_two).await;
     assert!(
         proxy
             .seen()
@@ -620,7 +605,13 @@ async fn signaling_module_resumes_cut_streams_without_loss() {
             .collect::<Vec<_>>()
     };
 
-    eventually("the module to open its stream", || !streams().is_empty()).await;
+    let opened = || async { !streams().is_empty() };
+    eventually_within(
+        "the module to open its stream",
+        chrome::PAGE_DEADLINE,
+        opened,
+    )
+    .await;
     let rounds = 5;
     let per_round = 4;
     for round in 0..rounds {
@@ -635,14 +626,8 @@ async fn signaling_module_resumes_cut_streams_without_loss() {
         )
         .await;
         // Wait for the proxy to cut the stream and the module to reconnect before the next round.
-        let deadline = tokio::time::Instant::now() + chrome::PAGE_DEADLINE;
-        while streams().len() <= streams_before {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the module reconnected"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let reconnected = || async { streams().len() > streams_before };
+        eventually_within("the module reconnected", chrome::PAGE_DEADLINE, reconnected).await;
     }
     let notes = page.eval("notes").await;
     let expected: Vec<i64> = (0..rounds * per_round).collect();
@@ -800,14 +785,13 @@ async fn page_joins_with_a_token_from_the_fragment_and_explains_an_expired_one()
     let server = Server::with(json!({"join_auth": "required", "join_keys": {"app": secret}})).await;
 
     let token = join_token(secret, "invited", "Invitee", 300);
-    let invited = chromium
-        .open(&room_url(
+    let (_invited, peer_id) = chromium
+        .join(&room_url(
             &server,
             "invited",
             &format!("media=none#token={token}"),
         ))
         .await;
-    let peer_id = invited.peer_id().await;
     // Under `required` a room is shown only with a credential for it: the join token is one.
     let listing: Value = server
         .client

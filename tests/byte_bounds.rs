@@ -8,6 +8,7 @@
 #[macro_use]
 mod common;
 
+use common::eventually::eventually;
 use common::{answer, Peer, Server, EVENT_DEADLINE};
 use serde_json::{json, Value};
 
@@ -57,9 +58,9 @@ async fn send(peer: &Peer, body: Value) -> common::Answer {
 
 /// Waits until `peer`'s server counts `count` polls in flight.
 async fn until_polls_in_flight(peer: &Peer, count: u32) {
-    let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
     let sample = format!("\nsignpost_polls_in_flight {count}\n");
-    loop {
+    let what = format!("polls in flight reach {count}");
+    eventually(&what, || async {
         let metrics = peer
             .client
             .get(peer.url("/metrics"))
@@ -69,15 +70,9 @@ async fn until_polls_in_flight(peer: &Peer, count: u32) {
             .text()
             .await
             .expect("metrics text");
-        if metrics.contains(&sample) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "polls in flight never reached {count}"
-        );
-        tokio::task::yield_now().await;
-    }
+        metrics.contains(&sample)
+    })
+    .await;
 }
 
 store_tests! {

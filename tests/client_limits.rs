@@ -164,11 +164,10 @@ store_tests! {
         // On Redis the address's place is given back by the round trip after the sweep that
         // told the room (docs/API.md, "Several instances"), in the script that also counts the
         // deployment's peers: the peers gauge falling to the witness alone says it has run.
-        let deadline = std::time::Instant::now() + common::EVENT_DEADLINE;
-        while server.metric("signpost_peers").await != 1.0 {
-            assert!(std::time::Instant::now() < deadline, "the silent peer's place was never given back");
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
+        common::eventually::eventually("the silent peer's place is given back", || async {
+            server.metric("signpost_peers").await == 1.0
+        })
+        .await;
         assert_eq!(join(&server, &client, "brief-2", None).await.0, 201);
     }
 }

@@ -17,6 +17,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::eventually::eventually;
 use common::instance::Instance;
 use common::redis::Redis;
 use common::{answer, external, Answer, Peer, Server, EVENT_DEADLINE};
@@ -86,7 +87,7 @@ impl Cluster {
     /// connection as pub/sub (for `CLIENT LIST` and `CLIENT KILL TYPE pubsub`) only while it
     /// has a subscription: each instance needs a reader for this.
     async fn until_wakeup_connections(&self, count: usize) {
-        until("every instance holds a wake-up connection", || {
+        eventually("every instance holds a wake-up connection", || {
             let found = self
                 .cli(&["CLIENT", "LIST", "TYPE", "pubsub"])
                 .lines()
@@ -120,7 +121,7 @@ impl Cluster {
     async fn until_subscribed(&self, peer: &Peer, subscribers: usize) {
         let channel = self.wake_channel(peer);
         let expected = format!("{channel}\n{subscribers}");
-        until("the reader subscribed to its wake-ups", || {
+        eventually("the reader subscribed to its wake-ups", || {
             let subscribed = self.cli(&["PUBSUB", "NUMSUB", &channel]) == expected;
             async move { subscribed }
         })
@@ -136,26 +137,12 @@ fn shared(redis: &Redis, prefix: &str, settings: &Value) -> Value {
     settings
 }
 
-/// Polls `condition` until it holds, failing the test after [`EVENT_DEADLINE`]: for states that
-/// announce themselves with no event (a sweep, a reconnection, a subscription).
-async fn until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + EVENT_DEADLINE;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// Waits until `server` has completed `more` presence sweeps after now: every peer that was
 /// due by now has been looked at since.
 async fn until_more_sweeps(server: &Server, more: u32) {
     const SWEEPS: &str = "signpost_presence_sweeps_total";
     let target = metric(server, SWEEPS).await + f64::from(more);
-    until("more presence sweeps", || async {
+    eventually("more presence sweeps", || async {
         metric(server, SWEEPS).await >= target
     })
     .await;
@@ -445,7 +432,7 @@ async fn three_sweeping_instances_time_a_silent_peer_out_once() {
     // Every instance sweeps every quarter second: wait until each has completed three more
     // sweeps (so at least two that started after Bob was gone), then check that nothing came
     // before a marker sent after them.
-    until("the departure was counted", || async {
+    eventually("the departure was counted", || async {
         cluster
             .metric_sum("signpost_peers_left_total{reason=\"timeout\"}")
             .await
@@ -600,7 +587,7 @@ async fn a_killed_instances_clients_resume_elsewhere_and_its_silent_peers_time_o
     // streams have written the leave: wait for the count, then for two more sweeps, and check
     // that it is still one.
     let timeouts = "signpost_peers_left_total{reason=\"timeout\"}";
-    until("the departure was counted", || async {
+    eventually("the departure was counted", || async {
         metric(survivor, timeouts).await >= 1.0
     })
     .await;
@@ -784,7 +771,7 @@ async fn redis_stopped_fails_fast_and_service_resumes_when_it_returns() {
 
     cluster.restart_redis();
     for server in [a, b] {
-        until("the instance is ready again", || async {
+        eventually("the instance is ready again", || async {
             server.get_json("/readyz").await.0 == 200
         })
         .await;
@@ -839,7 +826,7 @@ async fn redis_restarted_empty_tells_clients_they_are_gone() {
         );
     }
     for server in [a, b] {
-        until("the instance is ready again", || async {
+        eventually("the instance is ready again", || async {
             server.get_json("/readyz").await.0 == 200
         })
         .await;
@@ -928,7 +915,7 @@ async fn redis_emptied_under_open_readers_ends_them() {
     // store is unavailable for the moment; asking again, as a client does, is a new request,
     // which finds no room at all (as the resume below does).
     let (status, body) = poll.await.unwrap();
-    until("the instance is ready again", || async {
+    eventually("the instance is ready again", || async {
         b.get_json("/readyz").await.0 == 200
     })
     .await;
@@ -994,7 +981,7 @@ async fn killed_subscriptions_lose_nothing_and_wakeups_resume() {
         (3, bob.id.as_str(), &json!(1))
     );
 
-    until("instance A subscribed again", || async {
+    eventually("instance A subscribed again", || async {
         metric(cluster.at(0), "signpost_store_reconnects_total").await >= 1.0
     })
     .await;
@@ -1100,7 +1087,7 @@ async fn metrics_count_store_round_trips_and_reconnects() {
     }
     cluster.until_wakeup_connections(2).await;
     assert_eq!(cluster.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "2");
-    until("both instances reconnected", || async {
+    eventually("both instances reconnected", || async {
         cluster.metric_sum("signpost_store_reconnects_total").await >= 2.0
     })
     .await;
@@ -1148,7 +1135,7 @@ async fn a_healthy_wakeup_connection_survives_its_ping() {
         .collect();
     before.sort();
 
-    until("both connections were checked with a PING", || {
+    eventually("both connections were checked with a PING", || {
         let pinged = wakeup_connections(&cluster)
             .iter()
             .filter(|(id, cmd)| before.contains(id) && cmd == "ping")
@@ -1230,7 +1217,7 @@ async fn a_reservation_whose_join_never_came_is_forgotten() {
         (409, "too_many_rooms".to_owned()),
         "the reservation counts while it may still become a room"
     );
-    until("the orphaned reservation is released", || async {
+    eventually("the orphaned reservation is released", || async {
         try_join(server, "real", "alice").await.0 == 201
     })
     .await;
@@ -1455,7 +1442,7 @@ async fn the_held_bytes_counted_are_the_bytes_the_mailboxes_hold() {
 
     // Bob's replay window keeps at most replay_window_bytes of what he was delivered.
     let bob_list = format!("{}:{{accounts}}:m:{}", cluster.prefix, bob.id);
-    until("bob's acknowledgement reached Redis", || {
+    eventually("bob's acknowledgement reached Redis", || {
         let kept = cluster.cli(&["LRANGE", &bob_list, "0", "-1"]);
         async move { !kept.is_empty() && kept.lines().count() <= 2048 / 400 }
     })
@@ -1491,7 +1478,7 @@ async fn a_newer_poll_on_one_instance_ends_the_older_on_another() {
         let alice = alice.clone();
         async move { alice.poll(1, 25.0).await }
     });
-    until("the older poll is waiting on A", || async {
+    eventually("the older poll is waiting on A", || async {
         metric(cluster.at(0), "signpost_polls_in_flight").await == 1.0
     })
     .await;

@@ -19,6 +19,7 @@ mod proxy;
 use serde_json::{json, Value};
 
 use chrome::{Chromium, Tab};
+use common::eventually::poll_until;
 use common::Server;
 use firefox::Firefox;
 use proxy::{Hostility, Proxy, Seen};
@@ -620,30 +621,25 @@ async fn the_lobby_makes_a_room_key_for_a_new_room() {
     )
     .await;
     // The page navigates: until the room page answers, evaluations may fail or see the lobby.
-    let room_page = async {
-        loop {
-            let probe = tab
-                .page
-                .evaluate(
-                    "JSON.stringify(window.signpostApp?.peerId() ? { hash: location.hash, \
-                     href: location.href, encryption: signpostApp.encryption(), \
-                     share: document.getElementById('share-link').value } : null)",
-                )
-                .await;
-            if let Some(state) = probe
-                .ok()
-                .and_then(|result| result.into_value::<String>().ok())
-                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-                .filter(|state| !state.is_null())
-            {
-                return state;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+    let room_page = || async {
+        let probe = tab
+            .page
+            .evaluate(
+                "JSON.stringify(window.signpostApp?.peerId() ? { hash: location.hash, \
+                 href: location.href, encryption: signpostApp.encryption(), \
+                 share: document.getElementById('share-link').value } : null)",
+            )
+            .await;
+        probe
+            .ok()
+            .and_then(|result| result.into_value::<String>().ok())
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .filter(|state| !state.is_null())
     };
-    let state = tokio::time::timeout(chrome::PAGE_DEADLINE, room_page)
+    let what = "the lobby leads to the room page";
+    let state = poll_until(what, chrome::PAGE_DEADLINE, room_page, Option::is_some)
         .await
-        .expect("the lobby leads to the room page");
+        .expect("accepted");
     let hash = state["hash"].as_str().expect("a fragment");
     let key = hash
         .strip_prefix("#key=")

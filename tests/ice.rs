@@ -4,9 +4,10 @@
 mod common;
 
 use common::external;
+use common::process::{self, ChildProcess, Watch};
 
 use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -237,7 +238,7 @@ async fn turn_configuration_must_be_complete() {
 
 /// A coturn server run as its own process, configured as the README says.
 struct Coturn {
-    child: Child,
+    _process: ChildProcess,
     port: u16,
     _scratch: ScratchDir,
 }
@@ -261,7 +262,8 @@ impl Coturn {
         let dir =
             std::env::temp_dir().join(format!("signpost-coturn-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("turnserver")
+        let mut command = Command::new("turnserver");
+        command
             .args([
                 "-n", // no config file: everything is on this command line
                 "--listening-ip=127.0.0.1",
@@ -279,57 +281,31 @@ impl Coturn {
                 &format!("--pidfile={}", dir.join("turnserver.pid").display()),
                 &format!("--userdb={}", dir.join("turndb").display()),
             ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("coturn's turnserver runs (apt-get install coturn; .ci/run installs it)");
-        let mut coturn = Coturn {
-            child,
+            .stderr(Stdio::null());
+        // coturn's turnserver (apt-get install coturn; .ci/run installs it).
+        let mut process = ChildProcess::spawn("turnserver", command, Watch::Stdout);
+        // Its log says when its listeners are up.
+        process.read_until("its servers up", common::EVENT_DEADLINE, |line| {
+            line.contains("Total General servers").then_some(())
+        });
+        Coturn {
+            _process: process,
             port,
             _scratch: ScratchDir(dir),
-        };
-        coturn.wait_until_ready();
-        coturn
-    }
-
-    /// Reads coturn's log until it says its listeners are up (on a thread, so that a coturn that
-    /// never gets there fails the test instead of hanging it).
-    fn wait_until_ready(&mut self) {
-        use std::io::{BufRead, BufReader};
-        let stdout = self.child.stdout.take().unwrap();
-        let (ready_tx, ready) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // Keeps draining after "ready", so that coturn never blocks on a full pipe.
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("Total General servers") {
-                    let _ = ready_tx.send(());
-                }
-            }
-        });
-        ready
-            .recv_timeout(common::EVENT_DEADLINE)
-            .expect("coturn reports its servers up");
+        }
     }
 
     /// Whether coturn grants a TURN allocation to `username`/`password`, asked by coturn's own
     /// client (no data is sent: `-n 0`).
     fn allocates(&self, username: &str, password: &str) -> bool {
-        Command::new("turnutils_uclient")
+        let mut command = Command::new("turnutils_uclient");
+        command
             .args(["-n", "0", "-m", "1", "-c", "-X", "-e", "127.0.0.1"])
             .args(["-p", &self.port.to_string(), "-u", username, "-w", password])
-            .arg("127.0.0.1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("turnutils_uclient runs")
+            .arg("127.0.0.1");
+        process::run("turnutils_uclient", command, common::EVENT_DEADLINE)
+            .status
             .success()
-    }
-}
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -6,12 +6,12 @@
 #[macro_use]
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use common::{external, Events, Server};
+use common::{external, process, Events, Server, EVENT_DEADLINE};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
@@ -161,12 +161,14 @@ fn pyjwt(test: &str, claims: &Value, secret: &str, kid: Option<&str>) -> Option<
                   claims, secret, kid = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]\n\
                   headers = {'kid': kid} if kid else None\n\
                   print(jwt.encode(claims, secret, algorithm='HS256', headers=headers))";
-    let output = Command::new("/usr/bin/python3")
-        .args(["-c", script, &claims.to_string(), secret, kid.unwrap_or("")])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("python3 runs");
-    assert!(output.status.success(), "PyJWT minted a token");
+    let mut command = Command::new("/usr/bin/python3");
+    command.args(["-c", script, &claims.to_string(), secret, kid.unwrap_or("")]);
+    let output = process::run("python3", command, EVENT_DEADLINE);
+    assert!(
+        output.status.success(),
+        "PyJWT minted a token: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     Some(String::from_utf8(output.stdout).unwrap().trim().to_owned())
 }
 
@@ -724,13 +726,13 @@ async fn the_token_subcommand_mints_tokens_the_server_accepts() {
     let server = server("required").await;
     let keys = format!("{{join_keys={{one=\"{KEY_ONE}\",two=\"{KEY_TWO}\"}}}}");
     let mint = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_signpost"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_signpost"));
+        command
             .arg("token")
             .args(["--room", "cli", "--name", "Alice", "--ttl", "5m"])
             .args(extra)
-            .env("ROCKET_SIGNPOST", &keys)
-            .output()
-            .expect("signpost token runs")
+            .env("ROCKET_SIGNPOST", &keys);
+        process::run("signpost token", command, EVENT_DEADLINE)
     };
     let output = mint(&["--kid", "two", "--meta", r#"{"role":"host"}"#]);
     assert!(

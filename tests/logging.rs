@@ -3,24 +3,25 @@
 //! with everything switched on (`RUST_LOG=trace`, Rocket's records included) no token and no
 //! query string ever reaches it.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+use common::process::{ChildProcess, Watch};
+
 const DEADLINE: Duration = Duration::from_secs(10);
 
 /// The binary, started with `settings` as its `signpost` table and `rust_log` as `RUST_LOG`;
 /// killed if a test fails before stopping it.
 struct Signpost {
-    child: Option<Child>,
-    lines: mpsc::Receiver<String>,
-    log: Vec<String>,
+    process: ChildProcess,
     base: String,
     client: reqwest::Client,
 }
@@ -36,43 +37,27 @@ impl Signpost {
             .env("ROCKET_SIGNPOST", settings)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stdout(Stdio::null());
         if let Some(rust_log) = rust_log {
             command.env("RUST_LOG", rust_log);
         }
-        let mut child = command.spawn().expect("the signpost binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let (lines_tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
-        });
-        let mut log = Vec::new();
-        let base = loop {
-            let line = lines.recv_timeout(DEADLINE).expect("the listening line");
-            log.push(line.clone());
+        let mut process = ChildProcess::spawn("signpost", command, Watch::Stderr);
+        let base = process.read_until("the listening line", DEADLINE, |line| {
             // In JSON the address ends at the closing quote of the message.
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest
-                    .split(|c: char| c.is_whitespace() || c == '"')
-                    .next()
-                    .unwrap()
-                    .to_owned();
-            }
-        };
+            let rest = line.split("listening on ").nth(1)?;
+            rest.split(|c: char| c.is_whitespace() || c == '"')
+                .next()
+                .map(str::to_owned)
+        });
         Signpost {
-            child: Some(child),
-            lines,
-            log,
+            process,
             base,
             client: reqwest::Client::new(),
         }
     }
 
     fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.process.pid()
     }
 
     fn url(&self, path: &str) -> String {
@@ -99,25 +84,10 @@ impl Signpost {
 
     /// SIGTERM, then every line the process wrote until it exited.
     fn stop(mut self) -> Vec<String> {
-        let mut child = self.child.take().unwrap();
-        let killed = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        assert!(child.wait().unwrap().success(), "a clean exit");
-        // The reader thread ends with the pipe, so this takes every line and then stops.
-        self.log.extend(self.lines.iter());
-        std::mem::take(&mut self.log)
-    }
-}
-
-impl Drop for Signpost {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.terminate();
+        assert!(self.process.wait().success(), "a clean exit");
+        // The output ends with the pipe, so this takes every line the process wrote.
+        self.process.whole_output(DEADLINE)
     }
 }
 

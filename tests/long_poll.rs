@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 
+use common::eventually::eventually;
 use common::{Peer, Server, EVENT_DEADLINE};
 use serde_json::json;
 
@@ -65,8 +66,7 @@ store_tests! {
 /// poll, after acknowledging `after`). Not by polling again: a newer poll of the same peer would
 /// end the one in flight.
 async fn until_poll_in_flight(peer: &Peer) {
-    let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
-    loop {
+    eventually("the long-poll arrives", || async {
         let metrics = peer
             .client
             .get(peer.url("/metrics"))
@@ -76,15 +76,9 @@ async fn until_poll_in_flight(peer: &Peer) {
             .text()
             .await
             .expect("metrics text");
-        if metrics.contains("\nsignpost_polls_in_flight 1\n") {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the long-poll never arrived"
-        );
-        tokio::task::yield_now().await;
-    }
+        metrics.contains("\nsignpost_polls_in_flight 1\n")
+    })
+    .await;
 }
 
 store_tests! {

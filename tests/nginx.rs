@@ -11,18 +11,19 @@ mod chrome;
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use chrome::Chromium;
 use common::external;
 use common::instance::Instance;
+use common::process::{ChildProcess, Watch};
 use common::redis::Redis;
 
 /// A real nginx in front of `upstreams`, round-robin, configured as the README advises; single
 /// process, in a directory of its own, killed when dropped.
 struct Nginx {
     port: u16,
-    child: Child,
+    _process: ChildProcess,
     _dir: tempfile::TempDir,
 }
 
@@ -73,7 +74,8 @@ http {{
 "#
         );
         std::fs::write(dir.path().join("nginx.conf"), config).expect("nginx.conf written");
-        let child = Command::new(nginx_binary())
+        let mut command = Command::new(nginx_binary());
+        command
             .arg("-p")
             .arg(dir.path())
             .arg("-c")
@@ -82,32 +84,19 @@ http {{
             .arg(dir.path().join("error.log"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx starts");
-        let nginx = Nginx {
-            port,
-            child,
-            _dir: dir,
-        };
+            .stderr(Stdio::null());
+        let mut process = ChildProcess::spawn("nginx", command, Watch::Nothing);
         // Readiness probe: nginx takes a moment to listen.
-        let deadline = std::time::Instant::now() + common::EVENT_DEADLINE;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        process.await_port(port, common::EVENT_DEADLINE);
+        Nginx {
+            port,
+            _process: process,
+            _dir: dir,
         }
-        nginx
     }
 
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -156,10 +145,8 @@ async fn pages_behind_round_robin_nginx_keep_working_when_an_instance_dies() {
     let nginx = Nginx::start(&[first.port, second.port]);
     let page = |name: &str| nginx.url(&format!("/?room=lb&name={name}&media=none"));
 
-    let alice = chromium.open(&page("Alice")).await;
-    let alice_id = alice.peer_id().await;
-    let bob = chromium.open(&page("Bob")).await;
-    let bob_id = bob.peer_id().await;
+    let (alice, alice_id) = chromium.join(&page("Alice")).await;
+    let (bob, bob_id) = chromium.join(&page("Bob")).await;
     alice.wait_connected(&[&bob_id]).await;
     bob.wait_connected(&[&alice_id]).await;
     alice.eval("signpostApp.sendChat('before')").await;
@@ -184,8 +171,7 @@ async fn pages_behind_round_robin_nginx_keep_working_when_an_instance_dies() {
     bob.eval("signpostApp.sendChat('after, from Bob')").await;
     alice.wait_chat(&bob_id, "after, from Bob").await;
 
-    let carol = chromium.open(&page("Carol")).await;
-    let carol_id = carol.peer_id().await;
+    let (carol, carol_id) = chromium.join(&page("Carol")).await;
     carol.wait_connected(&[&alice_id, &bob_id]).await;
     alice.wait_connected(&[&bob_id, &carol_id]).await;
     bob.wait_connected(&[&alice_id, &carol_id]).await;

@@ -11,6 +11,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::eventually::poll_until;
 use common::{test_figment, Peer, Server};
 use serde_json::{json, Value};
 
@@ -65,6 +66,7 @@ for family in text_string_to_metric_families(sys.stdin.read()):
         .collect()
 }
 
+#[derive(Debug)]
 struct Scrape(HashMap<String, f64>);
 
 impl Scrape {
@@ -99,15 +101,13 @@ impl Scrape {
 /// Scrapes until `sample` reads `value`: for gauges that follow a request the test cannot
 /// observe finishing (a poll starting to wait). Each round is a real scrape, not a sleep.
 async fn scrape_until(server: &Server, sample: &str, value: f64) -> Scrape {
-    let deadline = Instant::now() + common::EVENT_DEADLINE;
-    loop {
-        let scrape = Scrape::from(server).await;
-        if scrape.get(sample) == value {
-            return scrape;
-        }
-        assert!(Instant::now() < deadline, "{sample} never reached {value}");
-        tokio::task::yield_now().await;
-    }
+    poll_until(
+        &format!("{sample} reaches {value}"),
+        common::EVENT_DEADLINE,
+        || Scrape::from(server),
+        |scrape| scrape.get(sample) == value,
+    )
+    .await
 }
 
 async fn send_without_token(server: &Server, room: &str) -> u16 {
@@ -287,12 +287,8 @@ store_tests! {
         // Dave never listens: he times out, while Alice's stream keeps her present.
         let timed_out = alice_events.next_message().await;
         assert_eq!(timed_out["data"], json!({"peer_id": dave.id, "reason": "timeout"}));
-        let deadline = Instant::now() + common::EVENT_DEADLINE;
         // The room hears the leave before the sweep's own request has finished counting it.
-        while gauges(&server).await != (1.0, 1.0) {
-            assert!(Instant::now() < deadline, "the timeout is counted: {:?}", gauges(&server).await);
-            tokio::task::yield_now().await;
-        }
+        poll_until("the timeout is counted", common::EVENT_DEADLINE, || gauges(&server), |counted| *counted == (1.0, 1.0)).await;
         drop(alice_events);
         assert_eq!(alice.leave().await, 204);
         assert_eq!(gauges(&server).await, (0.0, 0.0), "the last peer left");

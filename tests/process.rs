@@ -2,31 +2,22 @@
 //! process exits within Rocket's shutdown bound; its log has one line per join, leave and error,
 //! with room and peer, and never a token.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+use common::eventually::eventually_within;
+use common::process::{ChildProcess, Watch};
+
 /// `shutdown.grace` and `shutdown.mercy` in `Rocket.toml`.
 const GRACE: Duration = Duration::from_secs(2);
 const MERCY: Duration = Duration::from_secs(3);
 const DEADLINE: Duration = Duration::from_secs(10);
-
-/// The server process, killed if the test fails before it exits by itself.
-struct KillOnDrop(Option<std::process::Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 struct Joined {
     id: String,
@@ -53,34 +44,20 @@ async fn join(client: &reqwest::Client, base: &str, name: &str) -> Joined {
 /// successfully within grace + mercy, and the log tells the story without a single token.
 #[tokio::test]
 async fn sigterm_ends_streams_and_polls_and_the_log_keeps_tokens_out() {
-    let child = Command::new(env!("CARGO_BIN_EXE_signpost"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_signpost"));
+    command
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("ROCKET_ADDRESS", "127.0.0.1")
         .env("ROCKET_PORT", "0")
         .env("ROCKET_SIGNPOST", "{log_level=\"info\"}")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the signpost binary starts");
-    let mut child = KillOnDrop(Some(child));
-    let pid = child.0.as_ref().unwrap().id();
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    let stderr = child.0.as_mut().unwrap().stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
+        .stdout(Stdio::null());
+    // Killed if the test fails before it exits by itself.
+    let mut process = ChildProcess::spawn("signpost", command, Watch::Stderr);
+    let base = process.read_until("the banner", DEADLINE, |line| {
+        Some(line.split("listening on ").nth(1)?.trim().to_owned())
     });
-    let mut log = Vec::new();
-    let base = loop {
-        let line = lines.recv_timeout(DEADLINE).expect("the banner");
-        log.push(line.clone());
-        if let Some(address) = line.split("listening on ").nth(1) {
-            break address.trim().to_owned();
-        }
-    };
 
     let client = reqwest::Client::new();
     let alice = join(&client, &base, "alice").await;
@@ -133,8 +110,7 @@ async fn sigterm_ends_streams_and_polls_and_the_log_keeps_tokens_out() {
         }
     });
     // Wait until the poll is waiting (the server counts it), then signal.
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    eventually_within("the poll started waiting", DEADLINE, || async {
         let metrics = client
             .get(format!("{base}/metrics"))
             .send()
@@ -143,19 +119,12 @@ async fn sigterm_ends_streams_and_polls_and_the_log_keeps_tokens_out() {
             .text()
             .await
             .unwrap();
-        if metrics.contains("signpost_polls_in_flight 1\n") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the poll never started waiting");
-        tokio::task::yield_now().await;
-    }
+        metrics.contains("signpost_polls_in_flight 1\n")
+    })
+    .await;
 
     let signalled = Instant::now();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    process.terminate();
 
     // Skip what was already queued (carol's join and leave), then expect the end.
     let stream_end = async {
@@ -179,10 +148,12 @@ async fn sigterm_ends_streams_and_polls_and_the_log_keeps_tokens_out() {
     );
     assert!(poll_took < GRACE, "the poll returned after {poll_took:?}");
 
-    let mut process = child.0.take().unwrap();
-    let exit = tokio::task::spawn_blocking(move || process.wait().unwrap())
-        .await
-        .unwrap();
+    let (exit, mut process) = tokio::task::spawn_blocking(move || {
+        let exit = process.wait();
+        (exit, process)
+    })
+    .await
+    .unwrap();
     let exit_took = signalled.elapsed();
     assert!(exit.success(), "a clean exit: {exit:?}");
     assert!(
@@ -190,8 +161,7 @@ async fn sigterm_ends_streams_and_polls_and_the_log_keeps_tokens_out() {
         "exited after {exit_took:?}"
     );
 
-    log.extend(lines.try_iter());
-    let log = log.join("\n");
+    let log = process.whole_output(DEADLINE).join("\n");
     for peer in [&alice, &bob, &carol] {
         assert!(
             log.contains(&format!("join room=sigterm peer={}", peer.id)),

@@ -14,19 +14,17 @@ mod chrome;
 mod common;
 
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::Command;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
 
 use chrome::{Chromium, Tab};
+use common::process::{ChildProcess, Watch};
 use common::{external, requirements, Server};
 
 /// The Python peer, running, and the JSON lines it prints.
 struct PythonPeer {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
+    process: ChildProcess,
     /// Lines read while looking for another event, in order: the peer reports chat and video
     /// in whichever order they come.
     unclaimed: Vec<Value>,
@@ -46,7 +44,7 @@ impl PythonPeer {
         if let Some(key) = key {
             command.args(["--key", key]);
         }
-        let mut child = command
+        command
             .args([
                 &server.base,
                 room,
@@ -56,15 +54,9 @@ impl PythonPeer {
                 transport,
             ])
             .args(["--chat", "hello from aiortc", "--until-chat-and-video"])
-            .args(["--timeout", "60"])
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the Python peer starts");
-        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+            .args(["--timeout", "60"]);
         PythonPeer {
-            child,
-            lines,
+            process: ChildProcess::spawn("the Python peer", command, Watch::Stdout),
             unclaimed: Vec::new(),
         }
     }
@@ -80,12 +72,7 @@ impl PythonPeer {
             return self.unclaimed.remove(index);
         }
         let wait = async {
-            while let Some(line) = self
-                .lines
-                .next_line()
-                .await
-                .expect("read the peer's output")
-            {
+            while let Some(line) = self.process.next_line().await {
                 let value: Value = serde_json::from_str(&line).expect("a JSON line");
                 if value["event"] == event {
                     return value;
@@ -129,10 +116,7 @@ async fn talk(tab: &Tab, tab_id: &str, mut peer: PythonPeer, peer_id: &str, tran
     assert_eq!(video["from"], tab_id);
     assert!(video["width"].as_u64().unwrap() > 0, "{video}");
     assert!(video["height"].as_u64().unwrap() > 0, "{video}");
-    let status = tokio::time::timeout(chrome::PAGE_DEADLINE, peer.child.wait())
-        .await
-        .expect("the Python peer exits")
-        .unwrap();
+    let status = peer.process.exit(chrome::PAGE_DEADLINE).await;
     assert!(status.success(), "the Python peer exited with {status}");
     tab.wait_for(
         "the page to see the Python peer leave",
@@ -168,15 +152,13 @@ async fn keyed_case(test: &str, python_first: bool, transport: &str, key: Option
         let mut peer = PythonPeer::start(&python, &server, &room, transport, key);
         let joined = peer.next("joined").await;
         let peer_id = joined["peer_id"].as_str().unwrap().to_owned();
-        let tab = chromium.open(&page_url).await;
-        let tab_id = tab.peer_id().await;
+        let (tab, tab_id) = chromium.join(&page_url).await;
         talk(&tab, &tab_id, peer, &peer_id, transport).await;
         assert_encryption(&tab, key).await;
         tab.close().await;
     } else {
         // The page is already there; the Python peer is the newcomer and offers.
-        let tab = chromium.open(&page_url).await;
-        let tab_id = tab.peer_id().await;
+        let (tab, tab_id) = chromium.join(&page_url).await;
         let mut peer = PythonPeer::start(&python, &server, &room, transport, key);
         let joined = peer.next("joined").await;
         assert_eq!(joined["peers"], serde_json::json!([tab_id]));

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::instance::Instance;
 use common::redis::Redis;
-use common::{answer, external, Answer, Server};
+use common::{answer, external, process, Answer, Server};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -73,11 +73,9 @@ impl Certificates {
 /// Runs `openssl` in `dir` with `args` (split on whitespace), failing the test with its stderr
 /// if it fails.
 fn openssl(dir: &Path, args: &str) {
-    let output = Command::new("openssl")
-        .current_dir(dir)
-        .args(args.split_whitespace())
-        .output()
-        .expect("openssl runs");
+    let mut command = Command::new("openssl");
+    command.current_dir(dir).args(args.split_whitespace());
+    let output = process::run("openssl", command, common::EVENT_DEADLINE);
     assert!(
         output.status.success(),
         "openssl {args} failed: {}",

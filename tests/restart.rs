@@ -13,15 +13,15 @@
 mod chrome;
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use chrome::{Chromium, Tab};
+use common::eventually::poll_until;
+use common::process::{ChildProcess, Watch};
 
 /// How long a restarted server may take until both pages are in its room again (the issue's
 /// target).
@@ -33,7 +33,7 @@ struct Signpost {
     port: u16,
     /// The `signpost` table given in `ROCKET_SIGNPOST` (empty: the defaults).
     settings: String,
-    child: Option<Child>,
+    process: Option<ChildProcess>,
 }
 
 impl Signpost {
@@ -46,7 +46,7 @@ impl Signpost {
         let mut server = Signpost {
             port,
             settings: settings.to_owned(),
-            child: None,
+            process: None,
         };
         server.start_again();
         server
@@ -60,39 +60,22 @@ impl Signpost {
             .env("ROCKET_ADDRESS", "127.0.0.1")
             .env("ROCKET_PORT", self.port.to_string())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stdout(Stdio::null());
         if !self.settings.is_empty() {
             command.env("ROCKET_SIGNPOST", format!("{{{}}}", self.settings));
         }
-        let mut child = command.spawn().expect("the signpost binary starts");
-        let (lines_tx, lines) = mpsc::channel::<String>();
-        let stderr = child.stderr.take().expect("stderr is piped");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
+        let mut process = ChildProcess::spawn("signpost", command, Watch::Stderr);
+        process.read_until("that it listens", Duration::from_secs(30), |line| {
+            line.contains("listening on ").then_some(())
         });
-        loop {
-            let line = lines
-                .recv_timeout(Duration::from_secs(30))
-                .expect("the server says it listens");
-            if line.contains("listening on ") {
-                break;
-            }
-        }
-        self.child = Some(child);
+        self.process = Some(process);
     }
 
     /// SIGTERM, as a deploy does, and waits until the process has exited.
     fn stop(&mut self) {
-        let mut child = self.child.take().expect("the server is running");
-        let killed = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(killed.success());
-        assert!(child.wait().expect("the server exits").success());
+        let mut process = self.process.take().expect("the server is running");
+        process.terminate();
+        assert!(process.wait().success());
     }
 
     fn url(&self, path: &str) -> String {
@@ -125,27 +108,13 @@ impl Signpost {
 
     /// Waits until the server lists exactly `count` peers in `room`, returning them.
     async fn wait_room(&self, room: &str, count: usize, within: Duration) -> Vec<String> {
-        let deadline = Instant::now() + within;
-        loop {
-            let peers = self.room_peers(room).await;
-            if peers.len() == count {
-                return peers;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not list {count} peers in {room} within {within:?}: {peers:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Signpost {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        poll_until(
+            &format!("the server lists {count} peers in {room}"),
+            within,
+            || self.room_peers(room),
+            |peers| peers.len() == count,
+        )
+        .await
     }
 }
 
@@ -156,11 +125,9 @@ async fn open_page(
     room: &str,
     name: &str,
 ) -> (Tab, String) {
-    let tab = chromium
-        .open(&server.url(&format!("/?room={room}&name={name}&media=none")))
-        .await;
-    let id = tab.peer_id().await;
-    (tab, id)
+    chromium
+        .join(&server.url(&format!("/?room={room}&name={name}&media=none")))
+        .await
 }
 
 /// Waits until `tab` lists exactly the peers `others` (no one else, no one twice), each with a
@@ -473,10 +440,9 @@ async fn a_page_returns_to_sse_after_an_outage() {
     };
     let server = Signpost::start("");
     let cable = Cable::to(&server).await;
-    let alice = chromium
-        .open(&cable.url("/?room=outage&name=Alice&media=none&transport=auto"))
+    let (alice, alice_id) = chromium
+        .join(&cable.url("/?room=outage&name=Alice&media=none&transport=auto"))
         .await;
-    let alice_id = alice.peer_id().await;
     alice
         .wait_for("streaming", "signpostApp.transport() === 'sse'")
         .await;
@@ -604,20 +570,18 @@ async fn forgotten_page_rejoins(test: &str, settings: &str) {
         }
     };
     let cable = Cable::to(&server).await;
-    let alice = chromium
-        .open(&cable.url(&format!(
+    let (alice, alice_id) = chromium
+        .join(&cable.url(&format!(
             "/?room={room}&name=Alice&media=none{}",
             invitation("Alice")
         )))
         .await;
-    let alice_id = alice.peer_id().await;
-    let bob = chromium
-        .open(&server.url(&format!(
+    let (bob, bob_id) = chromium
+        .join(&server.url(&format!(
             "/?room={room}&name=Bob&media=none{}",
             invitation("Bob")
         )))
         .await;
-    let bob_id = bob.peer_id().await;
     wait_exactly(&alice, std::slice::from_ref(&bob_id)).await;
     wait_exactly(&bob, std::slice::from_ref(&alice_id)).await;
     sample_channels(&bob).await;
@@ -759,10 +723,9 @@ async fn nobody_can_take_over_a_participant() {
     let server = Signpost::start("peer_timeout_secs=2.0");
     let room = "takeover";
     let cable = Cable::to(&server).await;
-    let alice = chromium
-        .open(&cable.url(&format!("/?room={room}&name=Alice&media=none")))
+    let (alice, alice_id) = chromium
+        .join(&cable.url(&format!("/?room={room}&name=Alice&media=none")))
         .await;
-    let alice_id = alice.peer_id().await;
     let (bob, bob_id) = open_page(&chromium, &server, room, "Bob").await;
     wait_exactly(&bob, std::slice::from_ref(&alice_id)).await;
     let mut mallory = Stranger::join(&server, room).await;
@@ -856,14 +819,12 @@ async fn a_keyed_rejoin_keeps_the_tile_and_its_proof_stays_sealed() {
     let room = "sealed-takeover";
     let key = "cmVzdGFydC1yb29tLWtleSE";
     let cable = Cable::to(&server).await;
-    let alice = chromium
-        .open(&cable.url(&format!("/?room={room}&name=Alice&media=none#key={key}")))
+    let (alice, alice_id) = chromium
+        .join(&cable.url(&format!("/?room={room}&name=Alice&media=none#key={key}")))
         .await;
-    let alice_id = alice.peer_id().await;
-    let bob = chromium
-        .open(&server.url(&format!("/?room={room}&name=Bob&media=none#key={key}")))
+    let (bob, bob_id) = chromium
+        .join(&server.url(&format!("/?room={room}&name=Bob&media=none#key={key}")))
         .await;
-    let bob_id = bob.peer_id().await;
     wait_exactly(&bob, std::slice::from_ref(&alice_id)).await;
     let mut mallory = Stranger::join(&server, room).await;
 

@@ -3,22 +3,9 @@
 #[macro_use]
 mod common;
 
-use common::{Events, Peer, Server, EVENT_DEADLINE};
+use common::read_until::read_until;
+use common::{Events, Peer, Server};
 use serde_json::{json, Value};
-
-/// Reads a raw response body until `needle` has appeared, returning everything read.
-async fn read_until(response: &mut reqwest::Response, needle: &str) -> String {
-    let mut text = String::new();
-    while !text.contains(needle) {
-        let chunk = tokio::time::timeout(EVENT_DEADLINE, response.chunk())
-            .await
-            .expect("no data within the deadline")
-            .expect("stream error")
-            .expect("stream ended");
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
-    text
-}
 
 store_tests! {
     /// The stream is `text/event-stream` with the headers that stop caches and proxies buffering

@@ -107,6 +107,71 @@ async fn the_page_is_served_at_the_root_and_under_static() {
     server.stop().await;
 }
 
+/// Every module of the page under `static/app/` is served, under either prefix, as JavaScript
+/// (a browser refuses a module script of any other type), and every module the page imports is
+/// one of them: the page needs no file the server does not serve.
+#[tokio::test]
+async fn the_page_modules_are_served_as_javascript() {
+    let server = Server::start().await;
+    let mut modules: Vec<String> = std::fs::read_dir("static/app")
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".js"))
+        .collect();
+    modules.sort();
+    assert!(
+        !modules.is_empty(),
+        "the page has modules under static/app/"
+    );
+    for module in &modules {
+        let expected = std::fs::read_to_string(format!("static/app/{module}")).unwrap();
+        for path in [format!("/app/{module}"), format!("/static/app/{module}")] {
+            let response = server.client.get(server.url(&path)).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            assert_eq!(
+                response.headers()["content-type"],
+                "text/javascript",
+                "{path}"
+            );
+            assert_eq!(response.text().await.unwrap(), expected, "{path}");
+        }
+    }
+    // Each module's imports, resolved against its own URL as the browser does.
+    let pages = modules
+        .iter()
+        .map(|module| format!("/app/{module}"))
+        .chain(["/app.js".to_owned()]);
+    for page in pages {
+        let source = std::fs::read_to_string(format!("static{page}")).unwrap();
+        let imports = source
+            .lines()
+            .filter(|line| line.starts_with("import "))
+            .filter_map(|line| line.split('"').nth(1));
+        for import in imports {
+            let mut path: Vec<&str> = page.split('/').collect();
+            path.pop();
+            for segment in import.split('/') {
+                match segment {
+                    "." => {}
+                    ".." => {
+                        path.pop();
+                    }
+                    _ => path.push(segment),
+                }
+            }
+            let url = path.join("/");
+            let response = server.client.get(server.url(&url)).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{page} imports {import} ({url})");
+            assert_eq!(
+                response.headers()["content-type"],
+                "text/javascript",
+                "{url}"
+            );
+        }
+    }
+    server.stop().await;
+}
+
 /// What is not a file of `static_dir` is the API's JSON 404 under either prefix, and neither a
 /// dot-file in it nor a file beside it is served, however the path is spelt.
 #[tokio::test]

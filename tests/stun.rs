@@ -8,6 +8,8 @@ use common::external;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 
+use common::eventually::eventually;
+use common::process;
 use common::Server;
 use serde_json::{json, Value};
 
@@ -35,10 +37,10 @@ async fn stun_server() -> (Server, u16, Value) {
 /// Runs coturn's STUN client against `port` and returns the reflexive address it reports.
 async fn real_client_binding(port: u16) -> Option<SocketAddr> {
     let output = tokio::task::spawn_blocking(move || {
-        Command::new("turnutils_stunclient")
-            .args(["-p", &port.to_string(), "127.0.0.1"])
-            .output()
-            .expect("coturn's turnutils_stunclient runs (apt-get install coturn; .ci/run does)")
+        // coturn's turnutils_stunclient (apt-get install coturn; .ci/run does)
+        let mut command = Command::new("turnutils_stunclient");
+        command.args(["-p", &port.to_string(), "127.0.0.1"]);
+        process::run("turnutils_stunclient", command, common::EVENT_DEADLINE)
     })
     .await
     .unwrap();
@@ -213,17 +215,10 @@ async fn the_stun_server_stops_with_the_server() {
     );
     server.stop().await;
     // The serving task ends on Shutdown; give the runtime a moment to drop it.
-    let deadline = tokio::time::Instant::now() + common::EVENT_DEADLINE;
-    loop {
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "port {port} still bound"
-        );
-        tokio::task::yield_now().await;
-    }
+    eventually(&format!("port {port} is free"), || async {
+        UdpSocket::bind(("127.0.0.1", port)).is_ok()
+    })
+    .await;
 }
 
 /// `stun_url` overrides the advertised URL, and without `stun_bind` nothing is advertised.

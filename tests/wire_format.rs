@@ -7,25 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, EVENT_DEADLINE};
-use futures_util::StreamExt;
+use common::read_until::read_until;
+use common::Server;
 use serde_json::json;
-
-/// Reads an SSE response's raw body until it contains `needle`, and returns all of it.
-async fn read_until(response: reqwest::Response, needle: &str) -> String {
-    let mut body = String::new();
-    let mut chunks = response.bytes_stream();
-    let read = async {
-        while !body.contains(needle) {
-            let chunk = chunks.next().await.expect("stream open").expect("chunk");
-            body.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
-        }
-    };
-    tokio::time::timeout(EVENT_DEADLINE, read)
-        .await
-        .unwrap_or_else(|_| panic!("{needle:?} never came; got {body:?}"));
-    body
-}
 
 store_tests! {
     /// The stream's headers and events are exactly those of docs/API.md: `ready` first without an
@@ -49,14 +33,14 @@ store_tests! {
             .unwrap();
         assert_eq!(response.status(), 202);
 
-        let response = alice.events_response(None).await;
+        let mut response = alice.events_response(None).await;
         assert_eq!(response.status(), 200);
         let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
         assert_eq!(header("content-type"), "text/event-stream");
         assert_eq!(header("cache-control"), "no-cache");
         assert_eq!(header("x-accel-buffering"), "no");
 
-        let body = read_until(response, "data:1}}\n\n").await;
+        let body = read_until(&mut response, "data:1}}\n\n").await;
         let join = format!(
             "id:1\nevent:join\ndata:{{\"id\":1,\"type\":\"join\",\"data\":{{\"peer_id\":\"{}\",\"name\":\"bob\"}}}}\n\n",
             bob.id
@@ -79,8 +63,8 @@ store_tests! {
     async fn an_idle_stream_gets_heartbeat_comments() {
         let server = Server::with(json!({ "heartbeat_secs": 0.1 })).await;
         let alice = server.join("beat", "alice").await;
-        let response = alice.events_response(None).await;
-        let body = read_until(response, "\n\n:\n:\n").await;
+        let mut response = alice.events_response(None).await;
+        let body = read_until(&mut response, "\n\n:\n:\n").await;
         assert!(body.starts_with("event:ready\n"), "{body:?}");
         server.stop().await;
     }

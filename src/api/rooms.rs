@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 
 use std::net::IpAddr;
 
+use crate::admission::{Admission, Admitted, JoinRequest};
 use crate::api::auth::{BearerHeader, Token};
 use crate::api::body::JsonBody;
 use crate::api::client::ClientAddress;
@@ -18,19 +19,14 @@ use crate::error::{ApiResult, Error};
 use crate::hub::{Hub, PeerInfo};
 use crate::ice::IceConfig;
 use crate::identity::{PeerId, RoomName};
-use crate::join_token::{JoinClaims, JoinTokens};
-use crate::logging;
+use crate::join_token::JoinTokens;
 use crate::message::JsonObject;
 use crate::resume::ResumeKeys;
 
-/// The longest display name, in characters: enough for a full name, short enough for a tile.
-const MAX_NAME_CHARS: usize = 64;
-/// The largest `meta` object, in bytes: room for an avatar URL and a few flags, not a payload.
-const MAX_META_BYTES: usize = 1024;
-
+/// A join's body as it arrives; [`JoinRequest`] is what admission checks.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JoinRequest {
+pub struct JoinBody {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -38,6 +34,12 @@ pub struct JoinRequest {
     /// A resume credential from an earlier join response: join under that peer id.
     #[serde(default)]
     resume: Option<String>,
+}
+
+impl From<JoinBody> for JoinRequest {
+    fn from(JoinBody { name, meta, resume }: JoinBody) -> Self {
+        JoinRequest { name, meta, resume }
+    }
 }
 
 #[derive(Serialize)]
@@ -74,64 +76,64 @@ fn peer_url(room: &RoomName, peer: PeerId) -> String {
     format!("/api/rooms/{room}/peers/{peer}")
 }
 
-/// What a join needs besides the hub: who may join, and from where.
-pub struct Admission<'r> {
-    tokens: &'r JoinTokens,
-    resume: &'r ResumeKeys,
+/// What a join needs besides its room and body: the admission state, and who asks, from where.
+pub struct Joining<'r> {
+    admission: Admission<'r>,
     client: Option<IpAddr>,
     token: BearerHeader,
 }
 
 #[rocket::async_trait]
-impl<'r> rocket::request::FromRequest<'r> for Admission<'r> {
+impl<'r> rocket::request::FromRequest<'r> for Joining<'r> {
     type Error = Error;
 
     async fn from_request(
         request: &'r rocket::Request<'_>,
     ) -> rocket::request::Outcome<Self, Error> {
-        let (Some(tokens), Some(resume)) = (
+        let (Some(hub), Some(tokens), Some(resume)) = (
+            request.rocket().state::<Hub>(),
             request.rocket().state::<JoinTokens>(),
             request.rocket().state::<ResumeKeys>(),
         ) else {
             let error = Error::Internal("the join admission state is not managed");
             return rocket::request::Outcome::Error((error.status(), error));
         };
-        let client = ClientAddress::of(request).0;
-        let token = BearerHeader::of(request);
-        rocket::request::Outcome::Success(Admission {
-            tokens,
-            resume,
-            client,
-            token,
+        rocket::request::Outcome::Success(Joining {
+            admission: Admission {
+                hub,
+                tokens,
+                resume,
+            },
+            client: ClientAddress::of(request).0,
+            token: BearerHeader::of(request),
         })
     }
 }
 
+/// Admission (`crate::admission`, where the order of checks is stated) translated from HTTP.
 #[post("/rooms/<room>/peers", data = "<body>")]
 pub async fn join(
-    hub: &State<Hub>,
     config: &State<Config>,
     ice: &State<IceConfig>,
     stun: StunUrl,
-    admission: Admission<'_>,
+    joining: Joining<'_>,
     room: Result<RoomName, Error>,
-    body: Result<JsonBody<Option<JsonObject<JoinRequest>>>, Error>,
+    body: Result<JsonBody<Option<JsonObject<JoinBody>>>, Error>,
 ) -> ApiResult<Created<Json<JoinResponse>>> {
-    let room = room?;
-    let client = admission.client;
-    let joined = admit_and_join(hub, &admission, &room, body)
-        .await
-        .inspect_err(|error| {
-            // The address that was refused, for operators; the token never.
-            let client = client.map_or_else(|| "-".to_owned(), |client| client.to_string());
-            logging::info(format_args!(
-                "join refused room={room} client={client} error={}",
-                error.code()
-            ));
-        })?;
-    let (joined, name) = joined;
+    let request = body.map(|body| {
+        body.0
+            .map_or_else(JoinRequest::default, |JsonObject(body)| body.into())
+    });
+    let Admitted {
+        room,
+        joined,
+        name,
+        resume,
+    } = joining
+        .admission
+        .join(room, request, joining.token.as_deref(), joining.client)
+        .await?;
     let peer_url = peer_url(&room, joined.peer_id);
-    let resume = admission.resume.issue(&room, joined.peer_id);
     let ice_servers = ice::for_peer(ice, joined.peer_id, stun);
     let response = JoinResponse {
         room: room.to_string(),
@@ -152,157 +154,6 @@ pub async fn join(
         peer_timeout_secs: config.peer_timeout_secs,
     };
     Ok(Created::new(peer_url).body(Json(response)))
-}
-
-/// The join's checks in order (docs/API.md, "Which error wins"): the client's join rate (first:
-/// every join is charged to it, and its refusal wins over any other, so that a flood of bad
-/// tokens is held to it too), the body, the token and its claims, the resume credential, then the
-/// store's checks, in the order [`NewPeer`] states. The store charges the rate of a join that
-/// reaches it (on Redis, in the admission's round trip); a join refused before is charged here.
-///
-/// [`NewPeer`]: crate::store::NewPeer
-async fn admit_and_join(
-    hub: &Hub,
-    admission: &Admission<'_>,
-    room: &RoomName,
-    body: Result<JsonBody<Option<JsonObject<JoinRequest>>>, Error>,
-) -> ApiResult<(crate::hub::Joined, Option<String>)> {
-    let checked = check_request(admission, room, body);
-    let CheckedJoin {
-        resumed,
-        name,
-        meta,
-        sub,
-    } = match checked {
-        Ok(checked) => checked,
-        Err(error) => {
-            // Charged all the same, and the rate's refusal wins: the hub charges the joins that
-            // reach it, in the store's first round trip.
-            if let Some(client) = admission.client {
-                hub.charge_join(client).await?;
-            }
-            return Err(error);
-        }
-    };
-    let joined = hub
-        .join_as(room, resumed, name.clone(), meta, admission.client)
-        .await?;
-    if let Some(sub) = sub {
-        // `sub` is the application's and may hold anything: quoted, so it cannot forge a line.
-        logging::info(format_args!(
-            "join token room={room} peer={} sub={sub:?}",
-            joined.peer_id
-        ));
-    }
-    Ok((joined, name))
-}
-
-/// A join request that passed the checks that need no store.
-struct CheckedJoin {
-    /// The peer id of a verified resume credential.
-    resumed: Option<PeerId>,
-    name: Option<String>,
-    meta: Option<Box<RawValue>>,
-    /// The join token's `sub`, for the log.
-    sub: Option<String>,
-}
-
-/// The checks of a join that need no store: the body, the token and its claims, the resume
-/// credential.
-fn check_request(
-    admission: &Admission<'_>,
-    room: &RoomName,
-    body: Result<JsonBody<Option<JsonObject<JoinRequest>>>, Error>,
-) -> ApiResult<CheckedJoin> {
-    let request = body?.0.map_or(
-        JoinRequest {
-            name: None,
-            meta: None,
-            resume: None,
-        },
-        |JsonObject(request)| request,
-    );
-    let name = request.name.map(validate_name).transpose()?;
-    let meta = request.meta.map(validate_meta).transpose()?;
-    let claims = admission.tokens.admit(admission.token.as_deref(), room)?;
-    let JoinClaims { sub, name, meta } = match claims {
-        None => JoinClaims {
-            sub: None,
-            name,
-            meta,
-        },
-        Some(claims) => apply_claims(claims, name, meta)?,
-    };
-    let resumed = request
-        .resume
-        .as_deref()
-        .map(|credential| admission.resume.verify(room, credential))
-        .transpose()?;
-    Ok(CheckedJoin {
-        resumed,
-        name,
-        meta,
-        sub,
-    })
-}
-
-/// The peer's name and meta (and the token's `sub`) when a token was presented: the token's,
-/// which the body may repeat but not contradict, or the body's for a claim the token leaves
-/// out. The token's claims meet the same rules as a body's.
-fn apply_claims(
-    claims: JoinClaims,
-    name: Option<String>,
-    meta: Option<Box<RawValue>>,
-) -> ApiResult<JoinClaims> {
-    let name = match (claims.name, name) {
-        (Some(claimed), Some(sent)) if claimed != sent => return Err(Error::ClaimMismatch("name")),
-        (Some(claimed), _) => Some(validate_name(claimed).map_err(|error| {
-            Error::InvalidJoinToken(format!("the claim `name`: {}", error.message()).into())
-        })?),
-        (None, sent) => sent,
-    };
-    let meta = match (claims.meta, meta) {
-        (Some(claimed), Some(sent)) if !same_json(&claimed, &sent) => {
-            return Err(Error::ClaimMismatch("meta"))
-        }
-        (Some(claimed), _) => Some(validate_meta(claimed).map_err(|error| {
-            Error::InvalidJoinToken(format!("the claim `meta`: {}", error.message()).into())
-        })?),
-        (None, sent) => sent,
-    };
-    Ok(JoinClaims {
-        sub: claims.sub,
-        name,
-        meta,
-    })
-}
-
-/// Whether two JSON texts hold the same value (key order and spacing aside).
-fn same_json(a: &RawValue, b: &RawValue) -> bool {
-    let parse = |raw: &RawValue| serde_json::from_str::<serde_json::Value>(raw.get()).ok();
-    parse(a).is_some() && parse(a) == parse(b)
-}
-
-fn validate_name(name: String) -> ApiResult<String> {
-    if name.chars().count() > MAX_NAME_CHARS {
-        return Err(Error::InvalidName("a name has at most 64 characters"));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(Error::InvalidName(
-            "a name may not contain control characters",
-        ));
-    }
-    Ok(name)
-}
-
-fn validate_meta(meta: Box<RawValue>) -> ApiResult<Box<RawValue>> {
-    if !meta.get().starts_with('{') {
-        return Err(Error::InvalidMeta("meta must be a JSON object"));
-    }
-    if meta.get().len() > MAX_META_BYTES {
-        return Err(Error::InvalidMeta("meta is larger than 1024 bytes"));
-    }
-    Ok(meta)
 }
 
 /// The credentials a look at a room or a peer may present: a peer token (`Authorization:

@@ -4,19 +4,21 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::Mutex;
+use rocket::async_trait;
 
 use crate::client_limits::{ClientHoldings, JoinRate};
 use crate::error::{ApiResult, Error};
 use crate::held_bytes::HeldBytes;
 use crate::identity::{PeerId, PeerToken, RoomName};
-use crate::mailbox::{Mailbox, MailboxLimits, Push};
+use crate::mailbox::{Mailbox, MailboxLimits, PollTicket, Push, Read, StreamTicket, Ticket};
 use crate::message::EncodedMessage;
 use crate::rate_limit::TokenBucket;
 use crate::store::{
-    leave_event, Departure, JoinOutcome, LeaveReason, Limits, NewPeer, Outgoing, PeerInfo, Sent,
+    leave_event, Departure, JoinOutcome, LeaveReason, Limits, Listening, NewPeer, Outgoing,
+    PeerInfo, Reader, Sent, Store, Wake,
 };
 
 pub struct MemoryStore {
@@ -269,7 +271,7 @@ impl MemoryStore {
     }
 
     /// The mailbox of `peer`, for the request that proves to be that peer.
-    pub fn mailbox(
+    pub fn reader(
         &self,
         room: &RoomName,
         peer: PeerId,
@@ -299,8 +301,14 @@ impl MemoryStore {
             .ok_or(Error::PeerNotFound)
     }
 
-    /// Removes every peer that has had no listener for `timeout`.
-    pub fn sweep(&self, now: Instant, timeout: Duration) -> Vec<(RoomName, Departure)> {
+    /// Removes every peer that has had no listener for `peer_timeout`.
+    pub fn sweep(&self) -> Vec<(RoomName, Departure)> {
+        self.sweep_at(Instant::now())
+    }
+
+    /// [`sweep`](Self::sweep) as of `now`.
+    fn sweep_at(&self, now: Instant) -> Vec<(RoomName, Departure)> {
+        let timeout = self.limits.peer_timeout;
         let mut state = self.rooms.lock();
         let expired: Vec<(RoomName, PeerId)> = state
             .rooms
@@ -339,6 +347,122 @@ impl MemoryStore {
                 .map(|members| members.peers.len())
                 .sum(),
         )
+    }
+}
+
+// The memory store's operations never wait: each is a plain function call under its lock, so
+// the futures below complete at their first poll.
+#[async_trait]
+impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ready(&self) -> ApiResult<()> {
+        Ok(())
+    }
+
+    async fn charge_join(&self, client: IpAddr) -> ApiResult<()> {
+        MemoryStore::charge_join(self, client)
+    }
+
+    async fn join(
+        &self,
+        room: &RoomName,
+        peer: NewPeer,
+        announcement: Arc<EncodedMessage>,
+    ) -> ApiResult<JoinOutcome> {
+        MemoryStore::join(self, room, peer, announcement)
+    }
+
+    async fn leave(
+        &self,
+        room: &RoomName,
+        peer: PeerId,
+        token: Option<&str>,
+    ) -> ApiResult<Vec<Departure>> {
+        MemoryStore::leave(self, room, peer, token)
+    }
+
+    async fn identify(&self, room: &RoomName, token: Option<&str>) -> ApiResult<PeerId> {
+        MemoryStore::identify(self, room, token)
+    }
+
+    async fn send(
+        &self,
+        room: &RoomName,
+        token: Option<&str>,
+        batch: &[Outgoing],
+    ) -> ApiResult<Sent> {
+        MemoryStore::send(self, room, token, batch)
+    }
+
+    async fn reader(
+        &self,
+        room: &RoomName,
+        peer: PeerId,
+        token: Option<&str>,
+    ) -> ApiResult<Box<dyn Reader>> {
+        let mailbox = MemoryStore::reader(self, room, peer, token)?;
+        Ok(Box::new(MailboxReader(mailbox)))
+    }
+
+    async fn room(&self, room: &RoomName) -> ApiResult<Option<Vec<PeerInfo>>> {
+        Ok(MemoryStore::room(self, room))
+    }
+
+    async fn peer(&self, room: &RoomName, peer: PeerId) -> ApiResult<PeerInfo> {
+        MemoryStore::peer(self, room, peer)
+    }
+
+    async fn sweep(&self) -> ApiResult<Vec<(RoomName, Departure)>> {
+        Ok(MemoryStore::sweep(self))
+    }
+
+    async fn counts(&self) -> ApiResult<(usize, usize)> {
+        Ok(MemoryStore::counts(self))
+    }
+}
+
+/// A memory mailbox as its stream or poll reads it: every call acts on the mailbox at once.
+pub struct MailboxReader(pub Arc<Mailbox>);
+
+#[async_trait]
+impl Reader for MailboxReader {
+    async fn subscribe(&self) -> ApiResult<Wake> {
+        Ok(Wake::new(self.0.subscribe(), None))
+    }
+
+    async fn open_stream(&self, acknowledge: Option<u64>) -> ApiResult<(StreamTicket, u64)> {
+        if let Some(id) = acknowledge {
+            self.0.acknowledge(id);
+        }
+        Ok((self.0.open_stream(), self.0.last_id()))
+    }
+
+    async fn open_poll(&self, acknowledge: u64) -> ApiResult<PollTicket> {
+        self.0.acknowledge(acknowledge);
+        Ok(self.0.open_poll())
+    }
+
+    fn acknowledge(&self, id: u64) {
+        self.0.acknowledge(id);
+    }
+
+    async fn flush(&self) -> ApiResult<()> {
+        Ok(())
+    }
+
+    async fn read(&self, cursor: u64, ticket: Option<Ticket>, max_bytes: usize) -> ApiResult<Read> {
+        Ok(self.0.read_after(cursor, ticket, max_bytes))
+    }
+
+    fn listen(&self) -> Listening {
+        Listening::new(self.0.listen())
+    }
+
+    fn may_miss_wakeups(&self) -> bool {
+        false
     }
 }
 
@@ -445,4 +569,99 @@ fn announce(held: &HeldBytes, peers: &[Peer], event: &Arc<EncodedMessage>) -> Ve
         held.release(None, size * overflowing.len());
     }
     overflowing
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::message::{Draft, MessageType};
+
+    /// The output of a future that must not wait: the memory store's never do.
+    fn now<F: Future>(future: F) -> F::Output {
+        match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(output) => output,
+            Poll::Pending => panic!("a memory store future waited"),
+        }
+    }
+
+    fn store(peer_timeout: Duration) -> MemoryStore {
+        let config = Config {
+            peer_timeout_secs: peer_timeout.as_secs_f64(),
+            ..Config::default()
+        };
+        MemoryStore::new(Limits::new(&config))
+    }
+
+    /// Joins a new peer through the trait; returns its id and token.
+    fn join(store: &dyn Store, room: &RoomName) -> (PeerId, PeerToken) {
+        let info = PeerInfo {
+            peer_id: PeerId::random(),
+            name: None,
+            meta: None,
+        };
+        let announcement = EncodedMessage::from_server("join", &info);
+        let token = PeerToken::generate().unwrap();
+        let id = info.peer_id;
+        let peer = NewPeer {
+            info,
+            token: token.clone(),
+            client: None,
+        };
+        now(store.join(room, peer, announcement)).unwrap();
+        (id, token)
+    }
+
+    /// Through `dyn Store` and `dyn Reader`, a send and the recipient's read complete at their
+    /// first poll, with no task switch: the memory store's relay path never waits.
+    #[test]
+    fn a_send_and_a_read_through_the_traits_never_wait() {
+        let store = store(Duration::from_secs(10));
+        let store: &dyn Store = &store;
+        let room = RoomName::parse("traits").unwrap();
+        let (_, alice_token) = join(store, &room);
+        let (bob, bob_token) = join(store, &room);
+        let reader = now(store.reader(&room, bob, Some(bob_token.reveal()))).unwrap();
+        let (ticket, _) = now(reader.open_stream(None)).unwrap();
+        let offer = MessageType::parse_client("offer").unwrap();
+        let batch = [Outgoing {
+            to: Some(bob),
+            draft: Draft::new(&offer, None),
+        }];
+        let sent = now(store.send(&room, Some(alice_token.reveal()), &batch)).unwrap();
+        assert_eq!(sent.accepted, 1);
+        let Read::Batch(batch) =
+            now(reader.read(0, Some(Ticket::Stream(ticket)), 1 << 16)).unwrap()
+        else {
+            panic!("bob is in the room")
+        };
+        assert_eq!(batch.entries.len(), 1);
+        assert_eq!(batch.entries[0].message.kind(), "offer");
+    }
+
+    /// The opaque `Listening` guard a reader hands out keeps its peer present for as long as it
+    /// lives, whatever the time; once it is dropped, the peer is swept `peer_timeout` later.
+    #[test]
+    fn a_peer_is_swept_only_after_its_listening_guard_is_dropped() {
+        let timeout = Duration::from_secs(10);
+        let store = store(timeout);
+        let room = RoomName::parse("presence").unwrap();
+        let (peer, token) = join(&store, &room);
+        let reader = now(Store::reader(&store, &room, peer, Some(token.reveal()))).unwrap();
+        let listening = reader.listen();
+        assert!(store.sweep_at(Instant::now() + timeout * 3).is_empty());
+        drop(listening);
+        let dropped = Instant::now();
+        assert!(store.sweep_at(dropped + timeout / 2).is_empty());
+        let gone = store.sweep_at(Instant::now() + timeout);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].1.peer, peer);
+        assert_eq!(gone[0].1.reason, LeaveReason::Timeout);
+        assert_eq!(MemoryStore::counts(&store), (0, 0));
+    }
 }

@@ -10,15 +10,23 @@
 //! appends to every mailbox, a removal tells the room and evicts whoever that overflows. The
 //! behaviour suite (`tests/`) runs on both.
 //!
-//! Dispatch is an enum rather than a trait object: the memory store's calls are plain function
-//! calls whose futures complete at once, with no boxing or channel hop on its hot path.
+//! The store is a trait object, [`Arc<dyn Store>`](Store), and a peer's mailbox a
+//! [`Box<dyn Reader>`](Reader): nothing outside `store/` knows which store it runs on, and adding
+//! a store means implementing these two traits (and passing the behaviour suite on it), with no
+//! match arm to add anywhere else. The methods' doc comments are the contract every store keeps.
+//! What it costs: every async call allocates one boxed future (`async-trait`: a trait object's
+//! async methods cannot return an unnamed future) and goes through a vtable, some tens of
+//! nanoseconds against the tens of microseconds of server CPU a relayed message costs end to end
+//! (docs/BENCHMARKS.md). The memory store's futures still complete at their first poll, so a
+//! send or a read on it never waits or switches task (a unit test polls them once). A reader
+//! and its listening guard are boxed once per stream or poll, never per message.
 
 pub mod memory;
 pub mod redis;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -28,9 +36,11 @@ use crate::client_limits::ClientRefusal;
 use crate::config::Config;
 use crate::error::{ApiResult, Error};
 use crate::identity::{PeerId, PeerToken, RoomName};
-use crate::mailbox::{self, PollTicket, Read, StreamTicket, Ticket};
+use crate::mailbox::{PollTicket, Read, StreamTicket, Ticket};
 use crate::message::{Draft, EncodedMessage};
 use crate::metrics::Metrics;
+
+use rocket::async_trait;
 
 use self::memory::MemoryStore;
 use self::redis::RedisStore;
@@ -157,13 +167,19 @@ pub fn leave_event(peer: PeerId, reason: LeaveReason) -> Arc<EncodedMessage> {
 
 /// A peer about to join. Its id is new, or, for a resumed join, one that was in the room before.
 ///
-/// Both stores check a join in one order, and the first check that fails is the answer
-/// (docs/API.md, "Which error wins"): the address's join rate ([`TooManyJoins`], charged
-/// whatever follows), the id is in the room ([`PeerPresent`]), the room is full
-/// ([`RoomFull`]), the room is new and the server holds `max_rooms` ([`TooManyRooms`]), the
-/// address holds `max_peers_per_client` peers ([`TooManyPeersForClient`]), the room is new to
-/// the address and it holds peers in `max_rooms_per_client` rooms ([`TooManyRoomsForClient`]).
-/// A refused join changes nothing, and holds nothing (no room slot, no count).
+/// Every [`Store::join`] checks a join in this order, and the first check that fails is the
+/// answer (docs/API.md, "Which error wins"):
+/// 1. the address's join rate ([`TooManyJoins`]; charged whatever follows);
+/// 2. the id is in the room ([`PeerPresent`]);
+/// 3. the room is full ([`RoomFull`]);
+/// 4. the room is new and the server (the deployment, on a shared store) holds `max_rooms`
+///    ([`TooManyRooms`]);
+/// 5. the address holds `max_peers_per_client` peers ([`TooManyPeersForClient`]);
+/// 6. the room is new to the address and it holds peers in `max_rooms_per_client` rooms
+///    ([`TooManyRoomsForClient`]).
+///
+/// A refused join changes nothing but the join rate it charged, and holds nothing (no room
+/// slot, no count).
 ///
 /// [`TooManyJoins`]: crate::error::Error::TooManyJoins
 /// [`PeerPresent`]: crate::error::Error::PeerPresent
@@ -210,161 +226,145 @@ pub struct Sent {
     pub departures: Vec<Departure>,
 }
 
-/// The store a server was configured with.
-// Built once per server and never moved after: boxing the memory store to even the variants
-// would only add an indirection to every call on its hot path.
-#[allow(clippy::large_enum_variant)]
-pub enum Store {
-    /// Boxed, so that the enum is a pointer either way (the memory store holds its limits and
-    /// tables inline); its calls stay plain function calls.
-    Memory(Box<MemoryStore>),
-    Redis(RedisStore),
+/// The store `config` names: Redis when `redis_url` is set, memory otherwise. Connecting to
+/// Redis happens lazily, so a server starts (and says it is not ready) while Redis is down.
+pub fn open(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, String> {
+    let limits = Limits::new(config);
+    match &config.redis_url {
+        None => Ok(Arc::new(MemoryStore::new(limits))),
+        Some(url) => Ok(Arc::new(RedisStore::new(
+            url,
+            config.redis_tls_ca_file.as_deref(),
+            &config.redis_prefix,
+            limits,
+            metrics.clone(),
+        )?)),
+    }
 }
 
-impl Store {
-    /// The store `config` names: Redis when `redis_url` is set, memory otherwise. Connecting
-    /// to Redis happens lazily, so a server starts (and says it is not ready) while Redis is
-    /// down.
-    pub fn new(config: &Config, metrics: &Metrics) -> Result<Self, String> {
-        let limits = Limits::new(config);
-        match &config.redis_url {
-            None => Ok(Store::Memory(Box::new(MemoryStore::new(limits)))),
-            Some(url) => RedisStore::new(
-                url,
-                config.redis_tls_ca_file.as_deref(),
-                &config.redis_prefix,
-                limits,
-                metrics.clone(),
-            )
-            .map(Store::Redis),
-        }
-    }
+/// Where rooms, peers and mailboxes live: the storage operations the [`Hub`](crate::hub::Hub)
+/// performs, each atomic. Every store answers them with the same results and the same errors
+/// (the behaviour suite runs on each); one that cannot reach its storage answers
+/// [`StoreUnavailable`](Error::StoreUnavailable) and changes nothing it can know of.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// The store's name, as `/healthz` and `/readyz` report it: `"memory"` or `"redis"`.
+    fn kind(&self) -> &'static str;
 
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Store::Memory(_) => "memory",
-            Store::Redis(_) => "redis",
-        }
-    }
+    /// Starts the store's background work (Redis: the presence refresher and the wake-up
+    /// subscriber), which stops with `shutdown`. Called once, at liftoff. Default: nothing.
+    fn start(&self, _shutdown: rocket::Shutdown) {}
 
-    pub async fn join(
-        &self,
-        room: &RoomName,
-        peer: NewPeer,
-        announcement: Arc<EncodedMessage>,
-    ) -> ApiResult<JoinOutcome> {
-        match self {
-            Store::Memory(store) => store.join(room, peer, announcement),
-            Store::Redis(store) => store.join(room, peer, announcement).await,
-        }
-    }
+    /// Whether the store answers: always for memory, a round trip for Redis.
+    async fn ready(&self) -> ApiResult<()>;
 
     /// Charges one join to `client` (a limit key) against `join_rate_per_sec` and `join_burst`:
     /// per process on the memory store, deployment-wide on Redis. For a join refused before
     /// [`join`](Self::join), which charges the rate itself (first, before any other check; on
     /// Redis in the admission's round trip).
-    pub async fn charge_join(&self, client: IpAddr) -> ApiResult<()> {
-        match self {
-            Store::Memory(store) => store.charge_join(client),
-            Store::Redis(store) => store.charge_join(client).await,
-        }
-    }
+    async fn charge_join(&self, client: IpAddr) -> ApiResult<()>;
 
-    pub async fn leave(
+    /// Adds `peer` to `room` (creating the room), after the checks [`NewPeer`] lists, in its
+    /// order; the first that fails is the answer, and a refused join changes nothing but the
+    /// join rate it charged. Announces the peer to the others with `announcement` (their `join`
+    /// event), evicting whoever that overflows. Returns the peers that were already there.
+    async fn join(
+        &self,
+        room: &RoomName,
+        peer: NewPeer,
+        announcement: Arc<EncodedMessage>,
+    ) -> ApiResult<JoinOutcome>;
+
+    /// Removes `peer` at the request of the holder of `token` (its own token, else the errors
+    /// of [`reader`](Self::reader)), closes its mailbox and tells the others, evicting whoever
+    /// that overflows. Returns every departure, the peer's first.
+    async fn leave(
         &self,
         room: &RoomName,
         peer: PeerId,
         token: Option<&str>,
-    ) -> ApiResult<Vec<Departure>> {
-        match self {
-            Store::Memory(store) => store.leave(room, peer, token),
-            Store::Redis(store) => store.leave(room, peer, token).await,
-        }
-    }
+    ) -> ApiResult<Vec<Departure>>;
 
-    /// The peer `token` belongs to, with the errors of an unauthenticated request.
-    pub async fn identify(&self, room: &RoomName, token: Option<&str>) -> ApiResult<PeerId> {
-        match self {
-            Store::Memory(store) => store.identify(room, token),
-            Store::Redis(store) => store.identify(room, token).await,
-        }
-    }
+    /// The peer `token` belongs to, with the errors of an unauthenticated request:
+    /// `room_not_found`, `missing_token`, `invalid_token`. Tokens are compared in constant time.
+    async fn identify(&self, room: &RoomName, token: Option<&str>) -> ApiResult<PeerId>;
 
-    /// Identifies the sender by `token`, checks the recipients and the sender's rate, signs
-    /// each message and appends it to every recipient's mailbox: all of it, or none.
-    pub async fn send(
+    /// Identifies the sender by `token`, checks the recipients (in batch order: not the sender,
+    /// in the room), the bytes the sender's address holds and the sender's rate, signs each
+    /// message and appends it to every recipient's mailbox: all of it, or none. A recipient
+    /// whose mailbox overflows is evicted, and the rest is delivered.
+    async fn send(
         &self,
         room: &RoomName,
         token: Option<&str>,
         batch: &[Outgoing],
-    ) -> ApiResult<Sent> {
-        match self {
-            Store::Memory(store) => store.send(room, token, batch),
-            Store::Redis(store) => store.send(room, token, batch).await,
-        }
-    }
+    ) -> ApiResult<Sent>;
 
-    /// The mailbox of `peer` for the request that proves to be that peer.
-    pub async fn reader(
+    /// The mailbox of `peer` for the request that proves to be that peer: `room_not_found`,
+    /// then `peer_not_found` (whatever the token: a removed client learns that it is gone),
+    /// then `missing_token` / `invalid_token`, then `wrong_peer` for another peer's token.
+    async fn reader(
         &self,
         room: &RoomName,
         peer: PeerId,
         token: Option<&str>,
-    ) -> ApiResult<Reader> {
-        match self {
-            Store::Memory(store) => store.mailbox(room, peer, token).map(Reader::Memory),
-            Store::Redis(store) => store.reader(room, peer, token).await.map(Reader::Redis),
-        }
-    }
+    ) -> ApiResult<Box<dyn Reader>>;
 
-    pub async fn room(&self, room: &RoomName) -> ApiResult<Option<Vec<PeerInfo>>> {
-        match self {
-            Store::Memory(store) => Ok(store.room(room)),
-            Store::Redis(store) => store.room(room).await,
-        }
-    }
+    /// The peers of `room`, in join order, or `None` if it does not exist.
+    async fn room(&self, room: &RoomName) -> ApiResult<Option<Vec<PeerInfo>>>;
 
-    pub async fn peer(&self, room: &RoomName, peer: PeerId) -> ApiResult<PeerInfo> {
-        match self {
-            Store::Memory(store) => store.peer(room, peer),
-            Store::Redis(store) => store.peer(room, peer).await,
-        }
-    }
+    /// One peer's public description: `room_not_found`, `peer_not_found`.
+    async fn peer(&self, room: &RoomName, peer: PeerId) -> ApiResult<PeerInfo>;
 
-    /// Removes every peer that no instance has seen listening for `timeout`; each removal is
-    /// reported by exactly one sweep, however many instances sweep at once.
-    pub async fn sweep(
-        &self,
-        now: Instant,
-        timeout: Duration,
-    ) -> ApiResult<Vec<(RoomName, Departure)>> {
-        match self {
-            Store::Memory(store) => Ok(store.sweep(now, timeout)),
-            Store::Redis(store) => store.sweep().await,
-        }
-    }
+    /// Removes every peer that no instance has seen listening (no stream, no poll in flight)
+    /// for the store's `peer_timeout`, telling the others with reason `timeout`. Each removal
+    /// is reported by exactly one sweep, however many instances sweep at once; a sweep may
+    /// leave some for the next (Redis looks at a bounded number of rooms per call).
+    async fn sweep(&self) -> ApiResult<Vec<(RoomName, Departure)>>;
 
     /// Rooms and peers held right now (by every instance, for a shared store).
-    pub async fn counts(&self) -> ApiResult<(usize, usize)> {
-        match self {
-            Store::Memory(store) => Ok(store.counts()),
-            Store::Redis(store) => store.counts().await,
-        }
-    }
-
-    /// Whether the store answers: always for memory, a round trip for Redis.
-    pub async fn ready(&self) -> ApiResult<()> {
-        match self {
-            Store::Memory(_) => Ok(()),
-            Store::Redis(store) => store.ping().await,
-        }
-    }
+    async fn counts(&self) -> ApiResult<(usize, usize)>;
 }
 
-/// A peer's mailbox, as its stream or poll reads it.
-pub enum Reader {
-    Memory(Arc<mailbox::Mailbox>),
-    Redis(redis::Reader),
+/// A peer's mailbox, as its stream or poll reads it. Ids are gapless and never reused; the
+/// stored mailbox is the truth, and wake-ups only say when to read it.
+#[async_trait]
+pub trait Reader: Send + Sync {
+    /// Subscribes to the mailbox's wake-ups. Subscribe before the first read, so that nothing
+    /// appended after that read goes unnoticed.
+    async fn subscribe(&self) -> ApiResult<Wake>;
+
+    /// Makes the caller the peer's live stream (any earlier one, on any instance, then reads
+    /// `Replaced`), after acknowledging everything up to `acknowledge`. Returns the ticket and
+    /// the newest id.
+    async fn open_stream(&self, acknowledge: Option<u64>) -> ApiResult<(StreamTicket, u64)>;
+
+    /// Makes the caller the peer's one poll in flight (an older poll, on any instance, reads
+    /// `Replaced` and answers at once), after acknowledging everything up to `acknowledge`.
+    async fn open_poll(&self, acknowledge: u64) -> ApiResult<PollTicket>;
+
+    /// Marks every message up to `id` as delivered. The memory store applies it at once; the
+    /// Redis store sends it with the next read, saving a round trip per batch, or with
+    /// [`flush`](Self::flush) when no read follows.
+    fn acknowledge(&self, id: u64);
+
+    /// Applies an acknowledgement that is still waiting for a read: a reader calls it before it
+    /// waits with nothing to read, so that what it delivered counts as delivered.
+    async fn flush(&self) -> ApiResult<()>;
+
+    /// What follows `cursor`: at most `max_bytes` of encoded envelopes, but always at least
+    /// one entry when any follows (`poll_max_bytes` is at least `max_message_bytes`). With a
+    /// `ticket`, reports `Replaced` once a newer reader of its kind started; `Closed` once the
+    /// peer is gone. A `cursor` the mailbox no longer holds the successor of reads a `reset`.
+    async fn read(&self, cursor: u64, ticket: Option<Ticket>, max_bytes: usize) -> ApiResult<Read>;
+
+    /// Keeps the peer present (not timed out) until the guard is dropped.
+    fn listen(&self) -> Listening;
+
+    /// Whether the store may wake this reader late (a shared store whose wake-ups travel over
+    /// a connection that can drop unnoticed for a while): such readers also look again
+    /// periodically, so that a lost wake-up delays a message by that much at most.
+    fn may_miss_wakeups(&self) -> bool;
 }
 
 /// Wakes a reader when its mailbox may have changed: a new message, a newer stream, the peer's
@@ -372,11 +372,21 @@ pub enum Reader {
 /// wake-up never loses or repeats a message.
 pub struct Wake {
     receiver: watch::Receiver<u64>,
-    /// Keeps the instance's Redis subscription for this mailbox while the reader lives.
-    _subscription: Option<redis::Subscription>,
+    /// Whatever the store keeps alive while the reader lives (Redis: the instance's
+    /// subscription to the mailbox's channel); dropped with the `Wake`.
+    _guard: Option<Box<dyn Send + Sync>>,
 }
 
 impl Wake {
+    /// Wake-ups from `receiver` (any change of its value is one), keeping `guard` alive as long
+    /// as the `Wake`.
+    pub fn new(receiver: watch::Receiver<u64>, guard: Option<Box<dyn Send + Sync>>) -> Self {
+        Self {
+            receiver,
+            _guard: guard,
+        }
+    }
+
     /// Forgets the wake-ups seen so far: call before each read.
     pub fn mark_seen(&mut self) {
         self.receiver.borrow_and_update();
@@ -394,97 +404,18 @@ impl Wake {
     }
 }
 
-/// Keeps its peer present (not timed out) while it lives: a stream or a poll in flight.
-pub enum Listening {
-    Memory(mailbox::Listening),
-    Redis(redis::Listening),
+/// Keeps its peer present (not timed out) while it lives: a stream or a poll in flight. Opaque:
+/// each store's guard unregisters its listener when dropped.
+#[must_use = "the peer counts as listening only while the guard lives"]
+pub struct Listening {
+    _guard: Box<dyn Send + Sync>,
 }
 
-impl Reader {
-    /// Subscribes to the mailbox's wake-ups. Subscribe before the first read, so that nothing
-    /// appended after that read goes unnoticed.
-    pub async fn subscribe(&self) -> ApiResult<Wake> {
-        match self {
-            Reader::Memory(mailbox) => Ok(Wake {
-                receiver: mailbox.subscribe(),
-                _subscription: None,
-            }),
-            Reader::Redis(reader) => reader.subscribe().await,
+impl Listening {
+    /// A listener that `guard` keeps registered until it is dropped.
+    pub fn new(guard: impl Send + Sync + 'static) -> Self {
+        Self {
+            _guard: Box::new(guard),
         }
-    }
-
-    /// Makes the caller the peer's live stream (any earlier one, on any instance, ends), after
-    /// acknowledging everything up to `acknowledge`. Returns the ticket and the newest id.
-    pub async fn open_stream(&self, acknowledge: Option<u64>) -> ApiResult<(StreamTicket, u64)> {
-        match self {
-            Reader::Memory(mailbox) => {
-                if let Some(id) = acknowledge {
-                    mailbox.acknowledge(id);
-                }
-                Ok((mailbox.open_stream(), mailbox.last_id()))
-            }
-            Reader::Redis(reader) => reader.open_stream(acknowledge).await,
-        }
-    }
-
-    /// Makes the caller the peer's one poll in flight (an older poll, on any instance, reads
-    /// `Replaced` and answers at once), after acknowledging everything up to `acknowledge`.
-    pub async fn open_poll(&self, acknowledge: u64) -> ApiResult<PollTicket> {
-        match self {
-            Reader::Memory(mailbox) => {
-                mailbox.acknowledge(acknowledge);
-                Ok(mailbox.open_poll())
-            }
-            Reader::Redis(reader) => reader.open_poll(acknowledge).await,
-        }
-    }
-
-    /// Marks every message up to `id` as delivered. The memory store applies it at once; the
-    /// Redis store sends it with the next read, saving a round trip per batch, or with
-    /// [`flush`](Self::flush) when no read follows.
-    pub fn acknowledge(&self, id: u64) {
-        match self {
-            Reader::Memory(mailbox) => mailbox.acknowledge(id),
-            Reader::Redis(reader) => reader.acknowledge(id),
-        }
-    }
-
-    /// Applies an acknowledgement that is still waiting for a read: a reader calls it before it
-    /// waits with nothing to read, so that what it delivered counts as delivered.
-    pub async fn flush(&self) -> ApiResult<()> {
-        match self {
-            Reader::Memory(_) => Ok(()),
-            Reader::Redis(reader) => reader.flush().await,
-        }
-    }
-
-    /// What follows `cursor`: at most `max_bytes` of encoded envelopes, but always at least
-    /// one entry when any follows (`poll_max_bytes` is at least `max_message_bytes`). With a
-    /// `ticket`, reports `Replaced` once a newer reader of its kind started.
-    pub async fn read(
-        &self,
-        cursor: u64,
-        ticket: Option<Ticket>,
-        max_bytes: usize,
-    ) -> ApiResult<Read> {
-        match self {
-            Reader::Memory(mailbox) => Ok(mailbox.read_after(cursor, ticket, max_bytes)),
-            Reader::Redis(reader) => reader.read(cursor, ticket, max_bytes).await,
-        }
-    }
-
-    /// Registers a listener for presence until the guard is dropped.
-    pub fn listen(&self) -> Listening {
-        match self {
-            Reader::Memory(mailbox) => Listening::Memory(mailbox.listen()),
-            Reader::Redis(reader) => Listening::Redis(reader.listen()),
-        }
-    }
-
-    /// Whether the store may wake this reader late (a shared store whose wake-ups travel over
-    /// a connection that can drop unnoticed for a while): such readers also look again
-    /// periodically, so that a lost wake-up delays a message by that much at most.
-    pub fn may_miss_wakeups(&self) -> bool {
-        matches!(self, Reader::Redis(_))
     }
 }

@@ -134,6 +134,14 @@ impl Chromium {
         tab
     }
 
+    /// Opens the room client at `url` in a new page and waits until it has joined its room:
+    /// returns the page and its peer id, as every browser test starts a peer.
+    pub async fn join(&self, url: &str) -> (Tab, String) {
+        let tab = self.open(url).await;
+        let id = tab.peer_id().await;
+        (tab, id)
+    }
+
     /// Opens `url`, any page rather than the room client's, in a new page; returns once it has
     /// loaded. The test then waits for what the page itself sets up.
     pub async fn open_other(&self, url: &str) -> Tab {
@@ -271,7 +279,8 @@ impl Tab {
 const STATUS_SNAPSHOT: &str = "typeof signpostApp === 'undefined' ? null : ({ transport: signpostApp.transport(), peers: signpostApp.peers(), \
     errors: [...document.querySelectorAll('#status-errors li')].map(li => li.textContent) })";
 
-fn truthy(value: &Value) -> bool {
+/// Whether JavaScript counts `value` as true (for the waits of Chromium's and Firefox's pages).
+pub fn truthy(value: &Value) -> bool {
     match value {
         Value::Null => false,
         Value::Bool(b) => *b,

@@ -6,7 +6,7 @@
 //! (real host addresses instead of mDNS names). Without Firefox, a test is skipped with the
 //! reason printed, and fails under `CI=true` (`common/external.rs`).
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use async_tungstenite::tokio::{connect_async, ConnectStream};
@@ -14,10 +14,10 @@ use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
-use crate::chrome::PAGE_DEADLINE;
+use crate::chrome::{truthy, PAGE_DEADLINE};
+use crate::common::process::{ChildProcess, Watch};
 use crate::common::{external, requirements};
 
 /// How often a condition in a page is checked while waiting for it.
@@ -38,7 +38,7 @@ user_pref("app.update.enabled", false);
 /// The Firefox to run: `$FIREFOX`, else the first of the usual paths that exists.
 /// A running headless Firefox and its BiDi session.
 pub struct Firefox {
-    child: Child,
+    process: ChildProcess,
     session: Mutex<Session>,
     _profile: tempfile::TempDir,
 }
@@ -62,17 +62,16 @@ impl Firefox {
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
-        let child = Command::new(executable.expect("checked above"))
+        let mut command = Command::new(executable.expect("checked above"));
+        command
             .args(["--headless", "--no-remote", "--remote-debugging-port"])
             .arg(port.to_string())
             .arg("--profile")
             .arg(profile.path())
             .arg("about:blank")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("Firefox starts");
+            .stderr(Stdio::null());
+        let process = ChildProcess::spawn("Firefox", command, Watch::Nothing);
         let url = format!("ws://127.0.0.1:{port}/session");
         let connect = async {
             loop {
@@ -86,7 +85,7 @@ impl Firefox {
             .await
             .expect("Firefox's WebDriver BiDi endpoint answers");
         let firefox = Firefox {
-            child,
+            process,
             session: Mutex::new(Session { socket, next_id: 1 }),
             _profile: profile,
         };
@@ -159,7 +158,7 @@ impl Firefox {
             self.command("browser.close", json!({})),
         )
         .await;
-        let _ = self.child.kill().await;
+        self.process.kill();
     }
 }
 
@@ -203,10 +202,7 @@ impl FirefoxTab<'_> {
         let checks = async {
             loop {
                 let value = self.eval(expression).await;
-                let truthy = !matches!(&value, Value::Null | Value::Bool(false))
-                    && value != json!(0)
-                    && value != json!("");
-                if truthy {
+                if truthy(&value) {
                     return value;
                 }
                 tokio::time::sleep(CHECK_EVERY).await;

@@ -1,18 +1,18 @@
 //! The real signpost binary as a child process, for tests that kill an instance (SIGKILL) or
 //! put a real proxy in front of it: started on a free port (`ROCKET_PORT=0`, the port read
-//! from its `listening on` log line), and killed when dropped if it still runs.
+//! from its `listening on` log line), and killed when dropped if it still runs
+//! (`process::ChildProcess`).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 
+use super::process::{ChildProcess, Watch};
 use super::EVENT_DEADLINE;
 
 pub struct Instance {
     /// `http://127.0.0.1:<port>`.
     pub base: String,
     pub port: u16,
-    child: Child,
+    process: ChildProcess,
 }
 
 /// The binary with `signpost`, the inside of the `signpost` table as TOML inline table entries
@@ -34,28 +34,20 @@ fn command(signpost: &str) -> Command {
 impl Instance {
     /// Starts the binary with `signpost` (see [`command`]).
     pub fn start(signpost: &str) -> Instance {
-        let mut child = command(signpost)
-            .spawn()
-            .expect("the signpost binary starts");
-        let (lines_tx, lines) = mpsc::channel::<String>();
-        let stderr = child.stderr.take().expect("stderr is piped");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
+        let mut process = ChildProcess::spawn("signpost", command(signpost), Watch::Stderr);
+        let base = process.read_until("the banner", EVENT_DEADLINE, |line| {
+            Some(line.split("listening on ").nth(1)?.trim().to_owned())
         });
-        let base = loop {
-            let line = lines.recv_timeout(EVENT_DEADLINE).expect("the banner");
-            if let Some(address) = line.split("listening on ").nth(1) {
-                break address.trim().to_owned();
-            }
-        };
         let port = base
             .rsplit(':')
             .next()
             .and_then(|port| port.parse().ok())
             .expect("the banner names a port");
-        Instance { base, port, child }
+        Instance {
+            base,
+            port,
+            process,
+        }
     }
 
     /// Runs the binary with `signpost` (see [`command`]), which must refuse to start, exiting
@@ -77,14 +69,6 @@ impl Instance {
 
     /// SIGKILL: no shutdown, no last word to anyone.
     pub fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("the killed instance is reaped");
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 }

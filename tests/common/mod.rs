@@ -6,9 +6,13 @@
 //! (the Redis one on a real `redis-server` the tests start, with a key prefix of its own).
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod eventually;
 pub mod external;
 pub mod instance;
+pub mod process;
+pub mod read_until;
 pub mod redis;
+pub mod redis_ha;
 pub mod requirements;
 
 use std::time::{Duration, Instant};

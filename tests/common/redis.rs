@@ -9,18 +9,21 @@
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::external;
+use super::process::{ChildProcess, Watch};
 
 /// A redis-server process the test started.
 pub struct Redis {
     pub port: u16,
     /// How `redis-cli` reaches it: `-p <port>`, after `--tls --cacert <CA>` for a TLS-only one.
     cli_args: Vec<String>,
-    child: Child,
+    /// The `sh` that runs redis-server (killing the `sh` would leave redis-server running: it
+    /// is stopped by closing `stdin`).
+    process: ChildProcess,
     /// Closing it stops the server.
     stdin: Option<ChildStdin>,
 }
@@ -71,7 +74,8 @@ impl Redis {
     /// redis-server with `listen` (its ports), on 127.0.0.1, without persistence; returns once
     /// `redis-cli` with `cli_args` gets an answer from it.
     fn spawn(port: u16, listen: &[&str], cli_args: Vec<String>) -> Redis {
-        let mut child = Command::new("sh")
+        let mut command = Command::new("sh");
+        command
             .args([
                 "-c",
                 r#"redis-server "$@" & pid=$!; read _; kill -9 $pid; wait $pid"#,
@@ -90,14 +94,13 @@ impl Redis {
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sh starts redis-server");
-        let stdin = child.stdin.take();
-        let redis = Redis {
+            .stderr(Stdio::null());
+        let mut process = ChildProcess::spawn("redis-server", command, Watch::Nothing);
+        let stdin = process.take_stdin();
+        let mut redis = Redis {
             port,
             cli_args,
-            child,
+            process,
             stdin,
         };
         redis.wait_until_ready();
@@ -123,8 +126,12 @@ impl Redis {
 
     /// Runs `redis-cli` against this server and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
+        Redis::run_cli(&self.cli_args, args)
+    }
+
+    fn run_cli(cli_args: &[String], args: &[&str]) -> String {
         let output = Command::new("redis-cli")
-            .args(&self.cli_args)
+            .args(cli_args)
             .args(args)
             .output()
             .expect("redis-cli runs");
@@ -132,12 +139,13 @@ impl Redis {
     }
 
     /// Readiness probe: redis-server takes a few milliseconds to listen.
-    fn wait_until_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.cli(&["ping"]) != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn wait_until_ready(&mut self) {
+        let Redis {
+            process, cli_args, ..
+        } = self;
+        process.await_ready("answering PING", Duration::from_secs(10), || {
+            Redis::run_cli(cli_args, &["ping"]) == "PONG"
+        });
     }
 
     /// Kills the server at once (SIGKILL), losing everything it held.
@@ -145,14 +153,14 @@ impl Redis {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = stdin.write_all(b"\n");
         }
-        let _ = self.child.wait();
+        self.process.wait();
     }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
         drop(self.stdin.take());
-        let _ = self.child.wait();
+        self.process.wait();
     }
 }
 

@@ -50,6 +50,7 @@ mod presence;
 mod reader;
 mod records;
 mod scripts;
+mod seam;
 #[cfg(feature = "redis-tls")]
 mod tls;
 mod wakeups;

@@ -134,10 +134,7 @@ impl Wakeups {
                 entry.confirmed = true;
             }
         }
-        Ok(Wake {
-            receiver,
-            _subscription: Some(subscription),
-        })
+        Ok(Wake::new(receiver, Some(Box::new(subscription))))
     }
 
     /// Forgets the channels that have had no reader for [`LINGER`], returning their names to
