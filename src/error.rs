@@ -11,12 +11,11 @@ use rocket::request::Request;
 use rocket::response::{self, Responder, Response};
 use serde::Serialize;
 
-use crate::metrics::Metrics;
-
 pub type ApiResult<T> = Result<T, Error>;
 
 /// The code of the error a request was answered with, kept in the request's local cache for
-/// the request log; `None` when it was not answered with an [`Error`].
+/// the request log and the rejection counters (`api::RequestLog` reads it); `None` when it was
+/// not answered with an [`Error`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ErrorCode(pub Option<&'static str>);
 
@@ -484,11 +483,9 @@ impl Error {
 
 impl<'r> Responder<'r, 'static> for Error {
     fn respond_to(self, request: &'r Request<'_>) -> response::Result<'static> {
-        // For the request log (which prints the code) and the rejection counters.
+        // For the request log, which prints the code and counts the rejection: the error type
+        // sits below the metrics and knows nothing of them.
         request.local_cache(|| ErrorCode(Some(self.code())));
-        if let Some(metrics) = request.rocket().state::<Metrics>() {
-            metrics.rejected(self.code());
-        }
         let json = self.body();
         let mut response = Response::build();
         response

@@ -13,6 +13,7 @@
 //!   - [`message`]: what clients send, and envelopes encoded once for every recipient.
 //!   - [`mailbox`]: a peer's gapless, resumable message sequence and its delivery state.
 //!   - [`held_bytes`]: the bytes held in mailboxes, per sender's address and in total.
+//!   - [`membership`]: who is in a room and why they left (`LeaveReason`).
 //!   - [`hub`]: every operation on rooms and peers, and the rules that need no storage.
 //!   - [`store`]: where rooms, peers and mailboxes live: the `Store` and `Reader` traits, and
 //!     their two implementations, in memory (`store/memory.rs`) or in Redis so that several
@@ -26,6 +27,10 @@
 //!     body, join token, resume credential, then the store's), with no HTTP in it.
 //!   - [`ice`]: the ICE servers a peer is given, with ephemeral TURN credentials.
 //! - Around the domain:
+//!   - [`relay_routes`]: the three relay routes' methods and paths, defined once for both HTTP
+//!     layers: the front matches requests with them, the join answer writes its URLs with them.
+//!   - [`response_headers`]: the headers every answer carries (caching, browser protections,
+//!     CORS), decided once for both HTTP layers.
 //!   - `front`: the listening socket; serves the relay routes (send, SSE, long-poll) on hyper
 //!     and hands every other request to the Rocket application in-process; bounds what each
 //!     connection may hold in time, and how many one client address may open.
@@ -60,10 +65,13 @@ pub mod identity;
 pub mod join_token;
 pub mod logging;
 pub mod mailbox;
+pub mod membership;
 pub mod message;
 pub mod metrics;
 pub mod presence;
 pub mod rate_limit;
+pub mod relay_routes;
+pub mod response_headers;
 pub mod resume;
 pub mod store;
 pub mod stun;
@@ -82,6 +90,16 @@ use crate::metrics::Metrics;
 use crate::resume::ResumeKeys;
 
 pub use crate::front::{shutdown_signals, Endpoint, Server, StartError};
+
+impl Server {
+    /// Builds the application from `figment` (Rocket's settings, and signpost's under its
+    /// `signpost` key) and binds its address.
+    pub async fn bind(figment: Figment) -> Result<Server, StartError> {
+        let http = rocket::Config::try_from(&figment)
+            .map_err(|error| StartError::Rocket(error.to_string()))?;
+        Server::start(build(figment), http).await
+    }
+}
 
 /// The Rocket application as configured by `figment`, with signpost's settings read from its
 /// `signpost` key: the shared state, every route but the three relay routes, the fairings and

@@ -1,5 +1,5 @@
-//! Counters and gauges that the hub, the transports, the error responder and the STUN server
-//! report into, exposed in the Prometheus/OpenMetrics text format by `GET /metrics`.
+//! Counters and gauges that the hub, the transports, the request logs (every rejection) and the
+//! STUN server report into, exposed in the Prometheus/OpenMetrics text format by `GET /metrics`.
 //!
 //! Reporting is an atomic add on a handle resolved when the server starts (every label value is
 //! known then, except error codes, which only cost a map lookup on the error path), so the hot
@@ -15,8 +15,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::hub::LeaveReason;
 use crate::mailbox::ResetReason;
+use crate::membership::LeaveReason;
 
 type Labels = [(&'static str, &'static str); 1];
 

@@ -557,3 +557,45 @@ async fn every_answer_varies_on_origin() {
     }
     server.stop().await;
 }
+
+/// Every answer carries the same browser protections whichever layer answered it: `nosniff`,
+/// `X-Frame-Options: SAMEORIGIN` and the `Permissions-Policy` opt-out, once each. Rocket's
+/// answers always had them (its `Shield`); the relay routes' answers, the stream included, and
+/// the front's own refusals had only `nosniff`, and only under `/api/`.
+#[tokio::test]
+async fn both_layers_answer_with_the_same_browser_protections() {
+    let server = Server::start().await;
+    let alice = server.join("shield", "alice").await;
+    let poll = format!("{}/messages?after=0&wait=0", alice.peer_path());
+    let events = format!("{}/events", alice.peer_path());
+    let requests = [
+        ("GET", poll.as_str(), true, 200),
+        ("GET", events.as_str(), true, 200),
+        ("POST", "/api/rooms/shield/messages", false, 401),
+        ("PUT", "/api/rooms/shield/messages", false, 405),
+        ("POST", "/healthz", false, 405),
+        ("GET", "/api/rooms/shield", false, 200),
+        ("GET", "/healthz", false, 200),
+        ("GET", "/", false, 200),
+        ("GET", "/no-such-file", false, 404),
+    ];
+    for (method, path, with_token, status) in requests {
+        let mut request = server
+            .client
+            .request(method.parse().unwrap(), server.url(path));
+        if with_token {
+            request = request.bearer_auth(&alice.token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        for (name, value) in [
+            ("x-content-type-options", "nosniff"),
+            ("x-frame-options", "SAMEORIGIN"),
+            ("permissions-policy", "interest-cohort=()"),
+        ] {
+            let values: Vec<_> = response.headers().get_all(name).iter().collect();
+            assert_eq!(values, [value], "{name} on {method} {path}");
+        }
+    }
+    server.stop().await;
+}

@@ -21,6 +21,7 @@ use crate::ice::IceConfig;
 use crate::identity::{PeerId, RoomName};
 use crate::join_token::JoinTokens;
 use crate::message::JsonObject;
+use crate::relay_routes::{peer_url, RelayRoute};
 use crate::resume::ResumeKeys;
 
 /// A join's body as it arrives; [`JoinRequest`] is what admission checks.
@@ -70,10 +71,6 @@ pub struct JoinResponse {
 pub struct RoomResponse {
     room: String,
     peers: Vec<PeerInfo>,
-}
-
-fn peer_url(room: &RoomName, peer: PeerId) -> String {
-    format!("/api/rooms/{room}/peers/{peer}")
 }
 
 /// What a join needs besides its room and body: the admission state, and who asks, from where.
@@ -145,9 +142,9 @@ pub async fn join(
         ice_servers: ice_servers.ice_servers,
         ice_servers_expires_at: ice_servers.expires_at,
         ice_servers_url: format!("{peer_url}/ice-servers"),
-        events_url: format!("{peer_url}/events"),
-        poll_url: format!("{peer_url}/messages"),
-        send_url: format!("/api/rooms/{room}/messages"),
+        events_url: RelayRoute::Events.url(&room, joined.peer_id),
+        poll_url: RelayRoute::Poll.url(&room, joined.peer_id),
+        send_url: RelayRoute::Send.url(&room, joined.peer_id),
         leave_url: peer_url.clone(),
         heartbeat_secs: config.heartbeat_secs,
         poll_max_wait_secs: config.poll_max_wait_secs,

@@ -12,12 +12,7 @@
 use hyper::Method;
 use rocket::{Orbit, Rocket};
 
-/// The relay routes the front serves itself (`front::Route::of`), as Rocket would spell them.
-const RELAY_ROUTES: [(Method, &str); 3] = [
-    (Method::POST, "/api/rooms/<room>/messages"),
-    (Method::GET, "/api/rooms/<room>/peers/<peer>/events"),
-    (Method::GET, "/api/rooms/<room>/peers/<peer>/messages"),
-];
+use crate::relay_routes::RelayRoute;
 
 /// One route: a method and a path template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,9 +81,9 @@ impl Methods {
             let method = route.method.as_str();
             Endpoint::new(method, route.uri.path(), method == "GET")
         });
-        let relay_routes = RELAY_ROUTES
-            .iter()
-            .filter_map(|(method, path)| Endpoint::new(method.as_str(), path, false));
+        let relay_routes = RelayRoute::ALL
+            .into_iter()
+            .filter_map(|route| Endpoint::new(route.method(), &route.template(), false));
         let mut endpoints: Vec<Endpoint> = rocket_routes.chain(relay_routes).collect();
         endpoints.sort_by(|a, b| (&a.path, &a.method).cmp(&(&b.path, &b.method)));
         endpoints.dedup_by(|a, b| a.path == b.path && a.method == b.method);

@@ -7,12 +7,13 @@
 //! (docs/BENCHMARKS.md has the profile); on hyper directly, about 43 µs and 21 KB. So the front
 //! serves those three on hyper, and hands every other request (join, leave, rooms, ICE,
 //! `/healthz`, `/metrics`, static files, CORS preflight) to the Rocket application that
-//! [`crate::build`] assembles, dispatched in-process through Rocket's local client: those keep
-//! Rocket's routing, guards, fairings and catchers.
+//! `signpost::build` assembles and hands down, dispatched in-process through Rocket's local
+//! client: those keep Rocket's routing, guards, fairings and catchers.
 //!
 //! Both layers share one `Hub`, one `Config`, one `Metrics` and one Rocket `Shutdown`, and the
-//! relay routes reuse the API's own rules (`api::auth`, `api::body`, `api::cors`, the one
-//! `Error`), so a client sees one API whichever layer answered.
+//! relay routes reuse the API's own rules (`api::auth`, `api::body`, `api::params`, the one
+//! `Error`) and the tables below both layers (`relay_routes`, `response_headers`), so a client
+//! sees one API whichever layer answered.
 //!
 //! - `request`: how a relay request's path, query, token and body become domain values.
 //! - `response`: JSON and error responses, and the headers every relay response carries.
@@ -52,12 +53,11 @@ use hyper::body::Incoming;
 use hyper::http::request::Parts;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use rocket::figment::Figment;
 use rocket::local::asynchronous::Client;
-use rocket::Shutdown;
+use rocket::{Build, Rocket, Shutdown};
 use tokio::net::TcpListener;
 use tokio::select;
 
@@ -67,6 +67,7 @@ use crate::error::Error;
 use crate::hub::Hub;
 use crate::logging;
 use crate::metrics::Metrics;
+use crate::relay_routes::{RelayPath, RelayRoute};
 
 use self::connection::{Connections, TimedIo};
 use self::response::ResponseBody;
@@ -125,14 +126,17 @@ struct Front {
 }
 
 impl Server {
-    /// Builds the application from `figment` (Rocket's settings, and signpost's under its
-    /// `signpost` key) and binds its address.
-    pub async fn bind(figment: Figment) -> Result<Server, StartError> {
-        let http = rocket::Config::try_from(&figment)
-            .map_err(|error| StartError::Rocket(error.to_string()))?;
+    /// Serves `application` (what `signpost::build` assembles) behind the front, with Rocket's
+    /// settings `http`: ignites it, takes the state both layers share from it, and binds the
+    /// address. [`Server::bind`] is the public way in; the application is handed down rather
+    /// than built here, so that the front never calls back up into what assembles it.
+    pub(crate) async fn start(
+        application: Rocket<Build>,
+        http: rocket::Config,
+    ) -> Result<Server, StartError> {
         // The fairing that failed has already said why (Rocket's own word is "launch fairing(s)
         // failed").
-        let rocket = Client::untracked(crate::build(figment))
+        let rocket = Client::untracked(application)
             .await
             .map_err(|error| StartError::Application(format!("{error}; the reason is above")))?;
         let orbit = rocket.rocket();
@@ -291,39 +295,6 @@ impl Server {
     }
 }
 
-/// The route a request names, if it is one of the three the front serves; its segments are
-/// still percent-encoded.
-enum Route<'a> {
-    Send { room: &'a str },
-    Events { room: &'a str, peer: &'a str },
-    Poll { room: &'a str, peer: &'a str },
-}
-
-impl<'a> Route<'a> {
-    fn of(method: &Method, path: &'a str) -> Option<Route<'a>> {
-        let rest = path.strip_prefix("/api/rooms/")?;
-        let mut segments = rest.split('/');
-        let mut next = || segments.next();
-        let route = match (next(), next(), next(), next(), next()) {
-            (Some(room), Some("messages"), None, _, _) if method == Method::POST => {
-                Route::Send { room }
-            }
-            (Some(room), Some("peers"), Some(peer), Some("events"), None)
-                if method == Method::GET =>
-            {
-                Route::Events { room, peer }
-            }
-            (Some(room), Some("peers"), Some(peer), Some("messages"), None)
-                if method == Method::GET =>
-            {
-                Route::Poll { room, peer }
-            }
-            _ => return None,
-        };
-        Some(route)
-    }
-}
-
 impl Front {
     async fn handle(
         &self,
@@ -331,7 +302,7 @@ impl Front {
         remote: SocketAddr,
     ) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
-        let Some(route) = Route::of(&parts.method, parts.uri.path()) else {
+        let Some(relay) = RelayRoute::matching(parts.method.as_str(), parts.uri.path()) else {
             // Checked before Rocket sees the request: Rocket alone would answer 404, and it
             // does not know the relay routes' paths.
             if let Some(allow) = self.methods.refusal(&parts.method, parts.uri.path()) {
@@ -342,10 +313,11 @@ impl Front {
             let dispatch = fallback::dispatch(self, Request::from_parts(parts, body), remote);
             return Box::pin(dispatch).await;
         };
+        let RelayPath { route, room, peer } = relay;
         let answer = match route {
-            Route::Send { room } => send::send(self, room, &parts, body).await,
-            Route::Events { room, peer } => events::events(self, room, peer, &parts).await,
-            Route::Poll { room, peer } => poll::poll(self, room, peer, &parts).await,
+            RelayRoute::Send => send::send(self, room, &parts, body).await,
+            RelayRoute::Events => events::events(self, room, peer, &parts).await,
+            RelayRoute::Poll => poll::poll(self, room, peer, &parts).await,
         };
         match answer {
             Ok(mut response) => {

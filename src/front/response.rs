@@ -1,5 +1,5 @@
 //! The relay routes' responses: JSON, errors in the API's one JSON shape, SSE streams, and the
-//! headers every `/api/` response carries whichever layer answered it.
+//! headers every answer carries whichever layer answered it.
 
 use std::convert::Infallible;
 
@@ -7,14 +7,14 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use http_body_util::{Either, Full, StreamBody};
 use hyper::body::Frame;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ORIGIN, VARY};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, ORIGIN};
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 
-use crate::api::cors::allowed_origin_headers;
 use crate::config::Config;
 use crate::error::Error;
 use crate::logging;
+use crate::response_headers::{response_headers, Answered, Value, Write};
 
 /// A stream of body chunks: the SSE stream's events.
 pub type Chunks = BoxStream<'static, Result<Frame<Bytes>, Infallible>>;
@@ -27,9 +27,21 @@ pub fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
+/// Room for every header a relay answer may carry: its own (at most four, an SSE stream's or
+/// an error's), and [`response_headers`]'s (at most seven). The map is then allocated once, at
+/// the size its first growth past six would give it, rather than allocated and then grown.
+const HEADER_CAPACITY: usize = 12;
+
+/// A response with `body` and room for its headers.
+fn with_body(body: ResponseBody) -> Response<ResponseBody> {
+    let mut response = Response::new(body);
+    *response.headers_mut() = HeaderMap::with_capacity(HEADER_CAPACITY);
+    response
+}
+
 /// A JSON response whose body is `body`, whole.
 pub fn json(code: u16, body: impl Into<Bytes>) -> Response<ResponseBody> {
-    let mut response = Response::new(Either::Left(Full::new(body.into())));
+    let mut response = with_body(Either::Left(Full::new(body.into())));
     *response.status_mut() = status(code);
     response
         .headers_mut()
@@ -50,39 +62,42 @@ pub fn error(error: &Error) -> Response<ResponseBody> {
 
 /// A streamed response of `content_type`.
 pub fn stream(content_type: &'static str, chunks: Chunks) -> Response<ResponseBody> {
-    let mut response = Response::new(Either::Right(StreamBody::new(chunks)));
+    let mut response = with_body(Either::Right(StreamBody::new(chunks)));
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
-/// What Rocket's fairings add to an `/api/` response (`api::NoStore`, `api::cors`, Shield's
-/// `nosniff`), added to a relay response.
-/// Every answer, whatever its path, also gets `Vary: Origin`, as Rocket's answers do.
+/// Writes the headers every answer carries ([`response_headers`]) into a relay route's answer or
+/// a refusal, as `api`'s fairing writes them into Rocket's.
 pub fn decorate(response: &mut Response<ResponseBody>, config: &Config, request: &Parts) {
+    let answered = Answered {
+        method: request.method.as_str(),
+        path: request.uri.path(),
+        origin: request
+            .headers
+            .get(ORIGIN)
+            .and_then(|origin| origin.to_str().ok()),
+        status: response.status().as_u16(),
+    };
     let headers = response.headers_mut();
-    // What an answer holds may depend on the request's Origin (CORS headers on `/api/`), so a
-    // shared cache must never hand one origin's answer to another: every answer says so, with
-    // or without an Origin, and on every path (docs/API.md, "CORS").
-    headers.append(VARY, HeaderValue::from_static("Origin"));
-    if !request.uri.path().starts_with("/api/") {
-        return;
-    }
-    if !headers.contains_key(CACHE_CONTROL) {
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
-    headers.insert(
-        "X-Content-Type-Options",
-        HeaderValue::from_static("nosniff"),
-    );
-    let origin = request
-        .headers
-        .get(ORIGIN)
-        .and_then(|origin| origin.to_str().ok());
-    if let Some(origin) = origin {
-        for (name, value) in allowed_origin_headers(config, origin) {
-            if let Ok(value) = HeaderValue::from_str(value) {
+    for header in response_headers(config, &answered) {
+        // Lower-case constants: no check and no copy (`response_headers`'s tests hold them to it).
+        let name = HeaderName::from_static(header.name);
+        let value = match header.value {
+            Value::Fixed(text) => HeaderValue::from_static(text),
+            Value::FromRequest(text) => match HeaderValue::from_str(text) {
+                Ok(value) => value,
+                Err(_) => continue,
+            },
+        };
+        match header.write {
+            Write::Append => {
+                headers.append(name, value);
+            }
+            Write::IfAbsent if headers.contains_key(&name) => {}
+            Write::IfAbsent | Write::Replace => {
                 headers.insert(name, value);
             }
         }

@@ -42,6 +42,8 @@ use crate::metrics::Metrics;
 
 use rocket::async_trait;
 
+pub use crate::membership::LeaveReason;
+
 use self::memory::MemoryStore;
 use self::redis::RedisStore;
 
@@ -116,37 +118,6 @@ pub struct PeerInfo {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<Box<RawValue>>,
-}
-
-/// Why a peer left its room, as told to the others in the `leave` event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LeaveReason {
-    /// It asked to leave.
-    Left,
-    /// No stream or poll for `peer_timeout_secs`.
-    Timeout,
-    /// Its undelivered backlog reached `mailbox_capacity`: it stopped reading.
-    Evicted,
-}
-
-impl LeaveReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LeaveReason::Left => "left",
-            LeaveReason::Timeout => "timeout",
-            LeaveReason::Evicted => "evicted",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "left" => Some(LeaveReason::Left),
-            "timeout" => Some(LeaveReason::Timeout),
-            "evicted" => Some(LeaveReason::Evicted),
-            _ => None,
-        }
-    }
 }
 
 /// The `leave` event the room hears when `peer` goes.

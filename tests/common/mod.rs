@@ -14,6 +14,7 @@ pub mod read_until;
 pub mod redis;
 pub mod redis_ha;
 pub mod requirements;
+pub mod stores;
 
 use std::time::{Duration, Instant};
 

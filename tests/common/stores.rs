@@ -1,0 +1,148 @@
+//! The backends the store contract suite (tests/store_contract.rs) runs on, and the one macro
+//! that stamps each contract test once per backend.
+//!
+//! Adding a backend (issue 18: Sentinel, Cluster) is done here alone: a variant of [`Backend`],
+//! its arm in [`Backend::deployment`] and [`Backend::shared`], and its line in the
+//! `@every` (and, for a shared store, `@shared`) arm of [`store_contract!`].
+
+use std::sync::Arc;
+
+use signpost::config::Config;
+use signpost::metrics::Metrics;
+use signpost::store::{self, Store};
+
+/// A kind of store the contract holds for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One process's rooms in memory.
+    Memory,
+    /// Rooms in the tests' shared `redis-server` (`tests/common/redis.rs`), under a key prefix
+    /// of the test's own.
+    Redis,
+}
+
+impl Backend {
+    /// Whether stores opened on one deployment of this backend are one server to their clients
+    /// (so the "several instances" rules apply).
+    pub fn shared(self) -> bool {
+        match self {
+            Backend::Memory => false,
+            Backend::Redis => true,
+        }
+    }
+
+    /// A fresh deployment for `test`, or `None` when the backend's program is missing outside
+    /// CI (the test then passes without running; under `CI=true` it fails instead).
+    pub fn deployment(self, test: &str) -> Option<Deployment> {
+        let redis_url = match self {
+            Backend::Memory => None,
+            Backend::Redis => Some(super::redis::shared(test)?),
+        };
+        Some(Deployment {
+            backend: self,
+            redis_url,
+            prefix: format!("contract-{}", uuid::Uuid::new_v4().simple()),
+        })
+    }
+}
+
+/// Where a test's stores live: the stores [`open`](Deployment::open)ed on one deployment of a
+/// shared backend see the same rooms, as instances of one server do.
+pub struct Deployment {
+    pub backend: Backend,
+    redis_url: Option<String>,
+    prefix: String,
+}
+
+impl Deployment {
+    /// A store (an instance) on this deployment, configured by `Config::default()` (the
+    /// defaults of `Rocket.toml`) with `settings` applied, started as a server starts it.
+    pub async fn open(&self, settings: impl FnOnce(&mut Config)) -> Instance {
+        let mut config = Config::default();
+        settings(&mut config);
+        config.redis_url = self.redis_url.clone();
+        config.redis_prefix = self.prefix.clone();
+        let store = store::open(&config, &Metrics::default()).expect("the store opens");
+        let shutdown = shutdown_handle().await;
+        store.start(shutdown.clone());
+        Instance { store, shutdown }
+    }
+}
+
+/// One store, as one server instance holds it; its background tasks end when it is dropped.
+pub struct Instance {
+    pub store: Arc<dyn Store>,
+    shutdown: rocket::Shutdown,
+}
+
+impl std::ops::Deref for Instance {
+    type Target = dyn Store;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.store
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.shutdown.clone().notify();
+    }
+}
+
+/// A `Shutdown` of a Rocket that is ignited but never launched: what a store's background tasks
+/// select on, tripped by [`Instance`]'s drop.
+async fn shutdown_handle() -> rocket::Shutdown {
+    let config = rocket::Config {
+        log_level: rocket::config::LogLevel::Off,
+        ..rocket::Config::debug_default()
+    };
+    rocket::custom(config)
+        .ignite()
+        .await
+        .expect("an empty Rocket ignites")
+        .shutdown()
+}
+
+/// Declares contract tests, each once per backend: `store_contract! { /// the rule
+/// every async fn name(deployment) { … } }` runs on every backend;
+/// `shared async fn …` only on backends whose instances share rooms ([`Backend::shared`]).
+/// `<name>::memory`, `<name>::redis`, … are the tests; the body gets the [`Deployment`].
+#[macro_export]
+macro_rules! store_contract {
+    ($($(#[$meta:meta])* $which:ident async fn $name:ident($deployment:ident) $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $crate::store_contract!(@$which $name $deployment $body);
+        }
+    )*};
+    (@every $name:ident $deployment:ident $body:block) => {
+        $crate::store_contract!(@memory $name $deployment $body);
+        $crate::store_contract!(@redis $name $deployment $body);
+    };
+    (@shared $name:ident $deployment:ident $body:block) => {
+        $crate::store_contract!(@redis $name $deployment $body);
+    };
+    (@memory $name:ident $deployment:ident $body:block) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn memory() {
+            let backend = $crate::common::stores::Backend::Memory;
+            let test = concat!(stringify!($name), "::memory");
+            if let Some($deployment) = backend.deployment(test) $body
+        }
+    };
+    (@redis $name:ident $deployment:ident $body:block) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(
+            signpost_missing = "redis",
+            ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+        )]
+        async fn redis() {
+            let backend = $crate::common::stores::Backend::Redis;
+            let test = concat!(stringify!($name), "::redis");
+            if let Some($deployment) = backend.deployment(test) $body
+        }
+    };
+}
