@@ -130,7 +130,7 @@ impl RedisStore {
         presence::spawn(Arc::clone(&self.inner), shutdown);
     }
 
-    pub async fn ping(&self) -> ApiResult<()> {
+    pub async fn ready(&self) -> ApiResult<()> {
         let _: Value = self.inner.connection.query(&redis::cmd("PING")).await?;
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The Redis store behind the [`Store`] and [`Reader`] traits: each method delegates to the
-//! inherent method of the same job (`ping` answers [`Store::ready`]), so that the store's own
-//! code reads as Redis code and this file is the only one that knows the seam.
+//! inherent method of the same name, so that the store's own code reads as Redis code and this
+//! file is the only one that knows the seam.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ impl Store for RedisStore {
     }
 
     async fn ready(&self) -> ApiResult<()> {
-        RedisStore::ping(self).await
+        RedisStore::ready(self).await
     }
 
     async fn charge_join(&self, client: IpAddr) -> ApiResult<()> {
