@@ -6,9 +6,10 @@
 //! once, before the store sees it), the order in which errors are reported, and the log line
 //! and the metrics of every join and departure, whichever store or instance caused it.
 
-use serde_json::value::RawValue;
 use std::net::IpAddr;
 use std::sync::Arc;
+
+use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::error::{ApiResult, Error};
