@@ -788,6 +788,33 @@ store_contract! {
         send(&*store, &room, &alice, vec![blob(bob.id)]).await;
     }
 
+    /// Which send refusal wins: a send over the sender's rate and over its address's held
+    /// bytes at once answers `RateLimited`, the sender's own pacing, checked before what the
+    /// server holds; and a send over only the bytes then takes no token (docs/API.md, Send,
+    /// "Which error wins").
+    every async fn the_send_rate_wins_over_the_bytes_held(deployment) {
+        let blob = |to: PeerId| message(Some(to), "blob", json!("x".repeat(500)));
+        let size = blob(PeerId::random()).draft.signed_len();
+        let limit = 2 * size + size / 2;
+        let store = deployment.open(|config| {
+            config.client_max_held_bytes = limit;
+            config.send_burst = 3.0;
+            config.send_rate_per_sec = 0.01;
+        }).await;
+        let room = room("both-limits");
+        let bob = join(&*store, &room).await;
+        let alice = join(&*store, &room).await;
+        send(&*store, &room, &alice, vec![blob(bob.id)]).await;
+        send(&*store, &room, &alice, vec![blob(bob.id)]).await;
+        let refused = store.send(&room, alice.token(), &[blob(bob.id)]).await;
+        assert_eq!(refused.err(), Some(Error::TooManyBytesHeld { limit }), "one token left");
+        let two = [blob(bob.id), blob(bob.id)];
+        let refused = store.send(&room, alice.token(), &two).await;
+        assert!(matches!(refused.err(), Some(Error::RateLimited { .. })), "over both");
+        let small = vec![message(Some(bob.id), "n", json!(1))];
+        assert_eq!(send(&*store, &room, &alice, small).await.accepted, 1, "the token left");
+    }
+
     /// What the server holds is given back when its mailbox goes: once the recipient left, the
     /// bytes sent to it no longer count against the sender's address (docs/API.md, Delivery,
     /// "What the server holds": "until they leave the mailbox (..., or the mailbox's peer

@@ -233,13 +233,16 @@ impl MemoryStore {
                 envelope.encoded_len() * recipients
             })
             .sum();
-        self.held.try_charge(charged_to, bytes)?;
-        if let Err(retry_after) = members.peers[sender_index]
-            .send_rate
-            .take(signed.len() as f64, Instant::now())
-        {
-            self.held.release(charged_to, bytes);
-            return Err(Error::RateLimited { retry_after });
+        // The sender's rate first, then what the server holds (docs/API.md, Send, "Which error
+        // wins"); a send the bytes refuse takes no token.
+        let send_rate = &mut members.peers[sender_index].send_rate;
+        let cost = signed.len() as f64;
+        send_rate
+            .take(cost, Instant::now())
+            .map_err(|retry_after| Error::RateLimited { retry_after })?;
+        if let Err(refusal) = self.held.try_charge(charged_to, bytes) {
+            send_rate.give_back(cost);
+            return Err(refusal);
         }
 
         let mut overflowing = Vec::new();
