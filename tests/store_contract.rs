@@ -1133,24 +1133,30 @@ store_contract! {
         assert_eq!(data_read(&*store, &room, &bob).await, [json!(1), json!(3)]);
     }
 
-    /// Idempotency: a key is remembered for `idempotency_window_secs` only; after it, the same
-    /// send is delivered again, and another batch under the key is accepted.
+    /// Idempotency: a key is remembered for `idempotency_window_secs` only, whatever keys the
+    /// peer sent since; after it, the same send is delivered again, and remembered again.
     every async fn a_key_is_forgotten_after_the_window(deployment) {
         let store = deployment.open(|config| config.idempotency_window_secs = 1).await;
         let room = room("window");
         let alice = join(&*store, &room).await;
         let bob = join(&*store, &room).await;
+        let carol = join(&*store, &room).await;
         let once = key("short-lived");
         let batch = [message(Some(bob.id), "n", json!(1))];
         send_keyed(&*store, &room, &alice, &batch, &once).await.expect("accepted");
         let remembered = Instant::now();
         // Retried until the store forgets the key: the first retry it does not replay is sent.
+        // Between retries, sends under new keys (to carol) keep alice's other keys alive.
         let deadline = remembered + EVENT_DEADLINE + Duration::from_secs(1);
-        loop {
+        for attempt in 0.. {
             let sent = send_keyed(&*store, &room, &alice, &batch, &once).await.expect("accepted");
             if !sent.replayed {
                 break;
             }
+            let other = [message(Some(carol.id), "n", json!(attempt))];
+            send_keyed(&*store, &room, &alice, &other, &key(&format!("other-{attempt}")))
+                .await
+                .expect("accepted");
             assert!(Instant::now() < deadline, "the key is never forgotten");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
