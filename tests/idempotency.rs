@@ -142,3 +142,24 @@ async fn browsers_may_send_the_key_and_read_the_replay_mark() {
         assert!(exposed.contains("Idempotent-Replayed"), "{exposed}");
     }
 }
+
+/// The typed client's `send_batch_with_key`, called again with the same key and messages (as
+/// after an error), answers as the first call and delivers the batch once.
+#[tokio::test]
+async fn the_typed_client_retries_under_its_key() {
+    let server = Server::start().await;
+    let alice = server.join("typed-key", "alice").await;
+    let bob = server.join("typed-key", "bob").await;
+    let typed = alice.typed();
+    let offer = [signpost::client::Message::new("offer").to(&bob.id)];
+    assert_eq!(
+        typed.send_batch_with_key(&offer, "typed-1").await.unwrap(),
+        1
+    );
+    assert_eq!(
+        typed.send_batch_with_key(&offer, "typed-1").await.unwrap(),
+        1
+    );
+    let (_, inbox) = bob.poll(0, 0.0).await;
+    assert_eq!(inbox["last_id"], 1, "delivered once: {inbox}");
+}
