@@ -738,6 +738,18 @@ mod tests {
                 mailbox_max_bytes: 64 * 1024 - 1,
                 ..Config::default()
             },
+            Config {
+                idempotency_window_secs: 0,
+                ..Config::default()
+            },
+            Config {
+                idempotency_window_secs: 24 * 60 * 60 + 1,
+                ..Config::default()
+            },
+            Config {
+                idempotency_keys_per_peer: 0,
+                ..Config::default()
+            },
         ];
         for config in broken {
             assert!(config.validate().is_err(), "{config:?}");
