@@ -34,19 +34,15 @@ local first_message = 13
 
 local sender, err = identify(digest)
 if err then return {err} end
-local now = now_ms()
 
 -- A send remembered under the key: "<fingerprint> <accepted>" in i:<sender>, its expiry (ms) in
--- it:<sender>. The expired go first, a few per call (ZREMRANGEBYSCORE has no LIMIT), so that the
--- work per send is bounded; the key's own expiry is checked, whatever is left.
-local sends, send_expiry
+-- it:<sender>. Expired entries are not swept: the per-peer cap bounds them, the oldest go first
+-- when it is reached, and both keys expire with their newest entry; a remembered key's own
+-- expiry is checked here.
+local sends, send_expiry, now
 if idempotency_key ~= '' then
+  now = now_ms()
   sends, send_expiry = k_sends(sender), k_send_expiry(sender)
-  local expired = redis.call('ZRANGEBYSCORE', send_expiry, '-inf', now, 'LIMIT', 0, 16)
-  if #expired > 0 then
-    redis.call('ZREM', send_expiry, unpack(expired))
-    redis.call('HDEL', sends, unpack(expired))
-  end
   local remembered = redis.call('HGET', sends, idempotency_key)
   if remembered then
     local expires = tonumber(redis.call('ZSCORE', send_expiry, idempotency_key))
@@ -74,6 +70,7 @@ end
 
 -- The sender's token bucket, as src/rate_limit.rs counts it, on Redis's clock so that every
 -- instance charges the same bucket.
+now = now or now_ms()
 local box = load(sender)
 if box == nil then return {'peer_not_found'} end
 local tokens = box.rt or burst
