@@ -48,8 +48,8 @@ run() {
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round"
   echo -n "  before, no key: "; run evalsha "$OLD" "${KEYS[@]}" "${LIMITS[@]}" "${MESSAGE[@]}"
-  echo -n "  after, no key:  "; run evalsha "$NEW" "${KEYS[@]}" "${LIMITS[@]}" "" "" 300000 256 "${MESSAGE[@]}"
-  echo -n "  after, new key: "; run evalsha "$NEW" "${KEYS[@]}" "${LIMITS[@]}" "k__rand_int__" $FINGERPRINT 300000 256 "${MESSAGE[@]}"
-  echo -n "  after, replay:  "; run evalsha "$NEW" "${KEYS[@]}" "${LIMITS[@]}" "same" $FINGERPRINT 300000 256 "${MESSAGE[@]}"
+  echo -n "  after, no key:  "; run evalsha "$NEW" "${KEYS[@]}" "${LIMITS[@]}" "" "" 300000 128 "${MESSAGE[@]}"
+  echo -n "  after, new key: "; run evalsha "$NEW" "${KEYS[@]}" "${LIMITS[@]}" "k__rand_int__" $FINGERPRINT 300000 128 "${MESSAGE[@]}"
+  echo -n "  after, replay:  "; run evalsha "$NEW" "${KEYS[@]}" "${LIMITS[@]}" "same" $FINGERPRINT 300000 128 "${MESSAGE[@]}"
 done
 uptime

@@ -79,9 +79,11 @@ pub struct Config {
     /// At least 1 s, at most 1 day.
     pub idempotency_window_secs: u64,
     /// Keys one peer's sends are remembered under at once; past it the oldest is forgotten.
-    /// Default 256: a peer sending at the whole `send_rate_per_sec` with a key per message
-    /// keeps its last five seconds of keys, one per batch much more; each key holds at most
-    /// 64 bytes and a 16-byte fingerprint (~40 KiB per peer at most on Redis). At least 1.
+    /// Default 128: a client retries within seconds, and a peer sending at the whole
+    /// `send_rate_per_sec` with a key per message keeps its last 2.5 s of keys (with a key per
+    /// batch, as signpost.js does, far more). 128 is also the most entries Redis keeps in its
+    /// compact encoding (`hash-`/`zset-max-listpack-entries`): a peer's keys of 64 bytes take
+    /// 25 KiB there at the cap, and 72 KiB at 256. At least 1.
     pub idempotency_keys_per_peer: usize,
     /// ICE servers handed to every peer when it joins, as `RTCIceServer` objects. Default none.
     pub ice_servers: Vec<IceServer>,
@@ -296,7 +298,7 @@ impl Default for Config {
             send_rate_per_sec: 50.0,
             send_burst: 400.0,
             idempotency_window_secs: 300,
-            idempotency_keys_per_peer: 256,
+            idempotency_keys_per_peer: 128,
             ice_servers: Vec::new(),
             static_dir: "static".into(),
             log_level: LogLevel::Info,
