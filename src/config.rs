@@ -73,6 +73,18 @@ pub struct Config {
     /// Messages a peer may send in a burst. Default 400: joining a full room sends an offer and
     /// a few dozen candidates to each of up to 15 peers at once.
     pub send_burst: f64,
+    /// How long a send with an `Idempotency-Key` is remembered, so that a retry with the key is
+    /// answered as the first was instead of delivered again. Default 300 s: longer than any
+    /// retry back-off a client should use after a 503 (seconds), shorter than a peer's session.
+    /// At least 1 s, at most 1 day.
+    pub idempotency_window_secs: u64,
+    /// Keys one peer's sends are remembered under at once; past it the oldest is forgotten.
+    /// Default 128: a client retries within seconds, and a peer sending at the whole
+    /// `send_rate_per_sec` with a key per message keeps its last 2.5 s of keys (with a key per
+    /// batch, as signpost.js does, far more). 128 is also the most entries Redis keeps in its
+    /// compact encoding (`hash-`/`zset-max-listpack-entries`): a peer's keys of 64 bytes take
+    /// 25 KiB there at the cap, and 72 KiB at 256. At least 1.
+    pub idempotency_keys_per_peer: usize,
     /// ICE servers handed to every peer when it joins, as `RTCIceServer` objects. Default none.
     pub ice_servers: Vec<IceServer>,
     /// Directory of the browser client served at `/` and under `/static/` (`/signpost.js` is the
@@ -285,6 +297,8 @@ impl Default for Config {
             poll_max_wait_secs: 25.0,
             send_rate_per_sec: 50.0,
             send_burst: 400.0,
+            idempotency_window_secs: 300,
+            idempotency_keys_per_peer: 128,
             ice_servers: Vec::new(),
             static_dir: "static".into(),
             log_level: LogLevel::Info,
@@ -349,6 +363,7 @@ impl Config {
         if !(self.send_burst.is_finite() && self.send_burst >= 1.0) {
             return Err("signpost.send_burst must be at least 1".into());
         }
+        self.validate_idempotency()?;
         let at_least_one = [
             ("max_rooms", self.max_rooms),
             ("max_peers_per_room", self.max_peers_per_room),
@@ -409,6 +424,22 @@ impl Config {
         self.validate_store()?;
         self.validate_joins()?;
         self.validate_connections()
+    }
+
+    /// The idempotent sends' part of [`Config::validate`]: a window of 0 would remember
+    /// nothing, and one past a day would hold a peer's keys longer than any retry needs.
+    fn validate_idempotency(&self) -> Result<(), String> {
+        const DAY: u64 = 24 * 60 * 60;
+        if !(1..=DAY).contains(&self.idempotency_window_secs) {
+            return Err(format!(
+                "signpost.idempotency_window_secs must be 1 to {DAY} (1 day), not {}",
+                self.idempotency_window_secs
+            ));
+        }
+        if self.idempotency_keys_per_peer == 0 {
+            return Err("signpost.idempotency_keys_per_peer must be at least 1".into());
+        }
+        Ok(())
     }
 
     /// The connection limits' part of [`Config::validate`].
@@ -614,6 +645,10 @@ impl Config {
         Duration::from_secs(self.turn_credential_ttl_secs)
     }
 
+    pub fn idempotency_window(&self) -> Duration {
+        Duration::from_secs(self.idempotency_window_secs)
+    }
+
     pub fn peer_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.peer_timeout_secs)
     }
@@ -703,6 +738,18 @@ mod tests {
             },
             Config {
                 mailbox_max_bytes: 64 * 1024 - 1,
+                ..Config::default()
+            },
+            Config {
+                idempotency_window_secs: 0,
+                ..Config::default()
+            },
+            Config {
+                idempotency_window_secs: 24 * 60 * 60 + 1,
+                ..Config::default()
+            },
+            Config {
+                idempotency_keys_per_peer: 0,
                 ..Config::default()
             },
         ];

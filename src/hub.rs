@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::error::{ApiResult, Error};
+use crate::idempotency::IdempotencyKey;
 use crate::identity::{PeerId, PeerToken, RoomName};
 use crate::logging;
 use crate::message::{Draft, EncodedMessage, MessageType, OutgoingMessage};
@@ -36,6 +37,15 @@ struct Shared {
     metrics: Metrics,
     /// `client_ipv6_prefix`: how client addresses become the keys of the per-address limits.
     client_ipv6_prefix: u8,
+}
+
+/// The answer to an accepted send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The batch's messages accepted.
+    pub count: usize,
+    /// A retry under the send's idempotency key: answered as the first, delivered nothing.
+    pub replayed: bool,
 }
 
 /// The result of a successful join.
@@ -152,13 +162,16 @@ impl Hub {
     }
 
     /// Accepts a batch from the peer that `token` belongs to: all of it, or, on any error,
-    /// none of it. Returns how many messages were accepted.
+    /// none of it. Under an idempotency `key`, a retry of an accepted send is answered as it
+    /// was, and delivers nothing again ([`Store::send`]). Returns how many messages were
+    /// accepted.
     pub async fn send(
         &self,
         room: &RoomName,
         token: Option<&str>,
         batch: Vec<OutgoingMessage>,
-    ) -> ApiResult<usize> {
+        key: Option<&IdempotencyKey>,
+    ) -> ApiResult<Accepted> {
         let outgoing = match self.prepare(batch) {
             Ok(outgoing) => outgoing,
             Err(error) => {
@@ -167,9 +180,12 @@ impl Hub {
                 return Err(error);
             }
         };
-        let sent = self.shared.store.send(room, token, &outgoing).await?;
+        let sent = self.shared.store.send(room, token, &outgoing, key).await?;
         self.departed(room, &sent.departures);
-        Ok(sent.accepted)
+        Ok(Accepted {
+            count: sent.accepted,
+            replayed: sent.replayed,
+        })
     }
 
     /// Validates a batch and encodes each message, once, for every recipient.

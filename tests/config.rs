@@ -68,6 +68,7 @@ async fn absurd_durations_are_refused_naming_the_key_and_its_bound() {
         ("poll_max_wait_secs", "1000000000.0", "3600"),
         ("body_read_timeout_secs", "1000000000.0", "3600"),
         ("write_timeout_secs", "1000000000.0", "3600"),
+        ("idempotency_window_secs", "1000000000", "86400"),
     ] {
         let refusal = common::instance::Instance::refusal(&format!("{key}={value}")).await;
         for expected in [format!("signpost.{key}"), bound.to_owned()] {
@@ -83,6 +84,7 @@ async fn absurd_durations_are_refused_naming_the_key_and_its_bound() {
         ("poll_max_wait_secs", json!(3600.0)),
         ("body_read_timeout_secs", json!(3600.0)),
         ("write_timeout_secs", json!(3600.0)),
+        ("idempotency_window_secs", json!(86400)),
     ] {
         assert!(
             signpost::build(figment(key, value.clone()))

@@ -36,6 +36,7 @@ use tokio::sync::watch;
 use crate::client_limits::ClientRefusal;
 use crate::config::Config;
 use crate::error::{ApiResult, Error};
+use crate::idempotency::IdempotencyKey;
 use crate::identity::{PeerId, PeerToken, RoomName};
 use crate::mailbox::{PollTicket, Read, StreamTicket, Ticket};
 use crate::message::{Draft, EncodedMessage};
@@ -72,6 +73,10 @@ pub struct Limits {
     pub max_held_bytes: usize,
     /// `poll_max_bytes`: the byte budget of one read (a poll answer, a stream's read).
     pub poll_max_bytes: usize,
+    /// `idempotency_window_secs`: how long a keyed send is remembered.
+    pub idempotency_window: Duration,
+    /// `idempotency_keys_per_peer`: keyed sends remembered per peer at once.
+    pub idempotency_keys_per_peer: usize,
 }
 
 impl Limits {
@@ -93,6 +98,8 @@ impl Limits {
             client_max_held_bytes: config.client_max_held_bytes,
             max_held_bytes: config.max_held_bytes,
             poll_max_bytes: config.poll_max_bytes,
+            idempotency_window: config.idempotency_window(),
+            idempotency_keys_per_peer: config.idempotency_keys_per_peer,
         }
     }
 
@@ -196,6 +203,9 @@ pub struct Sent {
     pub accepted: usize,
     /// Recipients the batch evicted.
     pub departures: Vec<Departure>,
+    /// The send was one remembered under its idempotency key: answered as the first was, with
+    /// nothing appended, charged or evicted this time.
+    pub replayed: bool,
 }
 
 /// The store `config` names: Redis when `redis_url` is set, memory otherwise. Connecting to
@@ -265,11 +275,22 @@ pub trait Store: Send + Sync {
     /// in the room), the bytes the sender's address holds and the sender's rate, signs each
     /// message and appends it to every recipient's mailbox: all of it, or none. A recipient
     /// whose mailbox overflows is evicted, and the rest is delivered.
+    ///
+    /// With a `key` (`Idempotency-Key`), right after identifying the sender: a send of the same
+    /// batch ([`Fingerprint`]) under the same key by the same peer within
+    /// `idempotency_window` is answered as that one was ([`Sent::replayed`]), appending and
+    /// charging nothing; another batch under it is `idempotency_key_reused`. An accepted keyed
+    /// send is remembered atomically with its append, at most `idempotency_keys_per_peer` per
+    /// peer (the oldest forgotten first), until the window ends or the peer leaves; a refused
+    /// one is not.
+    ///
+    /// [`Fingerprint`]: crate::idempotency::Fingerprint
     async fn send(
         &self,
         room: &RoomName,
         token: Option<&str>,
         batch: &[Outgoing],
+        key: Option<&IdempotencyKey>,
     ) -> ApiResult<Sent>;
 
     /// The mailbox of `peer` for the request that proves to be that peer: `room_not_found`,

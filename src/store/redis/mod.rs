@@ -63,6 +63,7 @@ use redis::{Script, Value};
 
 use crate::client_limits::ClientRefusal;
 use crate::error::{ApiResult, Error};
+use crate::idempotency::IdempotencyKey;
 use crate::identity::{PeerId, RoomName};
 use crate::message::EncodedMessage;
 use crate::metrics::Metrics;
@@ -284,9 +285,10 @@ impl RedisStore {
         room: &RoomName,
         token: Option<&str>,
         batch: &[Outgoing],
+        key: Option<&IdempotencyKey>,
     ) -> ApiResult<Sent> {
         let inner = &self.inner;
-        let delivered = scripts::send(inner, room, token, batch).await?;
+        let delivered = scripts::send(inner, room, token, batch, key).await?;
         let removed = delivered.removed;
         inner.departed(room, &removed.departures).await?;
         if let Some(emptied_us) = removed.emptied_us {
@@ -295,6 +297,7 @@ impl RedisStore {
         Ok(Sent {
             accepted: delivered.accepted,
             departures: removed.departures,
+            replayed: delivered.replayed,
         })
     }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rocket::async_trait;
 
 use crate::error::ApiResult;
+use crate::idempotency::IdempotencyKey;
 use crate::identity::{PeerId, RoomName};
 use crate::mailbox::{PollTicket, Read, StreamTicket, Ticket};
 use crate::message::EncodedMessage;
@@ -62,8 +63,9 @@ impl Store for RedisStore {
         room: &RoomName,
         token: Option<&str>,
         batch: &[Outgoing],
+        key: Option<&IdempotencyKey>,
     ) -> ApiResult<Sent> {
-        RedisStore::send(self, room, token, batch).await
+        RedisStore::send(self, room, token, batch, key).await
     }
 
     async fn reader(

@@ -28,6 +28,10 @@
 --   s:<peer>   list  beside m:<peer>, entry for entry: "<size> <client key>", the envelope's bytes
 --                    and the address they are charged to ("" for none), so that trimming and
 --                    reading in bytes never copy the messages themselves
+--   i:<peer>   hash  the peer's sends under an Idempotency-Key within the window (send.lua):
+--                    key -> "<batch fingerprint> <accepted>"; at most idempotency_keys_per_peer
+--   it:<peer>  zset  beside i:<peer>: key -> when it is forgotten (ms). Both expire with their
+--                    newest entry, and go with the peer
 -- Channel "<prefix>:w:<peer>" wakes the peer's readers; it carries nothing they rely on. (Peer
 -- ids are unique across rooms, and a shorter channel name is less for Redis to keep per
 -- listening peer.)
@@ -41,6 +45,8 @@ local K_BOXES = base .. 'boxes'
 local K_HELD = KEYS[2]
 local function k_list(peer) return base .. 'm:' .. peer end
 local function k_sizes(peer) return base .. 's:' .. peer end
+local function k_sends(peer) return base .. 'i:' .. peer end
+local function k_send_expiry(peer) return base .. 'it:' .. peer end
 
 -- Mailbox states this script has read, and those it changed: a batch of 16 messages to one
 -- peer reads and writes its state once, not 16 times. `flush` writes the changed ones back.
@@ -200,6 +206,7 @@ local function remove(peer, reason)
       redis.call('HDEL', K_TOKENS, digest)
       redis.call('ZREM', K_SEEN, gone)
       drop_mailbox(gone)
+      redis.call('DEL', k_sends(gone), k_send_expiry(gone))
       redis.call('HDEL', K_BOXES, gone)
       boxes[gone], dirty[gone] = nil, nil
       touched[gone] = nil
