@@ -45,7 +45,7 @@ use rocket::async_trait;
 pub use crate::membership::LeaveReason;
 
 use self::memory::MemoryStore;
-use self::redis::RedisStore;
+use self::redis::{RedisStore, Target as RedisTarget};
 
 /// The limits a store enforces atomically, from [`Config`].
 #[derive(Debug, Clone)]
@@ -197,14 +197,23 @@ pub struct Sent {
     pub departures: Vec<Departure>,
 }
 
-/// The store `config` names: Redis when `redis_url` is set, memory otherwise. Connecting to
-/// Redis happens lazily, so a server starts (and says it is not ready) while Redis is down.
+/// The store `config` names: Redis when `redis_url` or `redis_sentinels` is set, memory
+/// otherwise. Connecting to Redis happens lazily, so a server starts (and says it is not ready)
+/// while Redis is down.
 pub fn open(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, String> {
     let limits = Limits::new(config);
-    match &config.redis_url {
+    let target = match (&config.redis_url, &config.redis_sentinels) {
+        (Some(url), _) => Some(RedisTarget::Url(url.clone())),
+        (None, Some(sentinels)) => Some(RedisTarget::Sentinel {
+            sentinels: sentinels.clone(),
+            master: config.redis_sentinel_master.clone().unwrap_or_default(),
+        }),
+        (None, None) => None,
+    };
+    match target {
         None => Ok(Arc::new(MemoryStore::new(limits))),
-        Some(url) => Ok(Arc::new(RedisStore::new(
-            url,
+        Some(target) => Ok(Arc::new(RedisStore::new(
+            &target,
             config.redis_tls_ca_file.as_deref(),
             &config.redis_prefix,
             limits,

@@ -73,6 +73,7 @@ use self::keys::Keys;
 use self::records::{digest, parse_record};
 use self::scripts::{Admission, JoinAnswer, Scripts};
 
+pub use self::connection::Target;
 pub use self::presence::Listening;
 pub use self::reader::Reader;
 pub use self::wakeups::Subscription;
@@ -96,16 +97,17 @@ struct Inner {
 }
 
 impl RedisStore {
-    /// A store on `url`, over TLS for `rediss://` with `tls_ca_file`'s CAs if given; connects
-    /// lazily, so this succeeds while Redis is down.
+    /// A store on `target` (one Redis, or the master that sentinels name), over TLS for
+    /// `rediss://` with `tls_ca_file`'s CAs if given; connects lazily, so this succeeds while
+    /// Redis is down.
     pub fn new(
-        url: &str,
+        target: &Target,
         tls_ca_file: Option<&Path>,
         prefix: &str,
         limits: Limits,
         metrics: Metrics,
     ) -> Result<Self, String> {
-        let connection = Connection::open(url, tls_ca_file, metrics.clone())?;
+        let connection = Connection::open(target, tls_ca_file, metrics.clone())?;
         let timeout_ms = limits.peer_timeout.as_millis() as u64;
         let inner = Arc::new(Inner {
             connection,
@@ -120,13 +122,11 @@ impl RedisStore {
         Ok(Self { inner })
     }
 
-    /// Starts the wake-up connection and the presence refresher; both end with `shutdown`.
+    /// Starts the wake-up connection, the presence refresher and (Sentinel) the master's
+    /// watcher; all end with `shutdown`.
     pub fn start(&self, shutdown: rocket::Shutdown) {
-        wakeups::spawn(
-            self.inner.connection.client().clone(),
-            Arc::clone(&self.inner),
-            shutdown.clone(),
-        );
+        self.inner.connection.start(shutdown.clone());
+        wakeups::spawn(Arc::clone(&self.inner), shutdown.clone());
         presence::spawn(Arc::clone(&self.inner), shutdown);
     }
 
