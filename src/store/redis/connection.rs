@@ -652,3 +652,34 @@ pub(super) fn unexpected(what: &str) -> Error {
     logging::warn(format_args!("redis: unexpected script reply {what:?}"));
     Error::Internal("the shared store gave an unexpected reply")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::master_gone;
+
+    /// The error a server reply becomes, as a command would get it.
+    fn reply_error(reply: &str) -> redis::RedisError {
+        redis::parse_redis_value(format!("-{reply}\r\n").as_bytes())
+            .and_then(redis::Value::extract_error)
+            .expect_err("an error reply")
+    }
+
+    /// A reply that says the node is not (or no longer, or not yet) a usable master marks the
+    /// Sentinel connection stale, so that the next call asks the sentinels again (without it, a
+    /// connection left on a demoted master answers `READONLY` for good); an error of the
+    /// script's own does not.
+    #[test]
+    fn replies_that_say_the_master_went_mark_the_connection_stale() {
+        for reply in [
+            "READONLY You can't write against a read only replica.",
+            "NOREPLICAS Not enough good replicas to write.",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "LOADING Redis is loading the dataset in memory",
+        ] {
+            assert!(master_gone(&reply_error(reply)), "{reply}");
+        }
+        assert!(!master_gone(&reply_error(
+            "ERR user_script:1: Script attempted to access nonexistent global variable"
+        )));
+    }
+}
