@@ -138,6 +138,18 @@ pub struct Config {
     /// The name the sentinels monitor the master under (`sentinel monitor <name> …`). Default
     /// none; required with `redis_sentinels`, and only with them.
     pub redis_sentinel_master: Option<String>,
+    /// How many replicas must acknowledge a send's writes before it is answered 202 (Redis's
+    /// `WAIT`); if fewer do within `redis_wait_timeout_ms`, the answer is `503
+    /// store_unavailable` (the message may still arrive: retry with the same `Idempotency-Key`).
+    /// Default 0 (off): Redis replicates asynchronously, and a failover can lose the last
+    /// acknowledged writes; 1 makes an accepted message survive the loss of the master, at the
+    /// cost measured in docs/BENCHMARKS.md. Only with a Redis store.
+    pub redis_wait_replicas: u32,
+    /// How long a send waits for `redis_wait_replicas` acknowledgements. Default 200 ms: a
+    /// replica on the same network acknowledges in about a millisecond, so only a replica that is
+    /// gone or far behind waits it out, and a refused send still gets its 503 well within a
+    /// second. 1 to 1,000.
+    pub redis_wait_timeout_ms: u64,
     /// Prefix of every Redis key and channel. Default `"signpost"`; give each deployment that
     /// shares one Redis its own.
     pub redis_prefix: String,
@@ -311,6 +323,8 @@ impl Default for Config {
             redis_tls_ca_file: None,
             redis_sentinels: None,
             redis_sentinel_master: None,
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: 200,
             redis_prefix: "signpost".into(),
             join_auth: JoinAuth::Open,
             join_keys: BTreeMap::new(),
@@ -580,6 +594,17 @@ impl Config {
     /// both or neither, never with `redis_url`; a non-empty list of `redis://` or (all of them)
     /// `rediss://` URLs.
     fn validate_sentinels(&self) -> Result<(), String> {
+        if self.redis_wait_replicas > 0 {
+            if self.redis_url.is_none() && self.redis_sentinels.is_none() {
+                return Err("signpost.redis_wait_replicas needs a Redis store (signpost.redis_url or signpost.redis_sentinels)".into());
+            }
+            if !(1..=1000).contains(&self.redis_wait_timeout_ms) {
+                return Err(format!(
+                    "signpost.redis_wait_timeout_ms is 1 to 1000 (a refused send must still be answered fast), not {}",
+                    self.redis_wait_timeout_ms
+                ));
+            }
+        }
         let (sentinels, master) = match (&self.redis_sentinels, &self.redis_sentinel_master) {
             (None, None) => return Ok(()),
             (Some(_), None) => return Err("signpost.redis_sentinels needs signpost.redis_sentinel_master: the name the sentinels monitor the master under".into()),

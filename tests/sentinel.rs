@@ -457,3 +457,58 @@ async fn relays(set_up: &Sentinels) {
     assert_eq!(status, 200);
     assert_eq!(body["messages"][0]["type"], "tick", "{body}");
 }
+
+/// With `redis_wait_replicas = 1`, a send is answered 202 while the replica keeps up, and a
+/// fast 503 with `Retry-After` once no replica acknowledges (the replica detached by hand);
+/// once it is back in sync, sends are accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server and redis-cli: apt-get install redis-server (README.md, Prerequisites)"
+)]
+async fn wait_replicas_answers_202_only_once_a_replica_has_the_message() {
+    if !common::external::can_run("wait replicas", redis_ha::available()) {
+        return;
+    }
+    let set_up = tokio::task::spawn_blocking(Sentinels::start).await.unwrap();
+    let prefix = format!("sentinel-{}", uuid::Uuid::new_v4().simple());
+    let mut settings = settings(&set_up, &prefix);
+    settings["redis_wait_replicas"] = json!(1);
+    let a = Server::with(settings.clone()).await;
+    let b = Server::with(settings).await;
+    let alice = join(&a, "wait", "alice").await;
+    let bob = join(&b, "wait", "bob").await;
+    both_instances_send(&alice, &bob).await;
+
+    let master = set_up.master_port();
+    let replica = *set_up
+        .data_ports()
+        .iter()
+        .find(|port| **port != master)
+        .expect("a replica");
+    let set_up = Arc::new(Mutex::new(set_up));
+    blocking(&set_up, move |set_up| {
+        set_up.data_cli(replica, &["replicaof", "no", "one"])
+    })
+    .await;
+    let refused = answer(send(&alice, &bob, 1)).await;
+    assert_eq!(
+        (refused.status, refused.body["error"].as_str()),
+        (503, Some("store_unavailable")),
+        "{}",
+        refused.body
+    );
+    assert!(refused.retry_after.is_some() && refused.took < FAST, "a fast 503 with Retry-After");
+
+    blocking(&set_up, move |set_up| {
+        set_up.data_cli(replica, &["replicaof", "127.0.0.1", &master.to_string()]);
+        redis_ha::wait_for(redis_ha::FAILOVER_DEADLINE, "the replica to resync", || {
+            let info = set_up.data_cli(master, &["info", "replication"]);
+            (redis_ha::info_field(&info, "connected_slaves").as_deref() == Some("1")
+                && info.contains("state=online"))
+            .then_some(())
+        })
+    })
+    .await;
+    both_instances_send(&alice, &bob).await;
+}

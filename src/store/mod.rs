@@ -215,6 +215,10 @@ pub fn open(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, String
         Some(target) => Ok(Arc::new(RedisStore::new(
             &target,
             config.redis_tls_ca_file.as_deref(),
+            (config.redis_wait_replicas > 0).then(|| redis::WaitReplicas {
+                replicas: config.redis_wait_replicas,
+                timeout: Duration::from_millis(config.redis_wait_timeout_ms),
+            }),
             &config.redis_prefix,
             limits,
             metrics.clone(),

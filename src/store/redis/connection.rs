@@ -93,6 +93,14 @@ pub enum Target {
     },
 }
 
+/// `redis_wait_replicas` and `redis_wait_timeout_ms`: a send is answered 202 only once this
+/// many replicas have acknowledged its writes, waiting at most `timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitReplicas {
+    pub replicas: u32,
+    pub timeout: Duration,
+}
+
 /// The store's way to Redis: every command, pipeline and script goes through it, and every
 /// round trip is counted in the metrics.
 pub(super) struct Connection {
@@ -100,6 +108,7 @@ pub(super) struct Connection {
     /// Ticks each time the commands' connection is found stale (Sentinel mode only): the
     /// wake-up connection reconnects to the master on it.
     switched: watch::Sender<u64>,
+    wait: Option<WaitReplicas>,
     metrics: Metrics,
 }
 
@@ -109,6 +118,8 @@ enum Mode {
     Direct {
         commands: ConnectionManager,
         client: redis::Client,
+        /// `WAIT`'s own connection, with `redis_wait_replicas` (see [`Connection::wait`]).
+        waits: Option<ConnectionManager>,
     },
     Sentinel(Arc<Follower>),
 }
@@ -158,6 +169,7 @@ impl Connection {
     pub(super) fn open(
         target: &Target,
         tls_ca_file: Option<&Path>,
+        wait: Option<WaitReplicas>,
         metrics: Metrics,
     ) -> Result<Self, String> {
         let mode = match target {
@@ -172,17 +184,36 @@ impl Connection {
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
-                let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
-                    .map_err(|error| format!("cannot set up the Redis connection: {error}"))?;
-                Mode::Direct { commands, client }
+                let commands =
+                    ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                        .map_err(|error| format!("cannot set up the Redis connection: {error}"))?;
+                let waits = match wait {
+                    Some(wait) => Some(
+                        ConnectionManager::new_lazy_with_config(
+                            client.clone(),
+                            config.set_response_timeout(Some(wait.timeout + RESPONSE_TIMEOUT)),
+                        )
+                        .map_err(|error| format!("cannot set up the Redis connection: {error}"))?,
+                    ),
+                    None => None,
+                };
+                Mode::Direct {
+                    commands,
+                    client,
+                    waits,
+                }
             }
-            Target::Sentinel { sentinels, master } => {
-                Mode::Sentinel(Arc::new(Follower::new(sentinels, master, tls_ca_file)?))
-            }
+            Target::Sentinel { sentinels, master } => Mode::Sentinel(Arc::new(Follower::new(
+                sentinels,
+                master,
+                tls_ca_file,
+                wait,
+            )?)),
         };
         Ok(Self {
             mode,
             switched: watch::channel(0).0,
+            wait,
             metrics,
         })
     }
@@ -243,6 +274,57 @@ impl Connection {
         self.account(epoch, result)
     }
 
+    /// With `redis_wait_replicas`, after a write (a send): `WAIT replicas timeout`, answered
+    /// `store_unavailable` unless that many replicas acknowledged everything written so far.
+    /// `WAIT` blocks its connection and cannot run in a script, so it has a connection of its
+    /// own; and since it waits for what *its own client* wrote last, a `SET` of `mark` on that
+    /// connection first brings its offset up to the master's, past the send's writes. (If the
+    /// master switched between the send and this, the wait is on the new master: what was lost
+    /// with the old one is the seal's to tell, design note §4.)
+    pub(super) async fn wait(&self, mark: &str) -> ApiResult<()> {
+        let Some(wait) = self.wait else {
+            return Ok(());
+        };
+        let (mut connection, epoch) = match &self.mode {
+            Mode::Direct {
+                waits: Some(waits), ..
+            } => (Commands::Manager(waits.clone()), 0),
+            Mode::Direct { waits: None, .. } => return Ok(()),
+            Mode::Sentinel(follower) => match follower.master().await {
+                Ok(Master {
+                    waits: Some(waits),
+                    epoch,
+                    ..
+                }) => (Commands::Multiplexed(waits), epoch),
+                Ok(_) => return Ok(()),
+                Err(error) => {
+                    self.metrics.store_round_trip(true);
+                    return Err(error);
+                }
+            },
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(mark)
+            .arg(1)
+            .arg("PX")
+            .arg(60_000)
+            .ignore()
+            .cmd("WAIT")
+            .arg(wait.replicas)
+            .arg(wait.timeout.as_millis() as u64);
+        let result = pipe.query_async(&mut connection).await;
+        let (acknowledged,): (u32,) = self.account(epoch, result)?;
+        if acknowledged < wait.replicas {
+            logging::warn(format_args!(
+                "redis: {acknowledged} of {} replicas acknowledged a send within {:?}; answered 503",
+                wait.replicas, wait.timeout
+            ));
+            return Err(Error::StoreUnavailable);
+        }
+        Ok(())
+    }
+
     /// The commands' connection, and (Sentinel mode) which resolution it came from; answered
     /// `store_unavailable` at once when no master can be reached within [`RESOLVE_BUDGET`].
     async fn commands(&self) -> ApiResult<(Commands, u64)> {
@@ -298,6 +380,8 @@ struct Master {
     address: (String, u16),
     client: redis::Client,
     commands: MultiplexedConnection,
+    /// `WAIT`'s own connection, with `redis_wait_replicas`.
+    waits: Option<MultiplexedConnection>,
 }
 
 /// Follows the master that the sentinels name: see the module's doc.
@@ -321,10 +405,16 @@ struct Follower {
     /// A master whose failover a sentinel announced (`+try-failover`), and until when it is
     /// refused: from its replica's promotion on, what it takes is lost.
     fence: Mutex<Option<((String, u16), Instant)>>,
+    wait: Option<WaitReplicas>,
 }
 
 impl Follower {
-    fn new(urls: &[String], name: &str, tls_ca_file: Option<&Path>) -> Result<Self, String> {
+    fn new(
+        urls: &[String],
+        name: &str,
+        tls_ca_file: Option<&Path>,
+        wait: Option<WaitReplicas>,
+    ) -> Result<Self, String> {
         let mut sentinels = Vec::new();
         let mut data = None;
         for url in urls {
@@ -349,6 +439,7 @@ impl Follower {
             resolving: tokio::sync::Mutex::new(None),
             epochs: AtomicU64::new(0),
             fence: Mutex::new(None),
+            wait,
         })
     }
 
@@ -455,7 +546,21 @@ impl Follower {
             return Err("it is not a master (yet)".into());
         }
         commands.set_response_timeout(SENTINEL_RESPONSE_TIMEOUT);
+        let waits = match self.wait {
+            Some(wait) => {
+                let config =
+                    node_config().set_response_timeout(Some(wait.timeout + SENTINEL_RESPONSE_TIMEOUT));
+                Some(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map_err(|error| error.to_string())?,
+                )
+            }
+            None => None,
+        };
         Ok(Master {
+            waits,
             epoch: self.epochs.fetch_add(1, Ordering::Relaxed) + 1,
             address: address.clone(),
             client,

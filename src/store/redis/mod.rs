@@ -73,7 +73,7 @@ use self::keys::Keys;
 use self::records::{digest, parse_record};
 use self::scripts::{Admission, JoinAnswer, Scripts};
 
-pub use self::connection::Target;
+pub use self::connection::{Target, WaitReplicas};
 pub use self::presence::Listening;
 pub use self::reader::Reader;
 pub use self::wakeups::Subscription;
@@ -103,11 +103,12 @@ impl RedisStore {
     pub fn new(
         target: &Target,
         tls_ca_file: Option<&Path>,
+        wait: Option<WaitReplicas>,
         prefix: &str,
         limits: Limits,
         metrics: Metrics,
     ) -> Result<Self, String> {
-        let connection = Connection::open(target, tls_ca_file, metrics.clone())?;
+        let connection = Connection::open(target, tls_ca_file, wait, metrics.clone())?;
         let timeout_ms = limits.peer_timeout.as_millis() as u64;
         let inner = Arc::new(Inner {
             connection,
@@ -288,6 +289,8 @@ impl RedisStore {
         if let Some(emptied_us) = removed.emptied_us {
             scripts::release(inner, room, emptied_us).await?;
         }
+        // `redis_wait_replicas`: 202 only once replicas hold it.
+        inner.connection.wait(&inner.keys.wait_mark).await?;
         Ok(Sent {
             accepted: delivered.accepted,
             departures: removed.departures,
