@@ -11,6 +11,12 @@
 //! `CLIENT KILL TYPE pubsub`), the task reconnects, subscribes again to every channel, and
 //! wakes every reader, who reads its mailbox again: wake-ups lost in between delay nothing
 //! further and lose nothing. A periodic PING finds a connection that died silently.
+//!
+//! With Sentinel, every (re)connection goes to the master the commands' connection resolved
+//! (`connection.rs`), and the task also reconnects whenever that connection is found stale
+//! (`+switch-master`, a failover's start, `ROLE`, an error saying the master went): the old
+//! master keeps its subscribers connected for ~10 s after a planned failover, deaf to every
+//! wake-up published on the new one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
