@@ -404,7 +404,7 @@ async fn a_killed_master_gives_fast_503s_and_its_restart_strands_no_instance() {
 }
 
 /// With a password on the data nodes (given in the sentinels' URLs' userinfo), two instances
-/// find the master and relay.
+/// find the master and relay; a sentinel that is down, listed first, is passed over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     signpost_missing = "redis",
@@ -417,7 +417,18 @@ async fn a_password_in_the_sentinel_urls_reaches_the_data_nodes() {
     let set_up = tokio::task::spawn_blocking(|| Sentinels::start_with_password("s3cret-pw"))
         .await
         .unwrap();
-    relays(&set_up).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a port")
+        .port();
+    let prefix = format!("sentinel-{}", uuid::Uuid::new_v4().simple());
+    let mut settings = settings(&set_up, &prefix);
+    let mut urls = vec![json!(format!("redis://:s3cret-pw@127.0.0.1:{closed}"))];
+    urls.extend(settings["redis_sentinels"].as_array().unwrap().iter().cloned());
+    settings["redis_sentinels"] = json!(urls);
+    let a = Server::with(settings.clone()).await;
+    let b = Server::with(settings).await;
+    relay_between(&a, &b).await;
 }
 
 /// TLS-only sentinels and data nodes (`rediss://` URLs, our own CA in `redis_tls_ca_file`,
@@ -448,10 +459,16 @@ async fn tls_sentinels_and_data_nodes_relay() {
 }
 
 /// Two instances on `set_up` relay a message from one to the other.
+#[cfg(feature = "redis-tls")]
 async fn relays(set_up: &Sentinels) {
     let (a, b) = two_instances(set_up).await;
-    let alice = join(&a, "secured", "alice").await;
-    let bob = join(&b, "secured", "bob").await;
+    relay_between(&a, &b).await;
+}
+
+/// A message sent through `a` reaches its recipient on `b`, and one the other way.
+async fn relay_between(a: &Server, b: &Server) {
+    let alice = join(a, "secured", "alice").await;
+    let bob = join(b, "secured", "bob").await;
     both_instances_send(&alice, &bob).await;
     let (status, body) = bob.poll(0, 5.0).await;
     assert_eq!(status, 200);

@@ -25,7 +25,7 @@
 //! wake-up connection (`wakeups.rs`) moves to the new master too.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -402,6 +402,8 @@ struct Follower {
     /// Held while a resolution runs, so that one runs at a time; holds when the last one failed.
     resolving: tokio::sync::Mutex<Option<Instant>>,
     epochs: AtomicU64,
+    /// The sentinel a resolution asks first: the one after the last that did not answer.
+    first_asked: AtomicUsize,
     /// A master whose failover a sentinel announced (`+try-failover`), and until when it is
     /// refused: from its replica's promotion on, what it takes is lost.
     fence: Mutex<Option<((String, u16), Instant)>>,
@@ -438,6 +440,7 @@ impl Follower {
             current: Mutex::new(None),
             resolving: tokio::sync::Mutex::new(None),
             epochs: AtomicU64::new(0),
+            first_asked: AtomicUsize::new(0),
             fence: Mutex::new(None),
             wait,
         })
@@ -482,11 +485,17 @@ impl Follower {
     /// says it is a master.
     async fn resolve(&self) -> Result<Master, String> {
         let mut why = String::new();
-        for (sentinel, url) in self.sentinels.iter().zip(&self.urls) {
+        let count = self.sentinels.len();
+        let first = self.first_asked.load(Ordering::Relaxed);
+        for index in (first..first + count).map(|index| index % count) {
+            let (sentinel, url) = (&self.sentinels[index], &self.urls[index]);
             let address = match self.ask(sentinel).await {
                 Ok(address) => address,
                 Err(error) => {
                     why = format!("sentinel {url}: {error}");
+                    // The next resolution starts with the next one: a sentinel that does not
+                    // answer must not eat every resolution's budget.
+                    self.first_asked.store((index + 1) % count, Ordering::Relaxed);
                     continue;
                 }
             };
