@@ -627,9 +627,14 @@ impl Config {
                 ));
             }
         }
-        let tls = sentinels.iter().filter(|url| url.starts_with("rediss://")).count();
+        let tls = sentinels
+            .iter()
+            .filter(|url| url.starts_with("rediss://"))
+            .count();
         if tls != 0 && tls != sentinels.len() {
-            return Err("signpost.redis_sentinels: either every URL is rediss:// (TLS) or none".into());
+            return Err(
+                "signpost.redis_sentinels: either every URL is rediss:// (TLS) or none".into(),
+            );
         }
         if tls != 0 && !cfg!(feature = "redis-tls") {
             return Err("signpost.redis_sentinels: rediss:// (TLS) needs signpost built with `--features redis-tls` (cargo build --release --features redis-tls)".into());

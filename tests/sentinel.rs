@@ -82,7 +82,10 @@ async fn join(server: &Server, room: &str, name: &str) -> Peer {
         if matches!(ready, Ok(200)) {
             return server.join(room, name).await;
         }
-        assert!(started.elapsed() < DEADLINE, "{name}'s instance never got ready");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{name}'s instance never got ready"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -169,7 +172,8 @@ impl Flow {
                 for message in polled.body["messages"].as_array().into_iter().flatten() {
                     seen.ids.push(message["id"].as_u64().expect("an id"));
                     if message["type"] == "tick" {
-                        seen.ticks.push(message["data"]["n"].as_u64().expect("a tick"));
+                        seen.ticks
+                            .push(message["data"]["n"].as_u64().expect("a tick"));
                     }
                 }
                 after = polled.body["last_id"].as_u64().unwrap_or(after);
@@ -219,12 +223,14 @@ impl Flow {
             .collect();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(10) {
-            let received = self.received.lock().unwrap();
-            let ticks: HashSet<u64> = received.ticks.iter().copied().collect();
-            if received.resets > 0 || accepted.is_subset(&ticks) {
+            let caught_up = {
+                let received = self.received.lock().unwrap();
+                let ticks: HashSet<u64> = received.ticks.iter().copied().collect();
+                received.resets > 0 || accepted.is_subset(&ticks)
+            };
+            if caught_up {
                 break;
             }
-            drop(received);
             tokio::time::sleep(PERIOD).await;
         }
         let _ = self.stop_reading.send(true);
@@ -318,7 +324,11 @@ fn check(what: &str, fault: Instant, sent: &[Sent], received: &Received) {
 async fn both_instances_send(alice: &Peer, bob: &Peer) {
     for (from, to) in [(alice, bob), (bob, alice)] {
         let answer = answer(send(from, to, 0)).await;
-        assert_eq!(answer.status, 202, "a send through {}: {}", from.base, answer.body);
+        assert_eq!(
+            answer.status, 202,
+            "a send through {}: {}",
+            from.base, answer.body
+        );
     }
 }
 
@@ -399,7 +409,10 @@ async fn a_killed_master_gives_fast_503s_and_its_restart_strands_no_instance() {
     let (sent, received) = flow.finish().await;
     check("killed master", fault, &sent, &received);
     let role = blocking(&set_up, move |set_up| set_up.data_cli(old, &["role"])).await;
-    assert!(role.starts_with("slave"), "the old master is a replica: {role}");
+    assert!(
+        role.starts_with("slave"),
+        "the old master is a replica: {role}"
+    );
     both_instances_send(&alice, &bob).await;
 }
 
@@ -424,7 +437,13 @@ async fn a_password_in_the_sentinel_urls_reaches_the_data_nodes() {
     let prefix = format!("sentinel-{}", uuid::Uuid::new_v4().simple());
     let mut settings = settings(&set_up, &prefix);
     let mut urls = vec![json!(format!("redis://:s3cret-pw@127.0.0.1:{closed}"))];
-    urls.extend(settings["redis_sentinels"].as_array().unwrap().iter().cloned());
+    urls.extend(
+        settings["redis_sentinels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .cloned(),
+    );
     settings["redis_sentinels"] = json!(urls);
     let a = Server::with(settings.clone()).await;
     let b = Server::with(settings).await;
@@ -440,8 +459,8 @@ async fn a_password_in_the_sentinel_urls_reaches_the_data_nodes() {
     ignore = "needs redis-server and openssl: apt-get install redis-server openssl"
 )]
 async fn tls_sentinels_and_data_nodes_relay() {
-    let available = redis_ha::available()
-        .and_then(|()| common::external::programs(&["openssl"], "openssl"));
+    let available =
+        redis_ha::available().and_then(|()| common::external::programs(&["openssl"], "openssl"));
     if !common::external::can_run("sentinel tls", available) {
         return;
     }
@@ -515,7 +534,10 @@ async fn wait_replicas_answers_202_only_once_a_replica_has_the_message() {
         "{}",
         refused.body
     );
-    assert!(refused.retry_after.is_some() && refused.took < FAST, "a fast 503 with Retry-After");
+    assert!(
+        refused.retry_after.is_some() && refused.took < FAST,
+        "a fast 503 with Retry-After"
+    );
 
     blocking(&set_up, move |set_up| {
         set_up.data_cli(replica, &["replicaof", "127.0.0.1", &master.to_string()]);

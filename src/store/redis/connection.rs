@@ -363,7 +363,9 @@ fn master_gone(error: &redis::RedisError) -> bool {
         || error.is_io_error()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
-        || error.code().is_some_and(|code| NOT_A_MASTER.contains(&code))
+        || error
+            .code()
+            .is_some_and(|code| NOT_A_MASTER.contains(&code))
 }
 
 fn io_error(what: &'static str) -> redis::RedisError {
@@ -424,7 +426,9 @@ impl Follower {
                 format!("signpost.redis_sentinels: {url:?} is not usable: {error}")
             })?;
             // The userinfo is the data nodes' (README): the sentinels are asked without it.
-            let bare = info.clone().set_redis_settings(RedisConnectionInfo::default());
+            let bare = info
+                .clone()
+                .set_redis_settings(RedisConnectionInfo::default());
             sentinels.push(client(bare, tls_ca_file, "redis_sentinels")?);
             data.get_or_insert(info);
         }
@@ -495,7 +499,8 @@ impl Follower {
                     why = format!("sentinel {url}: {error}");
                     // The next resolution starts with the next one: a sentinel that does not
                     // answer must not eat every resolution's budget.
-                    self.first_asked.store((index + 1) % count, Ordering::Relaxed);
+                    self.first_asked
+                        .store((index + 1) % count, Ordering::Relaxed);
                     continue;
                 }
             };
@@ -557,8 +562,8 @@ impl Follower {
         commands.set_response_timeout(SENTINEL_RESPONSE_TIMEOUT);
         let waits = match self.wait {
             Some(wait) => {
-                let config =
-                    node_config().set_response_timeout(Some(wait.timeout + SENTINEL_RESPONSE_TIMEOUT));
+                let config = node_config()
+                    .set_response_timeout(Some(wait.timeout + SENTINEL_RESPONSE_TIMEOUT));
                 Some(
                     client
                         .get_multiplexed_async_connection_with_config(&config)
@@ -596,14 +601,20 @@ impl Follower {
             ("+switch-master", [name, _, _, host, port]) if *name == self.name => {
                 *self.fence.lock() = None;
                 // Every sentinel announces it: only the first moves the connection.
-                let current = self.current.lock().as_ref().map(|master| master.address.clone());
+                let current = self
+                    .current
+                    .lock()
+                    .as_ref()
+                    .map(|master| master.address.clone());
                 let new = ((*host).to_owned(), port.parse().unwrap_or_default());
                 if current.as_ref() != Some(&new) {
                     self.mark_stale(None, switched, &format!("+switch-master {payload}"));
                 }
                 self.check_role(switched).await;
             }
-            (abort, ["master", name, ..]) if abort.starts_with("-failover-abort") && *name == self.name => {
+            (abort, ["master", name, ..])
+                if abort.starts_with("-failover-abort") && *name == self.name =>
+            {
                 *self.fence.lock() = None;
                 logging::info(format_args!("redis: {abort} {payload}"));
             }
@@ -668,7 +679,11 @@ fn node_config() -> AsyncConnectionConfig {
 /// The Sentinel mode's watchers: one subscription per sentinel (each reconnecting by itself,
 /// since only the sentinel that leads a failover announces its start), and a `ROLE` check of
 /// the master every [`ROLE_EVERY`].
-fn spawn_watchers(follower: &Arc<Follower>, switched: &watch::Sender<u64>, shutdown: &rocket::Shutdown) {
+fn spawn_watchers(
+    follower: &Arc<Follower>,
+    switched: &watch::Sender<u64>,
+    shutdown: &rocket::Shutdown,
+) {
     for index in 0..follower.sentinels.len() {
         tokio::spawn(listen_to_sentinel(
             Arc::clone(follower),
@@ -677,7 +692,8 @@ fn spawn_watchers(follower: &Arc<Follower>, switched: &watch::Sender<u64>, shutd
             shutdown.clone(),
         ));
     }
-    let (follower, switched, mut shutdown) = (Arc::clone(follower), switched.clone(), shutdown.clone());
+    let (follower, switched, mut shutdown) =
+        (Arc::clone(follower), switched.clone(), shutdown.clone());
     tokio::spawn(async move {
         let mut role = tokio::time::interval(ROLE_EVERY);
         loop {

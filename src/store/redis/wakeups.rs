@@ -277,7 +277,9 @@ pub fn spawn(inner: Arc<Inner>, mut shutdown: rocket::Shutdown) {
                     _ = &mut shutdown => return,
                 }
             }
-            logging::warn(format_args!("redis: wake-up connection lost or moved; reconnecting"));
+            logging::warn(format_args!(
+                "redis: wake-up connection lost or moved; reconnecting"
+            ));
             // Readers that come now must wait for the new connection's confirmation.
             inner.wakeups.unconfirm_all();
             // Readers wake now and read again (the store may be gone: they end and their
