@@ -117,7 +117,8 @@ enum Mode {
     /// `client` is what the wake-ups' connection is made from.
     Direct {
         commands: ConnectionManager,
-        client: redis::Client,
+        /// Boxed: with TLS settings, a client is several times the size of the other variant.
+        client: Box<redis::Client>,
         /// `WAIT`'s own connection, with `redis_wait_replicas` (see [`Connection::wait`]).
         waits: Option<ConnectionManager>,
     },
@@ -199,7 +200,7 @@ impl Connection {
                 };
                 Mode::Direct {
                     commands,
-                    client,
+                    client: Box::new(client),
                     waits,
                 }
             }
