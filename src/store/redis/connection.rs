@@ -54,8 +54,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// noticed, and a request must get its 503 in well under a second.
 const SENTINEL_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one request may spend waiting for, or running, a resolution of the master before
-/// it is answered 503: together with one round trip, under a second.
-const RESOLVE_BUDGET: Duration = Duration::from_millis(450);
+/// it is answered 503: together with one round trip ([`SENTINEL_RESPONSE_TIMEOUT`]), under a
+/// second. A resolution (ask a sentinel, connect, `ROLE`) takes a few milliseconds on a LAN.
+const RESOLVE_BUDGET: Duration = Duration::from_millis(300);
 /// Connecting to one sentinel, or to the master it names, and each of their answers.
 const NODE_TIMEOUT: Duration = Duration::from_millis(250);
 /// After a failed resolution, requests answer 503 at once for this long instead of asking the

@@ -35,8 +35,9 @@
 //! connections are made from one client that carries the TLS settings.
 //!
 //! # Layout
-//! - `connection.rs`: the way to Redis that everything below calls through, and how a failure
-//!   becomes `503 store_unavailable`.
+//! - `connection.rs`: the way to Redis that everything below calls through (one Redis, or the
+//!   master that Redis Sentinel names, followed across failovers), and how a failure becomes
+//!   `503 store_unavailable`.
 //! - `keys.rs`: the key layout and its hash tags.
 //! - `scripts.rs`: the Lua scripts, one typed call per script with a typed reply.
 //! - `records.rs`: how a peer and a message are kept (the token's digest, the peer record).
