@@ -452,11 +452,17 @@ async fn a_password_in_the_sentinel_urls_reaches_the_data_nodes() {
 
 /// TLS-only sentinels and data nodes (`rediss://` URLs, our own CA in `redis_tls_ca_file`,
 /// and a password): two instances find the master and relay.
-#[cfg(feature = "redis-tls")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
-    any(signpost_missing = "redis", signpost_missing = "openssl"),
-    ignore = "needs redis-server and openssl: apt-get install redis-server openssl"
+    not(feature = "redis-tls"),
+    ignore = "needs the redis-tls feature: cargo test --features redis-tls --test sentinel"
+)]
+#[cfg_attr(
+    all(
+        feature = "redis-tls",
+        any(signpost_missing = "redis", signpost_missing = "openssl")
+    ),
+    ignore = "needs redis-server and openssl: apt-get install redis-server openssl (README.md, Prerequisites)"
 )]
 async fn tls_sentinels_and_data_nodes_relay() {
     let available =
@@ -478,7 +484,6 @@ async fn tls_sentinels_and_data_nodes_relay() {
 }
 
 /// Two instances on `set_up` relay a message from one to the other.
-#[cfg(feature = "redis-tls")]
 async fn relays(set_up: &Sentinels) {
     let (a, b) = two_instances(set_up).await;
     relay_between(&a, &b).await;
