@@ -556,3 +556,50 @@ async fn wait_replicas_answers_202_only_once_a_replica_has_the_message() {
     .await;
     both_instances_send(&alice, &bob).await;
 }
+
+/// After a planned failover, a reader's stream on one instance is woken by a send through the
+/// other within a couple of seconds: the wake-up connection moved to the new master with the
+/// commands' one (the old master keeps its subscribers connected, deaf, for ~10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server and redis-cli: apt-get install redis-server (README.md, Prerequisites)"
+)]
+async fn wake_ups_follow_the_master_after_a_planned_failover() {
+    if !common::external::can_run("wake-ups follow", redis_ha::available()) {
+        return;
+    }
+    let set_up = tokio::task::spawn_blocking(Sentinels::start).await.unwrap();
+    let (a, b) = two_instances(&set_up).await;
+    let set_up = Arc::new(Mutex::new(set_up));
+    let alice = join(&a, "wake", "alice").await;
+    let bob = join(&b, "wake", "bob").await;
+    blocking(&set_up, |set_up| set_up.failover()).await;
+
+    // Sends are accepted again, and bob's stream opens on the new master's history.
+    let started = Instant::now();
+    while answer(send(&alice, &bob, 1)).await.status != 202 {
+        assert!(started.elapsed() < recovery(), "sends never came back");
+        tokio::time::sleep(PERIOD).await;
+    }
+    let mut events = bob.events(None).await;
+    let tick = |event: &eventsource_stream::Event| -> Option<u64> {
+        (event.event == "tick")
+            .then(|| serde_json::from_str::<Value>(&event.data).ok())
+            .flatten()
+            .and_then(|envelope| envelope["data"]["n"].as_u64())
+    };
+    while tick(&events.next().await) != Some(1) {}
+
+    let sent = Instant::now();
+    assert_eq!(answer(send(&alice, &bob, 2)).await.status, 202);
+    let woken = tokio::time::timeout(Duration::from_secs(3), async {
+        while tick(&events.next().await) != Some(2) {}
+    })
+    .await;
+    assert!(
+        woken.is_ok(),
+        "the reader was not woken within 3 s of the send (waited {:?})",
+        sent.elapsed()
+    );
+}
