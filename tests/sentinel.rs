@@ -574,11 +574,30 @@ async fn wake_ups_follow_the_master_after_a_planned_failover() {
     let set_up = Arc::new(Mutex::new(set_up));
     let alice = join(&a, "wake", "alice").await;
     let bob = join(&b, "wake", "bob").await;
-    blocking(&set_up, |set_up| set_up.failover()).await;
+    let (old, sentinel, name) = {
+        let set_up = set_up.lock().unwrap();
+        let name = set_up.master_name().to_owned();
+        (set_up.master_port(), set_up.sentinel_ports()[0], name)
+    };
+    // Not awaited yet: `failover` returns once the old master is a replica (~10 s later), when
+    // it has closed every connection anyway; the point is the seconds before that.
+    let failover = {
+        let set_up = Arc::clone(&set_up);
+        tokio::task::spawn_blocking(move || set_up.lock().unwrap().failover())
+    };
 
-    // Sends are accepted again, and bob's stream opens on the new master's history.
+    // The sentinels name the new master, sends are accepted again, and bob's stream opens.
     let started = Instant::now();
-    while answer(send(&alice, &bob, 1)).await.status != 202 {
+    loop {
+        let name = name.clone();
+        let named = tokio::task::spawn_blocking(move || {
+            redis_ha::cli(sentinel, &["sentinel", "get-master-addr-by-name", &name])
+        });
+        let named = named.await.unwrap();
+        let moved = named.lines().nth(1).map(str::trim) != Some(&old.to_string());
+        if moved && answer(send(&alice, &bob, 1)).await.status == 202 {
+            break;
+        }
         assert!(started.elapsed() < recovery(), "sends never came back");
         tokio::time::sleep(PERIOD).await;
     }
@@ -602,4 +621,5 @@ async fn wake_ups_follow_the_master_after_a_planned_failover() {
         "the reader was not woken within 3 s of the send (waited {:?})",
         sent.elapsed()
     );
+    failover.await.expect("the failover completed");
 }
