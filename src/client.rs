@@ -243,8 +243,9 @@ pub enum Event {
     /// The stream is live; `last_id` is the newest id in the mailbox. Sent again after each
     /// reconnection.
     Ready { last_id: u64 },
-    /// The messages after the resume point are gone (`expired`) or it is beyond the newest id
-    /// (`ahead`): renegotiate (docs/PROTOCOL.md 4).
+    /// The messages after the resume point are gone (`expired`), it is beyond the newest id
+    /// (`ahead`), or the shared store lost messages (`lost`, after a Redis failover): renegotiate
+    /// (docs/PROTOCOL.md 4).
     Reset { reason: String, last_id: u64 },
     /// A mailbox message.
     Message(Envelope),

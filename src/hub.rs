@@ -62,6 +62,7 @@ impl Hub {
     pub fn new(config: &Config) -> Self {
         let config = Config {
             redis_url: None,
+            redis_sentinels: None,
             ..config.clone()
         };
         Self::with_metrics(&config, Metrics::new()).expect("the memory store always starts")

@@ -70,6 +70,12 @@ pub enum ResetReason {
     Expired,
     /// The reader's id is beyond anything this mailbox has assigned.
     Ahead,
+    /// The shared store lost writes (a Redis failover that lost the last writes, or a server
+    /// that is not the history that assigned the reader's ids): the mailbox moved to a new
+    /// generation, its ids jumped past every id handed out before, and what it held was
+    /// dropped, so messages after the reader's id may never arrive. The memory store never
+    /// loses and never answers this.
+    Lost,
 }
 
 impl ResetReason {
@@ -77,6 +83,7 @@ impl ResetReason {
         match self {
             ResetReason::Expired => "expired",
             ResetReason::Ahead => "ahead",
+            ResetReason::Lost => "lost",
         }
     }
 }

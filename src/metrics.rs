@@ -42,6 +42,7 @@ struct Inner {
     delivered_poll: Counter,
     reset_expired: Counter,
     reset_ahead: Counter,
+    reset_lost: Counter,
     rejections: Family<Labels, Counter>,
     stun_answered: Counter,
     stun_ignored: Counter,
@@ -108,7 +109,7 @@ impl Metrics {
             "mailbox_resets",
             "Reads that could not resume gaplessly and were told to reset, by reason",
             "reason",
-            &["expired", "ahead"],
+            &["expired", "ahead", "lost"],
         );
         let stun = counters(
             &mut registry,
@@ -177,6 +178,7 @@ impl Metrics {
                 delivered_poll: delivered[1].clone(),
                 reset_expired: resets[0].clone(),
                 reset_ahead: resets[1].clone(),
+                reset_lost: resets[2].clone(),
                 rejections,
                 stun_answered: stun[0].clone(),
                 stun_ignored: stun[1].clone(),
@@ -218,6 +220,7 @@ impl Metrics {
         match reason {
             ResetReason::Expired => &self.inner.reset_expired,
             ResetReason::Ahead => &self.inner.reset_ahead,
+            ResetReason::Lost => &self.inner.reset_lost,
         }
         .inc();
     }

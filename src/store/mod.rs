@@ -47,7 +47,7 @@ use rocket::async_trait;
 pub use crate::membership::LeaveReason;
 
 use self::memory::MemoryStore;
-use self::redis::RedisStore;
+use self::redis::{RedisStore, Target as RedisTarget};
 
 /// The limits a store enforces atomically, from [`Config`].
 #[derive(Debug, Clone)]
@@ -208,15 +208,28 @@ pub struct Sent {
     pub replayed: bool,
 }
 
-/// The store `config` names: Redis when `redis_url` is set, memory otherwise. Connecting to
-/// Redis happens lazily, so a server starts (and says it is not ready) while Redis is down.
+/// The store `config` names: Redis when `redis_url` or `redis_sentinels` is set, memory
+/// otherwise. Connecting to Redis happens lazily, so a server starts (and says it is not ready)
+/// while Redis is down.
 pub fn open(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, String> {
     let limits = Limits::new(config);
-    match &config.redis_url {
+    let target = match (&config.redis_url, &config.redis_sentinels) {
+        (Some(url), _) => Some(RedisTarget::Url(url.clone())),
+        (None, Some(sentinels)) => Some(RedisTarget::Sentinel {
+            sentinels: sentinels.clone(),
+            master: config.redis_sentinel_master.clone().unwrap_or_default(),
+        }),
+        (None, None) => None,
+    };
+    match target {
         None => Ok(Arc::new(MemoryStore::new(limits))),
-        Some(url) => Ok(Arc::new(RedisStore::new(
-            url,
+        Some(target) => Ok(Arc::new(RedisStore::new(
+            &target,
             config.redis_tls_ca_file.as_deref(),
+            (config.redis_wait_replicas > 0).then(|| redis::WaitReplicas {
+                replicas: config.redis_wait_replicas,
+                timeout: Duration::from_millis(config.redis_wait_timeout_ms),
+            }),
             &config.redis_prefix,
             limits,
             metrics.clone(),

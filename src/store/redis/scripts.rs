@@ -739,6 +739,7 @@ fn parse_read(reply: Value) -> ApiResult<Read> {
                 "" => None,
                 "expired" => Some(ResetReason::Expired),
                 "ahead" => Some(ResetReason::Ahead),
+                "lost" => Some(ResetReason::Lost),
                 other => return Err(unexpected(other)),
             };
             let first = reply.int(3)? as u64;
@@ -1218,6 +1219,22 @@ mod tests {
             ahead,
             Ok(Read::Batch(Batch {
                 reset: Some(ResetReason::Ahead),
+                ..
+            }))
+        ));
+        // A sealed mailbox (room.lua, "Seal"): ids of a new generation, past 2^32.
+        let lost = parse_read(array(vec![
+            text("ok"),
+            Value::Int(1 << 32),
+            text("lost"),
+            Value::Int((1 << 32) + 1),
+            texts(&[]),
+        ]));
+        assert!(matches!(
+            lost,
+            Ok(Read::Batch(Batch {
+                reset: Some(ResetReason::Lost),
+                last_id: 4_294_967_296,
                 ..
             }))
         ));

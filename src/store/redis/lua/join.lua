@@ -49,7 +49,7 @@ redis.call('HSET', K_PEERS, peer, seq .. '\n' .. digest .. '\n' .. client .. '\n
 redis.call('HSET', K_TOKENS, digest, peer)
 redis.call('ZADD', K_SEEN, now + timeout_ms, peer)
 save(peer, {last = 0, first = 1, delivered = 0, epoch = 0, rt = tonumber(burst), ru = now,
-            ub = 0, db = 0, pe = 0, ck = client})
+            ub = 0, db = 0, pe = 0, ck = client, gen = 0, rid = server_rid()})
 touched[peer] = true
 
 local overflowing = {}

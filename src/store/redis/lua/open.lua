@@ -1,7 +1,8 @@
 -- Open a reader: acknowledges what the client says it has, then makes the caller the peer's
 -- live stream (kind "stream") or its one poll in flight (kind "poll") by bumping that kind's
 -- epoch; the wake-up tells an older reader of the kind, on whatever instance, that it was
--- replaced (streams and polls do not end each other).
+-- replaced (streams and polls do not end each other). Seals the mailbox if this server is not
+-- the history that assigned its ids (room.lua, "Seal").
 -- KEYS[1]: the room's peers hash. KEYS[2]: the held-bytes hash.
 -- ARGV: peer id, acknowledged id ("" for none), replay window, replay window bytes, kind.
 -- Reply: {"closed"} or {"ok", epoch, newest id}.
@@ -11,6 +12,9 @@ if redis.call('HEXISTS', K_PEERS, peer) == 0 then return {'closed'} end
 if ack ~= '' then acknowledge(peer, tonumber(ack), replay_window, replay_bytes) end
 local box = load(peer)
 if box == nil then return {'closed'} end
+-- A reader that opens on a server that lost the mailbox's last writes learns it now (a `lost`
+-- reset on its first read), not only when the next message comes.
+seal_if_moved(peer, box)
 local epoch
 if kind == 'poll' then
   box.pe = box.pe + 1

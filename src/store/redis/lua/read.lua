@@ -6,7 +6,10 @@
 --       replay window, most entries to return, replay window bytes, most bytes to return,
 --       poll epoch ("" for none).
 -- Reply: {"closed"}, {"replaced"} (a newer reader of the ticket's kind opened), or
---        {"ok", newest id, reset ("", "expired" or "ahead"), id of the first entry, {entries}}.
+--        {"ok", newest id, reset ("", "expired", "ahead" or "lost"), id of the first entry,
+--        {entries}}. "lost": the cursor is of a generation before the mailbox's seal (room.lua,
+--        "Seal"); a reader ahead of the mailbox on a server that is not the history that
+--        assigned its ids seals it, and is told "lost" rather than "ahead".
 local peer, cursor, ack, epoch = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local replay_window, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
 local replay_bytes, budget, poll_epoch = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
@@ -20,12 +23,17 @@ if box == nil then return {'closed'} end
 local last, first = box.last, box.first
 if epoch ~= '' and box.epoch ~= tonumber(epoch) then return {'replaced'} end
 if poll_epoch ~= '' and box.pe ~= tonumber(poll_epoch) then return {'replaced'} end
+if cursor > last and seal_if_moved(peer, box) then
+  flush()
+  last, first = box.last, box.first
+end
 if cursor > last then
   return {'ok', last, 'ahead', last + 1, {}}
 end
 local reset, start = '', cursor + 1
 if cursor + 1 < first then
   reset, start = 'expired', first
+  if math.floor(cursor / GENERATION) < box.gen then reset = 'lost' end
 end
 local count = math.min(limit, last - start + 1)
 if count <= 0 then return {'ok', last, reset, start, {}} end

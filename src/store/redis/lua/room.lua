@@ -16,13 +16,15 @@
 --   tokens     hash  token digest (the first 128 bits of its SHA-256, hex) -> peer id
 --   seen       zset  peer id -> presence deadline (ms): removed with reason timeout after it
 --   seq        string, the last join sequence number (join order)
---   boxes      hash  peer id -> its mailbox state, "last,first,delivered,epoch,rt,ru,ub,db,pe,ck":
+--   boxes      hash  peer id -> its mailbox state, "last,first,delivered,epoch,rt,ru,ub,db,pe,ck,gen,rid":
 --                    the newest id, the id of the list's head (last + 1 when empty), ids up to
 --                    `delivered` are delivered, `epoch` is bumped by each new live stream,
 --                    `rt`/`ru` are the send-rate tokens and when they were counted (ms), `ub`/`db`
 --                    the bytes of the undelivered / delivered messages held, `pe` is bumped by
 --                    each new poll, `ck` is the peer's client key (as in its record: what its
---                    sends are charged to). One hash for the room rather than a key per peer: a
+--                    sends are charged to), `gen` the mailbox's generation and `rid` the
+--                    replication id (`master_replid`) of the server history that assigned its
+--                    ids (see "Seal" below). One hash for the room rather than a key per peer: a
 --                    key costs Redis more than a field.
 --   m:<peer>   list  the peer's stored messages, "<type> <envelope without id>", oldest first
 --   s:<peer>   list  beside m:<peer>, entry for entry: "<size> <client key>", the envelope's bytes
@@ -58,12 +60,15 @@ local function load(peer)
   if box then return box end
   local packed = redis.call('HGET', K_BOXES, peer)
   if not packed then return nil end
-  local last, first, delivered, epoch, rt, ru, ub, db, pe, ck = string.match(packed,
-    '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),?([^,]*),?([^,]*),?([^,]*),?(.*)$')
+  local last, first, delivered, epoch, rt, ru, ub, db, pe, ck, gen, rid = string.match(packed,
+    '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),?([^,]*),?([^,]*),?([^,]*),?([^,]*),?([^,]*),?(.*)$')
   -- A state written before the byte bounds has no `ub`, `db`, `pe`, `ck`: 0, and no address.
+  -- One written before the seal has no `gen` and `rid` (""): it is adopted by the first server
+  -- that assigns it an id (`seal_if_moved`), as a rolling upgrade must not reset every reader.
   box = {last = tonumber(last), first = tonumber(first), delivered = tonumber(delivered),
          epoch = tonumber(epoch), rt = tonumber(rt), ru = tonumber(ru),
-         ub = tonumber(ub) or 0, db = tonumber(db) or 0, pe = tonumber(pe) or 0, ck = ck}
+         ub = tonumber(ub) or 0, db = tonumber(db) or 0, pe = tonumber(pe) or 0, ck = ck,
+         gen = tonumber(gen) or 0, rid = rid}
   boxes[peer] = box
   return box
 end
@@ -106,7 +111,8 @@ local function flush()
     local box = boxes[peer]
     redis.call('HSET', K_BOXES, peer, fmt(box.last) .. ',' .. fmt(box.first) .. ',' ..
       fmt(box.delivered) .. ',' .. fmt(box.epoch) .. ',' .. fmt(box.rt) .. ',' .. fmt(box.ru) ..
-      ',' .. fmt(box.ub) .. ',' .. fmt(box.db) .. ',' .. fmt(box.pe) .. ',' .. box.ck)
+      ',' .. fmt(box.ub) .. ',' .. fmt(box.db) .. ',' .. fmt(box.pe) .. ',' .. box.ck .. ',' ..
+      fmt(box.gen) .. ',' .. box.rid)
   end
   dirty = {}
   local total = 0
@@ -154,6 +160,63 @@ local function parse_size(item)
   return tonumber(string.sub(item, 1, space - 1)), string.sub(item, space + 1)
 end
 
+-- Seal. Redis replicates asynchronously: a replica promoted by a failover may lack the last
+-- writes its old master acknowledged, and ids it assigned next would meet ids that readers saw
+-- (reused ids, silent gaps). So each mailbox records the replication id (`master_replid`) of
+-- the server history that assigns its ids (`rid`; a promoted replica, like a server restarted,
+-- has a new one), and the first script that would assign it an id (`push`), open a reader
+-- (open.lua) or answer a reader ahead of it (read.lua) on a server with another id seals it:
+-- a new generation `gen`, its ids continuing from gen * 2^32 + 1, its held messages dropped
+-- (lost ones may have been interleaved after them), and every reader whose cursor is of an
+-- older generation told `lost` (read.lua). Spurious seals (a failover that lost nothing, a
+-- slot migrated to another node) cost one `lost` reset; a missed one would be silent.
+-- Ids stay integers below 2^53 (exact in Lua's numbers and in JSON) while gen < 2^21.
+local GENERATION = 4294967296 -- 2^32 ids per generation
+
+-- This server's replication id, asked once per script, and only by those that may seal
+-- (INFO costs Redis a few µs: bench/redis.sh measures it in the relay).
+local current_rid
+local function server_rid()
+  if not current_rid then
+    current_rid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+  end
+  return current_rid
+end
+
+-- The least generation a seal may take: in a Redis Cluster, the node's `cluster_my_epoch`,
+-- which only grows across promotions, so that two failovers within one replication lag do not
+-- seal a mailbox to the same generation twice; outside a cluster, 0 (the command fails).
+local function generation_floor()
+  local ok, info = pcall(redis.call, 'CLUSTER', 'INFO')
+  if not ok or type(info) ~= 'string' then return 0 end
+  return tonumber(string.match(info, 'cluster_my_epoch:(%d+)')) or 0
+end
+
+-- Seals `peer`'s mailbox if this server is not the history that assigned its ids; a state from
+-- before the seal (no `rid`) is adopted instead. Returns whether it sealed.
+local function seal_if_moved(peer, box)
+  local rid = server_rid()
+  if box.rid == rid then return false end
+  if box.rid == '' then
+    box.rid = rid
+    save(peer, box)
+    return false
+  end
+  for _, item in ipairs(redis.call('LRANGE', k_sizes(peer), 0, -1)) do
+    local size, client = parse_size(item)
+    charge(client, -size)
+  end
+  redis.call('DEL', k_list(peer), k_sizes(peer))
+  box.gen = math.max(box.gen + 1, generation_floor(), math.floor(box.last / GENERATION) + 1)
+  box.rid = rid
+  box.last = box.gen * GENERATION
+  box.first, box.delivered = box.last + 1, box.last
+  box.ub, box.db = 0, 0
+  save(peer, box)
+  woken[peer] = true
+  return true
+end
+
 -- Appends `value` (`size` bytes, charged to `client`) under the mailbox's next id, unless
 -- `capacity` messages are undelivered or it would take the undelivered bytes past `max_bytes`.
 local function push(peer, value, size, client)
@@ -161,6 +224,7 @@ local function push(peer, value, size, client)
   if box == nil then
     return false -- a peer without mailbox state (lost to eviction by Redis): remove it
   end
+  seal_if_moved(peer, box)
   if box.last - box.delivered >= capacity or box.ub + size > max_bytes then
     return false
   end

@@ -1,0 +1,290 @@
+//! No silent loss, whatever Redis does (issue 18): a Redis that lost its last writes, as a
+//! replica promoted by a failover does when replication lagged, never reuses an id a reader
+//! saw and never hides a gap. Every mailbox records the server history that assigned its ids
+//! and is sealed (a new generation: ids from 2^32 + 1 on) by the first script that finds
+//! itself on another (`src/store/redis/lua/room.lua`, "Seal"); its readers get a reset with
+//! reason `lost`.
+//!
+//! The failover is simulated on one `redis-server` of the test's own, with nothing but
+//! ordinary commands: the instance's keys are copied aside (what a lagging replica holds),
+//! more is sent and delivered, then the copy replaces the keys (the writes since are lost) and
+//! `REPLICAOF <closed port>` + `REPLICAOF NO ONE` gives the server a new `master_replid`, as a
+//! promotion does. The connections stay up: the hardest case, where nothing but the data says
+//! that the history changed. A Redis restarted empty is tests/cluster.rs (9 and 9b): the room
+//! is gone, readers and senders are told (`room_not_found`, `peer_not_found`), and peer ids,
+//! being random, are never reused.
+
+#[macro_use]
+mod common;
+
+use std::net::TcpListener;
+
+use common::redis::Redis;
+use common::{external, Events, Peer, Server};
+use serde_json::{json, Value};
+
+/// The first id of the first generation after a seal: 2^32 + 1.
+const SEALED_FIRST_ID: u64 = (1 << 32) + 1;
+
+/// One Redis of the test's own and one instance on it.
+struct Lab {
+    redis: Redis,
+    server: Server,
+    prefix: String,
+}
+
+impl Lab {
+    /// The test fails when redis-server is missing (`external::can_run`).
+    async fn start(test: &str, settings: Value) -> Option<Lab> {
+        if !external::can_run(test, Redis::available()) {
+            return None;
+        }
+        let redis = Redis::start();
+        let prefix = format!("seal-{}", uuid::Uuid::new_v4().simple());
+        let mut settings = settings;
+        settings["redis_url"] = json!(redis.url());
+        settings["redis_prefix"] = json!(prefix);
+        let server = Server::with(settings).await;
+        Some(Lab {
+            redis,
+            server,
+            prefix,
+        })
+    }
+
+    /// Copies every key of the instance aside: what a replica that stops replicating now holds.
+    fn replica_stops_here(&self) {
+        let copied = self.redis.cli(&[
+            "EVAL",
+            "local n = 0
+             for _, key in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do
+               redis.call('COPY', key, 'replica:' .. key, 'REPLACE')
+               n = n + 1
+             end
+             return n",
+            "0",
+            &self.prefix,
+        ]);
+        assert_ne!(copied, "0", "the instance has keys to copy");
+    }
+
+    /// The replica is promoted: its copy replaces the keys (every write since it stopped is
+    /// lost), and the server gets a new replication id, as a promoted replica does.
+    fn promote_the_replica(&self) {
+        let restored = self.redis.cli(&[
+            "EVAL",
+            "for _, key in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do
+               redis.call('DEL', key)
+             end
+             local n = 0
+             for _, copy in ipairs(redis.call('KEYS', 'replica:' .. ARGV[1] .. '*')) do
+               redis.call('COPY', copy, string.sub(copy, 9), 'REPLACE')
+               redis.call('DEL', copy)
+               n = n + 1
+             end
+             return n",
+            "0",
+            &self.prefix,
+        ]);
+        assert_ne!(restored, "0", "the replica's keys are back");
+        let replid = self.replid();
+        let nobody = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        assert_eq!(
+            self.redis
+                .cli(&["REPLICAOF", "127.0.0.1", &nobody.to_string()]),
+            "OK"
+        );
+        assert_eq!(self.redis.cli(&["REPLICAOF", "NO", "ONE"]), "OK");
+        assert_ne!(
+            self.replid(),
+            replid,
+            "a promotion changes the replication id"
+        );
+    }
+
+    fn replid(&self) -> String {
+        let info = self.redis.cli(&["INFO", "replication"]);
+        info.lines()
+            .find_map(|line| line.strip_prefix("master_replid:"))
+            .expect("INFO replication names master_replid")
+            .trim()
+            .to_owned()
+    }
+
+    async fn lost_resets(&self) -> f64 {
+        self.server
+            .metric(r#"signpost_mailbox_resets_total{reason="lost"}"#)
+            .await
+    }
+}
+
+/// `data` sent by `from` to `to`, answered 202.
+async fn offer(from: &Peer, to: &Peer, data: &str) {
+    from.send_ok(json!({"type": "offer", "to": to.id, "data": data}))
+        .await;
+}
+
+/// The next message on `events`: `(id, data)`.
+async fn next_offer(events: &mut Events) -> (u64, String) {
+    let message = events.next_message().await;
+    (
+        message["id"].as_u64().expect("an id"),
+        message["data"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// A live stream that received messages a failover then lost is told `lost` with the next
+/// message, whose id is past every id handed out before (2^32 + 1): never an id it saw, with
+/// other content, and never a silent gap.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lossy_failover_resets_a_live_stream_and_reuses_no_id() {
+    let Some(lab) = Lab::start("seal_live_stream", json!({})).await else {
+        return;
+    };
+    let alice = lab.server.join("failover", "alice").await;
+    let mut alice_events = alice.events(None).await;
+    let bob = lab.server.join("failover", "bob").await;
+    assert_eq!(alice_events.next_message().await["id"], 1, "bob's join");
+    offer(&bob, &alice, "kept").await;
+    assert_eq!(next_offer(&mut alice_events).await, (2, "kept".into()));
+
+    lab.replica_stops_here();
+    for (id, data) in [(3, "lost 1"), (4, "lost 2"), (5, "lost 3")] {
+        offer(&bob, &alice, data).await;
+        assert_eq!(next_offer(&mut alice_events).await, (id, data.into()));
+    }
+    lab.promote_the_replica();
+
+    offer(&bob, &alice, "after").await;
+    let reset = alice_events.next().await;
+    assert_eq!(
+        reset.event, "reset",
+        "the stream says what happened before anything else: {reset:?}"
+    );
+    let reset: Value = serde_json::from_str(&reset.data).expect("reset data is JSON");
+    assert_eq!(reset, json!({"reason": "lost", "last_id": SEALED_FIRST_ID}));
+    assert_eq!(
+        next_offer(&mut alice_events).await,
+        (SEALED_FIRST_ID, "after".into())
+    );
+    offer(&bob, &alice, "next").await;
+    assert_eq!(
+        next_offer(&mut alice_events).await,
+        (SEALED_FIRST_ID + 1, "next".into()),
+        "gapless again within the new generation"
+    );
+    assert_eq!(lab.lost_resets().await, 1.0);
+}
+
+/// A reader that never saw the lost messages (its cursor is still valid on the promoted
+/// replica) is told `lost` as soon as it reads again, even when nothing was sent since: the
+/// two messages answered 202 are gone, and it must not wait for them in silence.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_behind_the_lost_messages_is_told_at_once() {
+    let Some(lab) = Lab::start("seal_poll", json!({})).await else {
+        return;
+    };
+    let alice = lab.server.join("failover", "alice").await;
+    let bob = lab.server.join("failover", "bob").await;
+    let (status, body) = alice.poll(0, 0.0).await;
+    assert_eq!((status, &body["last_id"]), (200, &json!(1)), "{body}");
+
+    lab.replica_stops_here();
+    offer(&bob, &alice, "lost 1").await;
+    offer(&bob, &alice, "lost 2").await;
+    lab.promote_the_replica();
+
+    let (status, body) = alice.poll(1, 0.0).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"messages": [], "last_id": SEALED_FIRST_ID - 1, "reset": true, "reset_reason": "lost"})
+    );
+    offer(&bob, &alice, "after").await;
+    let (status, body) = alice.poll(SEALED_FIRST_ID - 1, 0.0).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reset"], false, "{body}");
+    assert_eq!(body["messages"][0]["id"], SEALED_FIRST_ID, "{body}");
+    assert_eq!(body["messages"][0]["data"], "after", "{body}");
+}
+
+/// A live stream whose last ids were lost and to which nothing is sent is told `lost` at its
+/// next read (here the heartbeat's), not `ahead`: its cursor is past the mailbox because the
+/// server forgot, not because the client made an id up.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ahead_of_a_mailbox_that_lost_its_tail_is_told_lost() {
+    let Some(lab) = Lab::start("seal_ahead", json!({"heartbeat_secs": 0.5})).await else {
+        return;
+    };
+    let alice = lab.server.join("failover", "alice").await;
+    let mut alice_events = alice.events(None).await;
+    let bob = lab.server.join("failover", "bob").await;
+    assert_eq!(alice_events.next_message().await["id"], 1, "bob's join");
+
+    lab.replica_stops_here();
+    offer(&bob, &alice, "lost").await;
+    assert_eq!(next_offer(&mut alice_events).await, (2, "lost".into()));
+    lab.promote_the_replica();
+
+    // Heartbeats are comments, which the SSE parser does not report as events.
+    let reset = alice_events.next().await;
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    let reset: Value = serde_json::from_str(&reset.data).expect("reset data is JSON");
+    assert_eq!(
+        reset,
+        json!({"reason": "lost", "last_id": SEALED_FIRST_ID - 1})
+    );
+    offer(&bob, &alice, "after").await;
+    assert_eq!(
+        next_offer(&mut alice_events).await,
+        (SEALED_FIRST_ID, "after".into())
+    );
+}
+
+/// A resume from an id the lost history handed out (the client reconnects to a new stream
+/// with `Last-Event-ID`) is told `lost`, and what is sent next has an id it never saw.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_a_lost_id_is_told_lost() {
+    let Some(lab) = Lab::start("seal_resume", json!({})).await else {
+        return;
+    };
+    let alice = lab.server.join("failover", "alice").await;
+    let bob = lab.server.join("failover", "bob").await;
+    lab.replica_stops_here();
+    offer(&bob, &alice, "lost").await;
+    let mut alice_events = alice.events(None).await;
+    assert_eq!(alice_events.next_message().await["id"], 1, "bob's join");
+    assert_eq!(next_offer(&mut alice_events).await, (2, "lost".into()));
+    drop(alice_events);
+    lab.promote_the_replica();
+
+    let mut alice_events = alice.events(Some(2)).await;
+    let reset = alice_events.next().await;
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    let reset: Value = serde_json::from_str(&reset.data).expect("reset data is JSON");
+    assert_eq!(reset["reason"], "lost", "{reset}");
+    offer(&bob, &alice, "after").await;
+    assert_eq!(
+        next_offer(&mut alice_events).await,
+        (SEALED_FIRST_ID, "after".into())
+    );
+}
