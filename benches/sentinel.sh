@@ -23,7 +23,7 @@ PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-data() { redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no \
+data() { redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no --dir "$OUT" \
   --maxmemory-policy noeviction "${@:2}" > "$OUT/redis-$1.log" 2>&1 & PIDS+=($!); }
 data "$MASTER"
 data "$REPLICA" --replicaof 127.0.0.1 "$MASTER"
