@@ -6,6 +6,8 @@
 #   SIGNPOST=path/to/signpost bash benches/peerjs.sh   # another signpost build (its own Rocket.toml
 #                                                      # by default: SIGNPOST_CONFIG)
 #   IDLE=0 bash benches/peerjs.sh                   # the relay rounds only
+#   BEFORE=path/to/older/signpost bash benches/peerjs.sh   # that build too, in the same rounds
+#                                                      # (its Rocket.toml: BEFORE_CONFIG)
 #
 # Installs the PeerJS harness of ../shared/bench (peer 1.0.2, ws 8.23.0) into target/peerjs-bench
 # once, then, ROUNDS times, alternating so that the machine's drift falls on both alike: PeerJS
@@ -34,6 +36,10 @@ fi
 cargo build --release --bin signpost --bin signpost-bench
 SIGNPOST=${SIGNPOST:-target/release/signpost}
 SIGNPOST_CONFIG=${SIGNPOST_CONFIG:-$(cd "$(dirname "$SIGNPOST")/../.." && pwd)/Rocket.toml}
+BEFORE=${BEFORE:-}
+if [ -n "$BEFORE" ]; then
+  BEFORE_CONFIG=${BEFORE_CONFIG:-$(cd "$(dirname "$BEFORE")/../.." && pwd)/Rocket.toml}
+fi
 BENCH=target/release/signpost-bench
 PEERJS="$HARNESS/node_modules/peer/dist/bin/peerjs.js"
 
@@ -45,8 +51,11 @@ start_peerjs() {
   PID=$!
   wait_port 9000
 }
+# start_signpost [before]: this build, or BEFORE with its own config.
 start_signpost() {
-  ROCKET_CONFIG=$SIGNPOST_CONFIG ROCKET_PROFILE=bench "$SIGNPOST" > "$OUT/signpost.log" 2>&1 &
+  local binary=$SIGNPOST config=$SIGNPOST_CONFIG
+  [ "${1:-}" = before ] && binary=$BEFORE config=$BEFORE_CONFIG
+  ROCKET_CONFIG=$config ROCKET_PROFILE=bench "$binary" > "$OUT/signpost.log" 2>&1 &
   PID=$!
   wait_port 8000
 }
@@ -61,10 +70,12 @@ relay_peerjs() {
     | "\(.delivered_per_s | round) \(.lat_ms.p99) \(.server_cores * 1e6 / .delivered_per_s * 100 | round / 100)"' \
     | tee -a "$OUT/peerjs.rows"
 }
+# relay_signpost ROUND [before]
 relay_signpost() {
-  start_signpost
+  local name=signpost${2:+-$2}
+  start_signpost "${2:-}"
   "$BENCH" relay --rooms 200 --peers 2 --senders 64 --in-flight 1 --size 100 --warmup 1 \
-    --duration 6 --json > "$OUT/signpost-relay-$1.json" 2>/dev/null &
+    --duration 6 --json > "$OUT/$name-relay-$1.json" 2>/dev/null &
   local bench=$! t0 t1
   sleep 2.5; t0=$(ticks "$PID"); sleep 3; t1=$(ticks "$PID")
   wait "$bench"
@@ -72,13 +83,14 @@ relay_signpost() {
   jq -r --argjson cores "$(echo "($t1 - $t0) / $HZ / 3" | bc -l)" '
     if .lost != 0 or .duplicated != 0 then error("signpost lost or duplicated messages") else . end
     | "\(.results.delivered_per_s | round) \(.latency_ms.p99) \($cores * 1e6 / .results.delivered_per_s * 100 | round / 100)"' \
-    "$OUT/signpost-relay-$1.json" | tee -a "$OUT/signpost.rows"
+    "$OUT/$name-relay-$1.json" | tee -a "$OUT/$name.rows"
 }
 
-rm -f "$OUT/peerjs.rows" "$OUT/signpost.rows"
+rm -f "$OUT/peerjs.rows" "$OUT/signpost.rows" "$OUT/signpost-before.rows"
 for round in $(seq 1 "$ROUNDS"); do
-  echo "round $round: PeerJS, then signpost (msgs/s, p99 ms, server CPU µs/msg)"
+  echo "round $round: PeerJS, ${BEFORE:+signpost before, }signpost (msgs/s, p99 ms, server CPU µs/msg)"
   relay_peerjs "$round"
+  [ -n "$BEFORE" ] && relay_signpost "$round" before
   relay_signpost "$round"
 done
 
@@ -87,12 +99,16 @@ col() { awk -v c="$2" '{print $c}' "$OUT/$1.rows" | median; }
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
 echo
 echo "relay, 200 rooms × 2 peers, 64 senders × 1 in flight, medians of $ROUNDS rounds:"
-printf '%-22s %12s %12s %10s\n' "" PeerJS signpost "signpost/PeerJS"
+printf '%-22s %12s %12s %16s' "" PeerJS signpost "signpost/PeerJS"
+[ -n "$BEFORE" ] && printf ' %12s %16s' before "before/PeerJS"
+echo
 for pair in "msgs/s 1" "p99 ms 2" "CPU µs/msg 3"; do
   set -- $pair
   name="$1"; [ $# -eq 3 ] && { name="$1 $2"; shift; }
   p=$(col peerjs "$2"); s=$(col signpost "$2")
-  printf '%-22s %12s %12s %10sx\n' "$name" "$p" "$s" "$(ratio "$s" "$p")"
+  printf '%-22s %12s %12s %15sx' "$name" "$p" "$s" "$(ratio "$s" "$p")"
+  [ -n "$BEFORE" ] && b=$(col signpost-before "$2") && printf ' %12s %15sx' "$b" "$(ratio "$b" "$p")"
+  echo
 done
 
 if [ "$IDLE" = 1 ]; then
@@ -105,5 +121,13 @@ if [ "$IDLE" = 1 ]; then
   "$BENCH" idle --streams 10000 --hold 5 --server-pid "$PID" --json > "$OUT/signpost-idle.json" 2>/dev/null
   stop "$PID"
   s=$(jq '.results.bytes_per_stream / 1024 * 100 | round / 100' "$OUT/signpost-idle.json")
-  printf '%-22s %12s %12s %10sx\n' "KiB per idle conn" "$p" "$s" "$(ratio "$s" "$p")"
+  printf '%-22s %12s %12s %15sx' "KiB per idle conn" "$p" "$s" "$(ratio "$s" "$p")"
+  if [ -n "$BEFORE" ]; then
+    start_signpost before
+    "$BENCH" idle --streams 10000 --hold 5 --server-pid "$PID" --json > "$OUT/signpost-before-idle.json" 2>/dev/null
+    stop "$PID"
+    b=$(jq '.results.bytes_per_stream / 1024 * 100 | round / 100' "$OUT/signpost-before-idle.json")
+    printf ' %12s %15sx' "$b" "$(ratio "$b" "$p")"
+  fi
+  echo
 fi
