@@ -14,7 +14,8 @@ use serde_json::json;
 store_tests! {
     /// The stream's headers and events are exactly those of docs/API.md: `ready` first without an
     /// id, then each message as `id:`, `event:` and `data:` lines and a blank line; data that spans
-    /// lines (a client's raw JSON may) is split into one `data:` field per line.
+    /// lines (a client's raw JSON may) is split into one `data:` field per line. The send's answer
+    /// is `{"accepted":1}`.
     async fn sse_events_are_written_field_for_field() {
         let server = Server::start().await;
         let alice = server.join("wire", "alice").await;
@@ -32,6 +33,7 @@ store_tests! {
             .await
             .unwrap();
         assert_eq!(response.status(), 202);
+        assert_eq!(response.text().await.unwrap(), r#"{"accepted":1}"#);
 
         let mut response = alice.events_response(None).await;
         assert_eq!(response.status(), 200);

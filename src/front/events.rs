@@ -23,6 +23,7 @@ use crate::front::response::{self, ResponseBody};
 use crate::front::Front;
 use crate::identity::PeerId;
 use crate::mailbox::{Read, Ticket};
+use crate::message::EncodedMessage;
 
 /// Once this much is written, the chunk is handed to the connection even if the mailbox has
 /// more: a stream never holds more than about this much of a backlog in memory at once.
@@ -54,6 +55,34 @@ fn write_event(out: &mut Vec<u8>, id: Option<u64>, event: &str, data: &[u8]) {
         };
     }
     out.push(b'\n');
+}
+
+/// More than an event adds to its envelope: `id:` and up to 20 digits, `event:`, `data:`, the
+/// envelope's `"id":` and digits again, and the line ends.
+const EVENT_OVERHEAD: usize = 64;
+
+/// Appends the event of mailbox entry `id`, as [`write_event`] writes it, with the envelope
+/// rendered straight into `out`: an envelope holds a line break only when the client's raw
+/// `data` did, and only then is it copied out and split into `data:` lines.
+fn write_message_event(out: &mut Vec<u8>, id: u64, kind: &str, message: &EncodedMessage) {
+    let start = out.len();
+    out.extend_from_slice(b"id:");
+    out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+    out.extend_from_slice(b"\nevent:");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\ndata:");
+    let data = out.len();
+    message.render_into(id, out);
+    if out[data..]
+        .iter()
+        .any(|&byte| byte == b'\n' || byte == b'\r')
+    {
+        let envelope = out.split_off(data);
+        out.truncate(start);
+        write_event(out, Some(id), kind, &envelope);
+    } else {
+        out.extend_from_slice(b"\n\n");
+    }
 }
 
 /// Appends an event whose data is `value` as JSON.
@@ -153,11 +182,13 @@ pub async fn events(
             // the counter does.
             metrics.delivered_by_sse(batch.entries.len());
             let read_any = !batch.entries.is_empty();
-            let mut data = Vec::new();
+            // Sized once for the whole read (bounded by the chunk size), not grown event by event.
+            let size: usize = batch.entries.iter().map(|entry| {
+                entry.message.encoded_len() + entry.message.kind().len() + EVENT_OVERHEAD
+            }).sum();
+            out.reserve(size.min(CHUNK_BYTES + EVENT_OVERHEAD));
             for entry in batch.entries {
-                data.clear();
-                entry.message.render_into(entry.id, &mut data);
-                write_event(&mut out, Some(entry.id), entry.message.kind(), &data);
+                write_message_event(&mut out, entry.id, entry.message.kind(), &entry.message);
                 cursor = entry.id;
                 if out.len() >= CHUNK_BYTES {
                     yield std::mem::take(&mut out);
@@ -216,6 +247,33 @@ mod tests {
         );
         assert_eq!(event(None, "ready", "{}"), "event:ready\ndata:{}\n\n");
         assert_eq!(event(None, "x", ""), "event:x\ndata:\n\n");
+    }
+
+    /// A message's event rendered in place is byte for byte the event of its rendered envelope,
+    /// with and without line breaks in the client's data.
+    #[test]
+    fn message_events_are_the_events_of_their_envelopes() {
+        use crate::identity::PeerId;
+        use crate::message::MessageType;
+        use serde_json::value::RawValue;
+        let kind = MessageType::parse_client("offer").unwrap();
+        for data in [r#"{"sdp":"v=0"}"#, "{\n \"a\": 1\r\n}", "[\r1]"] {
+            let data = RawValue::from_string(data.into()).unwrap();
+            let message = EncodedMessage::from_peer(PeerId::random(), &kind, Some(&data));
+            let mut expected = b"earlier".to_vec();
+            write_event(
+                &mut expected,
+                Some(12),
+                "offer",
+                message.render(12).as_bytes(),
+            );
+            let mut written = b"earlier".to_vec();
+            write_message_event(&mut written, 12, "offer", &message);
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
     }
 
     /// Data with line breaks (a client's raw JSON may have them) becomes several `data:` lines,
