@@ -30,6 +30,8 @@
 --   s:<peer>   list  beside m:<peer>, entry for entry: "<size> <client key>", the envelope's bytes
 --                    and the address they are charged to ("" for none), so that trimming and
 --                    reading in bytes never copy the messages themselves
+--   rid        string, this server's replication id, kept a second without replication
+--                    (`server_rid`, "Seal")
 -- Channel "<prefix>:w:<peer>" wakes the peer's readers; it carries nothing they rely on. (Peer
 -- ids are unique across rooms, and a shorter channel name is less for Redis to keep per
 -- listening peer.)
@@ -167,13 +169,27 @@ end
 -- Ids stay integers below 2^53 (exact in Lua's numbers and in JSON) while gen < 2^21.
 local GENERATION = 4294967296 -- 2^32 ids per generation
 
--- This server's replication id, asked once per script, and only by those that may seal
--- (INFO costs Redis a few µs: bench/redis.sh measures it in the relay).
+-- This server's replication id, asked only by the scripts that may seal, once per script.
+-- `INFO replication` costs Redis about 4 µs, a tenth of a relayed message, so its answer is
+-- kept for RID_TTL_MS in the room's key "rid", written without replication
+-- (`redis.set_repl`): it never reaches a replica or the append-only file, so a promoted
+-- replica and a restarted server never find it and ask INFO again. (An RDB snapshot holds it
+-- like any key, with its expiry: a server restarted from a snapshot taken under RID_TTL_MS
+-- before its crash, and serving again within that time, would trust the old id until it
+-- expires.) benches/redis-compare.sh measures the cost.
+local RID_TTL_MS = 1000
 local current_rid
 local function server_rid()
-  if not current_rid then
-    current_rid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+  if current_rid then return current_rid end
+  local kept = redis.call('GET', base .. 'rid')
+  if kept then
+    current_rid = kept
+    return current_rid
   end
+  current_rid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+  redis.set_repl(redis.REPL_NONE)
+  redis.call('SET', base .. 'rid', current_rid, 'PX', RID_TTL_MS)
+  redis.set_repl(redis.REPL_ALL)
   return current_rid
 end
 
