@@ -56,7 +56,8 @@ measure() {
   redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
   local ticks_before ticks_after script_us
   ticks_before=$(awk '{print $14 + $15}' "/proc/$redis/stat")
-  "$BENCH" relay --url "$A" --receive-url "$B" "$@" --json > "$OUT/$name-$label.json" 2>/dev/null
+  # A run that lost or failed still reports (its lost and errors say so).
+  "$BENCH" relay --url "$A" --receive-url "$B" "$@" --json > "$OUT/$name-$label.json" 2>/dev/null || true
   ticks_after=$(awk '{print $14 + $15}' "/proc/$redis/stat")
   script_us=$(redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
     awk -F'[:,=]' '/^cmdstat_evalsha:/ {print $5}')

@@ -22,9 +22,9 @@
 --                    `rt`/`ru` are the send-rate tokens and when they were counted (ms), `ub`/`db`
 --                    the bytes of the undelivered / delivered messages held, `pe` is bumped by
 --                    each new poll, `ck` is the peer's client key (as in its record: what its
---                    sends are charged to), `gen` the mailbox's generation and `rid` the
---                    replication id (`master_replid`) of the server history that assigned its
---                    ids (see "Seal" below). One hash for the room rather than a key per peer: a
+--                    sends are charged to), `gen` the mailbox's generation ("" for 0) and
+--                    `rid` the replication id (`master_replid`, its first 12 hex digits) of the
+--                    server history that assigned its ids (see "Seal" below). One hash for the room rather than a key per peer: a
 --                    key costs Redis more than a field.
 --   m:<peer>   list  the peer's stored messages, "<type> <envelope without id>", oldest first
 --   s:<peer>   list  beside m:<peer>, entry for entry: "<size> <client key>", the envelope's bytes
@@ -108,7 +108,7 @@ local function flush()
     redis.call('HSET', K_BOXES, peer, fmt(box.last) .. ',' .. fmt(box.first) .. ',' ..
       fmt(box.delivered) .. ',' .. fmt(box.epoch) .. ',' .. fmt(box.rt) .. ',' .. fmt(box.ru) ..
       ',' .. fmt(box.ub) .. ',' .. fmt(box.db) .. ',' .. fmt(box.pe) .. ',' .. box.ck .. ',' ..
-      fmt(box.gen) .. ',' .. box.rid)
+      (box.gen > 0 and fmt(box.gen) or '') .. ',' .. box.rid)
   end
   dirty = {}
   local total = 0
@@ -186,7 +186,10 @@ local function server_rid()
     current_rid = kept
     return current_rid
   end
-  current_rid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+  -- The first 12 of its 40 hex digits: two histories share them once in 2^48, and a box
+  -- state that stays under 64 bytes is kept by Redis in its compact encoding.
+  current_rid = string.sub(
+    string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or '', 1, 12)
   redis.set_repl(redis.REPL_NONE)
   redis.call('SET', base .. 'rid', current_rid, 'PX', RID_TTL_MS)
   redis.set_repl(redis.REPL_ALL)
