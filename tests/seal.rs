@@ -82,25 +82,11 @@ impl Lab {
         assert_ne!(copied, "0", "the instance has keys to copy");
     }
 
-    /// The replica is promoted: its copy replaces the keys (every write since it stopped is
-    /// lost), and the server gets a new replication id, as a promoted replica does.
+    /// The replica is promoted: the server gets a new replication id, as a promoted replica
+    /// does, then the copy replaces the keys (every write since it stopped is lost). In this
+    /// order, so that no script between the two can keep the old id in a room's `rid` key (the
+    /// copy replaces those too): a real replica runs no script before its promotion.
     fn promote_the_replica(&self) {
-        let restored = self.redis.cli(&[
-            "EVAL",
-            "for _, key in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do
-               redis.call('DEL', key)
-             end
-             local n = 0
-             for _, copy in ipairs(redis.call('KEYS', 'replica:' .. ARGV[1] .. '*')) do
-               redis.call('COPY', copy, string.sub(copy, 9), 'REPLACE')
-               redis.call('DEL', copy)
-               n = n + 1
-             end
-             return n",
-            "0",
-            &self.prefix,
-        ]);
-        assert_ne!(restored, "0", "the replica's keys are back");
         let replid = self.replid();
         let nobody = TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
@@ -117,6 +103,22 @@ impl Lab {
             replid,
             "a promotion changes the replication id"
         );
+        let restored = self.redis.cli(&[
+            "EVAL",
+            "for _, key in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do
+               redis.call('DEL', key)
+             end
+             local n = 0
+             for _, copy in ipairs(redis.call('KEYS', 'replica:' .. ARGV[1] .. '*')) do
+               redis.call('COPY', copy, string.sub(copy, 9), 'REPLACE')
+               redis.call('DEL', copy)
+               n = n + 1
+             end
+             return n",
+            "0",
+            &self.prefix,
+        ]);
+        assert_ne!(restored, "0", "the replica's keys are back");
     }
 
     fn replid(&self) -> String {
