@@ -8,6 +8,8 @@
 #
 #   bash benches/compare.sh BEFORE_BINARY [ROUNDS] [OUT]
 #
+# PORT (default 8000) is where the servers listen, for a machine where 8000 is taken.
+#
 # The BEFORE binary reads the Rocket.toml of its own tree (BEFORE_CONFIG, by default the one two
 # levels above target/release/), since a newer Rocket.toml may have keys it does not know.
 set -euo pipefail
@@ -18,6 +20,7 @@ OUT=${3:-target/bench-compare}
 mkdir -p "$OUT"
 cargo build --release --bin signpost --bin signpost-bench
 BEFORE_CONFIG=${BEFORE_CONFIG:-$(cd "$(dirname "$BEFORE")/../.." && pwd)/Rocket.toml}
+PORT=${PORT:-8000}
 AFTER=target/release/signpost
 BENCH=target/release/signpost-bench
 
@@ -25,12 +28,12 @@ measure() {
   local label=$1 binary=$2 name=$3; shift 3
   local config=Rocket.toml
   [ "$label" = before ] && config=$BEFORE_CONFIG
-  ROCKET_CONFIG=$config ROCKET_PROFILE=bench "$binary" > "$OUT/server.log" 2>&1 &
+  ROCKET_CONFIG=$config ROCKET_PROFILE=bench ROCKET_PORT=$PORT "$binary" > "$OUT/server.log" 2>&1 &
   local pid=$!
-  for _ in $(seq 1 50); do curl -sf http://127.0.0.1:8000/healthz >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
   local ticks_before ticks_after
   ticks_before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-  "$BENCH" "$@" --json > "$OUT/$name-$label.json" 2>/dev/null
+  "$BENCH" "$@" --url "http://127.0.0.1:$PORT" --json > "$OUT/$name-$label.json" 2>/dev/null
   ticks_after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   jq -r --arg l "$label" --arg n "$name" --argjson ticks "$((ticks_after - ticks_before))" \

@@ -102,7 +102,7 @@ fn send_and_receive(c: &mut Criterion) {
         b.iter_batched(
             || vec![message(Some(recipient.peer_id), 100)],
             |batch| {
-                now(hub.send(&room, Some(sender.token.reveal()), batch)).unwrap();
+                now(hub.send(&room, Some(sender.token.reveal()), batch, None)).unwrap();
                 drain_reader(&*reader, &mut cursor)
             },
             BatchSize::SmallInput,
@@ -118,7 +118,7 @@ fn send_and_receive(c: &mut Criterion) {
                     .collect()
             },
             |batch| {
-                now(hub.send(&room, Some(sender.token.reveal()), batch)).unwrap();
+                now(hub.send(&room, Some(sender.token.reveal()), batch, None)).unwrap();
                 drain_reader(&*reader, &mut cursor)
             },
             BatchSize::SmallInput,
@@ -136,7 +136,7 @@ fn send_and_receive(c: &mut Criterion) {
         b.iter_batched(
             || vec![message(None, 100)],
             |batch| {
-                now(hub.send(&room, Some(peers[0].token.reveal()), batch)).unwrap();
+                now(hub.send(&room, Some(peers[0].token.reveal()), batch, None)).unwrap();
                 for (reader, cursor) in readers.iter().zip(&mut cursors) {
                     drain_reader(&**reader, cursor);
                 }

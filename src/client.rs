@@ -566,7 +566,7 @@ impl Peer {
     /// # Ok(()) }
     /// ```
     pub async fn send(&self, message: Message) -> Result<usize, ClientError> {
-        self.send_json(serde_json::to_string(&message)).await
+        self.send_json(serde_json::to_string(&message), None).await
     }
 
     /// Sends 1 to 64 messages in one request, accepted whole or not at all.
@@ -579,24 +579,55 @@ impl Peer {
     /// # Ok(()) }
     /// ```
     pub async fn send_batch(&self, messages: &[Message]) -> Result<usize, ClientError> {
-        self.send_json(serde_json::to_string(messages)).await
+        self.send_json(serde_json::to_string(messages), None).await
     }
 
-    async fn send_json(&self, body: serde_json::Result<String>) -> Result<usize, ClientError> {
+    /// [`send_batch`](Self::send_batch) under an `Idempotency-Key` (1-64 characters of
+    /// `A-Z a-z 0-9 . _ : -`, new for each batch): calling it again with the same key and
+    /// messages, after an error that leaves unknown whether the batch was accepted (a 503, a
+    /// lost connection), within the server's idempotency window, answers as the first call and
+    /// delivers nothing twice.
+    ///
+    /// ```no_run
+    /// # async fn run(peer: signpost::client::Peer, to: &str) -> Result<(), signpost::client::ClientError> {
+    /// use signpost::client::Message;
+    /// let offer = [Message::new("offer").to(to)];
+    /// let key = uuid::Uuid::new_v4().to_string();
+    /// let sent = match peer.send_batch_with_key(&offer, &key).await {
+    ///     Ok(sent) => sent,
+    ///     Err(_) => peer.send_batch_with_key(&offer, &key).await?,
+    /// };
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_batch_with_key(
+        &self,
+        messages: &[Message],
+        key: &str,
+    ) -> Result<usize, ClientError> {
+        self.send_json(serde_json::to_string(messages), Some(key))
+            .await
+    }
+
+    async fn send_json(
+        &self,
+        body: serde_json::Result<String>,
+        key: Option<&str>,
+    ) -> Result<usize, ClientError> {
         #[derive(Deserialize)]
         struct Accepted {
             accepted: usize,
         }
         let body = body.map_err(|error| ClientError::Protocol(error.to_string()))?;
-        let response = self
+        let mut request = self
             .client
             .http
             .post(self.url(&self.joined.send_url))
             .bearer_auth(&self.joined.token)
-            .header("Content-Type", "application/json")
-            .body(body)
-            .send()
-            .await?;
+            .header("Content-Type", "application/json");
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.body(body).send().await?;
         Ok(answer::<Accepted>(response).await?.accepted)
     }
 

@@ -73,6 +73,18 @@ pub struct Config {
     /// Messages a peer may send in a burst. Default 400: joining a full room sends an offer and
     /// a few dozen candidates to each of up to 15 peers at once.
     pub send_burst: f64,
+    /// How long a send with an `Idempotency-Key` is remembered, so that a retry with the key is
+    /// answered as the first was instead of delivered again. Default 300 s: longer than any
+    /// retry back-off a client should use after a 503 (seconds), shorter than a peer's session.
+    /// At least 1 s, at most 1 day.
+    pub idempotency_window_secs: u64,
+    /// Keys one peer's sends are remembered under at once; past it the oldest is forgotten.
+    /// Default 128: a client retries within seconds, and a peer sending at the whole
+    /// `send_rate_per_sec` with a key per message keeps its last 2.5 s of keys (with a key per
+    /// batch, as signpost.js does, far more). 128 is also the most entries Redis keeps in its
+    /// compact encoding (`hash-`/`zset-max-listpack-entries`): a peer's keys of 64 bytes take
+    /// 25 KiB there at the cap, and 72 KiB at 256. At least 1.
+    pub idempotency_keys_per_peer: usize,
     /// ICE servers handed to every peer when it joins, as `RTCIceServer` objects. Default none.
     pub ice_servers: Vec<IceServer>,
     /// Directory of the browser client served at `/` and under `/static/` (`/signpost.js` is the
@@ -127,6 +139,29 @@ pub struct Config {
     /// none (the system's roots, which managed Redis services' public CAs are among). Read once,
     /// at start.
     pub redis_tls_ca_file: Option<PathBuf>,
+    /// Instead of `redis_url`: the Redis Sentinels that monitor the store's master, e.g.
+    /// `["redis://:secret@10.0.0.5:26379", "redis://:secret@10.0.0.6:26379", …]`; signpost asks
+    /// them where the master is and follows it across failovers (README, "Several instances").
+    /// The URLs' userinfo is the *data nodes'* password (the sentinels are asked without one),
+    /// and `rediss://` (all or none) means TLS to the sentinels and to the data nodes, checked
+    /// against `redis_tls_ca_file` if given. Default none; at least one, and list several:
+    /// while one is down, the next is asked.
+    pub redis_sentinels: Option<Vec<String>>,
+    /// The name the sentinels monitor the master under (`sentinel monitor <name> …`). Default
+    /// none; required with `redis_sentinels`, and only with them.
+    pub redis_sentinel_master: Option<String>,
+    /// How many replicas must acknowledge a send's writes before it is answered 202 (Redis's
+    /// `WAIT`); if fewer do within `redis_wait_timeout_ms`, the answer is `503
+    /// store_unavailable` (the message may still arrive: retry with the same `Idempotency-Key`).
+    /// Default 0 (off): Redis replicates asynchronously, and a failover can lose the last
+    /// acknowledged writes; 1 makes an accepted message survive the loss of the master, at the
+    /// cost measured in docs/BENCHMARKS.md. Only with a Redis store.
+    pub redis_wait_replicas: u32,
+    /// How long a send waits for `redis_wait_replicas` acknowledgements. Default 200 ms: a
+    /// replica on the same network acknowledges in about a millisecond, so only a replica that is
+    /// gone or far behind waits it out, and a refused send still gets its 503 well within a
+    /// second. 1 to 1,000.
+    pub redis_wait_timeout_ms: u64,
     /// Prefix of every Redis key and channel. Default `"signpost"`; give each deployment that
     /// shares one Redis its own.
     pub redis_prefix: String,
@@ -285,6 +320,8 @@ impl Default for Config {
             poll_max_wait_secs: 25.0,
             send_rate_per_sec: 50.0,
             send_burst: 400.0,
+            idempotency_window_secs: 300,
+            idempotency_keys_per_peer: 128,
             ice_servers: Vec::new(),
             static_dir: "static".into(),
             log_level: LogLevel::Info,
@@ -298,6 +335,10 @@ impl Default for Config {
             cors_allowed_origins: Vec::new(),
             redis_url: None,
             redis_tls_ca_file: None,
+            redis_sentinels: None,
+            redis_sentinel_master: None,
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: 200,
             redis_prefix: "signpost".into(),
             join_auth: JoinAuth::Open,
             join_keys: BTreeMap::new(),
@@ -349,6 +390,7 @@ impl Config {
         if !(self.send_burst.is_finite() && self.send_burst >= 1.0) {
             return Err("signpost.send_burst must be at least 1".into());
         }
+        self.validate_idempotency()?;
         let at_least_one = [
             ("max_rooms", self.max_rooms),
             ("max_peers_per_room", self.max_peers_per_room),
@@ -409,6 +451,22 @@ impl Config {
         self.validate_store()?;
         self.validate_joins()?;
         self.validate_connections()
+    }
+
+    /// The idempotent sends' part of [`Config::validate`]: a window of 0 would remember
+    /// nothing, and one past a day would hold a peer's keys longer than any retry needs.
+    fn validate_idempotency(&self) -> Result<(), String> {
+        const DAY: u64 = 24 * 60 * 60;
+        if !(1..=DAY).contains(&self.idempotency_window_secs) {
+            return Err(format!(
+                "signpost.idempotency_window_secs must be 1 to {DAY} (1 day), not {}",
+                self.idempotency_window_secs
+            ));
+        }
+        if self.idempotency_keys_per_peer == 0 {
+            return Err("signpost.idempotency_keys_per_peer must be at least 1".into());
+        }
+        Ok(())
     }
 
     /// The connection limits' part of [`Config::validate`].
@@ -514,10 +572,16 @@ impl Config {
 
     /// The shared store's part of [`Config::validate`].
     fn validate_store(&self) -> Result<(), String> {
+        self.validate_sentinels()?;
         let tls = self
             .redis_url
             .as_deref()
-            .is_some_and(|url| url.starts_with("rediss://"));
+            .is_some_and(|url| url.starts_with("rediss://"))
+            || self
+                .redis_sentinels
+                .iter()
+                .flatten()
+                .any(|url| url.starts_with("rediss://"));
         if let Some(url) = &self.redis_url {
             let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
             if !schemes.iter().any(|scheme| url.starts_with(scheme)) {
@@ -538,7 +602,7 @@ impl Config {
         if let Some(path) = &self.redis_tls_ca_file {
             if !tls {
                 return Err(format!(
-                    "signpost.redis_tls_ca_file ({}) is only for a rediss:// signpost.redis_url",
+                    "signpost.redis_tls_ca_file ({}) is only for a rediss:// signpost.redis_url or signpost.redis_sentinels",
                     path.display()
                 ));
             }
@@ -553,6 +617,61 @@ impl Config {
             return Err(
                 "signpost.redis_prefix must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-', ':'".into(),
             );
+        }
+        Ok(())
+    }
+
+    /// Sentinel's part of [`Config::validate`]: `redis_sentinels` with `redis_sentinel_master`,
+    /// both or neither, never with `redis_url`; a non-empty list of `redis://` or (all of them)
+    /// `rediss://` URLs.
+    fn validate_sentinels(&self) -> Result<(), String> {
+        if self.redis_wait_replicas > 0 {
+            if self.redis_url.is_none() && self.redis_sentinels.is_none() {
+                return Err("signpost.redis_wait_replicas needs a Redis store (signpost.redis_url or signpost.redis_sentinels)".into());
+            }
+            if !(1..=1000).contains(&self.redis_wait_timeout_ms) {
+                return Err(format!(
+                    "signpost.redis_wait_timeout_ms is 1 to 1000 (a refused send must still be answered fast), not {}",
+                    self.redis_wait_timeout_ms
+                ));
+            }
+        }
+        let (sentinels, master) = match (&self.redis_sentinels, &self.redis_sentinel_master) {
+            (None, None) => return Ok(()),
+            (Some(_), None) => return Err("signpost.redis_sentinels needs signpost.redis_sentinel_master: the name the sentinels monitor the master under".into()),
+            (None, Some(_)) => return Err("signpost.redis_sentinel_master needs signpost.redis_sentinels: the sentinels' URLs".into()),
+            (Some(sentinels), Some(master)) => (sentinels, master),
+        };
+        if self.redis_url.is_some() {
+            return Err("signpost.redis_url and signpost.redis_sentinels both name the store: set one of them".into());
+        }
+        if sentinels.is_empty() {
+            return Err("signpost.redis_sentinels is empty: list the sentinels' URLs, e.g. [\"redis://10.0.0.5:26379\"]".into());
+        }
+        if master.is_empty() || master.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("signpost.redis_sentinel_master must be a name without spaces, as in `sentinel monitor <name> …`".into());
+        }
+        for url in sentinels {
+            if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                return Err(format!(
+                    "signpost.redis_sentinels: {url:?} must start with redis:// or rediss://"
+                ));
+            }
+        }
+        let tls = sentinels
+            .iter()
+            .filter(|url| url.starts_with("rediss://"))
+            .count();
+        if tls != 0 && tls != sentinels.len() {
+            return Err(
+                "signpost.redis_sentinels: either every URL is rediss:// (TLS) or none".into(),
+            );
+        }
+        if tls != 0 && !cfg!(feature = "redis-tls") {
+            return Err("signpost.redis_sentinels: rediss:// (TLS) needs signpost built with `--features redis-tls` (cargo build --release --features redis-tls)".into());
+        }
+        if tls != 0 && sentinels.iter().any(|url| url.contains('#')) {
+            return Err("signpost.redis_sentinels: a rediss:// URL takes no #fragment; #insecure (no certificate check) is not supported: give the CA in signpost.redis_tls_ca_file".into());
         }
         Ok(())
     }
@@ -612,6 +731,10 @@ impl Config {
 
     pub fn turn_credential_ttl(&self) -> Duration {
         Duration::from_secs(self.turn_credential_ttl_secs)
+    }
+
+    pub fn idempotency_window(&self) -> Duration {
+        Duration::from_secs(self.idempotency_window_secs)
     }
 
     pub fn peer_timeout(&self) -> Duration {
@@ -703,6 +826,18 @@ mod tests {
             },
             Config {
                 mailbox_max_bytes: 64 * 1024 - 1,
+                ..Config::default()
+            },
+            Config {
+                idempotency_window_secs: 0,
+                ..Config::default()
+            },
+            Config {
+                idempotency_window_secs: 24 * 60 * 60 + 1,
+                ..Config::default()
+            },
+            Config {
+                idempotency_keys_per_peer: 0,
                 ..Config::default()
             },
         ];

@@ -109,6 +109,11 @@ pub enum Error {
     },
     /// The send would take the bytes held in all mailboxes past `max_held_bytes`.
     ServerFull,
+    /// The `Idempotency-Key` header is not 1-64 characters of `A-Z a-z 0-9 . _ : -`.
+    InvalidIdempotencyKey,
+    /// The sender sent another batch under this `Idempotency-Key` within the window: a key
+    /// names one send, and a retry carries the same batch.
+    IdempotencyKeyReused,
     /// A CORS preflight from an origin not in `cors_allowed_origins`, or for a method the API
     /// does not use.
     CorsRefused(String),
@@ -155,7 +160,8 @@ impl Error {
             | InvalidRoomName(_)
             | InvalidPeerId
             | InvalidQuery { .. }
-            | InvalidLastEventId => Status::BadRequest,
+            | InvalidLastEventId
+            | InvalidIdempotencyKey => Status::BadRequest,
             MissingToken | InvalidToken | MissingJoinToken | InvalidJoinToken(_)
             | JoinTokenExpired | CredentialRequired | MetricsTokenRequired => Status::Unauthorized,
             WrongPeer | CorsRefused(_) | RoomNotAllowed | ClaimMismatch(_) => Status::Forbidden,
@@ -165,6 +171,9 @@ impl Error {
             // is on the way). The room's state, not the request's form, is at odds: a 409, as
             // for a full room, and a request that is valid by docs/openapi.yaml is never a 422.
             RoomFull { .. } | TooManyRooms { .. } | UnknownRecipient { .. } => Status::Conflict,
+            // The key's earlier send, not this request's form, is at odds: a 409 for the same
+            // reason (the IETF idempotency draft's 422 would say the request itself is malformed).
+            IdempotencyKeyReused => Status::Conflict,
             BodyTooLarge { .. } | MessageTooLarge { .. } => Status::PayloadTooLarge,
             UnsupportedMediaType(_) => Status::UnsupportedMediaType,
             InvalidBody(_)
@@ -231,6 +240,8 @@ impl Error {
             CredentialRequired => "credential_required",
             TooManyBytesHeld { .. } => "too_many_bytes_held",
             ServerFull => "server_full",
+            InvalidIdempotencyKey => "invalid_idempotency_key",
+            IdempotencyKeyReused => "idempotency_key_reused",
             CorsRefused(_) => "cors_refused",
             RouteNotFound => "not_found",
             MethodNotAllowed { .. } => "method_not_allowed",
@@ -333,6 +344,13 @@ impl Error {
                 "the server holds as many undelivered messages as it may; retry after the time in Retry-After"
                     .into()
             }
+            InvalidIdempotencyKey => {
+                "Idempotency-Key must be 1 to 64 characters of A-Z a-z 0-9 . _ : -".into()
+            }
+            IdempotencyKeyReused => "this Idempotency-Key was used for another batch within the \
+                                     idempotency window; a retry sends the same batch, a new \
+                                     batch a new key"
+                .into(),
             CorsRefused(why) => why.clone().into(),
             RouteNotFound => "no such endpoint; see docs/API.md".into(),
             MethodNotAllowed { allow } => {

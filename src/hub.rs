@@ -6,12 +6,14 @@
 //! once, before the store sees it), the order in which errors are reported, and the log line
 //! and the metrics of every join and departure, whichever store or instance caused it.
 
-use serde_json::value::RawValue;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
+
 use crate::config::Config;
 use crate::error::{ApiResult, Error};
+use crate::idempotency::IdempotencyKey;
 use crate::identity::{PeerId, PeerToken, RoomName};
 use crate::logging;
 use crate::message::{Draft, EncodedMessage, MessageType, OutgoingMessage};
@@ -37,6 +39,15 @@ struct Shared {
     client_ipv6_prefix: u8,
 }
 
+/// The answer to an accepted send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The batch's messages accepted.
+    pub count: usize,
+    /// A retry under the send's idempotency key: answered as the first, delivered nothing.
+    pub replayed: bool,
+}
+
 /// The result of a successful join.
 #[derive(Debug)]
 pub struct Joined {
@@ -51,6 +62,7 @@ impl Hub {
     pub fn new(config: &Config) -> Self {
         let config = Config {
             redis_url: None,
+            redis_sentinels: None,
             ..config.clone()
         };
         Self::with_metrics(&config, Metrics::new()).expect("the memory store always starts")
@@ -151,13 +163,16 @@ impl Hub {
     }
 
     /// Accepts a batch from the peer that `token` belongs to: all of it, or, on any error,
-    /// none of it. Returns how many messages were accepted.
+    /// none of it. Under an idempotency `key`, a retry of an accepted send is answered as it
+    /// was, and delivers nothing again ([`Store::send`]). Returns how many messages were
+    /// accepted.
     pub async fn send(
         &self,
         room: &RoomName,
         token: Option<&str>,
         batch: Vec<OutgoingMessage>,
-    ) -> ApiResult<usize> {
+        key: Option<&IdempotencyKey>,
+    ) -> ApiResult<Accepted> {
         let outgoing = match self.prepare(batch) {
             Ok(outgoing) => outgoing,
             Err(error) => {
@@ -166,9 +181,12 @@ impl Hub {
                 return Err(error);
             }
         };
-        let sent = self.shared.store.send(room, token, &outgoing).await?;
+        let sent = self.shared.store.send(room, token, &outgoing, key).await?;
         self.departed(room, &sent.departures);
-        Ok(sent.accepted)
+        Ok(Accepted {
+            count: sent.accepted,
+            replayed: sent.replayed,
+        })
     }
 
     /// Validates a batch and encodes each message, once, for every recipient.

@@ -19,6 +19,8 @@
 //!     their two implementations, in memory (`store/memory.rs`) or in Redis so that several
 //!     instances act as one server (`store/redis/`).
 //!   - [`rate_limit`]: the token bucket (per-peer sends, per-client joins).
+//!   - [`idempotency`]: a send's `Idempotency-Key`, its batch's fingerprint, and the keyed sends
+//!     a peer made within the window (the memory store's record of them).
 //!   - [`join_token`]: join tokens signed by the application: checking and minting them.
 //!   - [`resume`]: resume credentials, with which a forgotten peer rejoins as itself.
 //!   - [`client_address`]: who a request comes from (`trusted_proxies`, `X-Forwarded-For`).
@@ -61,6 +63,7 @@ mod front;
 pub mod held_bytes;
 pub mod hub;
 pub mod ice;
+pub mod idempotency;
 pub mod identity;
 pub mod join_token;
 pub mod logging;

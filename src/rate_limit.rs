@@ -43,6 +43,12 @@ impl TokenBucket {
         let missing = cost.min(self.burst) - self.tokens;
         Err(Duration::try_from_secs_f64(missing / self.rate).unwrap_or(Duration::MAX))
     }
+
+    /// Gives back `cost` tokens taken for something that was then refused for another reason,
+    /// so that it costs nothing.
+    pub fn give_back(&mut self, cost: f64) {
+        self.tokens = (self.tokens + cost).min(self.burst);
+    }
 }
 
 #[cfg(test)]

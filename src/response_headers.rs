@@ -21,7 +21,7 @@
 use crate::config::Config;
 
 /// The response headers a cross-origin page may read.
-pub const EXPOSED_HEADERS: &str = "Location, Retry-After, WWW-Authenticate";
+pub const EXPOSED_HEADERS: &str = "Idempotent-Replayed, Location, Retry-After, WWW-Authenticate";
 
 /// How a header joins those the response already has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

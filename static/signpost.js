@@ -45,6 +45,8 @@ const SERVER_TYPES = ["join", "leave"];
 
 /** The most messages the server accepts in one POST (docs/API.md, Send). */
 const MAX_BATCH = 64;
+/** Random bytes of a send's Idempotency-Key: 22 base64url characters, unique among a peer's. */
+const IDEMPOTENCY_KEY_BYTES = 16;
 
 const DEFAULTS = {
   transport: "auto",
@@ -312,6 +314,10 @@ export class Signpost {
       }
     }
     const body = JSON.stringify(messages);
+    // One key for the batch and every retry of it: a retry after a lost answer or a 503 that
+    // came after the server took the batch is answered as the first, not delivered twice
+    // (docs/API.md, Send, "Retrying a send").
+    const idempotencyKey = base64url(crypto.getRandomValues(new Uint8Array(IDEMPOTENCY_KEY_BYTES)));
     let failures = 0;
     while (!this.closed) {
       const incarnation = this.incarnation;
@@ -319,7 +325,10 @@ export class Signpost {
       try {
         response = await fetch(this.url(this.joined.send_url), {
           method: "POST",
-          headers: this.authHeaders({ "Content-Type": "application/json" }),
+          headers: this.authHeaders({
+            "Content-Type": "application/json",
+            "Idempotency-Key": idempotencyKey,
+          }),
           body,
         });
       } catch (networkError) {

@@ -68,6 +68,7 @@ async fn absurd_durations_are_refused_naming_the_key_and_its_bound() {
         ("poll_max_wait_secs", "1000000000.0", "3600"),
         ("body_read_timeout_secs", "1000000000.0", "3600"),
         ("write_timeout_secs", "1000000000.0", "3600"),
+        ("idempotency_window_secs", "1000000000", "86400"),
     ] {
         let refusal = common::instance::Instance::refusal(&format!("{key}={value}")).await;
         for expected in [format!("signpost.{key}"), bound.to_owned()] {
@@ -83,6 +84,7 @@ async fn absurd_durations_are_refused_naming_the_key_and_its_bound() {
         ("poll_max_wait_secs", json!(3600.0)),
         ("body_read_timeout_secs", json!(3600.0)),
         ("write_timeout_secs", json!(3600.0)),
+        ("idempotency_window_secs", json!(86400)),
     ] {
         assert!(
             signpost::build(figment(key, value.clone()))
@@ -91,5 +93,63 @@ async fn absurd_durations_are_refused_naming_the_key_and_its_bound() {
                 .is_ok(),
             "{key} = {value} is within its bound"
         );
+    }
+}
+
+/// Sentinel's settings go together and alone: `redis_sentinels` without
+/// `redis_sentinel_master` (or the reverse), both beside `redis_url`, an empty list, a URL of
+/// another scheme, a mix of `redis://` and `rediss://`, and `redis_wait_replicas` without a
+/// Redis store or with a timeout that would not be fast each stop the server at start, with a
+/// message naming the keys.
+#[tokio::test]
+async fn sentinel_settings_are_refused_unless_complete_and_alone() {
+    let sentinels = r#"redis_sentinels=["redis://127.0.0.1:26379"]"#;
+    let master = r#"redis_sentinel_master="signpost""#;
+    let url = r#"redis_url="redis://127.0.0.1:6379""#;
+    for (settings, expected) in [
+        (
+            sentinels.to_owned(),
+            vec!["signpost.redis_sentinels", "signpost.redis_sentinel_master"],
+        ),
+        (
+            master.to_owned(),
+            vec!["signpost.redis_sentinel_master", "signpost.redis_sentinels"],
+        ),
+        (
+            format!("{sentinels},{master},{url}"),
+            vec![
+                "signpost.redis_url",
+                "signpost.redis_sentinels",
+                "one of them",
+            ],
+        ),
+        (
+            format!("redis_sentinels=[],{master}"),
+            vec!["signpost.redis_sentinels is empty"],
+        ),
+        (
+            format!(r#"redis_sentinels=["http://127.0.0.1:26379"],{master}"#),
+            vec!["redis://", "http://127.0.0.1:26379"],
+        ),
+        (
+            format!(r#"redis_sentinels=["redis://a:26379","rediss://b:26379"],{master}"#),
+            vec!["every URL is rediss://"],
+        ),
+        (
+            "redis_wait_replicas=1".to_owned(),
+            vec!["signpost.redis_wait_replicas", "Redis store"],
+        ),
+        (
+            format!("{url},redis_wait_replicas=1,redis_wait_timeout_ms=5000"),
+            vec!["signpost.redis_wait_timeout_ms", "1 to 1000"],
+        ),
+    ] {
+        let refusal = common::instance::Instance::refusal(&settings).await;
+        for expected in expected {
+            assert!(
+                refusal.contains(expected),
+                "{settings}: {expected:?} in {refusal}"
+            );
+        }
     }
 }

@@ -21,7 +21,7 @@ use crate::response_headers::allow_origin;
 /// What a browser may send cross-origin. (What it may read back is `EXPOSED_HEADERS`, in
 /// [`response_headers`](crate::response_headers), with the other headers of every answer.)
 const ALLOWED_METHODS: &str = "GET, POST, DELETE";
-const ALLOWED_HEADERS: &str = "Authorization, Content-Type, Last-Event-ID";
+const ALLOWED_HEADERS: &str = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID";
 /// How long a browser may cache a preflight: 10 minutes, so that a changed origin list takes
 /// effect soon (Chromium caps this at 2 hours anyway).
 const MAX_AGE_SECS: &str = "600";

@@ -15,6 +15,7 @@ use crate::api::body::parse_json;
 use crate::api::params;
 use crate::config::Config;
 use crate::error::Error;
+use crate::idempotency::IdempotencyKey;
 use crate::identity::{PeerId, RoomName};
 
 /// A path segment, percent-decoded as Rocket decodes the segments it hands to `FromParam`.
@@ -64,6 +65,24 @@ pub fn token(request: &Parts) -> Token {
     Token::find(header(request, "Authorization"), || {
         query_value(request, "token")
     })
+}
+
+/// The send's `Idempotency-Key`, if it carries one: `invalid_idempotency_key` for one that is
+/// not 1-64 characters of `A-Z a-z 0-9 . _ : -`, or that is given twice.
+pub fn idempotency_key(request: &Parts) -> Result<Option<IdempotencyKey>, Error> {
+    let mut values = request.headers.get_all("Idempotency-Key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Error::InvalidIdempotencyKey);
+    }
+    value
+        .to_str()
+        .ok()
+        .and_then(IdempotencyKey::parse)
+        .map(Some)
+        .ok_or(Error::InvalidIdempotencyKey)
 }
 
 /// Reads a body of at most `max_body_bytes`, which must arrive whole within

@@ -1,6 +1,7 @@
 //! Sending: one message or a batch, from the peer whose token the request carries.
 
 use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::Response;
 
@@ -10,7 +11,8 @@ use crate::front::response::{self, ResponseBody};
 use crate::front::Front;
 use crate::message::MessageBatch;
 
-/// `POST /api/rooms/{room}/messages`: `202 {"accepted": n}`.
+/// `POST /api/rooms/{room}/messages`: `202 {"accepted": n}`, with `Idempotent-Replayed: true`
+/// when it answers a retry under the send's `Idempotency-Key` instead of delivering it again.
 pub async fn send(
     front: &Front,
     room: &str,
@@ -23,12 +25,25 @@ pub async fn send(
     if token.as_deref().is_none() {
         return Err(Error::MissingToken);
     }
+    let key = request::idempotency_key(request)?;
     let batch: MessageBatch = request::json_body(request, body, &front.config).await?;
-    let accepted = front.hub.send(&room, token.as_deref(), batch.0).await?;
-    front.metrics.messages_accepted(accepted);
+    let accepted = front
+        .hub
+        .send(&room, token.as_deref(), batch.0, key.as_ref())
+        .await?;
+    if !accepted.replayed {
+        front.metrics.messages_accepted(accepted.count);
+    }
     let mut json = Vec::with_capacity(24);
     json.extend_from_slice(b"{\"accepted\":");
-    json.extend_from_slice(itoa::Buffer::new().format(accepted).as_bytes());
+    json.extend_from_slice(itoa::Buffer::new().format(accepted.count).as_bytes());
     json.push(b'}');
-    Ok(response::json(202, json))
+    let mut response = response::json(202, json);
+    if accepted.replayed {
+        response.headers_mut().insert(
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
 }

@@ -12,6 +12,7 @@ use rocket::async_trait;
 use crate::client_limits::{ClientHoldings, JoinRate};
 use crate::error::{ApiResult, Error};
 use crate::held_bytes::HeldBytes;
+use crate::idempotency::{Fingerprint, IdempotencyKey, Recalled, RecentSends};
 use crate::identity::{PeerId, PeerToken, RoomName};
 use crate::mailbox::{Mailbox, MailboxLimits, PollTicket, Push, Read, StreamTicket, Ticket};
 use crate::message::EncodedMessage;
@@ -59,6 +60,8 @@ struct Peer {
     token: PeerToken,
     mailbox: Arc<Mailbox>,
     send_rate: TokenBucket,
+    /// Its sends under an `Idempotency-Key`, within the window; gone with the peer.
+    recent_sends: RecentSends,
 }
 
 impl MemoryStore {
@@ -118,6 +121,10 @@ impl MemoryStore {
                 limits.send_rate_per_sec,
                 limits.send_burst,
                 Instant::now(),
+            ),
+            recent_sends: RecentSends::new(
+                limits.idempotency_window,
+                limits.idempotency_keys_per_peer,
             ),
         };
         let mut state = self.rooms.lock();
@@ -197,8 +204,12 @@ impl MemoryStore {
         room: &RoomName,
         token: Option<&str>,
         batch: &[Outgoing],
+        key: Option<&IdempotencyKey>,
     ) -> ApiResult<Sent> {
         let sender = self.identify(room, token)?;
+        // Hashed outside the lock, and only for a keyed send.
+        let fingerprint =
+            key.map(|_| Fingerprint::of(batch.iter().map(|message| (message.to, &message.draft))));
         // Signed outside the lock: this is the only copy a message's bytes ever get.
         let signed: Vec<_> = batch
             .iter()
@@ -213,6 +224,21 @@ impl MemoryStore {
             .iter()
             .position(|p| p.info.peer_id == sender)
             .ok_or(Error::PeerNotFound)?;
+        let now = Instant::now();
+        if let (Some(key), Some(fingerprint)) = (key, fingerprint) {
+            let recent = &mut members.peers[sender_index].recent_sends;
+            match recent.recall(key, fingerprint, now) {
+                Some(Recalled::Replay { accepted }) => {
+                    return Ok(Sent {
+                        accepted,
+                        departures: Vec::new(),
+                        replayed: true,
+                    })
+                }
+                Some(Recalled::Reused) => return Err(Error::IdempotencyKeyReused),
+                None => {}
+            }
+        }
         for (index, (to, _)) in signed.iter().enumerate() {
             match to {
                 Some(to) if *to == sender => return Err(Error::SelfRecipient { index }),
@@ -233,13 +259,16 @@ impl MemoryStore {
                 envelope.encoded_len() * recipients
             })
             .sum();
-        self.held.try_charge(charged_to, bytes)?;
-        if let Err(retry_after) = members.peers[sender_index]
-            .send_rate
-            .take(signed.len() as f64, Instant::now())
-        {
-            self.held.release(charged_to, bytes);
-            return Err(Error::RateLimited { retry_after });
+        // The sender's rate first, then what the server holds (docs/API.md, Send, "Which error
+        // wins"); a send the bytes refuse takes no token.
+        let send_rate = &mut members.peers[sender_index].send_rate;
+        let cost = signed.len() as f64;
+        send_rate
+            .take(cost, now)
+            .map_err(|retry_after| Error::RateLimited { retry_after })?;
+        if let Err(refusal) = self.held.try_charge(charged_to, bytes) {
+            send_rate.give_back(cost);
+            return Err(refusal);
         }
 
         let mut overflowing = Vec::new();
@@ -262,11 +291,21 @@ impl MemoryStore {
         if refund > 0 {
             self.held.release(charged_to, refund);
         }
+        // Remembered with the append, under the same lock: a retry that comes in now finds it.
+        if let (Some(key), Some(fingerprint)) = (key, fingerprint) {
+            members.peers[sender_index].recent_sends.remember(
+                key.clone(),
+                fingerprint,
+                signed.len(),
+                now,
+            );
+        }
         let mut departures = Vec::new();
         evict_all(&mut state, &self.held, room, overflowing, &mut departures);
         Ok(Sent {
             accepted: signed.len(),
             departures,
+            replayed: false,
         })
     }
 
@@ -393,8 +432,9 @@ impl Store for MemoryStore {
         room: &RoomName,
         token: Option<&str>,
         batch: &[Outgoing],
+        key: Option<&IdempotencyKey>,
     ) -> ApiResult<Sent> {
-        MemoryStore::send(self, room, token, batch)
+        MemoryStore::send(self, room, token, batch, key)
     }
 
     async fn reader(
@@ -633,7 +673,7 @@ mod tests {
             to: Some(bob),
             draft: Draft::new(&offer, None),
         }];
-        let sent = now(store.send(&room, Some(alice_token.reveal()), &batch)).unwrap();
+        let sent = now(store.send(&room, Some(alice_token.reveal()), &batch, None)).unwrap();
         assert_eq!(sent.accepted, 1);
         let Read::Batch(batch) =
             now(reader.read(0, Some(Ticket::Stream(ticket)), 1 << 16)).unwrap()

@@ -15,11 +15,12 @@
 //! a store means implementing these two traits (and passing the behaviour suite on it), with no
 //! match arm to add anywhere else. The methods' doc comments are the contract every store keeps.
 //! What it costs: every async call allocates one boxed future (`async-trait`: a trait object's
-//! async methods cannot return an unnamed future) and goes through a vtable, some tens of
-//! nanoseconds against the tens of microseconds of server CPU a relayed message costs end to end
-//! (docs/BENCHMARKS.md). The memory store's futures still complete at their first poll, so a
-//! send or a read on it never waits or switches task (a unit test polls them once). A reader
-//! and its listening guard are boxed once per stream or poll, never per message.
+//! async methods cannot return an unnamed future) and goes through a vtable: some 0.4 µs per
+//! relayed message in `benches/hub.rs`, against the 20–30 µs of server CPU a message costs end
+//! to end, where the two measure within 3 % (docs/BENCHMARKS.md, "The store as a trait
+//! object"). The memory store's futures still complete at their first poll, so a send or a read
+//! on it never waits or switches task (a unit test polls them once). A reader and its listening
+//! guard are boxed once per stream or poll, never per message.
 
 pub mod memory;
 pub mod redis;
@@ -35,6 +36,7 @@ use tokio::sync::watch;
 use crate::client_limits::ClientRefusal;
 use crate::config::Config;
 use crate::error::{ApiResult, Error};
+use crate::idempotency::IdempotencyKey;
 use crate::identity::{PeerId, PeerToken, RoomName};
 use crate::mailbox::{PollTicket, Read, StreamTicket, Ticket};
 use crate::message::{Draft, EncodedMessage};
@@ -45,7 +47,7 @@ use rocket::async_trait;
 pub use crate::membership::LeaveReason;
 
 use self::memory::MemoryStore;
-use self::redis::RedisStore;
+use self::redis::{RedisStore, Target as RedisTarget};
 
 /// The limits a store enforces atomically, from [`Config`].
 #[derive(Debug, Clone)]
@@ -71,6 +73,10 @@ pub struct Limits {
     pub max_held_bytes: usize,
     /// `poll_max_bytes`: the byte budget of one read (a poll answer, a stream's read).
     pub poll_max_bytes: usize,
+    /// `idempotency_window_secs`: how long a keyed send is remembered.
+    pub idempotency_window: Duration,
+    /// `idempotency_keys_per_peer`: keyed sends remembered per peer at once.
+    pub idempotency_keys_per_peer: usize,
 }
 
 impl Limits {
@@ -92,6 +98,8 @@ impl Limits {
             client_max_held_bytes: config.client_max_held_bytes,
             max_held_bytes: config.max_held_bytes,
             poll_max_bytes: config.poll_max_bytes,
+            idempotency_window: config.idempotency_window(),
+            idempotency_keys_per_peer: config.idempotency_keys_per_peer,
         }
     }
 
@@ -195,17 +203,33 @@ pub struct Sent {
     pub accepted: usize,
     /// Recipients the batch evicted.
     pub departures: Vec<Departure>,
+    /// The send was one remembered under its idempotency key: answered as the first was, with
+    /// nothing appended, charged or evicted this time.
+    pub replayed: bool,
 }
 
-/// The store `config` names: Redis when `redis_url` is set, memory otherwise. Connecting to
-/// Redis happens lazily, so a server starts (and says it is not ready) while Redis is down.
+/// The store `config` names: Redis when `redis_url` or `redis_sentinels` is set, memory
+/// otherwise. Connecting to Redis happens lazily, so a server starts (and says it is not ready)
+/// while Redis is down.
 pub fn open(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, String> {
     let limits = Limits::new(config);
-    match &config.redis_url {
+    let target = match (&config.redis_url, &config.redis_sentinels) {
+        (Some(url), _) => Some(RedisTarget::Url(url.clone())),
+        (None, Some(sentinels)) => Some(RedisTarget::Sentinel {
+            sentinels: sentinels.clone(),
+            master: config.redis_sentinel_master.clone().unwrap_or_default(),
+        }),
+        (None, None) => None,
+    };
+    match target {
         None => Ok(Arc::new(MemoryStore::new(limits))),
-        Some(url) => Ok(Arc::new(RedisStore::new(
-            url,
+        Some(target) => Ok(Arc::new(RedisStore::new(
+            &target,
             config.redis_tls_ca_file.as_deref(),
+            (config.redis_wait_replicas > 0).then(|| redis::WaitReplicas {
+                replicas: config.redis_wait_replicas,
+                timeout: Duration::from_millis(config.redis_wait_timeout_ms),
+            }),
             &config.redis_prefix,
             limits,
             metrics.clone(),
@@ -264,11 +288,22 @@ pub trait Store: Send + Sync {
     /// in the room), the bytes the sender's address holds and the sender's rate, signs each
     /// message and appends it to every recipient's mailbox: all of it, or none. A recipient
     /// whose mailbox overflows is evicted, and the rest is delivered.
+    ///
+    /// With a `key` (`Idempotency-Key`), right after identifying the sender: a send of the same
+    /// batch ([`Fingerprint`]) under the same key by the same peer within
+    /// `idempotency_window` is answered as that one was ([`Sent::replayed`]), appending and
+    /// charging nothing; another batch under it is `idempotency_key_reused`. An accepted keyed
+    /// send is remembered atomically with its append, at most `idempotency_keys_per_peer` per
+    /// peer (the oldest forgotten first), until the window ends or the peer leaves; a refused
+    /// one is not.
+    ///
+    /// [`Fingerprint`]: crate::idempotency::Fingerprint
     async fn send(
         &self,
         room: &RoomName,
         token: Option<&str>,
         batch: &[Outgoing],
+        key: Option<&IdempotencyKey>,
     ) -> ApiResult<Sent>;
 
     /// The mailbox of `peer` for the request that proves to be that peer: `room_not_found`,

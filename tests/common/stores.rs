@@ -1,15 +1,17 @@
 //! The backends the store contract suite (tests/store_contract.rs) runs on, and the one macro
 //! that stamps each contract test once per backend.
 //!
-//! Adding a backend (issue 18: Sentinel, Cluster) is done here alone: a variant of [`Backend`],
+//! Adding a backend (issue 18: Sentinel done, Cluster next) is done here alone: a variant of [`Backend`],
 //! its arm in [`Backend::deployment`] and [`Backend::shared`], and its line in the
 //! `@every` (and, for a shared store, `@shared`) arm of [`store_contract!`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use signpost::config::Config;
 use signpost::metrics::Metrics;
 use signpost::store::{self, Store};
+
+use super::redis_ha::Sentinels;
 
 /// A kind of store the contract holds for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +21,10 @@ pub enum Backend {
     /// Rooms in the tests' shared `redis-server` (`tests/common/redis.rs`), under a key prefix
     /// of the test's own.
     Redis,
+    /// Rooms on the master that the binary's shared Sentinel set-up watches (a master, a
+    /// replica, three sentinels: `tests/common/redis_ha.rs`), found through the sentinels, under
+    /// a key prefix of the test's own.
+    Sentinel,
 }
 
 impl Backend {
@@ -27,20 +33,22 @@ impl Backend {
     pub fn shared(self) -> bool {
         match self {
             Backend::Memory => false,
-            Backend::Redis => true,
+            Backend::Redis | Backend::Sentinel => true,
         }
     }
 
     /// A fresh deployment for `test`, or `None` when the backend's program is missing outside
     /// CI (the test then passes without running; under `CI=true` it fails instead).
     pub fn deployment(self, test: &str) -> Option<Deployment> {
-        let redis_url = match self {
-            Backend::Memory => None,
-            Backend::Redis => Some(super::redis::shared(test)?),
+        let (redis_url, sentinels) = match self {
+            Backend::Memory => (None, None),
+            Backend::Redis => (Some(super::redis::shared(test)?), None),
+            Backend::Sentinel => (None, Some(shared_sentinels(test)?)),
         };
         Some(Deployment {
             backend: self,
             redis_url,
+            sentinels,
             prefix: format!("contract-{}", uuid::Uuid::new_v4().simple()),
         })
     }
@@ -51,6 +59,8 @@ impl Backend {
 pub struct Deployment {
     pub backend: Backend,
     redis_url: Option<String>,
+    /// The sentinels' URLs and the master's name, for [`Backend::Sentinel`].
+    sentinels: Option<(Vec<String>, String)>,
     prefix: String,
 }
 
@@ -61,12 +71,31 @@ impl Deployment {
         let mut config = Config::default();
         settings(&mut config);
         config.redis_url = self.redis_url.clone();
+        if let Some((urls, master)) = &self.sentinels {
+            config.redis_sentinels = Some(urls.clone());
+            config.redis_sentinel_master = Some(master.clone());
+        }
         config.redis_prefix = self.prefix.clone();
         let store = store::open(&config, &Metrics::default()).expect("the store opens");
         let shutdown = shutdown_handle().await;
         store.start(shutdown.clone());
         Instance { store, shutdown }
     }
+}
+
+/// One Sentinel set-up shared by the tests of a binary that run on [`Backend::Sentinel`] (the
+/// test fails when redis-server is missing under CI: `external::can_run`): its sentinels' URLs
+/// and master name. Never failed over: the failover tests (tests/sentinel.rs) start their own.
+fn shared_sentinels(test: &str) -> Option<(Vec<String>, String)> {
+    static SHARED: OnceLock<Mutex<Option<Sentinels>>> = OnceLock::new();
+    if !super::external::can_run(test, super::redis_ha::available()) {
+        return None;
+    }
+    let shared = SHARED.get_or_init(|| Mutex::new(Some(Sentinels::start())));
+    let set_up = shared.lock().unwrap_or_else(|e| e.into_inner());
+    set_up
+        .as_ref()
+        .map(|set_up| (set_up.urls(), set_up.master_name().to_owned()))
 }
 
 /// One store, as one server instance holds it; its background tasks end when it is dropped.
@@ -121,9 +150,11 @@ macro_rules! store_contract {
     (@every $name:ident $deployment:ident $body:block) => {
         $crate::store_contract!(@memory $name $deployment $body);
         $crate::store_contract!(@redis $name $deployment $body);
+        $crate::store_contract!(@sentinel $name $deployment $body);
     };
     (@shared $name:ident $deployment:ident $body:block) => {
         $crate::store_contract!(@redis $name $deployment $body);
+        $crate::store_contract!(@sentinel $name $deployment $body);
     };
     (@memory $name:ident $deployment:ident $body:block) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,6 +173,18 @@ macro_rules! store_contract {
         async fn redis() {
             let backend = $crate::common::stores::Backend::Redis;
             let test = concat!(stringify!($name), "::redis");
+            if let Some($deployment) = backend.deployment(test) $body
+        }
+    };
+    (@sentinel $name:ident $deployment:ident $body:block) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(
+            signpost_missing = "redis",
+            ignore = "needs redis-server and redis-cli: apt-get install redis-server (README.md, Prerequisites)"
+        )]
+        async fn sentinel() {
+            let backend = $crate::common::stores::Backend::Sentinel;
+            let test = concat!(stringify!($name), "::sentinel");
             if let Some($deployment) = backend.deployment(test) $body
         }
     };

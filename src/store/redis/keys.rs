@@ -25,6 +25,9 @@ pub(super) struct Keys {
     /// them: `client_max_held_bytes` and `max_held_bytes`, charged and released by the room
     /// scripts (`KEYS[2]` of each).
     pub(super) held: String,
+    /// Written before each `WAIT` (`redis_wait_replicas`) on the wait connection, to bring that
+    /// connection's replication offset up to the master's; expires after a minute.
+    pub(super) wait_mark: String,
 }
 
 impl Keys {
@@ -37,6 +40,7 @@ impl Keys {
             client_rooms: format!("{prefix}:{{{prefix}:global}}:client-rooms"),
             peer_count: format!("{prefix}:{{{prefix}:global}}:peer-count"),
             held: format!("{prefix}:{{{prefix}:global}}:held"),
+            wait_mark: format!("{prefix}:{{{prefix}:global}}:wait-mark"),
         }
     }
 

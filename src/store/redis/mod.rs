@@ -35,8 +35,9 @@
 //! connections are made from one client that carries the TLS settings.
 //!
 //! # Layout
-//! - `connection.rs`: the way to Redis that everything below calls through, and how a failure
-//!   becomes `503 store_unavailable`.
+//! - `connection.rs`: the way to Redis that everything below calls through (one Redis, or the
+//!   master that Redis Sentinel names, followed across failovers), and how a failure becomes
+//!   `503 store_unavailable`.
 //! - `keys.rs`: the key layout and its hash tags.
 //! - `scripts.rs`: the Lua scripts, one typed call per script with a typed reply.
 //! - `records.rs`: how a peer and a message are kept (the token's digest, the peer record).
@@ -63,6 +64,7 @@ use redis::{Script, Value};
 
 use crate::client_limits::ClientRefusal;
 use crate::error::{ApiResult, Error};
+use crate::idempotency::IdempotencyKey;
 use crate::identity::{PeerId, RoomName};
 use crate::message::EncodedMessage;
 use crate::metrics::Metrics;
@@ -73,6 +75,7 @@ use self::keys::Keys;
 use self::records::{digest, parse_record};
 use self::scripts::{Admission, JoinAnswer, Scripts};
 
+pub use self::connection::{Target, WaitReplicas};
 pub use self::presence::Listening;
 pub use self::reader::Reader;
 pub use self::wakeups::Subscription;
@@ -96,16 +99,18 @@ struct Inner {
 }
 
 impl RedisStore {
-    /// A store on `url`, over TLS for `rediss://` with `tls_ca_file`'s CAs if given; connects
-    /// lazily, so this succeeds while Redis is down.
+    /// A store on `target` (one Redis, or the master that sentinels name), over TLS for
+    /// `rediss://` with `tls_ca_file`'s CAs if given; connects lazily, so this succeeds while
+    /// Redis is down.
     pub fn new(
-        url: &str,
+        target: &Target,
         tls_ca_file: Option<&Path>,
+        wait: Option<WaitReplicas>,
         prefix: &str,
         limits: Limits,
         metrics: Metrics,
     ) -> Result<Self, String> {
-        let connection = Connection::open(url, tls_ca_file, metrics.clone())?;
+        let connection = Connection::open(target, tls_ca_file, wait, metrics.clone())?;
         let timeout_ms = limits.peer_timeout.as_millis() as u64;
         let inner = Arc::new(Inner {
             connection,
@@ -120,17 +125,15 @@ impl RedisStore {
         Ok(Self { inner })
     }
 
-    /// Starts the wake-up connection and the presence refresher; both end with `shutdown`.
+    /// Starts the wake-up connection, the presence refresher and (Sentinel) the master's
+    /// watcher; all end with `shutdown`.
     pub fn start(&self, shutdown: rocket::Shutdown) {
-        wakeups::spawn(
-            self.inner.connection.client().clone(),
-            Arc::clone(&self.inner),
-            shutdown.clone(),
-        );
+        self.inner.connection.start(shutdown.clone());
+        wakeups::spawn(Arc::clone(&self.inner), shutdown.clone());
         presence::spawn(Arc::clone(&self.inner), shutdown);
     }
 
-    pub async fn ping(&self) -> ApiResult<()> {
+    pub async fn ready(&self) -> ApiResult<()> {
         let _: Value = self.inner.connection.query(&redis::cmd("PING")).await?;
         Ok(())
     }
@@ -233,6 +236,10 @@ impl RedisStore {
         if let Some(created) = &joined.created {
             scripts::created(inner, room, created).await?;
         }
+        if let Some(emptied_us) = joined.emptied_us {
+            // As a leave that empties its room: forgotten at once, not held until a sweep.
+            scripts::release(inner, room, emptied_us).await?;
+        }
         Ok(JoinOutcome {
             peers: joined.peers,
             departures: joined.departures,
@@ -280,17 +287,21 @@ impl RedisStore {
         room: &RoomName,
         token: Option<&str>,
         batch: &[Outgoing],
+        key: Option<&IdempotencyKey>,
     ) -> ApiResult<Sent> {
         let inner = &self.inner;
-        let delivered = scripts::send(inner, room, token, batch).await?;
+        let delivered = scripts::send(inner, room, token, batch, key).await?;
         let removed = delivered.removed;
         inner.departed(room, &removed.departures).await?;
         if let Some(emptied_us) = removed.emptied_us {
             scripts::release(inner, room, emptied_us).await?;
         }
+        // `redis_wait_replicas`: 202 only once replicas hold it.
+        inner.connection.wait(&inner.keys.wait_mark).await?;
         Ok(Sent {
             accepted: delivered.accepted,
             departures: removed.departures,
+            replayed: delivered.replayed,
         })
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use redis::{Script, ScriptInvocation, Value};
 
 use crate::error::{ApiResult, Error};
+use crate::idempotency::{Fingerprint, IdempotencyKey};
 use crate::identity::{PeerId, RoomName};
 use crate::mailbox::{Batch, Entry, PollTicket, Read, ResetReason, StreamTicket, Ticket};
 use crate::message::EncodedMessage;
@@ -211,6 +212,9 @@ pub(super) struct JoinReply {
     pub(super) departures: Vec<Departure>,
     /// Set when the join created the room, which [`created`] then records.
     pub(super) created: Option<Created>,
+    /// When the room was emptied (µs), for [`release`]: the announcement's evictions cascaded
+    /// until no peer was left, the joiner included.
+    pub(super) emptied_us: Option<i64>,
 }
 
 /// When a room was created, as [`created`] takes it.
@@ -275,6 +279,11 @@ impl JoinAnswer {
             })
             .collect::<ApiResult<Vec<_>>>()?;
         let departures = reply.departures(3)?;
+        let emptied_us = if reply.int(6)? == 1 {
+            Some(reply.int(4)?)
+        } else {
+            None
+        };
         let created = if created {
             Some(Created {
                 now_us: reply.int(4)?,
@@ -287,6 +296,7 @@ impl JoinAnswer {
             peers,
             departures,
             created,
+            emptied_us,
         }))
     }
 }
@@ -329,6 +339,8 @@ pub(super) enum Refusal {
     },
     TooManyBytesHeld,
     ServerFull,
+    /// Another batch was sent under this idempotency key within the window.
+    IdempotencyKeyReused,
 }
 
 impl Refusal {
@@ -351,6 +363,7 @@ impl Refusal {
             },
             "too_many_bytes_held" => Self::TooManyBytesHeld,
             "server_full" => Self::ServerFull,
+            "idempotency_key_reused" => Self::IdempotencyKeyReused,
             other => return Err(unexpected(other)),
         })
     }
@@ -370,6 +383,7 @@ impl Refusal {
                 limit: limits.client_max_held_bytes,
             },
             Self::ServerFull => Error::ServerFull,
+            Self::IdempotencyKeyReused => Error::IdempotencyKeyReused,
         }
     }
 }
@@ -401,6 +415,9 @@ pub(super) struct Delivered {
     pub(super) accepted: usize,
     /// The recipients the batch overflowed, evicted.
     pub(super) removed: Removed,
+    /// A retry under a remembered idempotency key: nothing was appended, `accepted` is the
+    /// first send's and `removed` is empty.
+    pub(super) replayed: bool,
 }
 
 /// `lua/leave.lua`: removes `peer` at its own request (`token` must be its own).
@@ -438,12 +455,14 @@ impl Removed {
     }
 }
 
-/// `lua/send.lua`: sends `batch` from the peer whose token is `token`.
+/// `lua/send.lua`: sends `batch` from the peer whose token is `token`, under the idempotency
+/// `key` if any.
 pub(super) async fn send(
     inner: &Inner,
     room: &RoomName,
     token: Option<&str>,
     batch: &[Outgoing],
+    key: Option<&IdempotencyKey>,
 ) -> ApiResult<Delivered> {
     let limits = &inner.limits;
     let mut invocation = on_room(&inner.keys, &inner.scripts.send, &inner.keys.peers(room));
@@ -456,6 +475,16 @@ pub(super) async fn send(
         .arg(limits.mailbox_max_bytes)
         .arg(limits.client_max_held_bytes)
         .arg(limits.max_held_bytes);
+    // Without a key: two empty arguments and two numbers, which the script does not look at.
+    match key {
+        Some(key) => invocation
+            .arg(key.as_str())
+            .arg(Fingerprint::of(batch.iter().map(|message| (message.to, &message.draft))).hex()),
+        None => invocation.arg("").arg(""),
+    };
+    invocation
+        .arg(limits.idempotency_window.as_millis() as u64)
+        .arg(limits.idempotency_keys_per_peer);
     for message in batch {
         invocation.arg(message.to.map(|to| to.to_string()).unwrap_or_default());
         let draft = &message.draft;
@@ -470,11 +499,16 @@ pub(super) async fn send(
 }
 
 impl Delivered {
-    /// `{"ok", accepted, {departures}, emptied (0/1), now (µs)}` or a refusal.
+    /// `{"ok", accepted, {departures}, emptied (0/1), now (µs)[, "replayed"]}` or a refusal.
     fn parse(reply: Value) -> ApiResult<Result<Self, Refusal>> {
         let mut reply = match ok_or_refusal(reply)? {
             Ok(reply) => reply,
             Err(refusal) => return Ok(Err(refusal)),
+        };
+        let replayed = match reply.0.len() {
+            5 => false,
+            6 if reply.string(5)? == "replayed" => true,
+            _ => return Err(unexpected("a send reply of another shape")),
         };
         Ok(Ok(Self {
             accepted: reply.int(1)? as usize,
@@ -482,6 +516,7 @@ impl Delivered {
                 departures: reply.departures(2)?,
                 emptied_us: reply.emptied(3)?,
             },
+            replayed,
         }))
     }
 }
@@ -927,6 +962,7 @@ mod tests {
             texts(&[]),
             Value::Int(1_000_000),
             Value::Int(5_000),
+            Value::Int(0),
         ]))
         .unwrap();
         let JoinAnswer::Joined(created) = created else {
@@ -946,12 +982,17 @@ mod tests {
             Value::Int(0),
             texts(&[ALICE, info]),
             texts(&[BOB, "evicted", "203.0.113.7"]),
+            Value::Int(2_000_000),
+            Value::Int(5_000),
+            Value::Int(1),
         ]))
         .unwrap();
         let JoinAnswer::Joined(existing) = existing else {
             panic!("a join into an existing room reads as a join");
         };
         assert_eq!(existing.created, None);
+        assert_eq!(existing.emptied_us, Some(2_000_000));
+        assert_eq!(created.emptied_us, None);
         assert_eq!(existing.peers.len(), 1);
         assert_eq!(existing.peers[0].peer_id.to_string(), ALICE);
         assert_eq!(existing.peers[0].name.as_deref(), Some("Alice"));
@@ -1007,6 +1048,10 @@ mod tests {
         assert_eq!(refused(vec![text("wrong_peer")]), Error::WrongPeer);
         assert_eq!(refused(vec![text("server_full")]), Error::ServerFull);
         assert_eq!(
+            refused(vec![text("idempotency_key_reused")]),
+            Error::IdempotencyKeyReused
+        );
+        assert_eq!(
             refused(vec![text("self_recipient"), Value::Int(2)]),
             Error::SelfRecipient { index: 2 }
         );
@@ -1060,9 +1105,31 @@ mod tests {
                 removed: Removed {
                     departures: vec![],
                     emptied_us: None
-                }
+                },
+                replayed: false,
             }
         );
+
+        let replayed = Delivered::parse(texts_then(
+            &["ok"],
+            vec![
+                Value::Int(2),
+                texts(&[]),
+                Value::Int(0),
+                Value::Int(77),
+                text("replayed"),
+            ],
+        ))
+        .unwrap()
+        .unwrap();
+        assert!(replayed.replayed);
+        assert_eq!(replayed.accepted, 2);
+        // A sixth element that is not the replay mark, or a seventh.
+        for extra in [vec![text("again")], vec![text("replayed"), Value::Int(1)]] {
+            let mut items = vec![Value::Int(2), texts(&[]), Value::Int(0), Value::Int(77)];
+            items.extend(extra);
+            assert!(is_unexpected(Delivered::parse(texts_then(&["ok"], items))));
+        }
     }
 
     /// sweep.lua: the earliest deadline left, none once the room is gone, and the emptied room.

@@ -1,6 +1,6 @@
 //! The Redis store behind the [`Store`] and [`Reader`] traits: each method delegates to the
-//! inherent method of the same job (`ping` answers [`Store::ready`]), so that the store's own
-//! code reads as Redis code and this file is the only one that knows the seam.
+//! inherent method of the same name, so that the store's own code reads as Redis code and this
+//! file is the only one that knows the seam.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rocket::async_trait;
 
 use crate::error::ApiResult;
+use crate::idempotency::IdempotencyKey;
 use crate::identity::{PeerId, RoomName};
 use crate::mailbox::{PollTicket, Read, StreamTicket, Ticket};
 use crate::message::EncodedMessage;
@@ -28,7 +29,7 @@ impl Store for RedisStore {
     }
 
     async fn ready(&self) -> ApiResult<()> {
-        RedisStore::ping(self).await
+        RedisStore::ready(self).await
     }
 
     async fn charge_join(&self, client: IpAddr) -> ApiResult<()> {
@@ -62,8 +63,9 @@ impl Store for RedisStore {
         room: &RoomName,
         token: Option<&str>,
         batch: &[Outgoing],
+        key: Option<&IdempotencyKey>,
     ) -> ApiResult<Sent> {
-        RedisStore::send(self, room, token, batch).await
+        RedisStore::send(self, room, token, batch, key).await
     }
 
     async fn reader(

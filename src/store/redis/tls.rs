@@ -11,25 +11,26 @@
 
 use std::path::Path;
 
-use redis::{IntoConnectionInfo, TlsCertificates};
+use redis::{ConnectionInfo, TlsCertificates};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
-/// The client for the `rediss://` `url`, trusting `ca_file`'s certificates instead of the
-/// system's when given. A CA file that cannot be read, or holds no certificate, is refused here,
-/// at start, rather than making every connection fail.
-pub fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, String> {
+/// The client for a `rediss://` address (`connection_info`, from the setting `key`), trusting
+/// `ca_file`'s certificates instead of the system's when given. A CA file that cannot be read,
+/// or holds no certificate, is refused here, at start, rather than making every connection fail.
+pub fn client(
+    connection_info: ConnectionInfo,
+    ca_file: Option<&Path>,
+    key: &str,
+) -> Result<redis::Client, String> {
     // The redis crate builds each connection's rustls config on the process's default provider.
     // rustls would pick ring by itself, being the only provider compiled; installing it keeps
     // that so should a dependency ever bring aws-lc-rs too (with two, rustls would panic).
     // `Err` only says that a provider is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let connection_info = url
-        .into_connection_info()
-        .map_err(|error| format!("signpost.redis_url is not usable: {error}"))?;
     let Some(path) = ca_file else {
         return redis::Client::open(connection_info)
-            .map_err(|error| format!("signpost.redis_url is not usable: {error}"));
+            .map_err(|error| format!("signpost.{key} is not usable: {error}"));
     };
     let refused = |why: String| format!("signpost.redis_tls_ca_file ({}) {why}", path.display());
     let pem = std::fs::read(path).map_err(|error| refused(format!("cannot be read: {error}")))?;

@@ -11,6 +11,12 @@
 //! `CLIENT KILL TYPE pubsub`), the task reconnects, subscribes again to every channel, and
 //! wakes every reader, who reads its mailbox again: wake-ups lost in between delay nothing
 //! further and lose nothing. A periodic PING finds a connection that died silently.
+//!
+//! With Sentinel, every (re)connection goes to the master the commands' connection resolved
+//! (`connection.rs`), and the task also reconnects whenever that connection is found stale
+//! (`+switch-master`, a failover's start, `ROLE`, an error saying the master went): the old
+//! master keeps its subscribers connected for ~10 s after a planned failover, deaf to every
+//! wake-up published on the new one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -185,16 +191,23 @@ impl Wakeups {
     }
 }
 
-/// Starts the task that owns the subscriber connection; it ends with `shutdown`.
-pub fn spawn(client: redis::Client, inner: Arc<Inner>, mut shutdown: rocket::Shutdown) {
+/// Starts the task that owns the subscriber connection; it ends with `shutdown`. The connection
+/// is made by the commands' [`Connection`](super::connection::Connection): in Sentinel mode, to
+/// the master it resolves, at every (re)connect; and it reconnects whenever the commands'
+/// connection is found stale (`+switch-master`, `ROLE`, an error that says the master went),
+/// since a planned failover leaves the old master's subscribers connected for ~10 s.
+pub fn spawn(inner: Arc<Inner>, mut shutdown: rocket::Shutdown) {
     let Some(mut commands) = inner.wakeups.receiver.lock().take() else {
         return;
     };
+    let mut switched = inner.connection.switched();
     tokio::spawn(async move {
         let mut connected_before = false;
         loop {
+            // A switch from now on moves this connection again.
+            switched.borrow_and_update();
             let connection = select! {
-                connection = timeout(PATIENCE, client.get_async_pubsub()) => connection,
+                connection = timeout(PATIENCE, inner.connection.pubsub()) => connection,
                 _ = &mut shutdown => return,
             };
             let Ok(Ok(pubsub)) = connection else {
@@ -260,10 +273,13 @@ pub fn spawn(client: redis::Client, inner: Arc<Inner>, mut shutdown: rocket::Shu
                         let pong: Result<Result<redis::Value, _>, _> = timeout(PATIENCE, sink.ping()).await;
                         if !matches!(pong, Ok(Ok(_))) { break; }
                     }
+                    _ = switched.changed() => break,
                     _ = &mut shutdown => return,
                 }
             }
-            logging::warn(format_args!("redis: wake-up connection lost; reconnecting"));
+            logging::warn(format_args!(
+                "redis: wake-up connection lost or moved; reconnecting"
+            ));
             // Readers that come now must wait for the new connection's confirmation.
             inner.wakeups.unconfirm_all();
             // Readers wake now and read again (the store may be gone: they end and their

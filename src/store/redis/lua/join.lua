@@ -12,7 +12,9 @@
 -- Reply: {"peer_present"} (the peer id is in the room: a resumed join may not replace it),
 --        {"room_full"} or {"ok", created (0/1), {peer id, info JSON, ... of the peers before,
 --        in join order},
---        {departures: peer, reason, client key, ...}, now (µs), presence deadline (ms)}.
+--        {departures: peer, reason, client key, ...}, now (µs), presence deadline (ms),
+--        emptied (0/1: the evictions the announcement caused took every peer, the joiner
+--        too, and the room is gone)}.
 local peer, digest, client, info, announcement = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_peers, burst = tonumber(ARGV[6]), ARGV[8]
 capacity = tonumber(ARGV[7])
@@ -62,4 +64,5 @@ for _, other in ipairs(overflowing) do
 end
 
 finish(true)
-return {'ok', count == 0 and 1 or 0, before, departures_reply(), now_us(), now + timeout_ms}
+return {'ok', count == 0 and 1 or 0, before, departures_reply(), now_us(), now + timeout_ms,
+        emptied and 1 or 0}

@@ -24,12 +24,16 @@
 --                    each new poll, `ck` is the peer's client key (as in its record: what its
 --                    sends are charged to), `gen` the mailbox's generation ("" for 0) and
 --                    `rid` the replication id (`master_replid`, its first 12 hex digits) of the
---                    server history that assigned its ids (see "Seal" below). One hash for the room rather than a key per peer: a
---                    key costs Redis more than a field.
+--                    server history that assigned its ids (see "Seal" below). One hash for
+--                    the room rather than a key per peer: a key costs Redis more than a field.
 --   m:<peer>   list  the peer's stored messages, "<type> <envelope without id>", oldest first
 --   s:<peer>   list  beside m:<peer>, entry for entry: "<size> <client key>", the envelope's bytes
 --                    and the address they are charged to ("" for none), so that trimming and
 --                    reading in bytes never copy the messages themselves
+--   i:<peer>   hash  the peer's sends under an Idempotency-Key within the window (send.lua):
+--                    key -> "<batch fingerprint> <accepted>"; at most idempotency_keys_per_peer
+--   it:<peer>  zset  beside i:<peer>: key -> when it is forgotten (ms). Both expire with their
+--                    newest entry, and go with the peer
 --   rid        string, this server's replication id, kept a second without replication
 --                    (`server_rid`, "Seal")
 -- Channel "<prefix>:w:<peer>" wakes the peer's readers; it carries nothing they rely on. (Peer
@@ -45,6 +49,8 @@ local K_BOXES = base .. 'boxes'
 local K_HELD = KEYS[2]
 local function k_list(peer) return base .. 'm:' .. peer end
 local function k_sizes(peer) return base .. 's:' .. peer end
+local function k_sends(peer) return base .. 'i:' .. peer end
+local function k_send_expiry(peer) return base .. 'it:' .. peer end
 
 -- Mailbox states this script has read, and those it changed: a batch of 16 messages to one
 -- peer reads and writes its state once, not 16 times. `flush` writes the changed ones back.
@@ -176,7 +182,7 @@ local GENERATION = 4294967296 -- 2^32 ids per generation
 -- replica and a restarted server never find it and ask INFO again. (An RDB snapshot holds it
 -- like any key, with its expiry: a server restarted from a snapshot taken under RID_TTL_MS
 -- before its crash, and serving again within that time, would trust the old id until it
--- expires.) benches/redis-compare.sh measures the cost.
+-- expires.) benches/seal_scripts.py measures the cost.
 local RID_TTL_MS = 1000
 local current_rid
 local function server_rid()
@@ -283,6 +289,7 @@ local function remove(peer, reason)
       redis.call('HDEL', K_TOKENS, digest)
       redis.call('ZREM', K_SEEN, gone)
       drop_mailbox(gone)
+      redis.call('DEL', k_sends(gone), k_send_expiry(gone))
       redis.call('HDEL', K_BOXES, gone)
       boxes[gone], dirty[gone] = nil, nil
       touched[gone] = nil

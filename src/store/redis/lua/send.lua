@@ -7,22 +7,57 @@
 -- both in KEYS[2]: charged for the whole batch before anything is appended (and taken back if
 -- that goes past a limit), so that the check and the charge are the same two commands; a
 -- recipient evicted instead of receiving is given back by `flush`.
+-- Idempotency: with a key, right after identifying the sender, a send remembered under it in
+-- the sender's `i:`/`it:` keys (room.lua) within the window is answered again, with nothing
+-- appended or charged, when its fingerprint is the batch's, and refused
+-- (idempotency_key_reused) when not; an accepted send is remembered with its append, the
+-- oldest key forgotten past the per-peer cap. Refusals are not remembered. Without a key the
+-- script does nothing of this.
 -- KEYS[1]: the room's peers hash. KEYS[2]: the held-bytes hash.
 -- ARGV: token digest ("" when none), mailbox capacity, rate (per second), burst, key expiry
---       (ms), mailbox max bytes, client max held bytes, max held bytes, then for each message:
---       recipient id ("" for everyone else) and "<type> <envelope without from and id>".
+--       (ms), mailbox max bytes, client max held bytes, max held bytes, idempotency key ("" for
+--       none), the batch's fingerprint (32 hex), idempotency window (ms), keys per peer, then
+--       for each message: recipient id ("" for everyone else) and
+--       "<type> <envelope without from and id>".
 -- Reply: {error code [, message index | retry after (ms)]} or
---        {"ok", accepted, {departures: peer, reason, client key, ...}, emptied (0/1), now (µs)}.
+--        {"ok", accepted, {departures: peer, reason, client key, ...}, emptied (0/1), now (µs)},
+--        and a sixth element "replayed" when the send was answered from its idempotency key.
 local digest = ARGV[1]
 local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
 capacity = tonumber(ARGV[2])
 key_ttl_ms = tonumber(ARGV[5])
 max_bytes = tonumber(ARGV[6])
 local client_max_held, max_held = tonumber(ARGV[7]), tonumber(ARGV[8])
-local first_message = 9
+local idempotency_key, fingerprint = ARGV[9], ARGV[10]
+local window_ms, keys_per_peer = tonumber(ARGV[11]), tonumber(ARGV[12])
+local first_message = 13
 
 local sender, err = identify(digest)
 if err then return {err} end
+
+-- A send remembered under the key: "<fingerprint> <accepted>" in i:<sender>, its expiry (ms) in
+-- it:<sender>. Expired entries are not swept: the per-peer cap bounds them, the oldest go first
+-- when it is reached, and both keys expire with their newest entry; a remembered key's own
+-- expiry is checked here.
+local sends, send_expiry, now
+if idempotency_key ~= '' then
+  now = now_ms()
+  sends, send_expiry = k_sends(sender), k_send_expiry(sender)
+  local remembered = redis.call('HGET', sends, idempotency_key)
+  if remembered then
+    local expires = tonumber(redis.call('ZSCORE', send_expiry, idempotency_key))
+    if expires == nil or expires <= now then
+      redis.call('ZREM', send_expiry, idempotency_key)
+      redis.call('HDEL', sends, idempotency_key)
+    else
+      local space = string.find(remembered, ' ', 1, true)
+      if string.sub(remembered, 1, space - 1) ~= fingerprint then
+        return {'idempotency_key_reused'}
+      end
+      return {'ok', tonumber(string.sub(remembered, space + 1)), {}, 0, now_us(), 'replayed'}
+    end
+  end
+end
 
 local count = (#ARGV - first_message + 1) / 2
 for index = 0, count - 1 do
@@ -35,7 +70,7 @@ end
 
 -- The sender's token bucket, as src/rate_limit.rs counts it, on Redis's clock so that every
 -- instance charges the same bucket.
-local now = now_ms()
+now = now or now_ms()
 local box = load(sender)
 if box == nil then return {'peer_not_found'} end
 local tokens = box.rt or burst
@@ -100,6 +135,20 @@ for index = 0, count - 1 do
 end
 for _, peer in ipairs(overflowing) do
   remove(peer, 'evicted')
+end
+
+-- Remembered with the append. The oldest key goes first past the cap (before the new one is
+-- added, so that a tie in expiry cannot drop the new one); both keys live as long as their
+-- newest entry.
+if idempotency_key ~= '' then
+  if redis.call('ZCARD', send_expiry) >= keys_per_peer then
+    local oldest = redis.call('ZPOPMIN', send_expiry)
+    if oldest[1] then redis.call('HDEL', sends, oldest[1]) end
+  end
+  redis.call('HSET', sends, idempotency_key, fingerprint .. ' ' .. count)
+  redis.call('ZADD', send_expiry, now + window_ms, idempotency_key)
+  redis.call('PEXPIRE', sends, window_ms)
+  redis.call('PEXPIRE', send_expiry, window_ms)
 end
 
 finish(false)
