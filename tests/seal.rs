@@ -18,6 +18,7 @@
 mod common;
 
 use std::net::TcpListener;
+use std::sync::Mutex;
 
 use common::redis::Redis;
 use common::{external, Events, Peer, Server};
@@ -25,6 +26,15 @@ use serde_json::{json, Value};
 
 /// The first id of the first generation after a seal: 2^32 + 1.
 const SEALED_FIRST_ID: u64 = (1 << 32) + 1;
+
+/// A new redis-server, started by one test at a time: a free port is chosen before the server
+/// binds it, so two tests starting servers at once could pick the same one, and then both talk
+/// to the server that won.
+fn start_redis() -> Redis {
+    static STARTING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+    Redis::start()
+}
 
 /// One Redis of the test's own and one instance on it.
 struct Lab {
@@ -39,7 +49,7 @@ impl Lab {
         if !external::can_run(test, Redis::available()) {
             return None;
         }
-        let redis = Redis::start();
+        let redis = start_redis();
         let prefix = format!("seal-{}", uuid::Uuid::new_v4().simple());
         let mut settings = settings;
         settings["redis_url"] = json!(redis.url());
@@ -52,14 +62,18 @@ impl Lab {
         })
     }
 
-    /// Copies every key of the instance aside: what a replica that stops replicating now holds.
+    /// Copies every replicated key of the instance aside: what a replica that stops
+    /// replicating now holds. (A room's "rid" key, where the scripts keep the server's
+    /// replication id, is written without replication and never reaches a replica.)
     fn replica_stops_here(&self) {
         let copied = self.redis.cli(&[
             "EVAL",
             "local n = 0
              for _, key in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do
-               redis.call('COPY', key, 'replica:' .. key, 'REPLACE')
-               n = n + 1
+               if string.sub(key, -4) ~= ':rid' then
+                 redis.call('COPY', key, 'replica:' .. key, 'REPLACE')
+                 n = n + 1
+               end
              end
              return n",
             "0",
@@ -68,25 +82,11 @@ impl Lab {
         assert_ne!(copied, "0", "the instance has keys to copy");
     }
 
-    /// The replica is promoted: its copy replaces the keys (every write since it stopped is
-    /// lost), and the server gets a new replication id, as a promoted replica does.
+    /// The replica is promoted: the server gets a new replication id, as a promoted replica
+    /// does, then the copy replaces the keys (every write since it stopped is lost). In this
+    /// order, so that no script between the two can keep the old id in a room's `rid` key (the
+    /// copy replaces those too): a real replica runs no script before its promotion.
     fn promote_the_replica(&self) {
-        let restored = self.redis.cli(&[
-            "EVAL",
-            "for _, key in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do
-               redis.call('DEL', key)
-             end
-             local n = 0
-             for _, copy in ipairs(redis.call('KEYS', 'replica:' .. ARGV[1] .. '*')) do
-               redis.call('COPY', copy, string.sub(copy, 9), 'REPLACE')
-               redis.call('DEL', copy)
-               n = n + 1
-             end
-             return n",
-            "0",
-            &self.prefix,
-        ]);
-        assert_ne!(restored, "0", "the replica's keys are back");
         let replid = self.replid();
         let nobody = TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
@@ -103,6 +103,22 @@ impl Lab {
             replid,
             "a promotion changes the replication id"
         );
+        let restored = self.redis.cli(&[
+            "EVAL",
+            "for _, key in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do
+               redis.call('DEL', key)
+             end
+             local n = 0
+             for _, copy in ipairs(redis.call('KEYS', 'replica:' .. ARGV[1] .. '*')) do
+               redis.call('COPY', copy, string.sub(copy, 9), 'REPLACE')
+               redis.call('DEL', copy)
+               n = n + 1
+             end
+             return n",
+            "0",
+            &self.prefix,
+        ]);
+        assert_ne!(restored, "0", "the replica's keys are back");
     }
 
     fn replid(&self) -> String {
@@ -287,4 +303,89 @@ async fn a_resume_from_a_lost_id_is_told_lost() {
         next_offer(&mut alice_events).await,
         (SEALED_FIRST_ID, "after".into())
     );
+}
+
+/// With a real replica: everything the scripts write reaches it except the replication id
+/// they keep for a second (room.lua, `server_rid`), so that the replica, promoted after the
+/// master went on without it, seals the mailbox instead of trusting its old master's id. The
+/// reader, resuming on an instance of the promoted replica, is told `lost` and never sees an
+/// id twice.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_replica_that_lagged_seals_the_mailbox() {
+    let Some(lab) = Lab::start("seal_real_replica", json!({})).await else {
+        return;
+    };
+    let replica = start_redis();
+    let port = lab.redis.port.to_string();
+    // The replica loads what its master sends straight from the socket: by default it would
+    // write it to dump.rdb in its working directory, this crate's.
+    assert_eq!(
+        replica.cli(&["CONFIG", "SET", "repl-diskless-load", "on-empty-db"]),
+        "OK"
+    );
+    assert_eq!(replica.cli(&["REPLICAOF", "127.0.0.1", &port]), "OK");
+    common::eventually::eventually("the replica is in sync", || {
+        let up = replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up");
+        async move { up }
+    })
+    .await;
+
+    let alice = lab.server.join("failover", "alice").await;
+    let bob = lab.server.join("failover", "bob").await;
+    let mut alice_events = alice.events(None).await;
+    assert_eq!(alice_events.next_message().await["id"], 1, "bob's join");
+    offer(&bob, &alice, "kept").await;
+    assert_eq!(next_offer(&mut alice_events).await, (2, "kept".into()));
+    // Everything so far has reached the replica. (`WAIT` would not say so: it waits for the
+    // writes of its own connection, and redis-cli's has made none.)
+    let offset = |redis: &Redis| -> u64 {
+        let info = redis.cli(&["INFO", "replication"]);
+        info.lines()
+            .find_map(|line| line.strip_prefix("master_repl_offset:"))
+            .and_then(|offset| offset.trim().parse().ok())
+            .expect("INFO replication names master_repl_offset")
+    };
+    let written = offset(&lab.redis);
+    common::eventually::eventually("the replica has every write so far", || {
+        let caught_up = offset(&replica) >= written;
+        async move { caught_up }
+    })
+    .await;
+    assert_eq!(replica.cli(&["REPLICAOF", "NO", "ONE"]), "OK");
+
+    offer(&bob, &alice, "lost").await;
+    assert_eq!(next_offer(&mut alice_events).await, (3, "lost".into()));
+    drop(alice_events);
+
+    let promoted = Server::with(json!({
+        "redis_url": replica.url(),
+        "redis_prefix": lab.prefix,
+    }))
+    .await;
+    let (alice, bob) = (via(&alice, &promoted), via(&bob, &promoted));
+    let mut alice_events = alice.events(Some(3)).await;
+    let reset = alice_events.next().await;
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    let reset: Value = serde_json::from_str(&reset.data).expect("reset data is JSON");
+    assert_eq!(reset["reason"], "lost", "{reset}");
+    offer(&bob, &alice, "after").await;
+    assert_eq!(
+        next_offer(&mut alice_events).await,
+        (SEALED_FIRST_ID, "after".into())
+    );
+}
+
+/// `peer` as a client of `server`.
+fn via(peer: &Peer, server: &Server) -> Peer {
+    Peer {
+        base: server.base.clone(),
+        client: server.client.clone(),
+        ..peer.clone()
+    }
 }

@@ -22,10 +22,10 @@
 --                    `rt`/`ru` are the send-rate tokens and when they were counted (ms), `ub`/`db`
 --                    the bytes of the undelivered / delivered messages held, `pe` is bumped by
 --                    each new poll, `ck` is the peer's client key (as in its record: what its
---                    sends are charged to), `gen` the mailbox's generation and `rid` the
---                    replication id (`master_replid`) of the server history that assigned its
---                    ids (see "Seal" below). One hash for the room rather than a key per peer: a
---                    key costs Redis more than a field.
+--                    sends are charged to), `gen` the mailbox's generation ("" for 0) and
+--                    `rid` the replication id (`master_replid`, its first 12 hex digits) of the
+--                    server history that assigned its ids (see "Seal" below). One hash for
+--                    the room rather than a key per peer: a key costs Redis more than a field.
 --   m:<peer>   list  the peer's stored messages, "<type> <envelope without id>", oldest first
 --   s:<peer>   list  beside m:<peer>, entry for entry: "<size> <client key>", the envelope's bytes
 --                    and the address they are charged to ("" for none), so that trimming and
@@ -34,6 +34,8 @@
 --                    key -> "<batch fingerprint> <accepted>"; at most idempotency_keys_per_peer
 --   it:<peer>  zset  beside i:<peer>: key -> when it is forgotten (ms). Both expire with their
 --                    newest entry, and go with the peer
+--   rid        string, this server's replication id, kept a second without replication
+--                    (`server_rid`, "Seal")
 -- Channel "<prefix>:w:<peer>" wakes the peer's readers; it carries nothing they rely on. (Peer
 -- ids are unique across rooms, and a shorter channel name is less for Redis to keep per
 -- listening peer.)
@@ -112,7 +114,7 @@ local function flush()
     redis.call('HSET', K_BOXES, peer, fmt(box.last) .. ',' .. fmt(box.first) .. ',' ..
       fmt(box.delivered) .. ',' .. fmt(box.epoch) .. ',' .. fmt(box.rt) .. ',' .. fmt(box.ru) ..
       ',' .. fmt(box.ub) .. ',' .. fmt(box.db) .. ',' .. fmt(box.pe) .. ',' .. box.ck .. ',' ..
-      fmt(box.gen) .. ',' .. box.rid)
+      (box.gen > 0 and fmt(box.gen) or '') .. ',' .. box.rid)
   end
   dirty = {}
   local total = 0
@@ -173,13 +175,30 @@ end
 -- Ids stay integers below 2^53 (exact in Lua's numbers and in JSON) while gen < 2^21.
 local GENERATION = 4294967296 -- 2^32 ids per generation
 
--- This server's replication id, asked once per script, and only by those that may seal
--- (INFO costs Redis a few µs: bench/redis.sh measures it in the relay).
+-- This server's replication id, asked only by the scripts that may seal, once per script.
+-- `INFO replication` costs Redis about 4 µs, a tenth of a relayed message, so its answer is
+-- kept for RID_TTL_MS in the room's key "rid", written without replication
+-- (`redis.set_repl`): it never reaches a replica or the append-only file, so a promoted
+-- replica and a restarted server never find it and ask INFO again. (An RDB snapshot holds it
+-- like any key, with its expiry: a server restarted from a snapshot taken under RID_TTL_MS
+-- before its crash, and serving again within that time, would trust the old id until it
+-- expires.) benches/seal_scripts.py measures the cost.
+local RID_TTL_MS = 1000
 local current_rid
 local function server_rid()
-  if not current_rid then
-    current_rid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+  if current_rid then return current_rid end
+  local kept = redis.call('GET', base .. 'rid')
+  if kept then
+    current_rid = kept
+    return current_rid
   end
+  -- The first 12 of its 40 hex digits: two histories share them once in 2^48, and a box
+  -- state that stays under 64 bytes is kept by Redis in its compact encoding.
+  current_rid = string.sub(
+    string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or '', 1, 12)
+  redis.set_repl(redis.REPL_NONE)
+  redis.call('SET', base .. 'rid', current_rid, 'PX', RID_TTL_MS)
+  redis.set_repl(redis.REPL_ALL)
   return current_rid
 end
 
