@@ -7,9 +7,11 @@
 //!   (the CORS headers below), so a shared cache must never hand one origin's answer to
 //!   another; every answer says so, with or without an Origin, on every path (docs/API.md,
 //!   "CORS").
-//! - What Rocket's `Shield` wrote by default, on every answer: `nosniff`, `SAMEORIGIN` framing,
-//!   and the Permissions-Policy opt-out. (`Shield` itself is turned off, so that it does not
-//!   write them a second time.)
+//! - What Rocket's `Shield` wrote by default: `nosniff` on every answer; `SAMEORIGIN` framing
+//!   and the Permissions-Policy opt-out on the documents a browser renders (every path outside
+//!   `/api/`: the page, its files), where they mean something. An `/api/` answer is JSON or an
+//!   event stream, which no browser frames or runs, so the relay's hot path does not pay for
+//!   them (`Shield` itself is turned off, so that it does not write them a second time).
 //! - `Cache-Control: no-store` on `/api/` answers that say nothing else (the SSE stream says
 //!   `no-cache`): a long-poll answer is a GET that a caching proxy would otherwise be free to
 //!   replay to the next poll, and a join answer carries a secret token.
@@ -79,12 +81,15 @@ const fn fixed(name: &'static str, value: &'static str, write: Write) -> Header<
     }
 }
 
-/// On every answer. The three after `Vary` are Rocket's `Shield` defaults, kept as they were
-/// on Rocket's answers and now on the relay routes' too; a route's own value wins, as with
-/// `Shield`.
-const EVERY_ANSWER: [Header<'static>; 4] = [
+/// On every answer. `nosniff` is one of Rocket's `Shield` defaults; a route's own value wins,
+/// as with `Shield`.
+const EVERY_ANSWER: [Header<'static>; 2] = [
     fixed("vary", "Origin", Write::Append),
     fixed("x-content-type-options", "nosniff", Write::IfAbsent),
+];
+
+/// On answers outside `/api/`, the documents a browser renders: the rest of `Shield`'s defaults.
+const DOCUMENT: [Header<'static>; 2] = [
     fixed("x-frame-options", "SAMEORIGIN", Write::IfAbsent),
     // Opts out of FLoC-style interest cohorts; harmless where browsers no longer know it.
     fixed("permissions-policy", "interest-cohort=()", Write::IfAbsent),
@@ -118,8 +123,10 @@ pub fn response_headers<'a>(
             ),
         ]
     });
+    let document = if api { [].iter() } else { DOCUMENT.iter() };
     EVERY_ANSWER
         .into_iter()
+        .chain(document.copied())
         .chain(api.then_some(NO_STORE))
         .chain(cors)
 }
@@ -162,25 +169,23 @@ mod tests {
             .collect()
     }
 
-    /// Every answer varies on Origin and carries the browser protections; `/api/` answers are
-    /// not stored; CORS goes to allowed origins on `/api/` only, and never on a refused
+    /// Every answer varies on Origin and is `nosniff`; documents also carry the framing and
+    /// Permissions-Policy protections; `/api/` answers are not stored; CORS goes to allowed origins on `/api/` only, and never on a refused
     /// preflight.
     #[test]
     fn headers_follow_the_path_the_origin_and_the_config() {
         let app = config(&["https://app.example"]);
-        let shield = [
-            "vary: Origin",
-            "x-content-type-options: nosniff",
+        let every = ["vary: Origin", "x-content-type-options: nosniff"];
+        let document = [
             "x-frame-options: SAMEORIGIN",
             "permissions-policy: interest-cohort=()",
         ];
-        assert_eq!(
-            headers(&app, "GET", "/", Some("https://app.example")),
-            shield
-        );
+        let page = headers(&app, "GET", "/", Some("https://app.example"));
+        assert_eq!(page[..2], every);
+        assert_eq!(page[2..], document);
         let api = headers(&app, "GET", "/api/rooms/x", None);
-        assert_eq!(api[..4], shield);
-        assert_eq!(api[4..], ["cache-control: no-store"]);
+        assert_eq!(api[..2], every);
+        assert_eq!(api[2..], ["cache-control: no-store"]);
         let allowed = headers(
             &app,
             "POST",
@@ -188,23 +193,23 @@ mod tests {
             Some("https://APP.example"),
         );
         assert_eq!(
-            allowed[5..],
+            allowed[3..],
             [
                 "access-control-allow-origin: https://APP.example",
                 format!("access-control-expose-headers: {EXPOSED_HEADERS}").as_str()
             ]
         );
         let stranger = headers(&app, "GET", "/api/rooms/x", Some("https://evil.example"));
-        assert_eq!(stranger.len(), 5);
+        assert_eq!(stranger.len(), 3);
         let refused = headers(&app, "OPTIONS", "/api/rooms/x", Some("https://app.example"));
-        assert_eq!(refused.len(), 5);
+        assert_eq!(refused.len(), 3);
         let any = headers(
             &config(&["*"]),
             "GET",
             "/api/rooms/x",
             Some("https://a.example"),
         );
-        assert_eq!(any[5], "access-control-allow-origin: *");
+        assert_eq!(any[3], "access-control-allow-origin: *");
     }
 
     /// Every name and fixed value is one hyper takes without a check at run time
@@ -212,15 +217,20 @@ mod tests {
     #[test]
     fn names_and_values_are_valid_static_headers() {
         let config = config(&["*"]);
-        let answered = Answered {
+        let answered = |path| Answered {
             method: "GET",
-            path: "/api/",
+            path,
             origin: Some("https://a.example"),
             status: 200,
         };
-        let all: Vec<Header> = response_headers(&config, &answered).collect();
-        assert_eq!(all.len(), 7);
-        for header in all {
+        let api: Vec<Header> = response_headers(&config, &answered("/api/")).collect();
+        let document: Vec<Header> = response_headers(&config, &answered("/")).collect();
+        assert_eq!(
+            (api.len(), document.len()),
+            (5, 4),
+            "every header is looked at"
+        );
+        for header in api.into_iter().chain(document) {
             let name = hyper::header::HeaderName::from_bytes(header.name.as_bytes());
             assert_eq!(
                 name.map(|name| name.as_str() == header.name).ok(),

@@ -28,7 +28,7 @@ pub fn status(code: u16) -> StatusCode {
 }
 
 /// Room for every header a relay answer may carry: its own (at most four, an SSE stream's or
-/// an error's), and [`response_headers`]'s (at most seven). The map is then allocated once, at
+/// an error's), and [`response_headers`]'s (at most five). The map is then allocated once, at
 /// the size its first growth past six would give it, rather than allocated and then grown.
 const HEADER_CAPACITY: usize = 12;
 
