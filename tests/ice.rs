@@ -8,7 +8,7 @@ use common::process::{self, ChildProcess, Watch};
 
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use common::Server;
@@ -303,7 +303,9 @@ impl Coturn {
             .args(["-n", "0", "-m", "1", "-c", "-X", "-e", "127.0.0.1"])
             .args(["-p", &self.port.to_string(), "-u", username, "-w", password])
             .arg("127.0.0.1");
-        process::run("turnutils_uclient", command, common::EVENT_DEADLINE)
+        // A hang's bound, not a pace: a refused allocation takes coturn's client several seconds
+        // of retransmissions, and more on a loaded machine (over 10 s once, in a full run).
+        process::run("turnutils_uclient", command, Duration::from_secs(60))
             .status
             .success()
     }
