@@ -144,6 +144,16 @@ async fn offer(from: &Peer, to: &Peer, data: &str) {
 }
 
 /// The next message on `events`: `(id, data)`.
+/// The next event, which must be a `reset` (nothing else comes before it): its data.
+async fn next_reset(events: &mut Events) -> Value {
+    let reset = events.next().await;
+    assert_eq!(
+        reset.event, "reset",
+        "the stream says what happened before anything else: {reset:?}"
+    );
+    serde_json::from_str(&reset.data).expect("reset data is JSON")
+}
+
 async fn next_offer(events: &mut Events) -> (u64, String) {
     let message = events.next_message().await;
     (
@@ -179,12 +189,7 @@ async fn a_lossy_failover_resets_a_live_stream_and_reuses_no_id() {
     lab.promote_the_replica();
 
     offer(&bob, &alice, "after").await;
-    let reset = alice_events.next().await;
-    assert_eq!(
-        reset.event, "reset",
-        "the stream says what happened before anything else: {reset:?}"
-    );
-    let reset: Value = serde_json::from_str(&reset.data).expect("reset data is JSON");
+    let reset = next_reset(&mut alice_events).await;
     assert_eq!(reset, json!({"reason": "lost", "last_id": SEALED_FIRST_ID}));
     assert_eq!(
         next_offer(&mut alice_events).await,
@@ -258,9 +263,7 @@ async fn a_stream_ahead_of_a_mailbox_that_lost_its_tail_is_told_lost() {
     lab.promote_the_replica();
 
     // Heartbeats are comments, which the SSE parser does not report as events.
-    let reset = alice_events.next().await;
-    assert_eq!(reset.event, "reset", "{reset:?}");
-    let reset: Value = serde_json::from_str(&reset.data).expect("reset data is JSON");
+    let reset = next_reset(&mut alice_events).await;
     assert_eq!(
         reset,
         json!({"reason": "lost", "last_id": SEALED_FIRST_ID - 1})
@@ -294,9 +297,7 @@ async fn a_resume_from_a_lost_id_is_told_lost() {
     lab.promote_the_replica();
 
     let mut alice_events = alice.events(Some(2)).await;
-    let reset = alice_events.next().await;
-    assert_eq!(reset.event, "reset", "{reset:?}");
-    let reset: Value = serde_json::from_str(&reset.data).expect("reset data is JSON");
+    let reset = next_reset(&mut alice_events).await;
     assert_eq!(reset["reason"], "lost", "{reset}");
     offer(&bob, &alice, "after").await;
     assert_eq!(
@@ -370,9 +371,7 @@ async fn a_promoted_replica_that_lagged_seals_the_mailbox() {
     .await;
     let (alice, bob) = (via(&alice, &promoted), via(&bob, &promoted));
     let mut alice_events = alice.events(Some(3)).await;
-    let reset = alice_events.next().await;
-    assert_eq!(reset.event, "reset", "{reset:?}");
-    let reset: Value = serde_json::from_str(&reset.data).expect("reset data is JSON");
+    let reset = next_reset(&mut alice_events).await;
     assert_eq!(reset["reason"], "lost", "{reset}");
     offer(&bob, &alice, "after").await;
     assert_eq!(
