@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use hyper::header::HeaderName;
 use hyper::http::request::Parts;
 use rocket::http::Status;
 use serde::de::DeserializeOwned;
@@ -70,7 +71,9 @@ pub fn token(request: &Parts) -> Token {
 /// The send's `Idempotency-Key`, if it carries one: `invalid_idempotency_key` for one that is
 /// not 1-64 characters of `A-Z a-z 0-9 . _ : -`, or that is given twice.
 pub fn idempotency_key(request: &Parts) -> Result<Option<IdempotencyKey>, Error> {
-    let mut values = request.headers.get_all("Idempotency-Key").iter();
+    // A constant name: looked up without parsing and lower-casing the name on every send.
+    const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+    let mut values = request.headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };

@@ -7,7 +7,10 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use http_body_util::{Either, Full, StreamBody};
 use hyper::body::Frame;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, ORIGIN};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS,
+    CACHE_CONTROL, CONTENT_TYPE, ORIGIN, VARY, X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 
@@ -27,21 +30,29 @@ pub fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-/// Room for every header a relay answer may carry: its own (at most four, an SSE stream's or
-/// an error's), and [`response_headers`]'s (at most five). The map is then allocated once, at
-/// the size its first growth past six would give it, rather than allocated and then grown.
+/// Room for every header a stream or an error may carry: its own (at most four), and
+/// [`response_headers`]'s (at most five). Its map is then allocated once, at the size its first
+/// growth past six would give it, rather than allocated and then grown. A JSON answer carries at
+/// most six (its type, and five), which hyper's first allocation already holds.
 const HEADER_CAPACITY: usize = 12;
 
-/// A response with `body` and room for its headers.
-fn with_body(body: ResponseBody) -> Response<ResponseBody> {
+/// A response with `body` and room for `headers`.
+fn with_body(body: ResponseBody, headers: usize) -> Response<ResponseBody> {
     let mut response = Response::new(body);
-    *response.headers_mut() = HeaderMap::with_capacity(HEADER_CAPACITY);
+    if headers > 6 {
+        *response.headers_mut() = HeaderMap::with_capacity(headers);
+    }
     response
 }
 
 /// A JSON response whose body is `body`, whole.
 pub fn json(code: u16, body: impl Into<Bytes>) -> Response<ResponseBody> {
-    let mut response = with_body(Either::Left(Full::new(body.into())));
+    json_with_room(code, body.into(), 6)
+}
+
+/// A JSON response with room for `headers` headers.
+fn json_with_room(code: u16, body: Bytes, headers: usize) -> Response<ResponseBody> {
+    let mut response = with_body(Either::Left(Full::new(body)), headers);
     *response.status_mut() = status(code);
     response
         .headers_mut()
@@ -51,7 +62,7 @@ pub fn json(code: u16, body: impl Into<Bytes>) -> Response<ResponseBody> {
 
 /// `error` as the API answers it everywhere: its status, its headers, its JSON body.
 pub fn error(error: &Error) -> Response<ResponseBody> {
-    let mut response = json(error.status().code, error.body());
+    let mut response = json_with_room(error.status().code, error.body().into(), HEADER_CAPACITY);
     for (name, value) in error.headers() {
         if let Ok(value) = HeaderValue::try_from(value) {
             response.headers_mut().insert(name, value);
@@ -62,7 +73,7 @@ pub fn error(error: &Error) -> Response<ResponseBody> {
 
 /// A streamed response of `content_type`.
 pub fn stream(content_type: &'static str, chunks: Chunks) -> Response<ResponseBody> {
-    let mut response = with_body(Either::Right(StreamBody::new(chunks)));
+    let mut response = with_body(Either::Right(StreamBody::new(chunks)), HEADER_CAPACITY);
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -83,10 +94,9 @@ pub fn decorate(response: &mut Response<ResponseBody>, config: &Config, request:
     };
     let headers = response.headers_mut();
     for header in response_headers(config, &answered) {
-        // Lower-case constants: no check and no copy (`response_headers`'s tests hold them to it).
-        let name = HeaderName::from_static(header.name);
+        let name = header_name(header.name);
         let value = match header.value {
-            Value::Fixed(text) => HeaderValue::from_static(text),
+            Value::Fixed(text) => header_value(text),
             Value::FromRequest(text) => match HeaderValue::from_str(text) {
                 Ok(value) => value,
                 Err(_) => continue,
@@ -104,6 +114,34 @@ pub fn decorate(response: &mut Response<ResponseBody>, config: &Config, request:
     }
 }
 
+/// `name` (one of [`response_headers`]'s lower-case constants) as hyper's own constant where it
+/// has one, which costs neither a parse nor a copy.
+fn header_name(name: &'static str) -> HeaderName {
+    match name {
+        "vary" => VARY,
+        "x-content-type-options" => X_CONTENT_TYPE_OPTIONS,
+        "cache-control" => CACHE_CONTROL,
+        "access-control-allow-origin" => ACCESS_CONTROL_ALLOW_ORIGIN,
+        "access-control-expose-headers" => ACCESS_CONTROL_EXPOSE_HEADERS,
+        // Checked, and not copied (`response_headers`'s tests hold every name to it).
+        name => HeaderName::from_static(name),
+    }
+}
+
+/// `text` (one of [`response_headers`]'s fixed values) as a header value, made at compile time
+/// for those every relay answer carries.
+fn header_value(text: &'static str) -> HeaderValue {
+    const ORIGIN_VALUE: HeaderValue = HeaderValue::from_static("Origin");
+    const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
+    const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+    match text {
+        "Origin" => ORIGIN_VALUE,
+        "nosniff" => NOSNIFF,
+        "no-store" => NO_STORE,
+        text => HeaderValue::from_static(text),
+    }
+}
+
 /// Logs a refused request as `api::RequestLog` logs Rocket's.
 pub fn log_failure(request: &Parts, error: &Error) {
     logging::failed_request(
@@ -112,4 +150,33 @@ pub fn log_failure(request: &Parts, error: &Error) {
         error.status().code,
         error.code(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every header `response_headers` may add gets the name it spells, whether hyper has a
+    /// constant for it or not.
+    #[test]
+    fn header_names_are_the_names_spelled() {
+        let config = Config {
+            cors_allowed_origins: vec!["*".into()],
+            ..Config::default()
+        };
+        for path in ["/api/rooms", "/"] {
+            let answered = Answered {
+                method: "GET",
+                path,
+                origin: Some("https://a.example"),
+                status: 200,
+            };
+            for header in response_headers(&config, &answered) {
+                assert_eq!(header_name(header.name).as_str(), header.name);
+                if let Value::Fixed(text) = header.value {
+                    assert_eq!(header_value(text), text);
+                }
+            }
+        }
+    }
 }
