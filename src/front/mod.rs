@@ -258,9 +258,15 @@ impl Server {
                         continue;
                     };
                     let front = front.clone();
+                    // Each request's future is boxed, and the box freed with its answer: hyper
+                    // keeps room for a connection's request future as long as the connection
+                    // lives, and that would hold the largest state of `handle` (about 0.9 KB:
+                    // the request, its parts, a route's state) in every idle stream.
                     let service = service_fn(move |request| {
                         let front = front.clone();
-                        async move { Ok::<_, Infallible>(front.handle(request, remote).await) }
+                        Box::pin(async move {
+                            Ok::<_, Infallible>(front.handle(request, remote).await)
+                        })
                     });
                     let served = graceful.watch(connection.serve_connection(io, service));
                     tokio::spawn(async move {
@@ -308,8 +314,8 @@ impl Front {
             if let Some(allow) = self.methods.refusal(&parts.method, parts.uri.path()) {
                 return self.refuse(&parts, &Error::MethodNotAllowed { allow });
             }
-            // Boxed: Rocket's dispatch future is over 8 KiB, and hyper keeps room for the largest
-            // state of this future for as long as a connection lives, idle streams included.
+            // Boxed: Rocket's dispatch future is over 8 KiB, and every request's future would
+            // otherwise be allocated at the size of its largest state.
             let dispatch = fallback::dispatch(self, Request::from_parts(parts, body), remote);
             return Box::pin(dispatch).await;
         };
