@@ -123,6 +123,8 @@ struct Front {
     methods: methods::Methods,
     /// Open connections per client address, for `max_connections_per_client`.
     connections: Connections,
+    /// The headers every relay answer carries, worked out once for the common case.
+    decorations: response::Decorations,
 }
 
 impl Server {
@@ -163,6 +165,7 @@ impl Server {
         );
         let front = Arc::new(Front {
             hub,
+            decorations: response::Decorations::new(&config),
             config,
             metrics,
             shutdown,
@@ -327,7 +330,7 @@ impl Front {
         };
         match answer {
             Ok(mut response) => {
-                response::decorate(&mut response, &self.config, &parts);
+                response::decorate(&mut response, &self.decorations, &self.config, &parts);
                 response
             }
             Err(error) => self.refuse(&parts, &error),
@@ -346,7 +349,7 @@ impl Front {
         self.metrics.rejected(error.code());
         response::log_failure(request, error);
         let mut response = response::error(error);
-        response::decorate(&mut response, &self.config, request);
+        response::decorate(&mut response, &self.decorations, &self.config, request);
         response
     }
 }

@@ -83,36 +83,86 @@ pub fn stream(content_type: &'static str, chunks: Chunks) -> Response<ResponseBo
     response
 }
 
+/// [`response_headers`]' answer for the relay's common case, in hyper's types: an `/api/`
+/// request without an `Origin` (a page on signpost's own origin, curl, a native peer). Those
+/// headers depend on nothing else (neither the method, the status nor the config: a unit test
+/// holds it), so they are worked out once, when the front starts.
+pub struct Decorations {
+    api_without_origin: Vec<(HeaderName, HeaderValue, Write)>,
+}
+
+impl Decorations {
+    pub fn new(config: &Config) -> Self {
+        let answered = Answered {
+            method: "GET",
+            path: "/api/",
+            origin: None,
+            status: 200,
+        };
+        let api_without_origin = response_headers(config, &answered)
+            .filter_map(|header| {
+                Some((
+                    header_name(header.name),
+                    to_value(header.value)?,
+                    header.write,
+                ))
+            })
+            .collect();
+        Self { api_without_origin }
+    }
+}
+
 /// Writes the headers every answer carries ([`response_headers`]) into a relay route's answer or
 /// a refusal, as `api`'s fairing writes them into Rocket's.
-pub fn decorate(response: &mut Response<ResponseBody>, config: &Config, request: &Parts) {
+pub fn decorate(
+    response: &mut Response<ResponseBody>,
+    decorations: &Decorations,
+    config: &Config,
+    request: &Parts,
+) {
+    let path = request.uri.path();
+    let origin = request.headers.get(ORIGIN);
+    let status = response.status().as_u16();
+    let headers = response.headers_mut();
+    if origin.is_none() && path.starts_with("/api/") {
+        for (name, value, how) in &decorations.api_without_origin {
+            write(headers, name.clone(), value.clone(), *how);
+        }
+        return;
+    }
     let answered = Answered {
         method: request.method.as_str(),
-        path: request.uri.path(),
-        origin: request
-            .headers
-            .get(ORIGIN)
-            .and_then(|origin| origin.to_str().ok()),
-        status: response.status().as_u16(),
+        path,
+        origin: origin.and_then(|origin| origin.to_str().ok()),
+        status,
     };
-    let headers = response.headers_mut();
     for header in response_headers(config, &answered) {
-        let name = header_name(header.name);
-        let value = match header.value {
-            Value::Fixed(text) => header_value(text),
-            Value::FromRequest(text) => match HeaderValue::from_str(text) {
-                Ok(value) => value,
-                Err(_) => continue,
-            },
-        };
-        match header.write {
-            Write::Append => {
-                headers.append(name, value);
-            }
-            Write::IfAbsent if headers.contains_key(&name) => {}
-            Write::IfAbsent | Write::Replace => {
-                headers.insert(name, value);
-            }
+        if let Some(value) = to_value(header.value) {
+            write(headers, header_name(header.name), value, header.write);
+        }
+    }
+}
+
+/// A header's value in hyper's type, or `None` for an echoed value that is not one.
+fn to_value(value: Value<'_>) -> Option<HeaderValue> {
+    match value {
+        Value::Fixed(text) => Some(header_value(text)),
+        Value::FromRequest(text) => HeaderValue::from_str(text).ok(),
+    }
+}
+
+/// Writes one header as `how` says.
+fn write(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue, how: Write) {
+    match how {
+        Write::Append => {
+            headers.append(name, value);
+        }
+        // One lookup, where `contains_key` and then `insert` took two.
+        Write::IfAbsent => {
+            headers.entry(name).or_insert(value);
+        }
+        Write::Replace => {
+            headers.insert(name, value);
         }
     }
 }
@@ -158,6 +208,39 @@ pub fn log_failure(request: &Parts, error: &Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `Decorations` works out once is what `response_headers` answers for every `/api/`
+    /// request without an Origin, whatever its method, status and the config.
+    #[test]
+    fn api_answers_without_an_origin_depend_on_nothing_else() {
+        let configs = [
+            Config::default(),
+            Config {
+                cors_allowed_origins: vec!["*".into()],
+                ..Config::default()
+            },
+        ];
+        let expected: Vec<(String, String)> = Decorations::new(&configs[0])
+            .api_without_origin
+            .iter()
+            .map(|(name, value, _)| (name.to_string(), value.to_str().unwrap().to_string()))
+            .collect();
+        assert!(expected.len() >= 3, "{expected:?}");
+        for config in &configs {
+            for (method, status) in [("GET", 200), ("POST", 202), ("OPTIONS", 403), ("GET", 404)] {
+                let answered = Answered {
+                    method,
+                    path: "/api/rooms/a/messages",
+                    origin: None,
+                    status,
+                };
+                let headers: Vec<(String, String)> = response_headers(config, &answered)
+                    .map(|header| (header.name.to_string(), header.value.as_str().to_string()))
+                    .collect();
+                assert_eq!(headers, expected, "{method} {status}");
+            }
+        }
+    }
 
     /// Every header `response_headers` may add gets the name it spells, whether hyper has a
     /// constant for it or not.
