@@ -96,6 +96,10 @@ struct Inner {
     wakeups: wakeups::Wakeups,
     presence: presence::Presence,
     metrics: Metrics,
+    /// In a Redis Cluster, the client key of each token digest that sent through this instance
+    /// (`scripts::sender_client`); a `parking_lot::Mutex`, held for a lookup or an insert, never
+    /// across `.await`.
+    senders: parking_lot::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl RedisStore {
@@ -114,13 +118,14 @@ impl RedisStore {
         let timeout_ms = limits.peer_timeout.as_millis() as u64;
         let inner = Arc::new(Inner {
             connection,
-            scripts: Scripts::new(),
+            scripts: Scripts::new(matches!(target, Target::Cluster { .. })),
             keys: Keys::new(prefix),
             key_ttl_ms: (timeout_ms * 3).max(60_000),
             limits,
             wakeups: wakeups::Wakeups::new(),
             presence: presence::Presence::new(),
             metrics,
+            senders: Default::default(),
         });
         Ok(Self { inner })
     }
@@ -387,17 +392,14 @@ impl RedisStore {
 }
 
 impl Inner {
-    /// Runs a script through the connection (for `presence.rs`).
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> ApiResult<T> {
-        self.connection.run(invocation).await
+    /// Runs a room script through the connection (for `presence.rs`).
+    async fn run_room(&self, invocation: &redis::ScriptInvocation<'_>) -> ApiResult<Value> {
+        scripts::run_room(self, invocation).await
     }
 
     /// Room script `script` on the room whose peers hash is `peers` (for `presence.rs`).
     fn on_room<'a>(&'a self, script: &'a Script, peers: &str) -> redis::ScriptInvocation<'a> {
-        scripts::on_room(&self.keys, script, peers)
+        scripts::on_room(self, script, peers)
     }
 
     /// Gives back the places of peers that departed `room` in their addresses' counts and in
