@@ -247,3 +247,39 @@ async fn wake_ups_follow_a_migrated_slot() {
         sent.elapsed()
     );
 }
+
+/// With `requirepass` on every node (the password in the URLs' userinfo), two instances reach
+/// the cluster and relay a message each way, a stream's wake-up included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server and redis-cli: apt-get install redis-server (README.md, Prerequisites)"
+)]
+async fn a_password_in_the_node_urls_reaches_the_cluster() {
+    if !common::external::can_run("cluster password", redis_ha::available()) {
+        return;
+    }
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start_with_password("s3cret-pw"))
+        .await
+        .unwrap();
+    assert!(cluster.urls()[0].starts_with("redis://:s3cret-pw@"));
+    let (a, b) = two_instances(&cluster).await;
+    let alice = join(&a, "secured", "alice").await;
+    let bob = join(&b, "secured", "bob").await;
+    let mut events = bob.events(None).await;
+    both_instances_send(&alice, &bob).await;
+    let woken = tokio::time::timeout(Duration::from_secs(3), async {
+        while events.next().await.event != "tick" {}
+    })
+    .await;
+    assert!(woken.is_ok(), "bob's stream was not woken by the tick");
+    let (status, body) = alice.poll(0, 5.0).await;
+    assert_eq!(status, 200);
+    let kinds: Vec<&Value> = body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|message| &message["type"])
+        .collect();
+    assert_eq!(kinds, [&json!("join"), &json!("tick")], "{body}");
+}
