@@ -28,14 +28,18 @@ fn recovery() -> Duration {
 
 /// The signpost settings for an instance on `cluster`, keys under `prefix`.
 fn settings(cluster: &Cluster, prefix: &str) -> Value {
-    json!({
+    let mut settings = json!({
         "redis_cluster_nodes": cluster.urls(),
         "redis_prefix": prefix,
         // The flow sends far beyond a person's rate, and its sender never listens.
         "send_rate_per_sec": 1000.0,
         "send_burst": 1000.0,
         "peer_timeout_secs": 300.0,
-    })
+    });
+    if let Some(tls) = cluster.tls() {
+        settings["redis_tls_ca_file"] = json!(tls.ca);
+    }
+    settings
 }
 
 /// Two instances on `cluster`, sharing their keys.
@@ -263,7 +267,44 @@ async fn a_password_in_the_node_urls_reaches_the_cluster() {
         .await
         .unwrap();
     assert!(cluster.urls()[0].starts_with("redis://:s3cret-pw@"));
-    let (a, b) = two_instances(&cluster).await;
+    relays(&cluster).await;
+}
+
+/// A TLS-only cluster (`rediss://` URLs, our own CA in `redis_tls_ca_file`, clients,
+/// replication and the cluster bus over TLS) with a password: two instances relay, a stream's
+/// wake-up included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "redis-tls"),
+    ignore = "needs the redis-tls feature: cargo test --features redis-tls --test redis_cluster"
+)]
+#[cfg_attr(
+    all(
+        feature = "redis-tls",
+        any(signpost_missing = "redis", signpost_missing = "openssl")
+    ),
+    ignore = "needs redis-server and openssl: apt-get install redis-server openssl (README.md, Prerequisites)"
+)]
+async fn a_tls_cluster_relays() {
+    let available =
+        redis_ha::available().and_then(|()| common::external::programs(&["openssl"], "openssl"));
+    if !common::external::can_run("cluster tls", available) {
+        return;
+    }
+    let cluster = tokio::task::spawn_blocking(|| {
+        let dir = std::env::temp_dir().join(format!("signpost-tls-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("a directory for the certificates");
+        Cluster::start_tls(redis_ha::TlsFiles::generate(&dir), Some("s3cret-pw"))
+    })
+    .await
+    .unwrap();
+    assert!(cluster.urls()[0].starts_with("rediss://:s3cret-pw@"));
+    relays(&cluster).await;
+}
+
+/// Two instances on `cluster` relay a message each way, and the recipient's stream is woken.
+async fn relays(cluster: &Cluster) {
+    let (a, b) = two_instances(cluster).await;
     let alice = join(&a, "secured", "alice").await;
     let bob = join(&b, "secured", "bob").await;
     let mut events = bob.events(None).await;

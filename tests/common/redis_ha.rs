@@ -596,26 +596,35 @@ pub struct Cluster {
     dir: PathBuf,
     /// `requirepass` (and `masterauth`) of every node, when started with one.
     password: Option<String>,
+    /// TLS only (clients, replication and the cluster bus), when started so.
+    tls: Option<TlsFiles>,
 }
 
 impl Cluster {
     /// A new cluster: returns once every node reports `cluster_state:ok` and knows all six.
     pub fn start() -> Cluster {
-        Cluster::start_with(None)
+        Cluster::start_with(None, None)
     }
 
     /// The same with `requirepass <password>` (and `masterauth`) on every node.
     pub fn start_with_password(password: &str) -> Cluster {
-        Cluster::start_with(Some(password.to_owned()))
+        Cluster::start_with(Some(password.to_owned()), None)
     }
 
-    fn start_with(password: Option<String>) -> Cluster {
+    /// The same speaking TLS only (clients, replication, the cluster bus: `rediss://` URLs),
+    /// with the certificates of `tls`, and a password when given.
+    pub fn start_tls(tls: TlsFiles, password: Option<&str>) -> Cluster {
+        Cluster::start_with(password.map(str::to_owned), Some(tls))
+    }
+
+    fn start_with(password: Option<String>, tls: Option<TlsFiles>) -> Cluster {
         let dir = temp_dir("cluster");
         let mut cluster = Cluster {
             nodes: HashMap::new(),
             ports: Vec::new(),
             dir,
             password,
+            tls,
         };
         for _ in 0..6 {
             let port = free_port(true);
@@ -664,7 +673,15 @@ impl Cluster {
         if let Some(password) = &self.password {
             args.extend(["--requirepass", password, "--masterauth", password].map(String::from));
         }
-        self.nodes.insert(port, Some(Node::spawn(port, args, &[])));
+        if let Some(tls) = &self.tls {
+            for (name, value) in tls.server_lines(port) {
+                args.extend([format!("--{name}"), value]);
+            }
+            args.extend(["--tls-cluster", "yes"].map(String::from));
+        }
+        let prefix = self.auth();
+        self.nodes
+            .insert(port, Some(Node::spawn(port, args, &prefix)));
     }
 
     /// Waits until every running node reports `cluster_state:ok` with every slot assigned and
@@ -700,8 +717,14 @@ impl Cluster {
         ports
     }
 
-    /// Seed URLs, as `redis_cluster_nodes` takes them (every node, with the password).
+    /// Seed URLs, as `redis_cluster_nodes` takes them (every node, with the password;
+    /// `rediss://` with TLS).
     pub fn urls(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         let auth = self
             .password
             .as_ref()
@@ -709,19 +732,29 @@ impl Cluster {
             .unwrap_or_default();
         self.ports
             .iter()
-            .map(|port| format!("redis://{auth}127.0.0.1:{port}"))
+            .map(|port| format!("{scheme}://{auth}127.0.0.1:{port}"))
             .collect()
     }
 
-    /// redis-cli's arguments for the password, if any.
-    fn auth(&self) -> Vec<String> {
-        match &self.password {
-            Some(password) => vec!["-a".into(), password.clone(), "--no-auth-warning".into()],
-            None => Vec::new(),
-        }
+    /// The set-up's TLS files, when it speaks TLS.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
     }
 
-    /// `redis-cli -p <port> <args>` with the password, if any.
+    /// redis-cli's arguments for TLS and the password, if any.
+    fn auth(&self) -> Vec<String> {
+        let mut args = self
+            .tls
+            .as_ref()
+            .map(TlsFiles::cli_prefix)
+            .unwrap_or_default();
+        if let Some(password) = &self.password {
+            args.extend(["-a".into(), password.clone(), "--no-auth-warning".into()]);
+        }
+        args
+    }
+
+    /// `redis-cli -p <port> <args>` with TLS and the password, if any.
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
         cli_as(&self.auth(), port, args)
     }
