@@ -324,3 +324,47 @@ async fn relays(cluster: &Cluster) {
         .collect();
     assert_eq!(kinds, [&json!("join"), &json!("tick")], "{body}");
 }
+
+/// With no node of the cluster answering (every seed node a socket that accepts connections
+/// and never replies), requests that need the store answer `503 store_unavailable` with
+/// `Retry-After`, each fast, even when many arrive at once while the first connection is being
+/// tried (each waits for it within a bound, not in a queue behind the others' attempts); and
+/// `/readyz` says not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_cluster_gives_fast_503s() {
+    let silent: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a port"))
+        .collect();
+    let urls: Vec<String> = silent
+        .iter()
+        .map(|listener| format!("redis://{}", listener.local_addr().expect("an address")))
+        .collect();
+    let server = Server::with(json!({
+        "redis_cluster_nodes": urls,
+        "redis_prefix": "unreachable",
+    }))
+    .await;
+    let joins = (0..8).map(|n| {
+        answer(
+            server
+                .client
+                .post(server.url(&format!("/api/rooms/down-{n}/peers")))
+                .json(&json!({ "name": "alice" })),
+        )
+    });
+    for refused in futures_util::future::join_all(joins).await {
+        assert_eq!(
+            (refused.status, refused.body["error"].as_str()),
+            (503, Some("store_unavailable")),
+            "{}",
+            refused.body
+        );
+        assert!(
+            refused.retry_after.is_some() && refused.took < common::flow::FAST,
+            "a fast 503 with Retry-After, not one in {:?}",
+            refused.took
+        );
+    }
+    let ready = answer(server.client.get(server.url("/readyz"))).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+}

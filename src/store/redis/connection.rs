@@ -75,6 +75,9 @@ const RETRY_DELAY: Duration = Duration::from_millis(100);
 /// as Sentinel's, a dead master must give a fast 503, and the cluster's own failover
 /// (`cluster-node-timeout` + an election) is what the client waits for, not one request.
 const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// In a Redis Cluster, the longest a request waits for the first connection (the slot map asked
+/// of the seed nodes) before its 503.
+const CLUSTER_CONNECT_BUDGET: Duration = Duration::from_millis(600);
 /// In a Redis Cluster, how often a request is sent again after a MOVED, an ASK, a TRYAGAIN or a
 /// dropped connection, within [`CLUSTER_RESPONSE_TIMEOUT`]: a slot migration redirects twice at
 /// most (ASK, then MOVED once it is done).
@@ -178,21 +181,22 @@ impl Cluster {
     }
 
     /// The commands' connection, made at the first call (one attempt at a time; a failed one
-    /// answers 503 and the next call tries again).
+    /// answers 503 and the next call tries again). A caller waits at most
+    /// [`CLUSTER_CONNECT_BUDGET`] in all, whether it makes the attempt or waits for another's.
     async fn commands(&self) -> ApiResult<redis::cluster_async::ClusterConnection> {
-        self.commands
-            .get_or_try_init(|| async {
-                match timeout(RESOLVE_BUDGET * 2, self.client.get_async_connection()).await {
-                    Ok(Ok(connection)) => Ok(connection),
-                    Ok(Err(error)) => {
-                        logging::warn(format_args!("redis: no cluster connection: {error}"));
-                        Err(Error::StoreUnavailable)
-                    }
-                    Err(_) => Err(Error::StoreUnavailable),
-                }
+        if let Some(commands) = self.commands.get() {
+            return Ok(commands.clone());
+        }
+        let made = self.commands.get_or_try_init(|| async {
+            self.client.get_async_connection().await.map_err(|error| {
+                logging::warn(format_args!("redis: no cluster connection: {error}"));
+                Error::StoreUnavailable
             })
-            .await
-            .cloned()
+        });
+        match timeout(CLUSTER_CONNECT_BUDGET, made).await {
+            Ok(made) => made.cloned(),
+            Err(_) => Err(Error::StoreUnavailable),
+        }
     }
 }
 
