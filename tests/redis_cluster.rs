@@ -368,3 +368,61 @@ async fn a_silent_cluster_gives_fast_503s() {
     let ready = answer(server.client.get(server.url("/readyz"))).await;
     assert_eq!(ready.status, 503, "{}", ready.body);
 }
+
+/// After the master of the room's slot is SIGKILLed and its replica promoted, a stream opened
+/// on one instance is woken by a send through the other within a couple of seconds: the
+/// wake-up connection lost its node with the master and subscribes on the promoted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server and redis-cli: apt-get install redis-server (README.md, Prerequisites)"
+)]
+async fn wake_ups_follow_a_failed_over_shard() {
+    if !common::external::can_run("cluster wake-ups failover", redis_ha::available()) {
+        return;
+    }
+    let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    let (a, b) = two_instances(&cluster).await;
+    let cluster = Arc::new(Mutex::new(cluster));
+    let room = "failing-over";
+    let alice = join(&a, room, "alice").await;
+    let bob = join(&b, room, "bob").await;
+    // Bob's instance subscribes to his channel on the slot's master before the kill.
+    let mut before = bob.events(None).await;
+    assert_eq!(answer(send(&alice, &bob, 1)).await.status, 202);
+    while before.next().await.event != "tick" {}
+    drop(before);
+
+    blocking(&cluster, move |cluster| {
+        let key = format!("{{{room}}}");
+        let slot = cluster.slot_of(&key);
+        let old = cluster.kill_master_of(&key);
+        cluster.wait_for_promotion(old, slot, redis_ha::FAILOVER_DEADLINE);
+    })
+    .await;
+    let started = Instant::now();
+    while answer(send(&alice, &bob, 2)).await.status != 202 {
+        assert!(started.elapsed() < recovery(), "sends never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut events = bob.events(None).await;
+    let tick = |event: &eventsource_stream::Event| -> Option<u64> {
+        (event.event == "tick")
+            .then(|| serde_json::from_str::<Value>(&event.data).ok())
+            .flatten()
+            .and_then(|envelope| envelope["data"]["n"].as_u64())
+    };
+    while tick(&events.next().await) != Some(2) {}
+
+    let sent = Instant::now();
+    assert_eq!(answer(send(&alice, &bob, 3)).await.status, 202);
+    let woken = tokio::time::timeout(Duration::from_secs(3), async {
+        while tick(&events.next().await) != Some(3) {}
+    })
+    .await;
+    assert!(
+        woken.is_ok(),
+        "the reader was not woken within 3 s of the send (waited {:?})",
+        sent.elapsed()
+    );
+}
