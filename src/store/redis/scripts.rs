@@ -139,9 +139,10 @@ pub(super) fn on_room<'a>(
 // script, at its most, against both limits (`charge_held.lua`), and the script gives back
 // what it did not store. The limits stay exact (the check and the charge are one step on the
 // hash's slot); the cost is a round trip to that slot's master per send (two when the charge
-// must be evened out: a broadcast, an eviction, a refusal), and per read that frees bytes. An
-// instance that dies between the steps, or a request answered 503 between them, leaves counts
-// too high (never too low) until the hash expires, as the per-address counts do.
+// must be evened out: a broadcast, an eviction, a refusal), and per read that frees bytes. A
+// send whose script fails gives its charge back (it most likely never ran); an instance that
+// dies between the steps, or a settlement that fails, leaves the counts off until the hash
+// expires (an hour after the last instance stops: `due.lua` keeps it).
 
 /// Runs a room script and returns its reply; in a Redis Cluster, also applies the held bytes
 /// it answered beside it (best effort: a failure there is logged, and the script's answer
@@ -665,7 +666,18 @@ pub(super) async fn send(
         value.push_str(draft.unsigned_body());
         invocation.arg(value);
     }
-    let reply = run_room(inner, &invocation).await?;
+    let reply = match run_room(inner, &invocation).await {
+        Ok(reply) => reply,
+        Err(error) => {
+            // Most likely the script never ran (its node is gone): give the charge back, best
+            // effort. Had it run, what it stored is counted too low until it is read or
+            // dropped (a count never goes below 0), rather than too high for good.
+            if charged > 0 {
+                let _ = settle_held(inner, &[(charged_client, -(charged as i64))]).await;
+            }
+            return Err(error);
+        }
+    };
     Delivered::parse(reply)?.map_err(|refusal| refusal.error(limits))
 }
 
@@ -1445,6 +1457,40 @@ mod tests {
             ]),
         ] {
             assert!(is_unexpected(parse_read(shape.clone())), "{shape:?}");
+        }
+    }
+
+    /// A cluster room script's held bytes: pairs of client key and delta (the key "" for what
+    /// is charged to no address), and an odd or mistyped list is an error, never a panic.
+    #[test]
+    fn held_deltas_read_pairs() {
+        let deltas = Reply::new(array(vec![
+            text("198.51.100.7"),
+            Value::Int(-120),
+            text(""),
+            Value::Int(64),
+        ]))
+        .unwrap()
+        .deltas()
+        .unwrap();
+        assert_eq!(
+            deltas,
+            [("198.51.100.7".to_owned(), -120), (String::new(), 64)]
+        );
+        assert!(Reply::new(array(vec![]))
+            .unwrap()
+            .deltas()
+            .unwrap()
+            .is_empty());
+        for shape in [
+            array(vec![text("198.51.100.7")]),
+            array(vec![Value::Int(1), Value::Int(2)]),
+            array(vec![text("198.51.100.7"), text("12")]),
+        ] {
+            assert!(
+                is_unexpected(Reply::new(shape.clone()).unwrap().deltas()),
+                "{shape:?}"
+            );
         }
     }
 

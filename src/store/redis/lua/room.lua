@@ -112,12 +112,12 @@ local function add_held(field, delta)
   return count
 end
 
--- Writes the changed mailbox states and the held bytes back; every script that saves calls it
--- before returning.
 -- In a Redis Cluster, what `flush` would have added to K_HELD, by client key: the instance
 -- applies it (`held_reply`).
 local held_out = {}
 
+-- Writes the changed mailbox states and the held bytes back; every script that saves calls it
+-- before returning.
 local function flush()
   for peer, _ in pairs(dirty) do
     local box = boxes[peer]
