@@ -150,6 +150,15 @@ pub struct Config {
     /// The name the sentinels monitor the master under (`sentinel monitor <name> …`). Default
     /// none; required with `redis_sentinels`, and only with them.
     pub redis_sentinel_master: Option<String>,
+    /// Instead of `redis_url` or `redis_sentinels`: seed nodes of a Redis Cluster, e.g.
+    /// `["redis://:secret@10.0.0.5:7000", "redis://:secret@10.0.0.6:7000", …]`; signpost asks
+    /// them for the slot map and follows it (MOVED/ASK, failovers, slot migrations). Every
+    /// room's keys and wake-up channel live on the room's slot; the deployment-wide counts live
+    /// on one slot of their own (README, "Redis Cluster"). The URLs' userinfo is the nodes'
+    /// password, and `rediss://` (all or none) means TLS, checked against `redis_tls_ca_file`
+    /// if given. Default none; at least one, and list several: while one is down, the next is
+    /// asked.
+    pub redis_cluster_nodes: Option<Vec<String>>,
     /// How many replicas must acknowledge a send's writes before it is answered 202 (Redis's
     /// `WAIT`); if fewer do within `redis_wait_timeout_ms`, the answer is `503
     /// store_unavailable` (the message may still arrive: retry with the same `Idempotency-Key`).
@@ -337,6 +346,7 @@ impl Default for Config {
             redis_tls_ca_file: None,
             redis_sentinels: None,
             redis_sentinel_master: None,
+            redis_cluster_nodes: None,
             redis_wait_replicas: 0,
             redis_wait_timeout_ms: 200,
             redis_prefix: "signpost".into(),
@@ -573,6 +583,7 @@ impl Config {
     /// The shared store's part of [`Config::validate`].
     fn validate_store(&self) -> Result<(), String> {
         self.validate_sentinels()?;
+        self.validate_cluster()?;
         let tls = self
             .redis_url
             .as_deref()
@@ -580,6 +591,7 @@ impl Config {
             || self
                 .redis_sentinels
                 .iter()
+                .chain(&self.redis_cluster_nodes)
                 .flatten()
                 .any(|url| url.starts_with("rediss://"));
         if let Some(url) = &self.redis_url {
@@ -602,7 +614,7 @@ impl Config {
         if let Some(path) = &self.redis_tls_ca_file {
             if !tls {
                 return Err(format!(
-                    "signpost.redis_tls_ca_file ({}) is only for a rediss:// signpost.redis_url or signpost.redis_sentinels",
+                    "signpost.redis_tls_ca_file ({}) is only for a rediss:// signpost.redis_url, signpost.redis_sentinels or signpost.redis_cluster_nodes",
                     path.display()
                 ));
             }
@@ -626,7 +638,10 @@ impl Config {
     /// `rediss://` URLs.
     fn validate_sentinels(&self) -> Result<(), String> {
         if self.redis_wait_replicas > 0 {
-            if self.redis_url.is_none() && self.redis_sentinels.is_none() {
+            if self.redis_url.is_none()
+                && self.redis_sentinels.is_none()
+                && self.redis_cluster_nodes.is_none()
+            {
                 return Err("signpost.redis_wait_replicas needs a Redis store (signpost.redis_url or signpost.redis_sentinels)".into());
             }
             if !(1..=1000).contains(&self.redis_wait_timeout_ms) {
@@ -672,6 +687,47 @@ impl Config {
         }
         if tls != 0 && sentinels.iter().any(|url| url.contains('#')) {
             return Err("signpost.redis_sentinels: a rediss:// URL takes no #fragment; #insecure (no certificate check) is not supported: give the CA in signpost.redis_tls_ca_file".into());
+        }
+        Ok(())
+    }
+
+    /// Redis Cluster's part of [`Config::validate`]: `redis_cluster_nodes` never with
+    /// `redis_url` or `redis_sentinels`; a non-empty list of `redis://` or (all of them)
+    /// `rediss://` URLs; no `redis_wait_replicas` (`WAIT` is per node).
+    fn validate_cluster(&self) -> Result<(), String> {
+        let Some(nodes) = &self.redis_cluster_nodes else {
+            return Ok(());
+        };
+        if self.redis_url.is_some() || self.redis_sentinels.is_some() {
+            return Err("signpost.redis_cluster_nodes and signpost.redis_url or signpost.redis_sentinels both name the store: set one of them".into());
+        }
+        if nodes.is_empty() {
+            return Err("signpost.redis_cluster_nodes is empty: list some of the cluster's nodes, e.g. [\"redis://10.0.0.5:7000\"]".into());
+        }
+        if self.redis_wait_replicas > 0 {
+            return Err("signpost.redis_wait_replicas is not supported with signpost.redis_cluster_nodes (WAIT is per node, and a send touches two slots)".into());
+        }
+        for url in nodes {
+            if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                return Err(format!(
+                    "signpost.redis_cluster_nodes: {url:?} must start with redis:// or rediss://"
+                ));
+            }
+        }
+        let tls = nodes
+            .iter()
+            .filter(|url| url.starts_with("rediss://"))
+            .count();
+        if tls != 0 && tls != nodes.len() {
+            return Err(
+                "signpost.redis_cluster_nodes: either every URL is rediss:// (TLS) or none".into(),
+            );
+        }
+        if tls != 0 && !cfg!(feature = "redis-tls") {
+            return Err("signpost.redis_cluster_nodes: rediss:// (TLS) needs signpost built with `--features redis-tls` (cargo build --release --features redis-tls)".into());
+        }
+        if tls != 0 && nodes.iter().any(|url| url.contains('#')) {
+            return Err("signpost.redis_cluster_nodes: a rediss:// URL takes no #fragment; #insecure (no certificate check) is not supported: give the CA in signpost.redis_tls_ca_file".into());
         }
         Ok(())
     }

@@ -63,6 +63,7 @@ impl Hub {
         let config = Config {
             redis_url: None,
             redis_sentinels: None,
+            redis_cluster_nodes: None,
             ..config.clone()
         };
         Self::with_metrics(&config, Metrics::new()).expect("the memory store always starts")

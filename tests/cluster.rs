@@ -113,7 +113,7 @@ impl Cluster {
 
     /// The channel that wakes `peer`'s readers (`src/store/redis/keys.rs`, `Keys::wake`).
     fn wake_channel(&self, peer: &Peer) -> String {
-        format!("{}:w:{}", self.prefix, peer.id)
+        format!("{}:{{{}}}:w:{}", self.prefix, peer.room, peer.id)
     }
 
     /// Waits until `subscribers` instances subscribe to `peer`'s wake-ups: its stream or poll

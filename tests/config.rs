@@ -153,3 +153,60 @@ async fn sentinel_settings_are_refused_unless_complete_and_alone() {
         }
     }
 }
+
+/// Redis Cluster's settings go alone: `redis_cluster_nodes` beside `redis_url` or
+/// `redis_sentinels`, an empty list, a URL of another scheme, a mix of `redis://` and
+/// `rediss://`, and `redis_wait_replicas` (WAIT is per node) each stop the server at start, with
+/// a message naming the keys.
+#[tokio::test]
+async fn cluster_settings_are_refused_unless_alone() {
+    let nodes = r#"redis_cluster_nodes=["redis://127.0.0.1:7000"]"#;
+    let sentinels =
+        r#"redis_sentinels=["redis://127.0.0.1:26379"],redis_sentinel_master="signpost""#;
+    let url = r#"redis_url="redis://127.0.0.1:6379""#;
+    for (settings, expected) in [
+        (
+            format!("{nodes},{url}"),
+            vec![
+                "signpost.redis_cluster_nodes",
+                "signpost.redis_url",
+                "one of them",
+            ],
+        ),
+        (
+            format!("{nodes},{sentinels}"),
+            vec![
+                "signpost.redis_cluster_nodes",
+                "signpost.redis_sentinels",
+                "one of them",
+            ],
+        ),
+        (
+            "redis_cluster_nodes=[]".to_owned(),
+            vec!["signpost.redis_cluster_nodes is empty"],
+        ),
+        (
+            r#"redis_cluster_nodes=["http://127.0.0.1:7000"]"#.to_owned(),
+            vec!["redis://", "http://127.0.0.1:7000"],
+        ),
+        (
+            r#"redis_cluster_nodes=["redis://a:7000","rediss://b:7000"]"#.to_owned(),
+            vec!["every URL is rediss://"],
+        ),
+        (
+            format!("{nodes},redis_wait_replicas=1"),
+            vec![
+                "signpost.redis_wait_replicas",
+                "signpost.redis_cluster_nodes",
+            ],
+        ),
+    ] {
+        let refusal = common::instance::Instance::refusal(&settings).await;
+        for expected in expected {
+            assert!(
+                refusal.contains(expected),
+                "{settings}: {expected:?} in {refusal}"
+            );
+        }
+    }
+}

@@ -11,29 +11,19 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::flow::{both_instances_send, check, clone_peer, join, send, Flow, FAST, PERIOD};
 use common::redis_ha::{self, Sentinels, DETECTION};
-use common::{answer, Answer, Peer, Server};
+use common::{answer, Server};
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
 /// How soon after a fault sends must succeed again: Sentinel's detection time (for a SIGKILL),
 /// its election and the switch, plus a few seconds for a loaded 2-core machine.
 fn recovery() -> Duration {
     DETECTION + Duration::from_secs(6)
 }
-
-/// The slowest a refused answer may be: a failover must give fast 503s, never a hang.
-const FAST: Duration = Duration::from_secs(1);
-
-/// The sender's period: 50 messages a second.
-const PERIOD: Duration = Duration::from_millis(20);
-
-/// How long a wait for the flow to reach a point may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(40);
 
 /// The signpost settings for an instance on `set_up`, keys under `prefix`.
 fn settings(set_up: &Sentinels, prefix: &str) -> Value {
@@ -67,269 +57,6 @@ async fn two_instances(set_up: &Sentinels) -> (Server, Server) {
     let a = Server::with(settings(set_up, &prefix)).await;
     let b = Server::with(settings(set_up, &prefix)).await;
     (a, b)
-}
-
-/// Joins `room` on `server` as `name`, once the instance has found the master.
-async fn join(server: &Server, room: &str, name: &str) -> Peer {
-    let started = Instant::now();
-    loop {
-        let ready = server
-            .client
-            .get(server.url("/readyz"))
-            .send()
-            .await
-            .map(|response| response.status().as_u16());
-        if matches!(ready, Ok(200)) {
-            return server.join(room, name).await;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{name}'s instance never got ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn send(from: &Peer, to: &Peer, n: u64) -> reqwest::RequestBuilder {
-    from.client
-        .post(from.url(&format!("/api/rooms/{}/messages", from.room)))
-        .bearer_auth(&from.token)
-        .json(&json!({"type": "tick", "to": to.id, "data": {"n": n}}))
-}
-
-/// One send of the flow.
-struct Sent {
-    n: u64,
-    at: Instant,
-    answer: Answer,
-}
-
-/// What the reader saw: every message's id and tick number, and how many resets.
-#[derive(Default)]
-struct Received {
-    ids: Vec<u64>,
-    ticks: Vec<u64>,
-    resets: usize,
-}
-
-/// A sender on one instance and a reader on the other, running until [`Flow::finish`].
-struct Flow {
-    sent: Arc<Mutex<Vec<Sent>>>,
-    received: Arc<Mutex<Received>>,
-    stop_sending: watch::Sender<bool>,
-    stop_reading: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Flow {
-    fn start(sender: Peer, reader: Peer) -> Flow {
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let received = Arc::new(Mutex::new(Received::default()));
-        let (stop_sending, mut sending) = watch::channel(false);
-        let (stop_reading, mut reading) = watch::channel(false);
-        let to = Peer {
-            client: sender.client.clone(),
-            ..clone_peer(&reader)
-        };
-        let log = Arc::clone(&sent);
-        let send_task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PERIOD);
-            for n in 1.. {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = sending.changed() => return,
-                }
-                let at = Instant::now();
-                let answer = answer(send(&sender, &to, n)).await;
-                log.lock().unwrap().push(Sent { n, at, answer });
-            }
-        });
-        let seen = Arc::clone(&received);
-        let read_task = tokio::spawn(async move {
-            let mut after = 0;
-            loop {
-                let poll = reader
-                    .client
-                    .get(reader.url(&format!(
-                        "{}/messages?after={after}&wait=0.5",
-                        reader.peer_path()
-                    )))
-                    .bearer_auth(&reader.token);
-                let polled = tokio::select! {
-                    polled = answer(poll) => polled,
-                    _ = reading.changed() => return,
-                };
-                if polled.status != 200 {
-                    // The store is switching: a 503, asked again shortly.
-                    assert_eq!(polled.status, 503, "a poll refused: {}", polled.body);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-                let mut seen = seen.lock().unwrap();
-                if polled.body["reset"] == json!(true) {
-                    seen.resets += 1;
-                }
-                for message in polled.body["messages"].as_array().into_iter().flatten() {
-                    seen.ids.push(message["id"].as_u64().expect("an id"));
-                    if message["type"] == "tick" {
-                        seen.ticks
-                            .push(message["data"]["n"].as_u64().expect("a tick"));
-                    }
-                }
-                after = polled.body["last_id"].as_u64().unwrap_or(after);
-            }
-        });
-        Flow {
-            sent,
-            received,
-            stop_sending,
-            stop_reading,
-            tasks: vec![send_task, read_task],
-        }
-    }
-
-    /// Waits until `count` sends made after `since` were accepted.
-    async fn accepted_after(&self, since: Instant, count: usize, what: &str) {
-        let started = Instant::now();
-        loop {
-            let accepted = self
-                .sent
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|sent| sent.at >= since && sent.answer.status == 202)
-                .count();
-            if accepted >= count {
-                return;
-            }
-            assert!(started.elapsed() < DEADLINE, "never {what}");
-            tokio::time::sleep(PERIOD).await;
-        }
-    }
-
-    /// Stops sending, waits until the reader has every accepted message (or a reset told it
-    /// some are gone, or [`DEADLINE`] passed), and returns what was sent and received.
-    async fn finish(mut self) -> (Vec<Sent>, Received) {
-        let _ = self.stop_sending.send(true);
-        let sender = self.tasks.remove(0);
-        sender.await.expect("the sender ran");
-        let accepted: HashSet<u64> = self
-            .sent
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|sent| sent.answer.status == 202)
-            .map(|sent| sent.n)
-            .collect();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            let caught_up = {
-                let received = self.received.lock().unwrap();
-                let ticks: HashSet<u64> = received.ticks.iter().copied().collect();
-                received.resets > 0 || accepted.is_subset(&ticks)
-            };
-            if caught_up {
-                break;
-            }
-            tokio::time::sleep(PERIOD).await;
-        }
-        let _ = self.stop_reading.send(true);
-        for task in self.tasks {
-            task.await.expect("the reader ran");
-        }
-        let sent = std::mem::take(&mut *self.sent.lock().unwrap());
-        let received = std::mem::take(&mut *self.received.lock().unwrap());
-        (sent, received)
-    }
-}
-
-fn clone_peer(peer: &Peer) -> Peer {
-    Peer {
-        id: peer.id.clone(),
-        token: peer.token.clone(),
-        room: peer.room.clone(),
-        base: peer.base.clone(),
-        client: peer.client.clone(),
-        joined: peer.joined.clone(),
-    }
-}
-
-/// Holds a flow to the rule (the module's doc), the fault having started at `fault`.
-fn check(what: &str, fault: Instant, sent: &[Sent], received: &Received) {
-    let refused: Vec<&Sent> = sent.iter().filter(|s| s.answer.status != 202).collect();
-    for sent in &refused {
-        let answer = &sent.answer;
-        assert_eq!(
-            (answer.status, answer.body["error"].as_str()),
-            (503, Some("store_unavailable")),
-            "{what}: send {} refused otherwise: {}",
-            sent.n,
-            answer.body
-        );
-        assert!(
-            answer.retry_after.is_some(),
-            "{what}: a 503 without Retry-After"
-        );
-        assert!(
-            answer.took < FAST,
-            "{what}: a 503 took {:?}, not a fast answer",
-            answer.took
-        );
-    }
-    if let Some(last) = refused.last() {
-        let recovered = last.at.saturating_duration_since(fault);
-        assert!(
-            recovered < recovery(),
-            "{what}: sends still refused {recovered:?} after the fault (bound {:?})",
-            recovery()
-        );
-    }
-    let mut unique = HashSet::new();
-    for tick in &received.ticks {
-        assert!(unique.insert(*tick), "{what}: tick {tick} delivered twice");
-    }
-    assert!(
-        received.ids.windows(2).all(|pair| pair[0] < pair[1]),
-        "{what}: ids went back: {:?}",
-        received.ids
-    );
-    if received.resets == 0 {
-        assert!(
-            received.ids.windows(2).all(|pair| pair[1] == pair[0] + 1),
-            "{what}: a gap in the ids without a reset: {:?}",
-            received.ids
-        );
-        let lost: Vec<u64> = sent
-            .iter()
-            .filter(|sent| sent.answer.status == 202 && !unique.contains(&sent.n))
-            .map(|sent| sent.n)
-            .collect();
-        assert!(
-            lost.is_empty(),
-            "{what}: accepted but never delivered, and no reset: {lost:?}"
-        );
-    }
-    eprintln!(
-        "{what}: {} sent, {} refused (slowest {:?}), last refusal {:?} after the fault, {} delivered, {} resets",
-        sent.len(),
-        refused.len(),
-        refused.iter().map(|s| s.answer.took).max().unwrap_or_default(),
-        refused.last().map(|s| s.at.saturating_duration_since(fault)),
-        received.ticks.len(),
-        received.resets
-    );
-}
-
-/// A send through each instance succeeds: neither stayed on the old master.
-async fn both_instances_send(alice: &Peer, bob: &Peer) {
-    for (from, to) in [(alice, bob), (bob, alice)] {
-        let answer = answer(send(from, to, 0)).await;
-        assert_eq!(
-            answer.status, 202,
-            "a send through {}: {}",
-            from.base, answer.body
-        );
-    }
 }
 
 /// Runs blocking set-up work (a failover, a kill, a restart) off the runtime, so that the flow
@@ -369,7 +96,7 @@ async fn a_planned_failover_gives_fast_503s_and_loses_nothing_silently() {
     flow.accepted_after(Instant::now(), 50, "sent after the failover")
         .await;
     let (sent, received) = flow.finish().await;
-    check("planned failover", fault, &sent, &received);
+    check("planned failover", fault, recovery(), &sent, &received);
     both_instances_send(&alice, &bob).await;
 }
 
@@ -407,7 +134,7 @@ async fn a_killed_master_gives_fast_503s_and_its_restart_strands_no_instance() {
     flow.accepted_after(Instant::now(), 50, "sent after the restart")
         .await;
     let (sent, received) = flow.finish().await;
-    check("killed master", fault, &sent, &received);
+    check("killed master", fault, recovery(), &sent, &received);
     let role = blocking(&set_up, move |set_up| set_up.data_cli(old, &["role"])).await;
     assert!(
         role.starts_with("slave"),

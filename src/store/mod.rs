@@ -208,7 +208,8 @@ pub struct Sent {
     pub replayed: bool,
 }
 
-/// The store `config` names: Redis when `redis_url` or `redis_sentinels` is set, memory
+/// The store `config` names: Redis when `redis_url`, `redis_sentinels` or
+/// `redis_cluster_nodes` is set, memory
 /// otherwise. Connecting to Redis happens lazily, so a server starts (and says it is not ready)
 /// while Redis is down.
 pub fn open(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, String> {
@@ -219,7 +220,10 @@ pub fn open(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, String
             sentinels: sentinels.clone(),
             master: config.redis_sentinel_master.clone().unwrap_or_default(),
         }),
-        (None, None) => None,
+        (None, None) => config
+            .redis_cluster_nodes
+            .clone()
+            .map(|nodes| RedisTarget::Cluster { nodes }),
     };
     match target {
         None => Ok(Arc::new(MemoryStore::new(limits))),

@@ -8,6 +8,7 @@
 
 pub mod eventually;
 pub mod external;
+pub mod flow;
 pub mod instance;
 pub mod process;
 pub mod read_until;

@@ -594,16 +594,37 @@ pub struct Cluster {
     nodes: HashMap<u16, Option<Node>>,
     ports: Vec<u16>,
     dir: PathBuf,
+    /// `requirepass` (and `masterauth`) of every node, when started with one.
+    password: Option<String>,
+    /// TLS only (clients, replication and the cluster bus), when started so.
+    tls: Option<TlsFiles>,
 }
 
 impl Cluster {
     /// A new cluster: returns once every node reports `cluster_state:ok` and knows all six.
     pub fn start() -> Cluster {
+        Cluster::start_with(None, None)
+    }
+
+    /// The same with `requirepass <password>` (and `masterauth`) on every node.
+    pub fn start_with_password(password: &str) -> Cluster {
+        Cluster::start_with(Some(password.to_owned()), None)
+    }
+
+    /// The same speaking TLS only (clients, replication, the cluster bus: `rediss://` URLs),
+    /// with the certificates of `tls`, and a password when given.
+    pub fn start_tls(tls: TlsFiles, password: Option<&str>) -> Cluster {
+        Cluster::start_with(password.map(str::to_owned), Some(tls))
+    }
+
+    fn start_with(password: Option<String>, tls: Option<TlsFiles>) -> Cluster {
         let dir = temp_dir("cluster");
         let mut cluster = Cluster {
             nodes: HashMap::new(),
             ports: Vec::new(),
             dir,
+            password,
+            tls,
         };
         for _ in 0..6 {
             let port = free_port(true);
@@ -616,6 +637,7 @@ impl Cluster {
             .map(|port| format!("127.0.0.1:{port}"))
             .collect();
         let output = Command::new("redis-cli")
+            .args(cluster.auth())
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -648,7 +670,18 @@ impl Cluster {
             ]
             .map(String::from),
         );
-        self.nodes.insert(port, Some(Node::spawn(port, args, &[])));
+        if let Some(password) = &self.password {
+            args.extend(["--requirepass", password, "--masterauth", password].map(String::from));
+        }
+        if let Some(tls) = &self.tls {
+            for (name, value) in tls.server_lines(port) {
+                args.extend([format!("--{name}"), value]);
+            }
+            args.extend(["--tls-cluster", "yes"].map(String::from));
+        }
+        let prefix = self.auth();
+        self.nodes
+            .insert(port, Some(Node::spawn(port, args, &prefix)));
     }
 
     /// Waits until every running node reports `cluster_state:ok` with every slot assigned and
@@ -659,8 +692,8 @@ impl Cluster {
             self.running()
                 .iter()
                 .all(|port| {
-                    let info = cli(*port, &["cluster", "info"]);
-                    let replication = cli(*port, &["info", "replication"]);
+                    let info = self.cli(*port, &["cluster", "info"]);
+                    let replication = self.cli(*port, &["info", "replication"]);
                     info_field(&info, "cluster_state").as_deref() == Some("ok")
                         && info_field(&info, "cluster_known_nodes").as_deref() == Some("6")
                         && info_field(&info, "cluster_slots_assigned").as_deref() == Some("16384")
@@ -684,17 +717,51 @@ impl Cluster {
         ports
     }
 
-    /// Seed URLs, as `redis_cluster_nodes` takes them (every node).
+    /// Seed URLs, as `redis_cluster_nodes` takes them (every node, with the password;
+    /// `rediss://` with TLS).
     pub fn urls(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let auth = self
+            .password
+            .as_ref()
+            .map(|password| format!(":{password}@"))
+            .unwrap_or_default();
         self.ports
             .iter()
-            .map(|port| format!("redis://127.0.0.1:{port}"))
+            .map(|port| format!("{scheme}://{auth}127.0.0.1:{port}"))
             .collect()
+    }
+
+    /// The set-up's TLS files, when it speaks TLS.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// redis-cli's arguments for TLS and the password, if any.
+    fn auth(&self) -> Vec<String> {
+        let mut args = self
+            .tls
+            .as_ref()
+            .map(TlsFiles::cli_prefix)
+            .unwrap_or_default();
+        if let Some(password) = &self.password {
+            args.extend(["-a".into(), password.clone(), "--no-auth-warning".into()]);
+        }
+        args
+    }
+
+    /// `redis-cli -p <port> <args>` with TLS and the password, if any.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        cli_as(&self.auth(), port, args)
     }
 
     /// `redis-cli -p <port>` against any running node.
     pub fn any_cli(&self, args: &[&str]) -> String {
-        cli(self.running()[0], args)
+        self.cli(self.running()[0], args)
     }
 
     /// The hash slot of `key` (`CLUSTER KEYSLOT`).
@@ -706,7 +773,7 @@ impl Cluster {
 
     /// Every node, as the running node `asked` lists it (`CLUSTER NODES`).
     pub fn nodes_seen_by(&self, asked: u16) -> Vec<ClusterNode> {
-        cli(asked, &["cluster", "nodes"])
+        self.cli(asked, &["cluster", "nodes"])
             .lines()
             .filter_map(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
@@ -758,7 +825,7 @@ impl Cluster {
 
     /// The node id of the node on `port` (`CLUSTER MYID`).
     pub fn id_of(&self, port: u16) -> String {
-        cli(port, &["cluster", "myid"])
+        self.cli(port, &["cluster", "myid"])
     }
 
     /// SIGKILLs the master that serves `key`'s slot; returns its port.
@@ -787,7 +854,7 @@ impl Cluster {
             let first = owners.next()??;
             let agreed = owners.all(|owner| owner.is_some_and(|o| o.port == first.port));
             let ok = running.iter().all(|port| {
-                info_field(&cli(*port, &["cluster", "info"]), "cluster_state").as_deref()
+                info_field(&self.cli(*port, &["cluster", "info"]), "cluster_state").as_deref()
                     == Some("ok")
             });
             (first.port != old && agreed && ok).then_some(first.port)
@@ -802,7 +869,7 @@ impl Cluster {
             FAILOVER_DEADLINE,
             "the old master to rejoin as a replica",
             || {
-                let info = cli(old, &["info", "replication"]);
+                let info = self.cli(old, &["info", "replication"]);
                 (info_field(&info, "role").as_deref() == Some("slave")
                     && info_field(&info, "master_link_status").as_deref() == Some("up"))
                 .then_some(())
@@ -824,21 +891,21 @@ impl Cluster {
         let slot_arg = slot.to_string();
         let ok = |answer: String, what: &str| assert_eq!(answer, "OK", "{what}");
         ok(
-            cli(
+            self.cli(
                 to,
                 &["cluster", "setslot", &slot_arg, "importing", &from_id],
             ),
             "SETSLOT IMPORTING",
         );
         ok(
-            cli(
+            self.cli(
                 from,
                 &["cluster", "setslot", &slot_arg, "migrating", &to_id],
             ),
             "SETSLOT MIGRATING",
         );
         loop {
-            let keys = cli(from, &["cluster", "getkeysinslot", &slot_arg, "100"]);
+            let keys = self.cli(from, &["cluster", "getkeysinslot", &slot_arg, "100"]);
             let keys: Vec<&str> = keys.lines().filter(|key| !key.is_empty()).collect();
             if keys.is_empty() {
                 break;
@@ -846,23 +913,23 @@ impl Cluster {
             let to_arg = to.to_string();
             let mut args = vec!["migrate", "127.0.0.1", &to_arg, "", "0", "5000", "KEYS"];
             args.extend(keys);
-            let answer = cli(from, &args);
+            let answer = self.cli(from, &args);
             assert!(
                 answer == "OK" || answer == "NOKEY",
                 "MIGRATE failed: {answer}"
             );
         }
         ok(
-            cli(to, &["cluster", "setslot", &slot_arg, "node", &to_id]),
+            self.cli(to, &["cluster", "setslot", &slot_arg, "node", &to_id]),
             "SETSLOT NODE on the target",
         );
         ok(
-            cli(from, &["cluster", "setslot", &slot_arg, "node", &to_id]),
+            self.cli(from, &["cluster", "setslot", &slot_arg, "node", &to_id]),
             "SETSLOT NODE on the source",
         );
         for node in self.nodes_seen_by(to) {
             if node.master && !node.failed && node.port != from && node.port != to {
-                cli(
+                self.cli(
                     node.port,
                     &["cluster", "setslot", &slot_arg, "node", &to_id],
                 );
@@ -884,6 +951,7 @@ impl Cluster {
     /// on `to`, keys included.
     pub fn reshard(&self, from: u16, to: u16, count: u16) {
         let output = Command::new("redis-cli")
+            .args(self.auth())
             .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
             .args(["--cluster-from", &self.id_of(from)])
             .args(["--cluster-to", &self.id_of(to)])

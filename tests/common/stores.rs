@@ -1,7 +1,7 @@
 //! The backends the store contract suite (tests/store_contract.rs) runs on, and the one macro
 //! that stamps each contract test once per backend.
 //!
-//! Adding a backend (issue 18: Sentinel done, Cluster next) is done here alone: a variant of [`Backend`],
+//! Adding a backend (issue 18: Sentinel and Cluster) is done here alone: a variant of [`Backend`],
 //! its arm in [`Backend::deployment`] and [`Backend::shared`], and its line in the
 //! `@every` (and, for a shared store, `@shared`) arm of [`store_contract!`].
 
@@ -11,7 +11,7 @@ use signpost::config::Config;
 use signpost::metrics::Metrics;
 use signpost::store::{self, Store};
 
-use super::redis_ha::Sentinels;
+use super::redis_ha::{Cluster, Sentinels};
 
 /// A kind of store the contract holds for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +25,9 @@ pub enum Backend {
     /// replica, three sentinels: `tests/common/redis_ha.rs`), found through the sentinels, under
     /// a key prefix of the test's own.
     Sentinel,
+    /// Rooms on the binary's shared Redis Cluster (3 masters, 3 replicas:
+    /// `tests/common/redis_ha.rs`), through its nodes, under a key prefix of the test's own.
+    Cluster,
 }
 
 impl Backend {
@@ -33,22 +36,25 @@ impl Backend {
     pub fn shared(self) -> bool {
         match self {
             Backend::Memory => false,
-            Backend::Redis | Backend::Sentinel => true,
+            Backend::Redis | Backend::Sentinel | Backend::Cluster => true,
         }
     }
 
     /// A fresh deployment for `test`, or `None` when the backend's program is missing outside
     /// CI (the test then passes without running; under `CI=true` it fails instead).
     pub fn deployment(self, test: &str) -> Option<Deployment> {
-        let (redis_url, sentinels) = match self {
-            Backend::Memory => (None, None),
-            Backend::Redis => (Some(super::redis::shared(test)?), None),
-            Backend::Sentinel => (None, Some(shared_sentinels(test)?)),
-        };
+        let (mut redis_url, mut sentinels, mut cluster) = (None, None, None);
+        match self {
+            Backend::Memory => {}
+            Backend::Redis => redis_url = Some(super::redis::shared(test)?),
+            Backend::Sentinel => sentinels = Some(shared_sentinels(test)?),
+            Backend::Cluster => cluster = Some(shared_cluster(test)?),
+        }
         Some(Deployment {
             backend: self,
             redis_url,
             sentinels,
+            cluster,
             prefix: format!("contract-{}", uuid::Uuid::new_v4().simple()),
         })
     }
@@ -61,6 +67,8 @@ pub struct Deployment {
     redis_url: Option<String>,
     /// The sentinels' URLs and the master's name, for [`Backend::Sentinel`].
     sentinels: Option<(Vec<String>, String)>,
+    /// The cluster's nodes, for [`Backend::Cluster`].
+    cluster: Option<Vec<String>>,
     prefix: String,
 }
 
@@ -75,6 +83,7 @@ impl Deployment {
             config.redis_sentinels = Some(urls.clone());
             config.redis_sentinel_master = Some(master.clone());
         }
+        config.redis_cluster_nodes = self.cluster.clone();
         config.redis_prefix = self.prefix.clone();
         let store = store::open(&config, &Metrics::default()).expect("the store opens");
         let shutdown = shutdown_handle().await;
@@ -96,6 +105,19 @@ fn shared_sentinels(test: &str) -> Option<(Vec<String>, String)> {
     set_up
         .as_ref()
         .map(|set_up| (set_up.urls(), set_up.master_name().to_owned()))
+}
+
+/// One Redis Cluster shared by the tests of a binary that run on [`Backend::Cluster`] (the
+/// test fails when redis-server is missing under CI): its nodes' URLs. Never failed over: the
+/// fault tests (tests/redis_cluster.rs) start their own.
+fn shared_cluster(test: &str) -> Option<Vec<String>> {
+    static SHARED: OnceLock<Mutex<Option<Cluster>>> = OnceLock::new();
+    if !super::external::can_run(test, super::redis_ha::available()) {
+        return None;
+    }
+    let shared = SHARED.get_or_init(|| Mutex::new(Some(Cluster::start())));
+    let set_up = shared.lock().unwrap_or_else(|e| e.into_inner());
+    set_up.as_ref().map(Cluster::urls)
 }
 
 /// One store, as one server instance holds it; its background tasks end when it is dropped.
@@ -151,10 +173,12 @@ macro_rules! store_contract {
         $crate::store_contract!(@memory $name $deployment $body);
         $crate::store_contract!(@redis $name $deployment $body);
         $crate::store_contract!(@sentinel $name $deployment $body);
+        $crate::store_contract!(@cluster $name $deployment $body);
     };
     (@shared $name:ident $deployment:ident $body:block) => {
         $crate::store_contract!(@redis $name $deployment $body);
         $crate::store_contract!(@sentinel $name $deployment $body);
+        $crate::store_contract!(@cluster $name $deployment $body);
     };
     (@memory $name:ident $deployment:ident $body:block) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,6 +209,18 @@ macro_rules! store_contract {
         async fn sentinel() {
             let backend = $crate::common::stores::Backend::Sentinel;
             let test = concat!(stringify!($name), "::sentinel");
+            if let Some($deployment) = backend.deployment(test) $body
+        }
+    };
+    (@cluster $name:ident $deployment:ident $body:block) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(
+            signpost_missing = "redis",
+            ignore = "needs redis-server and redis-cli: apt-get install redis-server (README.md, Prerequisites)"
+        )]
+        async fn cluster() {
+            let backend = $crate::common::stores::Backend::Cluster;
+            let test = concat!(stringify!($name), "::cluster");
             if let Some($deployment) = backend.deployment(test) $body
         }
     };

@@ -21,6 +21,15 @@
 //!   losing) writes for ~10 s; with `+switch-master` alone, for the ~1 s between the promotion
 //!   and the announcement (measured: 51 messages at 50/s, ids then reused).
 //!
+//! - **Redis Cluster** (`redis_cluster_nodes`): the redis crate's `cluster_async` connection,
+//!   which follows the slot map by itself (MOVED/ASK during a slot migration are retried
+//!   invisibly; a failed-over shard's slots are found on its promoted replica). What the store
+//!   adds is a short response timeout ([`CLUSTER_RESPONSE_TIMEOUT`]), the whole of a request's
+//!   time with its retries, so that a shard whose master died answers 503 fast until its
+//!   replica is promoted: a script whose answer timed out is never sent again (it may have
+//!   committed). Wake-ups have a connection of their own (RESP3, for sharded pub/sub's pushes:
+//!   [`Connection::sharded_pubsub`]).
+//!
 //! Every time the connection is marked stale, [`Connection::switched`] ticks, so that the
 //! wake-up connection (`wakeups.rs`) moves to the new master too.
 
@@ -62,6 +71,17 @@ const NODE_TIMEOUT: Duration = Duration::from_millis(250);
 /// After a failed resolution, requests answer 503 at once for this long instead of asking the
 /// sentinels again: a failover takes seconds, and every request asking would only add load.
 const RETRY_DELAY: Duration = Duration::from_millis(100);
+/// In a Redis Cluster, the longest a request may take, its redirections and retries included:
+/// as Sentinel's, a dead master must give a fast 503, and the cluster's own failover
+/// (`cluster-node-timeout` + an election) is what the client waits for, not one request.
+const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// In a Redis Cluster, the longest a request waits for the first connection (the slot map asked
+/// of the seed nodes) before its 503.
+const CLUSTER_CONNECT_BUDGET: Duration = Duration::from_millis(600);
+/// In a Redis Cluster, how often a request is sent again after a MOVED, an ASK, a TRYAGAIN or a
+/// dropped connection, within [`CLUSTER_RESPONSE_TIMEOUT`]: a slot migration redirects twice at
+/// most (ASK, then MOVED once it is done).
+const CLUSTER_RETRIES: u32 = 3;
 /// How often the master's `ROLE` is checked: catches a `+switch-master` that was missed (the
 /// sentinel subscription was down), within a couple of seconds.
 const ROLE_EVERY: Duration = Duration::from_secs(2);
@@ -92,6 +112,8 @@ pub enum Target {
         sentinels: Vec<String>,
         master: String,
     },
+    /// Seed nodes of a Redis Cluster (`redis_cluster_nodes`): password and TLS from their URLs.
+    Cluster { nodes: Vec<String> },
 }
 
 /// `redis_wait_replicas` and `redis_wait_timeout_ms`: a send is answered 202 only once this
@@ -124,6 +146,88 @@ enum Mode {
         waits: Option<ConnectionManager>,
     },
     Sentinel(Arc<Follower>),
+    Cluster(Box<Cluster>),
+}
+
+/// A Redis Cluster: the client, and the commands' connection once made (connecting needs a
+/// node to answer, so it is made at the first call, as the other modes connect lazily).
+struct Cluster {
+    client: redis::cluster::ClusterClient,
+    /// The seed nodes with the settings the wake-ups' RESP3 connection is built from.
+    nodes: Vec<ConnectionInfo>,
+    tls_ca_file: Option<PathBuf>,
+    commands: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
+}
+
+impl Cluster {
+    fn new(urls: &[String], tls_ca_file: Option<&Path>) -> Result<Self, String> {
+        let nodes = urls
+            .iter()
+            .map(|url| {
+                url.as_str().into_connection_info().map_err(|error| {
+                    format!("signpost.redis_cluster_nodes: {url:?} is not usable: {error}")
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let client = cluster_builder(&nodes, tls_ca_file)?
+            .build()
+            .map_err(|error| format!("signpost.redis_cluster_nodes is not usable: {error}"))?;
+        Ok(Self {
+            client,
+            nodes,
+            tls_ca_file: tls_ca_file.map(Path::to_path_buf),
+            commands: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The commands' connection, made at the first call (one attempt at a time; a failed one
+    /// answers 503 and the next call tries again). A caller waits at most
+    /// [`CLUSTER_CONNECT_BUDGET`] in all, whether it makes the attempt or waits for another's.
+    async fn commands(&self) -> ApiResult<redis::cluster_async::ClusterConnection> {
+        if let Some(commands) = self.commands.get() {
+            return Ok(commands.clone());
+        }
+        let made = self.commands.get_or_try_init(|| async {
+            self.client.get_async_connection().await.map_err(|error| {
+                logging::warn(format_args!("redis: no cluster connection: {error}"));
+                Error::StoreUnavailable
+            })
+        });
+        match timeout(CLUSTER_CONNECT_BUDGET, made).await {
+            Ok(made) => made.cloned(),
+            Err(_) => Err(Error::StoreUnavailable),
+        }
+    }
+}
+
+/// A cluster client's builder for `nodes`: their password (from the first URL's userinfo),
+/// TLS for `rediss://` (with `tls_ca_file`'s CAs if given), and the timeouts above.
+fn cluster_builder(
+    nodes: &[ConnectionInfo],
+    tls_ca_file: Option<&Path>,
+) -> Result<redis::cluster::ClusterClientBuilder, String> {
+    let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+        .connection_timeout(NODE_TIMEOUT)
+        .response_timeout(CLUSTER_RESPONSE_TIMEOUT)
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(10)
+        .max_retry_wait(100);
+    #[cfg(feature = "redis-tls")]
+    if let Some(path) = tls_ca_file {
+        builder = builder.certs(super::tls::certificates(path)?);
+    }
+    #[cfg(not(feature = "redis-tls"))]
+    let _ = tls_ca_file;
+    if let Some(first) = nodes.first() {
+        let settings = first.redis_settings();
+        if let Some(password) = settings.password() {
+            builder = builder.password(password);
+        }
+        if let Some(username) = settings.username() {
+            builder = builder.username(username);
+        }
+    }
+    Ok(builder)
 }
 
 /// The commands' connection, whichever the mode: what a script or command runs on.
@@ -131,6 +235,7 @@ enum Mode {
 enum Commands {
     Manager(ConnectionManager),
     Multiplexed(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 impl redis::aio::ConnectionLike for Commands {
@@ -138,6 +243,7 @@ impl redis::aio::ConnectionLike for Commands {
         match self {
             Commands::Manager(connection) => connection.req_packed_command(cmd),
             Commands::Multiplexed(connection) => connection.req_packed_command(cmd),
+            Commands::Cluster(connection) => connection.req_packed_command(cmd),
         }
     }
 
@@ -154,6 +260,9 @@ impl redis::aio::ConnectionLike for Commands {
             Commands::Multiplexed(connection) => {
                 connection.req_packed_commands(pipeline, offset, count)
             }
+            Commands::Cluster(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
         }
     }
 
@@ -161,6 +270,7 @@ impl redis::aio::ConnectionLike for Commands {
         match self {
             Commands::Manager(connection) => connection.get_db(),
             Commands::Multiplexed(connection) => connection.get_db(),
+            Commands::Cluster(connection) => connection.get_db(),
         }
     }
 }
@@ -211,6 +321,7 @@ impl Connection {
                 tls_ca_file,
                 wait,
             )?)),
+            Target::Cluster { nodes } => Mode::Cluster(Box::new(Cluster::new(nodes, tls_ca_file)?)),
         };
         Ok(Self {
             mode,
@@ -246,7 +357,31 @@ impl Connection {
                     .map_err(|_| io_error("no master is known"))?;
                 master.client.get_async_pubsub().await
             }
+            Mode::Cluster(_) => Err(io_error("a Redis Cluster's wake-ups are sharded")),
         }
+    }
+
+    /// Whether this is a Redis Cluster, whose wake-ups are sharded ([`Self::sharded_pubsub`]).
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self.mode, Mode::Cluster(_))
+    }
+
+    /// In a Redis Cluster: a new connection for sharded pub/sub (RESP3), whose pushes
+    /// (`SMESSAGE`, and the `SUNSUBSCRIBE` a slot's move sends) go to `pushes`. `SSUBSCRIBE` on it
+    /// is routed to the channel's slot.
+    pub(super) async fn sharded_pubsub(
+        &self,
+        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> RedisResult<redis::cluster_async::ClusterConnection> {
+        let Mode::Cluster(cluster) = &self.mode else {
+            return Err(io_error("sharded pub/sub is for a Redis Cluster"));
+        };
+        let client = cluster_builder(&cluster.nodes, cluster.tls_ca_file.as_deref())
+            .map_err(|_| io_error("the cluster's settings"))?
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(pushes)
+            .build()?;
+        client.get_async_connection().await
     }
 
     /// Runs a script; any failure is `store_unavailable`.
@@ -291,7 +426,7 @@ impl Connection {
             Mode::Direct {
                 waits: Some(waits), ..
             } => (Commands::Manager(waits.clone()), 0),
-            Mode::Direct { waits: None, .. } => return Ok(()),
+            Mode::Direct { waits: None, .. } | Mode::Cluster(_) => return Ok(()),
             Mode::Sentinel(follower) => match follower.master().await {
                 Ok(Master {
                     waits: Some(waits),
@@ -334,6 +469,13 @@ impl Connection {
             Mode::Direct { commands, .. } => Ok((Commands::Manager(commands.clone()), 0)),
             Mode::Sentinel(follower) => match follower.master().await {
                 Ok(master) => Ok((Commands::Multiplexed(master.commands), master.epoch)),
+                Err(error) => {
+                    self.metrics.store_round_trip(true);
+                    Err(error)
+                }
+            },
+            Mode::Cluster(cluster) => match cluster.commands().await {
+                Ok(commands) => Ok((Commands::Cluster(commands), 0)),
                 Err(error) => {
                     self.metrics.store_round_trip(true);
                     Err(error)

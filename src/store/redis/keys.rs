@@ -3,7 +3,11 @@
 //! Keys of one room share the `{room}` hash tag, so that a room script touches one hash slot;
 //! the deployment-wide keys (the rooms, the sweep index, the per-address counts, the peer count,
 //! the join buckets, the held bytes) share a tag of their own, `{<prefix>:global}`.
-//! `lua/room.lua` derives the rest of a room's keys from its peers hash the same way.
+//! `lua/room.lua` derives the rest of a room's keys, and its wake-up channels, from its peers
+//! hash the same way. In a Redis Cluster every room is on its room's slot and every
+//! deployment-wide key on the one slot of `{<prefix>:global}`, so that no script touches two
+//! slots (the held-bytes hash is then charged by the instance around the room scripts:
+//! `scripts.rs`, "Held bytes in a Redis Cluster").
 
 use crate::identity::{PeerId, RoomName};
 
@@ -60,8 +64,10 @@ impl Keys {
         self.of_room(room.as_str(), "peers")
     }
 
-    /// The channel that wakes `peer`'s readers (`lua/room.lua` names it the same way).
-    pub(super) fn wake(&self, peer: PeerId) -> String {
-        format!("{}:w:{peer}", self.prefix)
+    /// The channel that wakes `peer`'s readers, on its room's slot so that a Redis Cluster's
+    /// sharded pub/sub keeps it on the shard that holds the mailbox (`lua/room.lua` names it the
+    /// same way).
+    pub(super) fn wake(&self, room: &RoomName, peer: PeerId) -> String {
+        self.of_room(room.as_str(), &format!("w:{peer}"))
     }
 }

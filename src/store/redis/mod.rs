@@ -29,15 +29,22 @@
 //! delivered bytes, so that `mailbox_max_bytes`, the replay window's bytes and a read's byte
 //! budget are decided without copying a message. The bytes held per address and in total live
 //! in one deployment-wide hash, charged by the script that appends and released by the one that
-//! trims or removes, in the same step: nothing to undo if an instance dies in between.
+//! trims or removes, in the same step: nothing to undo if an instance dies in between. In a
+//! Redis Cluster that hash is on another slot than the room's, so there the instance charges a
+//! send before its script and applies what each room script answers it charged and released
+//! (`scripts.rs`, "Held bytes in a Redis Cluster").
+//!
+//! In a Redis Cluster (`redis_cluster_nodes`) each room's keys and wake-up channels are on its
+//! room's slot and the deployment-wide keys on one slot of their own, so that no script touches
+//! two slots; wake-ups use sharded pub/sub (`wakeups.rs`).
 //!
 //! With the `redis-tls` feature, a `rediss://` URL connects over TLS (`tls.rs`): both
 //! connections are made from one client that carries the TLS settings.
 //!
 //! # Layout
-//! - `connection.rs`: the way to Redis that everything below calls through (one Redis, or the
-//!   master that Redis Sentinel names, followed across failovers), and how a failure becomes
-//!   `503 store_unavailable`.
+//! - `connection.rs`: the way to Redis that everything below calls through (one Redis, the
+//!   master that Redis Sentinel names, followed across failovers, or a Redis Cluster), and how a
+//!   failure becomes `503 store_unavailable`.
 //! - `keys.rs`: the key layout and its hash tags.
 //! - `scripts.rs`: the Lua scripts, one typed call per script with a typed reply.
 //! - `records.rs`: how a peer and a message are kept (the token's digest, the peer record).
@@ -96,10 +103,14 @@ struct Inner {
     wakeups: wakeups::Wakeups,
     presence: presence::Presence,
     metrics: Metrics,
+    /// In a Redis Cluster, the client key of each token digest that sent through this instance
+    /// (`scripts::sender_client`); a `parking_lot::Mutex`, held for a lookup or an insert, never
+    /// across `.await`.
+    senders: parking_lot::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl RedisStore {
-    /// A store on `target` (one Redis, or the master that sentinels name), over TLS for
+    /// A store on `target` (one Redis, the master that sentinels name, or a Redis Cluster), over TLS for
     /// `rediss://` with `tls_ca_file`'s CAs if given; connects lazily, so this succeeds while
     /// Redis is down.
     pub fn new(
@@ -114,13 +125,14 @@ impl RedisStore {
         let timeout_ms = limits.peer_timeout.as_millis() as u64;
         let inner = Arc::new(Inner {
             connection,
-            scripts: Scripts::new(),
+            scripts: Scripts::new(matches!(target, Target::Cluster { .. })),
             keys: Keys::new(prefix),
             key_ttl_ms: (timeout_ms * 3).max(60_000),
             limits,
             wakeups: wakeups::Wakeups::new(),
             presence: presence::Presence::new(),
             metrics,
+            senders: Default::default(),
         });
         Ok(Self { inner })
     }
@@ -387,17 +399,14 @@ impl RedisStore {
 }
 
 impl Inner {
-    /// Runs a script through the connection (for `presence.rs`).
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> ApiResult<T> {
-        self.connection.run(invocation).await
+    /// Runs a room script through the connection (for `presence.rs`).
+    async fn run_room(&self, invocation: &redis::ScriptInvocation<'_>) -> ApiResult<Value> {
+        scripts::run_room(self, invocation).await
     }
 
     /// Room script `script` on the room whose peers hash is `peers` (for `presence.rs`).
     fn on_room<'a>(&'a self, script: &'a Script, peers: &str) -> redis::ScriptInvocation<'a> {
-        scripts::on_room(&self.keys, script, peers)
+        scripts::on_room(self, script, peers)
     }
 
     /// Gives back the places of peers that departed `room` in their addresses' counts and in

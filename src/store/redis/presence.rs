@@ -88,7 +88,7 @@ async fn touch(inner: &Inner, room: &RoomName, peers: &[PeerId]) -> crate::error
     for peer in peers {
         invocation.arg(peer.to_string());
     }
-    let _: i64 = inner.run(&invocation).await?;
+    inner.run_room(&invocation).await?;
     Ok(())
 }
 

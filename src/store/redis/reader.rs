@@ -45,7 +45,7 @@ impl Reader {
     }
 
     pub async fn subscribe(&self) -> ApiResult<crate::store::Wake> {
-        let channel = self.inner.keys.wake(self.peer);
+        let channel = self.inner.keys.wake(&self.room, self.peer);
         self.inner.wakeups.subscribe(channel, &self.inner).await
     }
 

@@ -30,19 +30,39 @@ const SWEEP_LIMIT: usize = 256;
 /// Expiry of the global keys: refreshed by every sweep tick, so they outlive instances that
 /// crashed by this much and no more.
 const GLOBAL_TTL: Duration = Duration::from_secs(3600);
+/// Senders' client keys an instance keeps in a Redis Cluster ([`sender_client`]): about 100
+/// bytes each, so at most a few MB.
+const SENDERS_KEPT: usize = 50_000;
 
+/// A room script: `lua/room.lua`, then the script's own file. In a Redis Cluster's build the
+/// script's own part runs as a function, so that whatever it returns is answered beside the
+/// held bytes it charged and released (`{reply, {client key, delta, ...}}`, room.lua's
+/// `held_reply`), which [`run_room`] applies.
 macro_rules! room_script {
-    ($file:literal) => {
-        Script::new(concat!(
-            include_str!("lua/room.lua"),
-            include_str!(concat!("lua/", $file))
-        ))
+    ($cluster:expr, $file:literal) => {
+        if $cluster {
+            Script::new(concat!(
+                include_str!("lua/room.lua"),
+                "\nlocal function main()\n",
+                include_str!(concat!("lua/", $file)),
+                "\nend\nlocal reply = main()\nif reply == nil then reply = false end\n",
+                "return {reply, held_reply()}\n"
+            ))
+        } else {
+            Script::new(concat!(
+                include_str!("lua/room.lua"),
+                include_str!(concat!("lua/", $file))
+            ))
+        }
     };
 }
 
 /// The scripts, hashed once: `EVALSHA` after the first use, reloaded on `NOSCRIPT` (a Redis
 /// restarted empty forgets them).
 pub(super) struct Scripts {
+    /// Built for a Redis Cluster: the room scripts take no held-bytes hash and answer what they
+    /// charged beside their reply (see [`run_room`]).
+    cluster: bool,
     join: Script,
     leave: Script,
     send: Script,
@@ -58,20 +78,25 @@ pub(super) struct Scripts {
     due: Script,
     clients: Script,
     joins: Script,
+    charge_held: Script,
+    settle_held: Script,
+    sender: Script,
 }
 
 impl Scripts {
-    pub(super) fn new() -> Self {
+    /// The scripts, built for a Redis Cluster when `cluster`.
+    pub(super) fn new(cluster: bool) -> Self {
         Self {
-            join: room_script!("join.lua"),
-            leave: room_script!("leave.lua"),
-            send: room_script!("send.lua"),
-            authorize: room_script!("authorize.lua"),
-            open: room_script!("open.lua"),
-            read: room_script!("read.lua"),
-            ack: room_script!("ack.lua"),
-            touch: room_script!("touch.lua"),
-            sweep: room_script!("sweep.lua"),
+            cluster,
+            join: room_script!(cluster, "join.lua"),
+            leave: room_script!(cluster, "leave.lua"),
+            send: room_script!(cluster, "send.lua"),
+            authorize: room_script!(cluster, "authorize.lua"),
+            open: room_script!(cluster, "open.lua"),
+            read: room_script!(cluster, "read.lua"),
+            ack: room_script!(cluster, "ack.lua"),
+            touch: room_script!(cluster, "touch.lua"),
+            sweep: room_script!(cluster, "sweep.lua"),
             reserve: Script::new(concat!(
                 include_str!("lua/join_rate.lua"),
                 include_str!("lua/reserve.lua")
@@ -84,16 +109,152 @@ impl Scripts {
                 include_str!("lua/join_rate.lua"),
                 include_str!("lua/joins.lua")
             )),
+            charge_held: Script::new(include_str!("lua/charge_held.lua")),
+            settle_held: Script::new(include_str!("lua/settle_held.lua")),
+            sender: Script::new(include_str!("lua/sender.lua")),
         }
     }
 }
 
 /// Room script `script` on the room whose peers hash is `peers`, with the held-bytes hash as
-/// its second key, as `lua/room.lua` takes them.
-pub(super) fn on_room<'a>(keys: &'a Keys, script: &'a Script, peers: &str) -> ScriptInvocation<'a> {
+/// its second key (not in a Redis Cluster), as `lua/room.lua` takes them.
+pub(super) fn on_room<'a>(
+    inner: &'a Inner,
+    script: &'a Script,
+    peers: &str,
+) -> ScriptInvocation<'a> {
     let mut invocation = script.key(peers);
-    invocation.key(&keys.held);
+    if !inner.scripts.cluster {
+        invocation.key(&inner.keys.held);
+    }
     invocation
+}
+
+// ---- Held bytes in a Redis Cluster ----
+//
+// The held-bytes hash (`client_max_held_bytes`, `max_held_bytes`) is deployment-wide, on the
+// `{<prefix>:global}` slot, and a room script is on its room's: in a Redis Cluster no script
+// may touch both. So there a room script returns what it charged and released beside its reply,
+// and the instance applies it to the hash (`settle_held.lua`); a send is charged before its
+// script, at its most, against both limits (`charge_held.lua`), and the script gives back
+// what it did not store. The limits stay exact (the check and the charge are one step on the
+// hash's slot); the cost is a round trip to that slot's master per send (two when the charge
+// must be evened out: a broadcast, an eviction, a refusal), and per read that frees bytes. A
+// send whose script fails gives its charge back (it most likely never ran); an instance that
+// dies between the steps, or a settlement that fails, leaves the counts off until the hash
+// expires (an hour after the last instance stops: `due.lua` keeps it).
+
+/// Runs a room script and returns its reply; in a Redis Cluster, also applies the held bytes
+/// it answered beside it (best effort: a failure there is logged, and the script's answer
+/// stands, since the script committed).
+pub(super) async fn run_room(inner: &Inner, invocation: &ScriptInvocation<'_>) -> ApiResult<Value> {
+    let value: Value = inner.connection.run(invocation).await?;
+    if !inner.scripts.cluster {
+        return Ok(value);
+    }
+    let Value::Array(mut pair) = value else {
+        return Err(unexpected(
+            "a cluster room script's reply without its held bytes",
+        ));
+    };
+    let (Some(held), Some(reply), true) = (pair.pop(), pair.pop(), pair.is_empty()) else {
+        return Err(unexpected("a cluster room script's reply of another shape"));
+    };
+    let deltas = Reply::new(held)?.deltas()?;
+    if !deltas.is_empty() {
+        if let Err(error) = settle_held(inner, &deltas).await {
+            crate::logging::warn(format_args!(
+                "redis: held bytes not settled ({error:?}): counts stay too high until they expire"
+            ));
+        }
+    }
+    Ok(reply)
+}
+
+/// `lua/settle_held.lua`: applies `deltas` (client key, bytes) to the held-bytes hash.
+async fn settle_held(inner: &Inner, deltas: &[(String, i64)]) -> ApiResult<()> {
+    let mut invocation = inner.scripts.settle_held.key(&inner.keys.held);
+    invocation.arg(inner.key_ttl_ms);
+    for (client, delta) in deltas {
+        invocation.arg(client).arg(*delta);
+    }
+    let _: Value = inner.connection.run(&invocation).await?;
+    Ok(())
+}
+
+/// A send's charge in a Redis Cluster, made before its script: `(client key, bytes, refusal)`
+/// as send.lua takes them (ARGV 13-15).
+async fn charge_send(
+    inner: &Inner,
+    room: &RoomName,
+    digest: &str,
+    batch: &[Outgoing],
+) -> ApiResult<(String, u64, &'static str)> {
+    let limits = &inner.limits;
+    let broadcast = batch.iter().any(|message| message.to.is_none());
+    let Some((client, peers)) = sender_client(inner, room, digest, broadcast).await? else {
+        // No such token: the script answers why, before any charge matters.
+        return Ok((String::new(), 0, ""));
+    };
+    // A peer that joins between this count and the script is charged by the settlement after
+    // (the limit may then be passed by that one copy of the batch).
+    let everyone = peers.saturating_sub(1) as u64;
+    let bytes: u64 = batch
+        .iter()
+        .map(|message| {
+            let recipients = if message.to.is_some() { 1 } else { everyone };
+            message.draft.signed_len() as u64 * recipients
+        })
+        .sum();
+    let refusal: String = inner
+        .connection
+        .run(
+            inner
+                .scripts
+                .charge_held
+                .key(&inner.keys.held)
+                .arg(&client)
+                .arg(bytes)
+                .arg(limits.client_max_held_bytes)
+                .arg(limits.max_held_bytes)
+                .arg(inner.key_ttl_ms),
+        )
+        .await?;
+    Ok(match refusal.as_str() {
+        "" => (client, bytes, ""),
+        "too_many_bytes_held" => (client, 0, "too_many_bytes_held"),
+        "server_full" => (client, 0, "server_full"),
+        other => return Err(unexpected(other)),
+    })
+}
+
+/// The client key of the peer whose token has `digest` (`lua/sender.lua`), kept per digest (a
+/// peer's client key never changes), and, when `count` (a broadcast), the room's peers now (0
+/// otherwise). `None` when the token is no peer's.
+async fn sender_client(
+    inner: &Inner,
+    room: &RoomName,
+    digest: &str,
+    count: bool,
+) -> ApiResult<Option<(String, usize)>> {
+    if !count {
+        if let Some(client) = inner.senders.lock().get(digest) {
+            return Ok(Some((client.clone(), 0)));
+        }
+    }
+    let sender: Option<(String, usize)> = inner
+        .connection
+        .run(inner.scripts.sender.key(inner.keys.peers(room)).arg(digest))
+        .await?;
+    if let Some((client, _)) = &sender {
+        let mut senders = inner.senders.lock();
+        // A bound on memory: forgetting costs one round trip per sender, once.
+        if senders.len() >= SENDERS_KEPT {
+            senders.clear();
+        }
+        senders.insert(digest.to_owned(), client.clone());
+    }
+    Ok(sender)
 }
 
 /// `script` on the two deployment-wide keys, in the order `reserve`, `created` and `release`
@@ -240,23 +401,22 @@ pub(super) async fn join(
         meta: peer.info.meta.clone(),
     };
     let info = serde_json::to_string(&info).map_err(|_| Error::Internal("peer info"))?;
-    let reply: Value = inner
-        .connection
-        .run(
-            on_room(&inner.keys, &inner.scripts.join, &inner.keys.peers(room))
-                .arg(peer.info.peer_id.to_string())
-                .arg(digest(peer.token.reveal()))
-                .arg(client.unwrap_or_default())
-                .arg(info)
-                .arg(stored(announcement))
-                .arg(limits.max_peers_per_room)
-                .arg(limits.mailbox_capacity)
-                .arg(limits.send_burst)
-                .arg(limits.peer_timeout.as_millis() as u64)
-                .arg(inner.key_ttl_ms)
-                .arg(limits.mailbox_max_bytes),
-        )
-        .await?;
+    let reply: Value = run_room(
+        inner,
+        on_room(inner, &inner.scripts.join, &inner.keys.peers(room))
+            .arg(peer.info.peer_id.to_string())
+            .arg(digest(peer.token.reveal()))
+            .arg(client.unwrap_or_default())
+            .arg(info)
+            .arg(stored(announcement))
+            .arg(limits.max_peers_per_room)
+            .arg(limits.mailbox_capacity)
+            .arg(limits.send_burst)
+            .arg(limits.peer_timeout.as_millis() as u64)
+            .arg(inner.key_ttl_ms)
+            .arg(limits.mailbox_max_bytes),
+    )
+    .await?;
     JoinAnswer::parse(reply)
 }
 
@@ -427,17 +587,16 @@ pub(super) async fn leave(
     peer: PeerId,
     token: Option<&str>,
 ) -> ApiResult<Removed> {
-    let reply: Value = inner
-        .connection
-        .run(
-            on_room(&inner.keys, &inner.scripts.leave, &inner.keys.peers(room))
-                .arg(peer.to_string())
-                .arg(token.map(digest).unwrap_or_default())
-                .arg(inner.limits.mailbox_capacity)
-                .arg(inner.key_ttl_ms)
-                .arg(inner.limits.mailbox_max_bytes),
-        )
-        .await?;
+    let reply: Value = run_room(
+        inner,
+        on_room(inner, &inner.scripts.leave, &inner.keys.peers(room))
+            .arg(peer.to_string())
+            .arg(token.map(digest).unwrap_or_default())
+            .arg(inner.limits.mailbox_capacity)
+            .arg(inner.key_ttl_ms)
+            .arg(inner.limits.mailbox_max_bytes),
+    )
+    .await?;
     Removed::parse(reply)?.map_err(|refusal| refusal.error(&inner.limits))
 }
 
@@ -465,9 +624,15 @@ pub(super) async fn send(
     key: Option<&IdempotencyKey>,
 ) -> ApiResult<Delivered> {
     let limits = &inner.limits;
-    let mut invocation = on_room(&inner.keys, &inner.scripts.send, &inner.keys.peers(room));
+    let digest = token.map(digest).unwrap_or_default();
+    let (charged_client, charged, charge_refusal) = if inner.scripts.cluster {
+        charge_send(inner, room, &digest, batch).await?
+    } else {
+        (String::new(), 0, "")
+    };
+    let mut invocation = on_room(inner, &inner.scripts.send, &inner.keys.peers(room));
     invocation
-        .arg(token.map(digest).unwrap_or_default())
+        .arg(&digest)
         .arg(limits.mailbox_capacity)
         .arg(limits.send_rate_per_sec)
         .arg(limits.send_burst)
@@ -484,7 +649,14 @@ pub(super) async fn send(
     };
     invocation
         .arg(limits.idempotency_window.as_millis() as u64)
-        .arg(limits.idempotency_keys_per_peer);
+        .arg(limits.idempotency_keys_per_peer)
+        .arg(&charged_client)
+        .arg(if inner.scripts.cluster {
+            charged.to_string()
+        } else {
+            String::new()
+        })
+        .arg(charge_refusal);
     for message in batch {
         invocation.arg(message.to.map(|to| to.to_string()).unwrap_or_default());
         let draft = &message.draft;
@@ -494,7 +666,18 @@ pub(super) async fn send(
         value.push_str(draft.unsigned_body());
         invocation.arg(value);
     }
-    let reply: Value = inner.connection.run(&invocation).await?;
+    let reply = match run_room(inner, &invocation).await {
+        Ok(reply) => reply,
+        Err(error) => {
+            // Most likely the script never ran (its node is gone): give the charge back, best
+            // effort. Had it run, what it stored is counted too low until it is read or
+            // dropped (a count never goes below 0), rather than too high for good.
+            if charged > 0 {
+                let _ = settle_held(inner, &[(charged_client, -(charged as i64))]).await;
+            }
+            return Err(error);
+        }
+    };
     Delivered::parse(reply)?.map_err(|refusal| refusal.error(limits))
 }
 
@@ -546,6 +729,7 @@ pub(super) async fn due(inner: &Inner) -> ApiResult<Vec<String>> {
                 .key(&keys.clients)
                 .key(&keys.client_rooms)
                 .key(&keys.peer_count)
+                .key(&keys.held)
                 .arg(SWEEP_LIMIT)
                 .arg(global_ttl_ms()),
         )
@@ -554,15 +738,14 @@ pub(super) async fn due(inner: &Inner) -> ApiResult<Vec<String>> {
 
 /// `lua/sweep.lua`: times out the peers of `room` whose deadline has passed.
 pub(super) async fn sweep(inner: &Inner, room: &RoomName) -> ApiResult<Swept> {
-    let reply: Value = inner
-        .connection
-        .run(
-            on_room(&inner.keys, &inner.scripts.sweep, &inner.keys.peers(room))
-                .arg(inner.limits.mailbox_capacity)
-                .arg(inner.key_ttl_ms)
-                .arg(inner.limits.mailbox_max_bytes),
-        )
-        .await?;
+    let reply: Value = run_room(
+        inner,
+        on_room(inner, &inner.scripts.sweep, &inner.keys.peers(room))
+            .arg(inner.limits.mailbox_capacity)
+            .arg(inner.key_ttl_ms)
+            .arg(inner.limits.mailbox_max_bytes),
+    )
+    .await?;
     Swept::parse(reply)
 }
 
@@ -623,20 +806,15 @@ pub(super) async fn authorize(
     peer: PeerId,
     token: Option<&str>,
 ) -> ApiResult<()> {
-    let reply: Value = inner
-        .connection
-        .run(
-            on_room(
-                &inner.keys,
-                &inner.scripts.authorize,
-                &inner.keys.peers(room),
-            )
+    let reply: Value = run_room(
+        inner,
+        on_room(inner, &inner.scripts.authorize, &inner.keys.peers(room))
             .arg(peer.to_string())
             .arg(token.map(digest).unwrap_or_default())
             .arg(inner.limits.peer_timeout.as_millis() as u64)
             .arg(inner.key_ttl_ms),
-        )
-        .await?;
+    )
+    .await?;
     ok_or_refusal(reply)?
         .map(drop)
         .map_err(|refusal| refusal.error(&inner.limits))
@@ -666,17 +844,16 @@ pub(super) async fn open(
     kind: &str,
     acknowledge: Option<u64>,
 ) -> ApiResult<Opened> {
-    let reply: Value = inner
-        .connection
-        .run(
-            on_room(&inner.keys, &inner.scripts.open, &reader.peers)
-                .arg(&reader.peer)
-                .arg(acknowledge.map(|id| id.to_string()).unwrap_or_default())
-                .arg(inner.limits.replay_window)
-                .arg(inner.limits.replay_window_bytes)
-                .arg(kind),
-        )
-        .await?;
+    let reply: Value = run_room(
+        inner,
+        on_room(inner, &inner.scripts.open, &reader.peers)
+            .arg(&reader.peer)
+            .arg(acknowledge.map(|id| id.to_string()).unwrap_or_default())
+            .arg(inner.limits.replay_window)
+            .arg(inner.limits.replay_window_bytes)
+            .arg(kind),
+    )
+    .await?;
     Opened::parse(reply)
 }
 
@@ -704,27 +881,26 @@ pub(super) async fn read(
     ticket: Option<Ticket>,
     max_bytes: usize,
 ) -> ApiResult<Read> {
-    let reply: Value = inner
-        .connection
-        .run(
-            on_room(&inner.keys, &inner.scripts.read, &reader.peers)
-                .arg(&reader.peer)
-                .arg(cursor)
-                .arg(acknowledge.map(|id| id.to_string()).unwrap_or_default())
-                .arg(match ticket {
-                    Some(Ticket::Stream(StreamTicket(epoch))) => epoch.to_string(),
-                    _ => String::new(),
-                })
-                .arg(inner.limits.replay_window)
-                .arg(READ_LIMIT)
-                .arg(inner.limits.replay_window_bytes)
-                .arg(max_bytes)
-                .arg(match ticket {
-                    Some(Ticket::Poll(PollTicket(epoch))) => epoch.to_string(),
-                    _ => String::new(),
-                }),
-        )
-        .await?;
+    let reply: Value = run_room(
+        inner,
+        on_room(inner, &inner.scripts.read, &reader.peers)
+            .arg(&reader.peer)
+            .arg(cursor)
+            .arg(acknowledge.map(|id| id.to_string()).unwrap_or_default())
+            .arg(match ticket {
+                Some(Ticket::Stream(StreamTicket(epoch))) => epoch.to_string(),
+                _ => String::new(),
+            })
+            .arg(inner.limits.replay_window)
+            .arg(READ_LIMIT)
+            .arg(inner.limits.replay_window_bytes)
+            .arg(max_bytes)
+            .arg(match ticket {
+                Some(Ticket::Poll(PollTicket(epoch))) => epoch.to_string(),
+                _ => String::new(),
+            }),
+    )
+    .await?;
     parse_read(reply)
 }
 
@@ -776,16 +952,15 @@ pub(super) async fn acknowledge(
     reader: &ReaderKeys,
     acknowledge: u64,
 ) -> ApiResult<()> {
-    let _: i64 = inner
-        .connection
-        .run(
-            on_room(&inner.keys, &inner.scripts.ack, &reader.peers)
-                .arg(&reader.peer)
-                .arg(acknowledge)
-                .arg(inner.limits.replay_window)
-                .arg(inner.limits.replay_window_bytes),
-        )
-        .await?;
+    let _: Value = run_room(
+        inner,
+        on_room(inner, &inner.scripts.ack, &reader.peers)
+            .arg(&reader.peer)
+            .arg(acknowledge)
+            .arg(inner.limits.replay_window)
+            .arg(inner.limits.replay_window_bytes),
+    )
+    .await?;
     Ok(())
 }
 
@@ -848,6 +1023,20 @@ impl Reply {
                     String::from_utf8(bytes).map_err(|_| unexpected("bytes"))
                 }
                 other => Err(unexpected(&format!("{other:?}"))),
+            })
+            .collect()
+    }
+
+    /// A cluster room script's held bytes: `client key, delta, …` (the whole reply).
+    fn deltas(self) -> ApiResult<Vec<(String, i64)>> {
+        self.0
+            .chunks(2)
+            .map(|pair| match pair {
+                [Value::BulkString(client), Value::Int(delta)] => Ok((
+                    String::from_utf8(client.clone()).map_err(|_| unexpected("bytes"))?,
+                    *delta,
+                )),
+                _ => Err(unexpected("an odd list of held bytes")),
             })
             .collect()
     }
@@ -1268,6 +1457,40 @@ mod tests {
             ]),
         ] {
             assert!(is_unexpected(parse_read(shape.clone())), "{shape:?}");
+        }
+    }
+
+    /// A cluster room script's held bytes: pairs of client key and delta (the key "" for what
+    /// is charged to no address), and an odd or mistyped list is an error, never a panic.
+    #[test]
+    fn held_deltas_read_pairs() {
+        let deltas = Reply::new(array(vec![
+            text("198.51.100.7"),
+            Value::Int(-120),
+            text(""),
+            Value::Int(64),
+        ]))
+        .unwrap()
+        .deltas()
+        .unwrap();
+        assert_eq!(
+            deltas,
+            [("198.51.100.7".to_owned(), -120), (String::new(), 64)]
+        );
+        assert!(Reply::new(array(vec![]))
+            .unwrap()
+            .deltas()
+            .unwrap()
+            .is_empty());
+        for shape in [
+            array(vec![text("198.51.100.7")]),
+            array(vec![Value::Int(1), Value::Int(2)]),
+            array(vec![text("198.51.100.7"), text("12")]),
+        ] {
+            assert!(
+                is_unexpected(Reply::new(shape.clone()).unwrap().deltas()),
+                "{shape:?}"
+            );
         }
     }
 

@@ -32,6 +32,20 @@ pub fn client(
         return redis::Client::open(connection_info)
             .map_err(|error| format!("signpost.{key} is not usable: {error}"));
     };
+    let certificates = certificates(path)?;
+    redis::Client::build_with_tls(connection_info, certificates).map_err(|error| {
+        format!(
+            "signpost.redis_tls_ca_file ({}) is not usable: {error}",
+            path.display()
+        )
+    })
+}
+
+/// `ca_file`'s certificates, as the redis crate takes them (also for a Redis Cluster's client,
+/// which has a builder of its own). A file that cannot be read, or holds no certificate, is
+/// refused here, at start.
+pub fn certificates(path: &Path) -> Result<TlsCertificates, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let refused = |why: String| format!("signpost.redis_tls_ca_file ({}) {why}", path.display());
     let pem = std::fs::read(path).map_err(|error| refused(format!("cannot be read: {error}")))?;
     let certificates = CertificateDer::pem_slice_iter(&pem)
@@ -44,10 +58,8 @@ pub fn client(
             "holds no certificate (a PEM file of -----BEGIN CERTIFICATE----- blocks)".into(),
         ));
     }
-    let certificates = TlsCertificates {
+    Ok(TlsCertificates {
         client_tls: None,
         root_cert: Some(pem),
-    };
-    redis::Client::build_with_tls(connection_info, certificates)
-        .map_err(|error| refused(format!("is not usable: {error}")))
+    })
 }

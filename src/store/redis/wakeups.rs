@@ -12,6 +12,14 @@
 //! wakes every reader, who reads its mailbox again: wake-ups lost in between delay nothing
 //! further and lose nothing. A periodic PING finds a connection that died silently.
 //!
+//! In a Redis Cluster the channels are sharded (`SSUBSCRIBE`, on the room's slot, which the
+//! cluster connection routes to the slot's owner): [`spawn_sharded`]. The redis crate does not
+//! follow a slot that moves (design note, finding 9): the server then pushes a `SUNSUBSCRIBE`
+//! of its channels, and the subscription is gone. So a `SUNSUBSCRIBE` this instance did not ask
+//! for (its channel still has readers or lingers) is subscribed again, retried until it holds,
+//! and that channel's readers read once more, since wake-ups published meanwhile were lost; a
+//! lost connection (a node gone) subscribes every channel again and wakes every reader.
+//!
 //! With Sentinel, every (re)connection goes to the master the commands' connection resolved
 //! (`connection.rs`), and the task also reconnects whenever that connection is found stale
 //! (`+switch-master`, a failover's start, `ROLE`, an error saying the master went): the old
@@ -200,6 +208,10 @@ pub fn spawn(inner: Arc<Inner>, mut shutdown: rocket::Shutdown) {
     let Some(mut commands) = inner.wakeups.receiver.lock().take() else {
         return;
     };
+    if inner.connection.is_cluster() {
+        tokio::spawn(spawn_sharded(inner, commands, shutdown));
+        return;
+    }
     let mut switched = inner.connection.switched();
     tokio::spawn(async move {
         let mut connected_before = false;
@@ -287,4 +299,145 @@ pub fn spawn(inner: Arc<Inner>, mut shutdown: rocket::Shutdown) {
             inner.wakeups.wake_all();
         }
     });
+}
+
+/// The wake-ups' task in a Redis Cluster: sharded pub/sub on a RESP3 cluster connection, whose
+/// pushes arrive on a channel of their own (see the module's doc).
+async fn spawn_sharded(
+    inner: Arc<Inner>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut shutdown: rocket::Shutdown,
+) {
+    let mut connected_before = false;
+    loop {
+        let (sender, mut pushes) = mpsc::unbounded_channel();
+        let connection = select! {
+            connection = timeout(PATIENCE, inner.connection.sharded_pubsub(sender)) => connection,
+            _ = &mut shutdown => return,
+        };
+        let Ok(Ok(mut connection)) = connection else {
+            while let Ok(command) = commands.try_recv() {
+                let _ = command.confirm.send(false);
+            }
+            select! {
+                _ = sleep(RECONNECT_DELAY) => continue,
+                _ = &mut shutdown => return,
+            }
+        };
+        inner.wakeups.unconfirm_all();
+        let channels: Vec<String> = inner.wakeups.channels.lock().keys().cloned().collect();
+        if !ssubscribe_all(&mut connection, &channels).await {
+            continue;
+        }
+        inner.wakeups.confirm_all();
+        if connected_before {
+            inner.metrics.store_reconnected();
+        }
+        connected_before = true;
+        inner.wakeups.wake_all();
+
+        let mut linger = tokio::time::interval(PING_EVERY);
+        linger.tick().await;
+        loop {
+            select! {
+                command = commands.recv() => match command {
+                    None => return,
+                    Some(Command { channel, confirm }) => {
+                        let done = matches!(
+                            timeout(PATIENCE, connection.ssubscribe(&channel)).await,
+                            Ok(Ok(()))
+                        );
+                        let _ = confirm.send(done);
+                    }
+                },
+                push = pushes.recv() => match push {
+                    None => break,
+                    Some(push) => match push.kind {
+                        redis::PushKind::SMessage => {
+                            if let Some(channel) = push_channel(&push) {
+                                inner.metrics.store_woke();
+                                inner.wakeups.wake(&channel);
+                            }
+                        }
+                        // A slot moved: the server dropped the subscription. Unless this
+                        // instance asked (the channel is gone from the map), subscribe again,
+                        // on the slot's new owner, and have its readers read once more.
+                        redis::PushKind::SUnsubscribe => {
+                            let Some(channel) = push_channel(&push) else { continue };
+                            if !inner.wakeups.channels.lock().contains_key(&channel) {
+                                continue;
+                            }
+                            logging::info(format_args!(
+                                "redis: the cluster unsubscribed {channel} (its slot moved); subscribing again"
+                            ));
+                            let started = Instant::now();
+                            while !matches!(
+                                timeout(PATIENCE, connection.ssubscribe(&channel)).await,
+                                Ok(Ok(()))
+                            ) {
+                                if started.elapsed() > PATIENCE * 5 {
+                                    break;
+                                }
+                                sleep(RESUBSCRIBE_DELAY).await;
+                            }
+                            inner.wakeups.wake(&channel);
+                        }
+                        // A node's connection went: the crate subscribes again where it can;
+                        // subscribe every channel again to be sure, and wake every reader.
+                        redis::PushKind::Disconnection => {
+                            let channels: Vec<String> =
+                                inner.wakeups.channels.lock().keys().cloned().collect();
+                            let subscribed = ssubscribe_all(&mut connection, &channels).await;
+                            inner.wakeups.wake_all();
+                            if !subscribed {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    },
+                },
+                _ = linger.tick() => {
+                    for channel in inner.wakeups.expired(Instant::now()) {
+                        let _ = timeout(PATIENCE, connection.sunsubscribe(&channel)).await;
+                    }
+                }
+                _ = &mut shutdown => return,
+            }
+        }
+        logging::warn(format_args!(
+            "redis: cluster wake-up connection lost; reconnecting"
+        ));
+        inner.wakeups.unconfirm_all();
+        inner.wakeups.wake_all();
+    }
+}
+
+/// Between two attempts to subscribe a channel again after its slot moved: the slot's new owner
+/// answers within a few milliseconds of the move, or, after a failover, once the replica is
+/// promoted.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(100);
+
+/// `SSUBSCRIBE` of each of `channels` (each routed to its slot); false if one failed.
+async fn ssubscribe_all(
+    connection: &mut redis::cluster_async::ClusterConnection,
+    channels: &[String],
+) -> bool {
+    for channel in channels {
+        if !matches!(
+            timeout(PATIENCE, connection.ssubscribe(channel)).await,
+            Ok(Ok(()))
+        ) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The channel a push is about (its first element).
+fn push_channel(push: &redis::PushInfo) -> Option<String> {
+    match push.data.first()? {
+        redis::Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        redis::Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    }
 }

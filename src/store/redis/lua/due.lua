@@ -1,7 +1,8 @@
 -- The rooms due for a sweep: whose earliest presence deadline has passed, by Redis's clock.
 -- Also keeps the deployment-wide keys from expiring while any instance runs.
 -- KEYS[1]: the sweep index. KEYS[2..]: the other deployment-wide keys (the rooms zset, the
--- clients and client rooms hashes, the peer count).
+-- clients and client rooms hashes, the peer count, the held bytes: in a Redis Cluster the room
+-- scripts cannot refresh the last).
 -- ARGV: most rooms to return, expiry of these keys (ms).
 -- Reply: room names.
 local t = redis.call('TIME')

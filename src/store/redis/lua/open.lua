@@ -25,5 +25,5 @@ else
 end
 save(peer, box)
 flush()
-redis.call('PUBLISH', k_wake(peer), '1')
+wake_up(peer)
 return {'ok', epoch, box.last}

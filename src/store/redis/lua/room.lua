@@ -7,8 +7,12 @@
 -- KEYS[2] is the deployment-wide held-bytes hash, "<prefix>:{<prefix>:global}:held": client key
 -- -> bytes its sends hold in mailboxes, and "*" -> bytes held in all mailboxes. It is charged
 -- and released in the same script as the mailbox it counts (one round trip per send, and
--- nothing to undo if an instance dies in between), which puts a room script on two slots: a
--- Redis Cluster would need both in one node (README, "Redis Cluster").
+-- nothing to undo if an instance dies in between).
+-- In a Redis Cluster that would put a room script on two slots, so there KEYS[2] is not given:
+-- the script then changes no held bytes itself but returns what it would have charged and
+-- released (`held_reply`), and the instance applies it to the hash (scripts.rs, "Held bytes in
+-- a Redis Cluster"); each script is then wrapped so that it answers {its reply, that list}.
+-- The wake-ups are then published with SPUBLISH (sharded pub/sub, on the room's slot).
 --
 -- Keys of a room:
 --   peers      hash  peer id -> "<join seq>\n<token digest>\n<client key>\n<name and meta JSON>"
@@ -36,9 +40,9 @@
 --                    newest entry, and go with the peer
 --   rid        string, this server's replication id, kept a second without replication
 --                    (`server_rid`, "Seal")
--- Channel "<prefix>:w:<peer>" wakes the peer's readers; it carries nothing they rely on. (Peer
--- ids are unique across rooms, and a shorter channel name is less for Redis to keep per
--- listening peer.)
+-- Channel "<prefix>:{<room>}:w:<peer>" wakes the peer's readers; it carries nothing they rely
+-- on. It has the room's hash tag, so that in a Redis Cluster it is a sharded channel of the
+-- room's slot, published and heard on the shard that holds the mailbox.
 
 local base = string.sub(KEYS[1], 1, #KEYS[1] - 5) -- strip "peers"
 local K_PEERS = KEYS[1]
@@ -47,6 +51,8 @@ local K_SEEN = base .. 'seen'
 local K_SEQ = base .. 'seq'
 local K_BOXES = base .. 'boxes'
 local K_HELD = KEYS[2]
+-- A Redis Cluster's build: no held-bytes hash here, sharded wake-ups.
+local CLUSTER = K_HELD == nil
 local function k_list(peer) return base .. 'm:' .. peer end
 local function k_sizes(peer) return base .. 's:' .. peer end
 local function k_sends(peer) return base .. 'i:' .. peer end
@@ -106,6 +112,10 @@ local function add_held(field, delta)
   return count
 end
 
+-- In a Redis Cluster, what `flush` would have added to K_HELD, by client key: the instance
+-- applies it (`held_reply`).
+local held_out = {}
+
 -- Writes the changed mailbox states and the held bytes back; every script that saves calls it
 -- before returning.
 local function flush()
@@ -117,6 +127,13 @@ local function flush()
       (box.gen > 0 and fmt(box.gen) or '') .. ',' .. box.rid)
   end
   dirty = {}
+  if CLUSTER then
+    for client, delta in pairs(held) do
+      held_out[client] = (held_out[client] or 0) + delta
+    end
+    held = {}
+    return
+  end
   local total = 0
   for client, delta in pairs(held) do
     if delta ~= 0 then
@@ -131,8 +148,26 @@ local function flush()
   end
   held = {}
 end
-local prefix = string.match(base, '^(.*):{')
-local function k_wake(peer) return prefix .. ':w:' .. peer end
+local function k_wake(peer) return base .. 'w:' .. peer end
+local function wake_up(peer)
+  redis.call(CLUSTER and 'SPUBLISH' or 'PUBLISH', k_wake(peer), '1')
+end
+
+-- The held bytes a Redis Cluster's build returns beside its reply: {client key, delta, ...},
+-- what was flushed and what was charged after (a refusal returns before its flush).
+local function held_reply()
+  for client, delta in pairs(held) do
+    held_out[client] = (held_out[client] or 0) + delta
+  end
+  local flat = {}
+  for client, delta in pairs(held_out) do
+    if delta ~= 0 then
+      table.insert(flat, client)
+      table.insert(flat, delta)
+    end
+  end
+  return flat
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -366,7 +401,7 @@ end
 local function finish(refresh)
   flush()
   for peer, _ in pairs(woken) do
-    redis.call('PUBLISH', k_wake(peer), '1')
+    wake_up(peer)
   end
   if not refresh then return end
   if not emptied then

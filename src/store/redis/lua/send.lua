@@ -13,12 +13,19 @@
 -- (idempotency_key_reused) when not; an accepted send is remembered with its append, the
 -- oldest key forgotten past the per-peer cap. Refusals are not remembered. Without a key the
 -- script does nothing of this.
--- KEYS[1]: the room's peers hash. KEYS[2]: the held-bytes hash.
+-- In a Redis Cluster (no KEYS[2], room.lua) the instance has charged the batch's bytes at
+-- their most (every recipient of the room) to the sender's client key before this script, and
+-- says so in ARGV: the script gives that charge back in its held-bytes reply and charges what
+-- it stores, so that the instance's settlement leaves exactly what is held; or the instance
+-- says which limit the charge was refused by, and the script answers that refusal where it
+-- would have checked the limits itself (after the rate, as "Which error wins" orders them).
+-- KEYS[1]: the room's peers hash. KEYS[2]: the held-bytes hash (not in a Redis Cluster).
 -- ARGV: token digest ("" when none), mailbox capacity, rate (per second), burst, key expiry
 --       (ms), mailbox max bytes, client max held bytes, max held bytes, idempotency key ("" for
---       none), the batch's fingerprint (32 hex), idempotency window (ms), keys per peer, then
---       for each message: recipient id ("" for everyone else) and
---       "<type> <envelope without from and id>".
+--       none), the batch's fingerprint (32 hex), idempotency window (ms), keys per peer,
+--       (Redis Cluster, else "") the client key charged, the bytes charged, the refusal the
+--       charge met ("" for none), then for each message: recipient id ("" for everyone
+--       else) and "<type> <envelope without from and id>".
 -- Reply: {error code [, message index | retry after (ms)]} or
 --        {"ok", accepted, {departures: peer, reason, client key, ...}, emptied (0/1), now (µs)},
 --        and a sixth element "replayed" when the send was answered from its idempotency key.
@@ -30,7 +37,10 @@ max_bytes = tonumber(ARGV[6])
 local client_max_held, max_held = tonumber(ARGV[7]), tonumber(ARGV[8])
 local idempotency_key, fingerprint = ARGV[9], ARGV[10]
 local window_ms, keys_per_peer = tonumber(ARGV[11]), tonumber(ARGV[12])
-local first_message = 13
+local charged_client, charged, charge_refusal = ARGV[13], tonumber(ARGV[14]) or 0, ARGV[15]
+local first_message = 16
+-- Given back whatever the answer: what is stored is charged again below.
+if CLUSTER then charge(charged_client, -charged) end
 
 local sender, err = identify(digest)
 if err then return {err} end
@@ -98,19 +108,23 @@ for index = 0, count - 1 do
   needed = needed + size * (to ~= '' and 1 or #members - 1)
 end
 local client = box.ck
-if client ~= '' and add_held(client, needed) > client_max_held then
-  add_held(client, -needed)
-  return {'too_many_bytes_held'}
+if CLUSTER then
+  if charge_refusal ~= '' then return {charge_refusal} end
+else
+  if client ~= '' and add_held(client, needed) > client_max_held then
+    add_held(client, -needed)
+    return {'too_many_bytes_held'}
+  end
+  local total = add_held('*', needed)
+  if total > max_held then
+    add_held('*', -needed)
+    if client ~= '' then add_held(client, -needed) end
+    return {'server_full'}
+  end
+  if total == needed then redis.call('PEXPIRE', K_HELD, key_ttl_ms) end
+  -- Charged already: what the pushes charge again below only evens this out.
+  charge(client, -needed)
 end
-local total = add_held('*', needed)
-if total > max_held then
-  add_held('*', -needed)
-  if client ~= '' then add_held(client, -needed) end
-  return {'server_full'}
-end
-if total == needed then redis.call('PEXPIRE', K_HELD, key_ttl_ms) end
--- Charged already: what the pushes charge again below only evens this out.
-charge(client, -needed)
 
 box.rt, box.ru = tokens - count, now
 save(sender, box)

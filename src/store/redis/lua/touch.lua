@@ -1,7 +1,8 @@
 -- Touch: peers with a stream or a poll open on the calling instance stay present: their
 -- presence deadline moves to now + timeout, and their keys, the room's and the held-bytes hash
 -- stay unexpired (that hash counts what these mailboxes hold, so it lives as long as they do).
--- KEYS[1]: the room's peers hash. KEYS[2]: the held-bytes hash.
+-- KEYS[1]: the room's peers hash. KEYS[2]: the held-bytes hash (not in a Redis Cluster, where
+-- `due.lua` keeps it).
 -- ARGV: presence timeout (ms), key expiry (ms), then the peer ids.
 -- Reply: the number of those peers still in the room.
 local timeout_ms = tonumber(ARGV[1])
@@ -18,6 +19,6 @@ for index = 3, #ARGV do
 end
 if present > 0 then
   finish(true)
-  redis.call('PEXPIRE', K_HELD, key_ttl_ms)
+  if K_HELD then redis.call('PEXPIRE', K_HELD, key_ttl_ms) end
 end
 return present
