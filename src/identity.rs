@@ -168,7 +168,10 @@ mod tests {
                 let mut presented = "a".repeat(length).into_bytes();
                 presented[position] = b'b';
                 let presented = String::from_utf8(presented).unwrap();
-                assert!(!token.matches(&presented), "{length} bytes, off at {position}");
+                assert!(
+                    !token.matches(&presented),
+                    "{length} bytes, off at {position}"
+                );
             }
         }
         assert!(!PeerToken(String::new()).matches("a"));
