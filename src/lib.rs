@@ -17,7 +17,8 @@
 //!   - [`hub`]: every operation on rooms and peers, and the rules that need no storage.
 //!   - [`store`]: where rooms, peers and mailboxes live: the `Store` and `Reader` traits, and
 //!     their two implementations, in memory (`store/memory.rs`) or in Redis so that several
-//!     instances act as one server (`store/redis/`).
+//!     instances act as one server (`store/redis/`: one Redis, Sentinel or a Redis Cluster,
+//!     behind its `connection`).
 //!   - [`rate_limit`]: the token bucket (per-peer sends, per-client joins).
 //!   - [`idempotency`]: a send's `Idempotency-Key`, its batch's fingerprint, and the keyed sends
 //!     a peer made within the window (the memory store's record of them).
