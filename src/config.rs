@@ -142,7 +142,8 @@ pub struct Config {
     /// Instead of `redis_url`: the Redis Sentinels that monitor the store's master, e.g.
     /// `["redis://:secret@10.0.0.5:26379", "redis://:secret@10.0.0.6:26379", …]`; signpost asks
     /// them where the master is and follows it across failovers (README, "Several instances").
-    /// The URLs' userinfo is the *data nodes'* password (the sentinels are asked without one),
+    /// The URLs' userinfo is the *data nodes'* password (the sentinels' own is
+    /// `redis_sentinel_password`),
     /// and `rediss://` (all or none) means TLS to the sentinels and to the data nodes, checked
     /// against `redis_tls_ca_file` if given. Default none; at least one, and list several:
     /// while one is down, the next is asked.
@@ -150,6 +151,10 @@ pub struct Config {
     /// The name the sentinels monitor the master under (`sentinel monitor <name> …`). Default
     /// none; required with `redis_sentinels`, and only with them.
     pub redis_sentinel_master: Option<String>,
+    /// The sentinels' own password, for sentinels that ask one (`requirepass` in each
+    /// sentinel's configuration; the data nodes' password is the URLs' userinfo). Default none;
+    /// only with `redis_sentinels`.
+    pub redis_sentinel_password: Option<Secret>,
     /// Instead of `redis_url` or `redis_sentinels`: seed nodes of a Redis Cluster, e.g.
     /// `["redis://:secret@10.0.0.5:7000", "redis://:secret@10.0.0.6:7000", …]`; signpost asks
     /// them for the slot map and follows it (MOVED/ASK, failovers, slot migrations). Every
@@ -346,6 +351,7 @@ impl Default for Config {
             redis_tls_ca_file: None,
             redis_sentinels: None,
             redis_sentinel_master: None,
+            redis_sentinel_password: None,
             redis_cluster_nodes: None,
             redis_wait_replicas: 0,
             redis_wait_timeout_ms: 200,
@@ -650,6 +656,9 @@ impl Config {
                     self.redis_wait_timeout_ms
                 ));
             }
+        }
+        if self.redis_sentinel_password.is_some() && self.redis_sentinels.is_none() {
+            return Err("signpost.redis_sentinel_password needs signpost.redis_sentinels: it is the sentinels' own password".into());
         }
         let (sentinels, master) = match (&self.redis_sentinels, &self.redis_sentinel_master) {
             (None, None) => return Ok(()),

@@ -98,7 +98,8 @@ async fn absurd_durations_are_refused_naming_the_key_and_its_bound() {
 
 /// Sentinel's settings go together and alone: `redis_sentinels` without
 /// `redis_sentinel_master` (or the reverse), both beside `redis_url`, an empty list, a URL of
-/// another scheme, a mix of `redis://` and `rediss://`, and `redis_wait_replicas` without a
+/// another scheme, a mix of `redis://` and `rediss://`, the sentinels' password without them,
+/// and `redis_wait_replicas` without a
 /// Redis store or with a timeout that would not be fast each stop the server at start, with a
 /// message naming the keys.
 #[tokio::test]
@@ -134,6 +135,13 @@ async fn sentinel_settings_are_refused_unless_complete_and_alone() {
         (
             format!(r#"redis_sentinels=["redis://a:26379","rediss://b:26379"],{master}"#),
             vec!["every URL is rediss://"],
+        ),
+        (
+            format!(r#"{url},redis_sentinel_password="pw""#),
+            vec![
+                "signpost.redis_sentinel_password",
+                "signpost.redis_sentinels",
+            ],
         ),
         (
             "redis_wait_replicas=1".to_owned(),

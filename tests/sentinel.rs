@@ -177,6 +177,39 @@ async fn a_password_in_the_sentinel_urls_reaches_the_data_nodes() {
     relay_between(&a, &b).await;
 }
 
+/// Sentinels that ask a password of their own (`requirepass`): with `redis_sentinel_password`
+/// two instances find the master and relay; without it no sentinel answers, and the store is
+/// not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server and redis-cli: apt-get install redis-server (README.md, Prerequisites)"
+)]
+async fn sentinels_with_a_password_of_their_own() {
+    if !common::external::can_run("sentinel's own password", redis_ha::available()) {
+        return;
+    }
+    let set_up = tokio::task::spawn_blocking(|| {
+        Sentinels::start_with_sentinel_password("data-pw", "sentinel-pw")
+    })
+    .await
+    .unwrap();
+    let prefix = format!("sentinel-{}", uuid::Uuid::new_v4().simple());
+    let without = settings(&set_up, &prefix);
+    let refused = Server::with(without.clone()).await;
+    assert_eq!(
+        refused.get_json("/readyz").await.0,
+        503,
+        "no sentinel answers without its password"
+    );
+
+    let mut with = without;
+    with["redis_sentinel_password"] = json!("sentinel-pw");
+    let a = Server::with(with.clone()).await;
+    let b = Server::with(with).await;
+    relay_between(&a, &b).await;
+}
+
 /// TLS-only sentinels and data nodes (`rediss://` URLs, our own CA in `redis_tls_ca_file`,
 /// and a password): two instances find the master and relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

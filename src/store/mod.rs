@@ -219,6 +219,7 @@ pub fn open(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, String
         (None, Some(sentinels)) => Some(RedisTarget::Sentinel {
             sentinels: sentinels.clone(),
             master: config.redis_sentinel_master.clone().unwrap_or_default(),
+            password: config.redis_sentinel_password.clone(),
         }),
         (None, None) => config
             .redis_cluster_nodes

@@ -270,6 +270,8 @@ pub struct Sentinels {
     data: Vec<(u16, Option<Node>)>,
     sentinels: Vec<Node>,
     password: Option<String>,
+    /// The sentinels' own `requirepass`, if they ask one.
+    sentinel_password: Option<String>,
     tls: Option<TlsFiles>,
     dir: PathBuf,
 }
@@ -281,22 +283,36 @@ impl Sentinels {
     /// A new set-up: returns once the replica is in sync and every sentinel knows the replica
     /// and the two other sentinels (so that a failover can be authorized at once).
     pub fn start() -> Sentinels {
-        Sentinels::start_with(None, None)
+        Sentinels::start_with(None, None, None)
     }
 
     /// The same with `requirepass <password>` on the master and the replica (`masterauth`, and
     /// the sentinels' `auth-pass`); the sentinels themselves ask none.
     pub fn start_with_password(password: &str) -> Sentinels {
-        Sentinels::start_with(Some(password.to_owned()), None)
+        Sentinels::start_with(Some(password.to_owned()), None, None)
+    }
+
+    /// The same with the sentinels asking a password of their own too (`requirepass` in each
+    /// sentinel's configuration, which they also use between themselves).
+    pub fn start_with_sentinel_password(password: &str, sentinel_password: &str) -> Sentinels {
+        Sentinels::start_with(
+            Some(password.to_owned()),
+            Some(sentinel_password.to_owned()),
+            None,
+        )
     }
 
     /// The same speaking TLS only, data nodes and sentinels, with the certificates of `tls`
     /// (`rediss://` URLs), and a password on the data nodes when given.
     pub fn start_tls(tls: TlsFiles, password: Option<&str>) -> Sentinels {
-        Sentinels::start_with(password.map(str::to_owned), Some(tls))
+        Sentinels::start_with(password.map(str::to_owned), None, Some(tls))
     }
 
-    fn start_with(password: Option<String>, tls: Option<TlsFiles>) -> Sentinels {
+    fn start_with(
+        password: Option<String>,
+        sentinel_password: Option<String>,
+        tls: Option<TlsFiles>,
+    ) -> Sentinels {
         let dir = temp_dir("sentinel");
         let name = Sentinels::MASTER.to_owned();
         let mut set_up = Sentinels {
@@ -304,6 +320,7 @@ impl Sentinels {
             data: Vec::new(),
             sentinels: Vec::new(),
             password,
+            sentinel_password,
             tls,
             dir,
         };
@@ -327,6 +344,9 @@ impl Sentinels {
             );
             if let Some(password) = &set_up.password {
                 text.push_str(&format!("sentinel auth-pass {} {password}\n", set_up.name));
+            }
+            if let Some(password) = &set_up.sentinel_password {
+                text.push_str(&format!("requirepass {password}\n"));
             }
             if let Some(tls) = &set_up.tls {
                 for (name, value) in tls.server_lines(port) {
@@ -390,9 +410,16 @@ impl Sentinels {
         }
     }
 
-    /// `redis-cli` against the sentinel on `port`.
+    /// `redis-cli` against the sentinel on `port` (with the sentinels' password, if any).
     pub fn sentinel_cli(&self, port: u16, args: &[&str]) -> String {
-        cli_as(&self.prefix(), port, args)
+        match &self.sentinel_password {
+            Some(password) => {
+                let mut all = vec!["--no-auth-warning", "-a", password];
+                all.extend_from_slice(args);
+                cli_as(&self.prefix(), port, &all)
+            }
+            None => cli_as(&self.prefix(), port, args),
+        }
     }
 
     /// Waits until the replica on `port` has finished its sync with its master.

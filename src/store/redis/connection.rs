@@ -49,6 +49,7 @@ use tokio::select;
 use tokio::sync::watch;
 use tokio::time::{sleep, timeout, Instant};
 
+use crate::config::Secret;
 use crate::error::{ApiResult, Error};
 use crate::logging;
 use crate::metrics::Metrics;
@@ -111,6 +112,8 @@ pub enum Target {
     Sentinel {
         sentinels: Vec<String>,
         master: String,
+        /// The sentinels' own password (`redis_sentinel_password`), if they ask one.
+        password: Option<Secret>,
     },
     /// Seed nodes of a Redis Cluster (`redis_cluster_nodes`): password and TLS from their URLs.
     Cluster { nodes: Vec<String> },
@@ -315,9 +318,14 @@ impl Connection {
                     waits,
                 }
             }
-            Target::Sentinel { sentinels, master } => Mode::Sentinel(Arc::new(Follower::new(
+            Target::Sentinel {
                 sentinels,
                 master,
+                password,
+            } => Mode::Sentinel(Arc::new(Follower::new(
+                sentinels,
+                master,
+                password.as_ref(),
                 tls_ca_file,
                 wait,
             )?)),
@@ -560,19 +568,26 @@ impl Follower {
     fn new(
         urls: &[String],
         name: &str,
+        password: Option<&Secret>,
         tls_ca_file: Option<&Path>,
         wait: Option<WaitReplicas>,
     ) -> Result<Self, String> {
+        // The sentinels' own password, if any: not the data nodes' (the URLs' userinfo).
+        let mut sentinel_settings = RedisConnectionInfo::default();
+        if let Some(password) = password {
+            let password = std::str::from_utf8(password.expose())
+                .map_err(|_| "signpost.redis_sentinel_password is not text")?;
+            sentinel_settings = sentinel_settings.set_password(password);
+        }
         let mut sentinels = Vec::new();
         let mut data = None;
         for url in urls {
             let info = url.as_str().into_connection_info().map_err(|error| {
                 format!("signpost.redis_sentinels: {url:?} is not usable: {error}")
             })?;
-            // The userinfo is the data nodes' (README): the sentinels are asked without it.
-            let bare = info
-                .clone()
-                .set_redis_settings(RedisConnectionInfo::default());
+            // The userinfo is the data nodes' (README): the sentinels are asked without it, with
+            // their own password if they have one.
+            let bare = info.clone().set_redis_settings(sentinel_settings.clone());
             sentinels.push(client(bare, tls_ca_file, "redis_sentinels")?);
             data.get_or_insert(info);
         }
