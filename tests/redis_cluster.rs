@@ -14,7 +14,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::flow::{both_instances_send, check, clone_peer, join, send, Flow};
+use common::flow::{blocking, both_instances_send, check, clone_peer, join, send, Flow};
 use common::redis_ha::{self, Cluster, DETECTION};
 use common::{answer, Server};
 use serde_json::{json, Value};
@@ -84,18 +84,6 @@ fn room_on_a_range_start(cluster: &Cluster, stem: &str) -> (String, u16) {
             starts.contains(&slot).then_some((room, slot))
         })
         .expect("some name falls on a range's start")
-}
-
-/// Runs blocking set-up work (a kill, a restart, a reshard) off the runtime, so that the flow
-/// keeps going meanwhile.
-async fn blocking<T: Send + 'static>(
-    cluster: &Arc<Mutex<Cluster>>,
-    work: impl FnOnce(&mut Cluster) -> T + Send + 'static,
-) -> T {
-    let cluster = Arc::clone(cluster);
-    tokio::task::spawn_blocking(move || work(&mut cluster.lock().unwrap()))
-        .await
-        .expect("the cluster's work ran")
 }
 
 /// A SIGKILL of the master that owns the busy room's slot under a steady flow, then its

@@ -14,7 +14,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::flow::{both_instances_send, check, clone_peer, join, send, Flow, FAST, PERIOD};
+use common::flow::{
+    blocking, both_instances_send, check, clone_peer, join, send, Flow, FAST, PERIOD,
+};
 use common::redis_ha::{self, Sentinels, DETECTION};
 use common::{answer, Server};
 use serde_json::{json, Value};
@@ -57,18 +59,6 @@ async fn two_instances(set_up: &Sentinels) -> (Server, Server) {
     let a = Server::with(settings(set_up, &prefix)).await;
     let b = Server::with(settings(set_up, &prefix)).await;
     (a, b)
-}
-
-/// Runs blocking set-up work (a failover, a kill, a restart) off the runtime, so that the flow
-/// keeps going meanwhile.
-async fn blocking<T: Send + 'static>(
-    set_up: &Arc<Mutex<Sentinels>>,
-    work: impl FnOnce(&mut Sentinels) -> T + Send + 'static,
-) -> T {
-    let set_up = Arc::clone(set_up);
-    tokio::task::spawn_blocking(move || work(&mut set_up.lock().unwrap()))
-        .await
-        .expect("the set-up's work ran")
 }
 
 /// A planned `SENTINEL FAILOVER` under a steady flow: only fast 503s, sends back within

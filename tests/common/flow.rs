@@ -23,6 +23,18 @@ pub const PERIOD: Duration = Duration::from_millis(20);
 /// How long a wait for the flow to reach a point may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(40);
 
+/// Runs blocking work on a set-up (a failover, a kill, a restart, a reshard) off the runtime, so
+/// that the flow keeps going meanwhile.
+pub async fn blocking<S: Send + 'static, T: Send + 'static>(
+    set_up: &Arc<Mutex<S>>,
+    work: impl FnOnce(&mut S) -> T + Send + 'static,
+) -> T {
+    let set_up = Arc::clone(set_up);
+    tokio::task::spawn_blocking(move || work(&mut set_up.lock().unwrap()))
+        .await
+        .expect("the set-up's work ran")
+}
+
 /// Joins `room` on `server` as `name`, once the instance has found the master.
 pub async fn join(server: &Server, room: &str, name: &str) -> Peer {
     let started = Instant::now();
