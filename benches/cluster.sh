@@ -62,14 +62,41 @@ run() {
   "$BENCH" "$@" --json > "$OUT/$name.json"
   echo "$name: $(jq -c '[.results, .latency_ms, .lost, .duplicated, .errors]' "$OUT/$name.json")"
 }
+# Seconds of CPU a redis-server has used (INFO cpu: user + system, main thread and the rest).
+cpu() { redis-cli -p "$1" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {printf "%.6f", s}'; }
+# `run` with each data node's Redis CPU per delivered message (over the whole run, joins and
+# warm-up included), for sizing (docs/BENCHMARKS.md, "Sizing"): $PREFIX's deployment-wide slot
+# is marked, as its master takes a share of every send.
+measured() {
+  local name=$1; shift
+  local ports=("$SINGLE" "${NODES[@]}") before=() global=""
+  for port in "${ports[@]}"; do before+=("$(cpu "$port")"); done
+  run "$name" "$@"
+  local delivered; delivered=$(jq '.results.delivered_total' "$OUT/$name.json")
+  if [[ "$name" == cluster* ]]; then
+    local slot; slot=$(redis-cli -p "${NODES[0]}" cluster keyslot "{$PREFIX:global}")
+    global=$(redis-cli -p "${NODES[0]}" cluster nodes | awk -v slot="$slot" '$3 ~ /master/ {
+      for (i = 9; i <= NF; i++) { n = split($i, r, "-"); hi = (n == 2 ? r[2] : r[1])
+        if (slot + 0 >= r[1] + 0 && slot + 0 <= hi + 0) { split($2, a, "[:@]"); print a[2] } } }' | head -1)
+  fi
+  local line="$name: Redis CPU per delivered message ($delivered):"
+  for i in "${!ports[@]}"; do
+    local used; used=$(awk -v a="${before[$i]}" -v b="$(cpu "${ports[$i]}")" 'BEGIN {printf "%.6f", b - a}')
+    awk -v u="$used" 'BEGIN {exit !(u > 0.05)}' || continue
+    local tag=""; [[ "${ports[$i]}" == "$global" ]] && tag=" (global slot)"
+    line+=" ${ports[$i]}$tag $(awk -v u="$used" -v n="$delivered" 'BEGIN {printf "%.1f", u * 1e6 / n}') µs;"
+  done
+  echo "$line" | tee -a "$OUT/redis-cpu.txt"
+}
 
 for round in 1 2; do
-  start "redis_url=\"redis://127.0.0.1:$SINGLE\",redis_prefix=\"bench-$round\""
-  run "single-$round" relay --url "$A" --receive-url "$B" --duration 5 --warmup 1
-  run "single-broadcast-$round" relay --url "$A" --receive-url "$B" --duration 5 --warmup 1 --peers 4 --broadcast
+  PREFIX="bench-$round"
+  start "redis_url=\"redis://127.0.0.1:$SINGLE\",redis_prefix=\"$PREFIX\""
+  measured "single-$round" relay --url "$A" --receive-url "$B" --duration 5 --warmup 1
+  measured "single-broadcast-$round" relay --url "$A" --receive-url "$B" --duration 5 --warmup 1 --peers 4 --broadcast
   stop
-  start "redis_cluster_nodes=$CLUSTER_URLS,redis_prefix=\"bench-$round\""
-  run "cluster-$round" relay --url "$A" --receive-url "$B" --duration 5 --warmup 1
-  run "cluster-broadcast-$round" relay --url "$A" --receive-url "$B" --duration 5 --warmup 1 --peers 4 --broadcast
+  start "redis_cluster_nodes=$CLUSTER_URLS,redis_prefix=\"$PREFIX\""
+  measured "cluster-$round" relay --url "$A" --receive-url "$B" --duration 5 --warmup 1
+  measured "cluster-broadcast-$round" relay --url "$A" --receive-url "$B" --duration 5 --warmup 1 --peers 4 --broadcast
   stop
 done

@@ -85,8 +85,57 @@ impl Lab {
     /// The replica is promoted: the server gets a new replication id, as a promoted replica
     /// does, then the copy replaces the keys (every write since it stopped is lost). In this
     /// order, so that no script between the two can keep the old id in a room's `rid` key (the
-    /// copy replaces those too): a real replica runs no script before its promotion.
-    fn promote_the_replica(&self) {
+    /// copy replaces those too): a real replica runs no script before its promotion. With an
+    /// `epoch`, the promotion is Sentinel's: the instances tell the new master its config epoch
+    /// before any script runs there, here in the same step as the copy.
+    fn promote_the_replica(&self, epoch: Option<u64>) {
+        self.change_replid();
+        let restored = self.redis.cli(&[
+            "EVAL",
+            "for _, key in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do
+               redis.call('DEL', key)
+             end
+             local n = 0
+             for _, copy in ipairs(redis.call('KEYS', 'replica:' .. ARGV[1] .. '*')) do
+               redis.call('COPY', copy, string.sub(copy, 9), 'REPLACE')
+               redis.call('DEL', copy)
+               n = n + 1
+             end
+             if ARGV[3] ~= '' then redis.call('SET', ARGV[2], ARGV[3]) end
+             return n",
+            "0",
+            &self.prefix,
+            &self.epoch_key(),
+            &epoch.map(|epoch| epoch.to_string()).unwrap_or_default(),
+        ]);
+        assert_ne!(restored, "0", "the replica's keys are back");
+    }
+
+    /// The server becomes another history that lost nothing (a restart with every write kept,
+    /// or, with an `epoch`, a failover to a replica that had them all): a new replication id,
+    /// the rooms' kept ids forgotten, the epoch (if any) told first.
+    fn new_history(&self, epoch: Option<u64>) {
+        if let Some(epoch) = epoch {
+            assert_eq!(
+                self.redis
+                    .cli(&["SET", &self.epoch_key(), &epoch.to_string()]),
+                "OK"
+            );
+        }
+        self.change_replid();
+        self.redis.cli(&[
+            "EVAL",
+            "for _, key in ipairs(redis.call('KEYS', ARGV[1] .. '*:rid')) do
+               redis.call('DEL', key)
+             end",
+            "0",
+            &self.prefix,
+        ]);
+    }
+
+    /// `REPLICAOF <closed port>` then `REPLICAOF NO ONE`: a new `master_replid`, as a promotion
+    /// gives; the keys stay (the master it names never answers).
+    fn change_replid(&self) {
         let replid = self.replid();
         let nobody = TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
@@ -103,22 +152,11 @@ impl Lab {
             replid,
             "a promotion changes the replication id"
         );
-        let restored = self.redis.cli(&[
-            "EVAL",
-            "for _, key in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do
-               redis.call('DEL', key)
-             end
-             local n = 0
-             for _, copy in ipairs(redis.call('KEYS', 'replica:' .. ARGV[1] .. '*')) do
-               redis.call('COPY', copy, string.sub(copy, 9), 'REPLACE')
-               redis.call('DEL', copy)
-               n = n + 1
-             end
-             return n",
-            "0",
-            &self.prefix,
-        ]);
-        assert_ne!(restored, "0", "the replica's keys are back");
+    }
+
+    /// Where a Sentinel-mode instance tells the master its config epoch (`Keys::epoch`).
+    fn epoch_key(&self) -> String {
+        format!("{0}:{{{0}:global}}:epoch", self.prefix)
     }
 
     fn replid(&self) -> String {
@@ -186,7 +224,7 @@ async fn a_lossy_failover_resets_a_live_stream_and_reuses_no_id() {
         offer(&bob, &alice, data).await;
         assert_eq!(next_offer(&mut alice_events).await, (id, data.into()));
     }
-    lab.promote_the_replica();
+    lab.promote_the_replica(None);
 
     offer(&bob, &alice, "after").await;
     let reset = next_reset(&mut alice_events).await;
@@ -224,7 +262,7 @@ async fn a_poll_behind_the_lost_messages_is_told_at_once() {
     lab.replica_stops_here();
     offer(&bob, &alice, "lost 1").await;
     offer(&bob, &alice, "lost 2").await;
-    lab.promote_the_replica();
+    lab.promote_the_replica(None);
 
     let (status, body) = alice.poll(1, 0.0).await;
     assert_eq!(status, 200, "{body}");
@@ -260,7 +298,7 @@ async fn a_stream_ahead_of_a_mailbox_that_lost_its_tail_is_told_lost() {
     lab.replica_stops_here();
     offer(&bob, &alice, "lost").await;
     assert_eq!(next_offer(&mut alice_events).await, (2, "lost".into()));
-    lab.promote_the_replica();
+    lab.promote_the_replica(None);
 
     // Heartbeats are comments, which the SSE parser does not report as events.
     let reset = next_reset(&mut alice_events).await;
@@ -294,7 +332,7 @@ async fn a_resume_from_a_lost_id_is_told_lost() {
     assert_eq!(alice_events.next_message().await["id"], 1, "bob's join");
     assert_eq!(next_offer(&mut alice_events).await, (2, "lost".into()));
     drop(alice_events);
-    lab.promote_the_replica();
+    lab.promote_the_replica(None);
 
     let mut alice_events = alice.events(Some(2)).await;
     let reset = next_reset(&mut alice_events).await;
@@ -378,6 +416,61 @@ async fn a_promoted_replica_that_lagged_seals_the_mailbox() {
         next_offer(&mut alice_events).await,
         (SEALED_FIRST_ID, "after".into())
     );
+}
+
+/// Two failovers within one replication lag, as Sentinel makes them: A -> B at config epoch
+/// 1, B seals the mailbox and delivers from its new generation, then B dies before its writes
+/// reach C, promoted at epoch 2 from A's state. C must not seal to B's generation: its ids
+/// would be ids the reader saw (here, the reader's cursor would equal C's first id, and C's
+/// message would never reach it). Three restarts of A first take the mailbox's generation past
+/// both epochs themselves, where a floor of the bare epoch (`max(gen + 1, epoch)`) would still
+/// give B and C the same generation: each epoch owns the generations from epoch × 64 on.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_failovers_within_one_lag_never_seal_to_the_same_generation() {
+    let Some(lab) = Lab::start("seal_two_failovers", json!({})).await else {
+        return;
+    };
+    let alice = lab.server.join("failover", "alice").await;
+    let mut alice_events = alice.events(None).await;
+    let bob = lab.server.join("failover", "bob").await;
+    assert_eq!(alice_events.next_message().await["id"], 1, "bob's join");
+    let first_of = |generation: u64| (generation << 32) + 1;
+
+    for generation in 1..=3 {
+        lab.new_history(None);
+        let data = format!("after restart {generation}");
+        offer(&bob, &alice, &data).await;
+        assert_eq!(next_reset(&mut alice_events).await["reason"], "lost");
+        assert_eq!(
+            next_offer(&mut alice_events).await,
+            (first_of(generation), data)
+        );
+    }
+
+    lab.replica_stops_here();
+    lab.new_history(Some(1));
+    offer(&bob, &alice, "on B").await;
+    assert_eq!(next_reset(&mut alice_events).await["reason"], "lost");
+    assert_eq!(
+        next_offer(&mut alice_events).await,
+        (first_of(64), "on B".into()),
+        "B, promoted at epoch 1, seals to epoch 1's first generation"
+    );
+
+    lab.promote_the_replica(Some(2));
+    offer(&bob, &alice, "on C").await;
+    let reset = next_reset(&mut alice_events).await;
+    assert_eq!(reset["reason"], "lost", "{reset}");
+    assert_eq!(
+        next_offer(&mut alice_events).await,
+        (first_of(128), "on C".into()),
+        "C, promoted at epoch 2 from the state before B's seal, takes epoch 2's generation"
+    );
+    assert_eq!(lab.lost_resets().await, 5.0);
 }
 
 /// `peer` as a client of `server`.

@@ -358,7 +358,34 @@ async fn wake_ups_follow_the_master_after_a_planned_failover() {
             .flatten()
             .and_then(|envelope| envelope["data"]["n"].as_u64())
     };
-    while tick(&events.next().await) != Some(1) {}
+    let first = loop {
+        let event = events.next().await;
+        if tick(&event) == Some(1) {
+            break event;
+        }
+    };
+    // The new master is another history: the mailbox was sealed, to a generation of the new
+    // master's config epoch (lua/room.lua, "Seal"), which the instances told it.
+    let asked = name.clone();
+    let master = tokio::task::spawn_blocking(move || {
+        redis_ha::cli(sentinel, &["sentinel", "master", &asked])
+    })
+    .await
+    .unwrap();
+    let lines: Vec<&str> = master.lines().map(str::trim).collect();
+    let config_epoch: u64 = lines
+        .iter()
+        .position(|line| *line == "config-epoch")
+        .and_then(|at| lines.get(at + 1))
+        .and_then(|epoch| epoch.parse().ok())
+        .unwrap_or_else(|| panic!("SENTINEL MASTER tells the config-epoch: {master}"));
+    assert!(config_epoch >= 1, "a failover took a new epoch: {master}");
+    let id: u64 = first.id.parse().expect("an event id");
+    assert_eq!(
+        id >> 32,
+        config_epoch * 64,
+        "the sealed mailbox's generation is its new master's config epoch × 64 (id {id})"
+    );
 
     let sent = Instant::now();
     assert_eq!(answer(send(&alice, &bob, 2)).await.status, 202);

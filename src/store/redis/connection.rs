@@ -33,6 +33,7 @@
 //! Every time the connection is marked stale, [`Connection::switched`] ticks, so that the
 //! wake-up connection (`wakeups.rs`) moves to the new master too.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -98,6 +99,15 @@ const SENTINEL_EVENTS: [&str; 4] = [
 /// How long a master whose failover started stays fenced without a `+switch-master` or an
 /// abort: past it, whatever the sentinels name is used again (a failover that timed out).
 const FENCE: Duration = Duration::from_secs(15);
+/// Raises the master's config epoch (`Keys::epoch`, KEYS[1]) to ARGV[1], never lowers it: the
+/// floor of a seal's generation (`lua/room.lua`, "Seal"), which must differ between the
+/// masters of two failovers. Written with replication, like any key: a replica that holds an
+/// older master's epoch gets its own when an instance connects to it once promoted, before any
+/// script runs there.
+const RAISE_EPOCH: &str =
+    "if tonumber(ARGV[1]) > (tonumber(redis.call('GET', KEYS[1])) or 0) then \
+    redis.call('SET', KEYS[1], ARGV[1]) end";
+
 /// The replies that say this node is not (or no longer, or not yet) a usable master.
 const NOT_A_MASTER: [&str; 4] = ["READONLY", "NOREPLICAS", "MASTERDOWN", "LOADING"];
 
@@ -285,6 +295,7 @@ impl Connection {
         target: &Target,
         tls_ca_file: Option<&Path>,
         wait: Option<WaitReplicas>,
+        epoch_key: &str,
         metrics: Metrics,
     ) -> Result<Self, String> {
         let mode = match target {
@@ -328,6 +339,7 @@ impl Connection {
                 password.as_ref(),
                 tls_ca_file,
                 wait,
+                epoch_key,
             )?)),
             Target::Cluster { nodes } => Mode::Cluster(Box::new(Cluster::new(nodes, tls_ca_file)?)),
         };
@@ -562,6 +574,8 @@ struct Follower {
     /// refused: from its replica's promotion on, what it takes is lost.
     fence: Mutex<Option<((String, u16), Instant)>>,
     wait: Option<WaitReplicas>,
+    /// Where each master is told its config epoch (`Keys::epoch`).
+    epoch_key: String,
 }
 
 impl Follower {
@@ -571,6 +585,7 @@ impl Follower {
         password: Option<&Secret>,
         tls_ca_file: Option<&Path>,
         wait: Option<WaitReplicas>,
+        epoch_key: &str,
     ) -> Result<Self, String> {
         // The sentinels' own password, if any: not the data nodes' (the URLs' userinfo).
         let mut sentinel_settings = RedisConnectionInfo::default();
@@ -606,6 +621,7 @@ impl Follower {
             first_asked: AtomicUsize::new(0),
             fence: Mutex::new(None),
             wait,
+            epoch_key: epoch_key.to_owned(),
         })
     }
 
@@ -652,8 +668,8 @@ impl Follower {
         let first = self.first_asked.load(Ordering::Relaxed);
         for index in (first..first + count).map(|index| index % count) {
             let (sentinel, url) = (&self.sentinels[index], &self.urls[index]);
-            let address = match self.ask(sentinel).await {
-                Ok(address) => address,
+            let (address, config_epoch) = match self.ask(sentinel).await {
+                Ok(answer) => answer,
                 Err(error) => {
                     why = format!("sentinel {url}: {error}");
                     // The next resolution starts with the next one: a sentinel that does not
@@ -663,7 +679,7 @@ impl Follower {
                     continue;
                 }
             };
-            match self.connect(&address).await {
+            match self.connect(&address, config_epoch).await {
                 Ok(master) => {
                     logging::info(format_args!(
                         "redis: master {:?} is {}:{} (from sentinel {url})",
@@ -677,21 +693,38 @@ impl Follower {
         Err(why)
     }
 
-    /// `SENTINEL GET-MASTER-ADDR-BY-NAME` on one sentinel.
-    async fn ask(&self, sentinel: &redis::Client) -> RedisResult<(String, u16)> {
+    /// The master's address and its config epoch, as one sentinel knows them.
+    ///
+    /// `SENTINEL GET-MASTER-ADDR-BY-NAME` names a promoted replica from the moment the sentinel
+    /// sees it promoted, when it also sets the master's `config-epoch` to the failover's epoch
+    /// (`SENTINEL MASTER` lists it; its own address field names the old master until
+    /// `+switch-master`). Both are asked in one pipeline, which the sentinel answers in one go,
+    /// so that the epoch is the one of the master named.
+    async fn ask(&self, sentinel: &redis::Client) -> RedisResult<((String, u16), u64)> {
         let mut connection = sentinel
             .get_multiplexed_async_connection_with_config(&node_config())
             .await?;
-        let answer: Option<(String, u16)> = redis::cmd("SENTINEL")
+        let (address, master): (Option<(String, u16)>, HashMap<String, String>) = redis::pipe()
+            .cmd("SENTINEL")
             .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(&self.name)
+            .cmd("SENTINEL")
+            .arg("MASTER")
             .arg(&self.name)
             .query_async(&mut connection)
             .await?;
-        answer.ok_or_else(|| io_error("the sentinel does not know this master name"))
+        let address =
+            address.ok_or_else(|| io_error("the sentinel does not know this master name"))?;
+        let config_epoch = master
+            .get("config-epoch")
+            .and_then(|epoch| epoch.parse().ok())
+            .ok_or_else(|| io_error("the sentinel does not tell the master's config-epoch"))?;
+        Ok((address, config_epoch))
     }
 
-    /// A connection to the node at `address`, if `ROLE` says it is a master.
-    async fn connect(&self, address: &(String, u16)) -> Result<Master, String> {
+    /// A connection to the node at `address`, if `ROLE` says it is a master; before any script
+    /// runs through it, the master is told `config_epoch` (see [`RAISE_EPOCH`]).
+    async fn connect(&self, address: &(String, u16), config_epoch: u64) -> Result<Master, String> {
         if self.fenced(address) {
             return Err("a failover from it is under way".into());
         }
@@ -718,6 +751,14 @@ impl Follower {
         if !is_master(&role) {
             return Err("it is not a master (yet)".into());
         }
+        redis::cmd("EVAL")
+            .arg(RAISE_EPOCH)
+            .arg(1)
+            .arg(&self.epoch_key)
+            .arg(config_epoch)
+            .exec_async(&mut commands)
+            .await
+            .map_err(|error| error.to_string())?;
         commands.set_response_timeout(SENTINEL_RESPONSE_TIMEOUT);
         let waits = match self.wait {
             Some(wait) => {

@@ -32,6 +32,9 @@ pub(super) struct Keys {
     /// Written before each `WAIT` (`redis_wait_replicas`) on the wait connection, to bring that
     /// connection's replication offset up to the master's; expires after a minute.
     pub(super) wait_mark: String,
+    /// In Sentinel mode, the master's config epoch, written by each instance when it connects
+    /// to a master: the floor of a seal's generation (`lua/room.lua`, "Seal").
+    pub(super) epoch: String,
 }
 
 impl Keys {
@@ -45,6 +48,7 @@ impl Keys {
             peer_count: format!("{prefix}:{{{prefix}:global}}:peer-count"),
             held: format!("{prefix}:{{{prefix}:global}}:held"),
             wait_mark: format!("{prefix}:{{{prefix}:global}}:wait-mark"),
+            epoch: format!("{prefix}:{{{prefix}:global}}:epoch"),
         }
     }
 

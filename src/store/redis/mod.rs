@@ -121,12 +121,13 @@ impl RedisStore {
         limits: Limits,
         metrics: Metrics,
     ) -> Result<Self, String> {
-        let connection = Connection::open(target, tls_ca_file, wait, metrics.clone())?;
+        let keys = Keys::new(prefix);
+        let connection = Connection::open(target, tls_ca_file, wait, &keys.epoch, metrics.clone())?;
         let timeout_ms = limits.peer_timeout.as_millis() as u64;
         let inner = Arc::new(Inner {
             connection,
             scripts: Scripts::new(matches!(target, Target::Cluster { .. })),
-            keys: Keys::new(prefix),
+            keys,
             key_ttl_ms: (timeout_ms * 3).max(60_000),
             limits,
             wakeups: wakeups::Wakeups::new(),

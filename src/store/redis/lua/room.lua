@@ -40,6 +40,8 @@
 --                    newest entry, and go with the peer
 --   rid        string, this server's replication id, kept a second without replication
 --                    (`server_rid`, "Seal")
+-- Beside KEYS[2], "<prefix>:{<prefix>:global}:epoch" (K_EPOCH) is the Sentinel config epoch of
+-- the master, written by the instances (`generation_floor`, "Seal"); absent on one Redis.
 -- Channel "<prefix>:{<room>}:w:<peer>" wakes the peer's readers; it carries nothing they rely
 -- on. It has the room's hash tag, so that in a Redis Cluster it is a sharded channel of the
 -- room's slot, published and heard on the shard that holds the mailbox.
@@ -237,13 +239,28 @@ local function server_rid()
   return current_rid
 end
 
--- The least generation a seal may take: in a Redis Cluster, the node's `cluster_my_epoch`,
--- which only grows across promotions, so that two failovers within one replication lag do not
--- seal a mailbox to the same generation twice; outside a cluster, 0 (the command fails).
+-- The least generation a seal may take, from the epoch of the master this script runs on:
+-- EPOCH_GENERATIONS times its `cluster_my_epoch` in a Redis Cluster, or its Sentinel
+-- `config-epoch`, which every instance writes to K_EPOCH when it connects to a master
+-- (connection.rs, `Follower::connect`), before any script runs through it; 0 on one Redis.
+-- An epoch only grows across promotions (and, in a cluster, slot imports), and a node that
+-- takes a mailbox over has the greatest one: so each epoch owns the generations from
+-- epoch * EPOCH_GENERATIONS on, and two failovers within one replication lag (A -> B -> C, B's
+-- seal never reaching C) seal a mailbox to generations of two different epochs, never to the
+-- same one, however many seals it had before (with gen + 1 alone, both would take gen + 1).
+-- The ranges stay apart while a mailbox is sealed fewer than EPOCH_GENERATIONS times within
+-- one epoch (restarts of one master between failovers), and ids stay below 2^53 while epochs
+-- stay below 2^21 / EPOCH_GENERATIONS = 32,768.
+local EPOCH_GENERATIONS = 64
+local K_EPOCH = K_HELD and (string.sub(K_HELD, 1, #K_HELD - 4) .. 'epoch') -- strip "held"
 local function generation_floor()
-  local ok, info = pcall(redis.call, 'CLUSTER', 'INFO')
-  if not ok or type(info) ~= 'string' then return 0 end
-  return tonumber(string.match(info, 'cluster_my_epoch:(%d+)')) or 0
+  local epoch
+  if CLUSTER then
+    epoch = string.match(redis.call('CLUSTER', 'INFO'), 'cluster_my_epoch:(%d+)')
+  else
+    epoch = redis.call('GET', K_EPOCH)
+  end
+  return (tonumber(epoch) or 0) * EPOCH_GENERATIONS
 end
 
 -- Seals `peer`'s mailbox if this server is not the history that assigned its ids; a state from
