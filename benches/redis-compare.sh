@@ -3,7 +3,7 @@
 # measured alternately (A B A B …) on benches/redis.sh's relay shapes (two instances on one
 # fresh redis-server, sends on A, receivers on B), so that the machine's drift falls on both
 # alike. Each run also reports Redis's own time per delivered message: its CPU (user + system,
-# from /proc) and the time INFO commandstats gives its scripts (EVALSHA), which other load on
+# from /proc) and the time INFO commandstats gives its scripts (EVALSHA and FCALL), which other load on
 # the machine disturbs far less than throughput. Written for the seal (issue 18), whose cost
 # is Redis's.
 #
@@ -60,7 +60,7 @@ measure() {
   "$BENCH" relay --url "$A" --receive-url "$B" "$@" --json > "$OUT/$name-$label.json" 2>/dev/null || true
   ticks_after=$(awk '{print $14 + $15}' "/proc/$redis/stat")
   script_us=$(redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
-    awk -F'[:,=]' '/^cmdstat_evalsha:/ {print $5}')
+    awk -F'[:,=]' '/^cmdstat_(evalsha|fcall):/ {s += $5} END {print s + 0}')
   cleanup
   PIDS=()
   jq -r --arg l "$label" --arg n "$name" --argjson ticks "$((ticks_after - ticks_before))" \

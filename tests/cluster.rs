@@ -876,7 +876,7 @@ async fn redis_restarted_empty_tells_clients_they_are_gone() {
 }
 
 /// 9b. Redis emptied while it stays up (what a failover to an empty replica looks like:
-///     `FLUSHALL`, `SCRIPT FLUSH`, every connection dropped): a stream and a poll that were
+///     `FLUSHALL`, `SCRIPT FLUSH`, `FUNCTION FLUSH`, every connection dropped): a stream and a poll that were
 ///     reading find their mailbox gone and end, told their peer is gone, rather than wait in an
 ///     empty mailbox or start again from id 1.
 #[cfg_attr(
@@ -901,6 +901,7 @@ async fn redis_emptied_under_open_readers_ends_them() {
 
     cluster.cli(&["FLUSHALL"]);
     cluster.cli(&["SCRIPT", "FLUSH"]);
+    cluster.cli(&["FUNCTION", "FLUSH"]);
     cluster.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     cluster.cli(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
 

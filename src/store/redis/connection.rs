@@ -414,6 +414,26 @@ impl Connection {
         self.account(epoch, result)
     }
 
+    /// Calls a function (`FCALL`); a Redis without its library (new, or restarted empty) is
+    /// sent `load` (`FUNCTION LOAD`) and the call again: a call of a missing function ran
+    /// nothing. Any failure is `store_unavailable`.
+    pub(super) async fn call<T: FromRedisValue>(
+        &self,
+        call: &redis::Cmd,
+        load: &redis::Cmd,
+    ) -> ApiResult<T> {
+        let (mut connection, epoch) = self.commands().await?;
+        let mut result = call.query_async(&mut connection).await;
+        if result.as_ref().is_err_and(function_missing) {
+            result = match load.exec_async(&mut connection).await {
+                // Another instance may have loaded it since.
+                Err(error) if !library_exists(&error) => Err(error),
+                _ => call.query_async(&mut connection).await,
+            };
+        }
+        self.account(epoch, result)
+    }
+
     /// Sends a command; any failure is `store_unavailable`.
     pub(super) async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> ApiResult<T> {
         let (mut connection, epoch) = self.commands().await?;
@@ -530,6 +550,20 @@ fn master_gone(error: &redis::RedisError) -> bool {
         || error
             .code()
             .is_some_and(|code| NOT_A_MASTER.contains(&code))
+}
+
+/// Whether `error` is Redis's answer to an `FCALL` of a function it does not have.
+fn function_missing(error: &redis::RedisError) -> bool {
+    error
+        .detail()
+        .is_some_and(|detail| detail.starts_with("Function not found"))
+}
+
+/// Whether `error` is Redis's answer to a `FUNCTION LOAD` of a library it already has.
+fn library_exists(error: &redis::RedisError) -> bool {
+    error
+        .detail()
+        .is_some_and(|detail| detail.contains("already exists"))
 }
 
 fn io_error(what: &'static str) -> redis::RedisError {

@@ -4,7 +4,8 @@
 //! Every atomic step is a Lua script of its own in `lua/` (join, leave, send, read, …), each
 //! with a header saying its keys, arguments and reply; `lua/room.lua` holds what the room
 //! scripts share (the key layout, appending to a mailbox, removing a peer and its cascade of
-//! evictions) and is prepended to each. A send is one round trip: the script identifies the
+//! evictions); with it the room scripts are one library of Redis functions (`scripts.rs`, "The
+//! room library"), loaded once and called with `FCALL`. A send is one round trip: the script identifies the
 //! sender by its token's digest, checks the recipients and the rate, assigns every recipient
 //! its mailbox's next id, appends, and publishes a wake-up, all at once.
 //!
@@ -67,7 +68,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use redis::{Script, Value};
+use redis::Value;
 
 use crate::client_limits::ClientRefusal;
 use crate::error::{ApiResult, Error};
@@ -401,12 +402,12 @@ impl RedisStore {
 
 impl Inner {
     /// Runs a room script through the connection (for `presence.rs`).
-    async fn run_room(&self, invocation: &redis::ScriptInvocation<'_>) -> ApiResult<Value> {
-        scripts::run_room(self, invocation).await
+    async fn run_room(&self, call: &redis::Cmd) -> ApiResult<Value> {
+        scripts::run_room(self, call).await
     }
 
     /// Room script `script` on the room whose peers hash is `peers` (for `presence.rs`).
-    fn on_room<'a>(&'a self, script: &'a Script, peers: &str) -> redis::ScriptInvocation<'a> {
+    fn on_room(&self, script: &str, peers: &str) -> redis::Cmd {
         scripts::on_room(self, script, peers)
     }
 

@@ -81,7 +81,7 @@ impl Drop for Listening {
 
 /// Moves the deadlines of `peers` of `room` to now + timeout.
 async fn touch(inner: &Inner, room: &RoomName, peers: &[PeerId]) -> crate::error::ApiResult<()> {
-    let mut invocation = inner.on_room(&inner.scripts.touch, &inner.keys.peers(room));
+    let mut invocation = inner.on_room("touch", &inner.keys.peers(room));
     invocation
         .arg(inner.limits.peer_timeout.as_millis() as u64)
         .arg(inner.key_ttl_ms);

@@ -34,44 +34,89 @@ const GLOBAL_TTL: Duration = Duration::from_secs(3600);
 /// bytes each, so at most a few MB.
 const SENDERS_KEPT: usize = 50_000;
 
-/// A room script: `lua/room.lua`, then the script's own file. In a Redis Cluster's build the
-/// script's own part runs as a function, so that whatever it returns is answered beside the
-/// held bytes it charged and released (`{reply, {client key, delta, ...}}`, room.lua's
-/// `held_reply`), which [`run_room`] applies.
-macro_rules! room_script {
-    ($cluster:expr, $file:literal) => {
-        if $cluster {
-            Script::new(concat!(
-                include_str!("lua/room.lua"),
-                "\nlocal function main()\n",
-                include_str!(concat!("lua/", $file)),
-                "\nend\nlocal reply = main()\nif reply == nil then reply = false end\n",
-                "return {reply, held_reply()}\n"
-            ))
-        } else {
-            Script::new(concat!(
-                include_str!("lua/room.lua"),
-                include_str!(concat!("lua/", $file))
-            ))
-        }
-    };
+// ---- The room library ----
+//
+// The room scripts are one library of Redis functions: `lua/room.lua` (the key names, the
+// mailbox state's codec, the functions they share), then each script's own file as the body of
+// a function registered under its name. Redis runs a library's top level once, when it is
+// loaded (`FUNCTION LOAD`), and a call (`FCALL`) runs only its function, which starts by
+// setting room.lua's per-call values (`begin`): an `EVALSHA` of room.lua and a script ran the
+// whole of room.lua again at every call (docs/BENCHMARKS.md, "Redis's instructions per
+// message"). In a Redis Cluster's build each function answers its reply beside the held bytes
+// it charged and released (`{reply, {client key, delta, ...}}`, room.lua's `held_reply`),
+// which [`run_room`] applies.
+//
+// The library's name carries a hash of its code, so that instances of two versions sharing a
+// Redis (a rolling upgrade) each call their own functions. It is loaded by the first call that
+// finds it missing (a new Redis, or one restarted empty), on every master of a cluster, and
+// replicas receive it like any write, so a promoted replica has it. A library of an older
+// version stays in Redis until `FUNCTION DELETE` (a few tens of kB).
+
+/// Each room script's file, under the name of its function in the library.
+const ROOM_SCRIPTS: [(&str, &str); 9] = [
+    ("join", include_str!("lua/join.lua")),
+    ("leave", include_str!("lua/leave.lua")),
+    ("send", include_str!("lua/send.lua")),
+    ("authorize", include_str!("lua/authorize.lua")),
+    ("open", include_str!("lua/open.lua")),
+    ("read", include_str!("lua/read.lua")),
+    ("ack", include_str!("lua/ack.lua")),
+    ("touch", include_str!("lua/touch.lua")),
+    ("sweep", include_str!("lua/sweep.lua")),
+];
+
+/// The room library, built for a Redis Cluster or not.
+pub(super) struct Library {
+    /// `FUNCTION LOAD <code>`.
+    pub(super) load: redis::Cmd,
+    /// The library's name, `signpost_<hash>`: each function is `<name>_<script>`.
+    name: String,
 }
 
-/// The scripts, hashed once: `EVALSHA` after the first use, reloaded on `NOSCRIPT` (a Redis
-/// restarted empty forgets them).
+impl Library {
+    fn new(cluster: bool) -> Self {
+        const NAME: &str = "@LIBRARY@";
+        let mut code = format!("#!lua name={NAME}\n{}\n", include_str!("lua/room.lua"));
+        for (function, body) in ROOM_SCRIPTS {
+            code.push_str(&format!(
+                "redis.register_function('{NAME}_{function}', function(keys, args)\nbegin(keys, args)\n"
+            ));
+            if cluster {
+                code.push_str(&format!(
+                    "local reply = (function()\n{body}\nend)()\n\
+                     if reply == nil then reply = false end\n\
+                     return {{reply, held_reply()}}\n"
+                ));
+            } else {
+                code.push_str(body);
+                code.push('\n');
+            }
+            code.push_str("end)\n");
+        }
+        // A hash of the code as built (SHA-1, which the redis crate computes for scripts).
+        let name = format!("signpost_{}", &Script::new(&code).get_hash()[..16]);
+        let mut load = redis::cmd("FUNCTION");
+        load.arg("LOAD").arg(code.replace(NAME, &name));
+        Self { load, name }
+    }
+
+    /// `FCALL` of the function for `script`, with its keys; the caller adds the arguments.
+    fn call(&self, script: &str, keys: &[&str]) -> redis::Cmd {
+        let mut call = redis::cmd("FCALL");
+        call.arg(format!("{}_{script}", self.name))
+            .arg(keys.len())
+            .arg(keys);
+        call
+    }
+}
+
+/// The room library, and the other scripts, hashed once: `EVALSHA` after the first use,
+/// reloaded on `NOSCRIPT` (a Redis restarted empty forgets them).
 pub(super) struct Scripts {
     /// Built for a Redis Cluster: the room scripts take no held-bytes hash and answer what they
     /// charged beside their reply (see [`run_room`]).
     cluster: bool,
-    join: Script,
-    leave: Script,
-    send: Script,
-    authorize: Script,
-    open: Script,
-    read: Script,
-    ack: Script,
-    pub(super) touch: Script,
-    sweep: Script,
+    pub(super) library: Library,
     reserve: Script,
     created: Script,
     release: Script,
@@ -88,15 +133,7 @@ impl Scripts {
     pub(super) fn new(cluster: bool) -> Self {
         Self {
             cluster,
-            join: room_script!(cluster, "join.lua"),
-            leave: room_script!(cluster, "leave.lua"),
-            send: room_script!(cluster, "send.lua"),
-            authorize: room_script!(cluster, "authorize.lua"),
-            open: room_script!(cluster, "open.lua"),
-            read: room_script!(cluster, "read.lua"),
-            ack: room_script!(cluster, "ack.lua"),
-            touch: room_script!(cluster, "touch.lua"),
-            sweep: room_script!(cluster, "sweep.lua"),
+            library: Library::new(cluster),
             reserve: Script::new(concat!(
                 include_str!("lua/join_rate.lua"),
                 include_str!("lua/reserve.lua")
@@ -116,18 +153,18 @@ impl Scripts {
     }
 }
 
-/// Room script `script` on the room whose peers hash is `peers`, with the held-bytes hash as
-/// its second key (not in a Redis Cluster), as `lua/room.lua` takes them.
-pub(super) fn on_room<'a>(
-    inner: &'a Inner,
-    script: &'a Script,
-    peers: &str,
-) -> ScriptInvocation<'a> {
-    let mut invocation = script.key(peers);
-    if !inner.scripts.cluster {
-        invocation.key(&inner.keys.held);
+/// Room script `script` (a function of the room library) on the room whose peers hash is
+/// `peers`, with the held-bytes hash as its second key (not in a Redis Cluster), as
+/// `lua/room.lua` takes them; the caller adds the arguments.
+pub(super) fn on_room(inner: &Inner, script: &str, peers: &str) -> redis::Cmd {
+    if inner.scripts.cluster {
+        inner.scripts.library.call(script, &[peers])
+    } else {
+        inner
+            .scripts
+            .library
+            .call(script, &[peers, &inner.keys.held])
     }
-    invocation
 }
 
 // ---- Held bytes in a Redis Cluster ----
@@ -147,8 +184,11 @@ pub(super) fn on_room<'a>(
 /// Runs a room script and returns its reply; in a Redis Cluster, also applies the held bytes
 /// it answered beside it (best effort: a failure there is logged, and the script's answer
 /// stands, since the script committed).
-pub(super) async fn run_room(inner: &Inner, invocation: &ScriptInvocation<'_>) -> ApiResult<Value> {
-    let value: Value = inner.connection.run(invocation).await?;
+pub(super) async fn run_room(inner: &Inner, call: &redis::Cmd) -> ApiResult<Value> {
+    let value: Value = inner
+        .connection
+        .call(call, &inner.scripts.library.load)
+        .await?;
     if !inner.scripts.cluster {
         return Ok(value);
     }
@@ -403,7 +443,7 @@ pub(super) async fn join(
     let info = serde_json::to_string(&info).map_err(|_| Error::Internal("peer info"))?;
     let reply: Value = run_room(
         inner,
-        on_room(inner, &inner.scripts.join, &inner.keys.peers(room))
+        on_room(inner, "join", &inner.keys.peers(room))
             .arg(peer.info.peer_id.to_string())
             .arg(digest(peer.token.reveal()))
             .arg(client.unwrap_or_default())
@@ -589,7 +629,7 @@ pub(super) async fn leave(
 ) -> ApiResult<Removed> {
     let reply: Value = run_room(
         inner,
-        on_room(inner, &inner.scripts.leave, &inner.keys.peers(room))
+        on_room(inner, "leave", &inner.keys.peers(room))
             .arg(peer.to_string())
             .arg(token.map(digest).unwrap_or_default())
             .arg(inner.limits.mailbox_capacity)
@@ -630,7 +670,7 @@ pub(super) async fn send(
     } else {
         (String::new(), 0, "")
     };
-    let mut invocation = on_room(inner, &inner.scripts.send, &inner.keys.peers(room));
+    let mut invocation = on_room(inner, "send", &inner.keys.peers(room));
     invocation
         .arg(&digest)
         .arg(limits.mailbox_capacity)
@@ -740,7 +780,7 @@ pub(super) async fn due(inner: &Inner) -> ApiResult<Vec<String>> {
 pub(super) async fn sweep(inner: &Inner, room: &RoomName) -> ApiResult<Swept> {
     let reply: Value = run_room(
         inner,
-        on_room(inner, &inner.scripts.sweep, &inner.keys.peers(room))
+        on_room(inner, "sweep", &inner.keys.peers(room))
             .arg(inner.limits.mailbox_capacity)
             .arg(inner.key_ttl_ms)
             .arg(inner.limits.mailbox_max_bytes),
@@ -808,7 +848,7 @@ pub(super) async fn authorize(
 ) -> ApiResult<()> {
     let reply: Value = run_room(
         inner,
-        on_room(inner, &inner.scripts.authorize, &inner.keys.peers(room))
+        on_room(inner, "authorize", &inner.keys.peers(room))
             .arg(peer.to_string())
             .arg(token.map(digest).unwrap_or_default())
             .arg(inner.limits.peer_timeout.as_millis() as u64)
@@ -846,7 +886,7 @@ pub(super) async fn open(
 ) -> ApiResult<Opened> {
     let reply: Value = run_room(
         inner,
-        on_room(inner, &inner.scripts.open, &reader.peers)
+        on_room(inner, "open", &reader.peers)
             .arg(&reader.peer)
             .arg(acknowledge.map(|id| id.to_string()).unwrap_or_default())
             .arg(inner.limits.replay_window)
@@ -883,7 +923,7 @@ pub(super) async fn read(
 ) -> ApiResult<Read> {
     let reply: Value = run_room(
         inner,
-        on_room(inner, &inner.scripts.read, &reader.peers)
+        on_room(inner, "read", &reader.peers)
             .arg(&reader.peer)
             .arg(cursor)
             .arg(acknowledge.map(|id| id.to_string()).unwrap_or_default())
@@ -954,7 +994,7 @@ pub(super) async fn acknowledge(
 ) -> ApiResult<()> {
     let _: Value = run_room(
         inner,
-        on_room(inner, &inner.scripts.ack, &reader.peers)
+        on_room(inner, "ack", &reader.peers)
             .arg(&reader.peer)
             .arg(acknowledge)
             .arg(inner.limits.replay_window)

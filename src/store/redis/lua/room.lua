@@ -1,4 +1,5 @@
--- Shared by every script that touches one room (prepended to each when it is loaded).
+-- Shared by every script that touches one room: the top of the room library, whose functions
+-- are those scripts (scripts.rs, "The room library"; `begin` below).
 --
 -- KEYS[1] is the room's peers hash, "<prefix>:{<room>}:peers". Every key of a room carries the
 -- room's "{<room>}" hash tag; the other keys of the room are derived from KEYS[1] here rather
@@ -46,15 +47,15 @@
 -- on. It has the room's hash tag, so that in a Redis Cluster it is a sharded channel of the
 -- room's slot, published and heard on the shard that holds the mailbox.
 
-local base = string.sub(KEYS[1], 1, #KEYS[1] - 5) -- strip "peers"
-local K_PEERS = KEYS[1]
-local K_TOKENS = base .. 'tokens'
-local K_SEEN = base .. 'seen'
-local K_SEQ = base .. 'seq'
-local K_BOXES = base .. 'boxes'
-local K_HELD = KEYS[2]
--- A Redis Cluster's build: no held-bytes hash here, sharded wake-ups.
-local CLUSTER = K_HELD == nil
+-- This file is the top of a library of Redis functions (scripts.rs, "The room library"): it
+-- runs once, when the library is loaded, and each function then calls `begin` with its keys
+-- and arguments, which sets every per-call value below (marked "per call"): a call pays for
+-- the function it runs, not for defining these. Redis runs one call at a time.
+local KEYS, ARGV -- per call
+local base, K_PEERS, K_TOKENS, K_SEEN, K_SEQ, K_BOXES -- per call, from KEYS[1]
+local K_HELD -- per call: KEYS[2]
+-- A Redis Cluster's build: no held-bytes hash here, sharded wake-ups. Per call.
+local CLUSTER
 local function k_list(peer) return base .. 'm:' .. peer end
 local function k_sizes(peer) return base .. 's:' .. peer end
 local function k_sends(peer) return base .. 'i:' .. peer end
@@ -62,7 +63,7 @@ local function k_send_expiry(peer) return base .. 'it:' .. peer end
 
 -- Mailbox states this script has read, and those it changed: a batch of 16 messages to one
 -- peer reads and writes its state once, not 16 times. `flush` writes the changed ones back.
-local boxes, dirty = {}, {}
+local boxes, dirty -- per call: {}, {}
 
 -- A peer's mailbox state, or nil when it has none.
 local function load(peer)
@@ -96,11 +97,11 @@ end
 -- How long keys live after their last refresh (ms); set by each script from its arguments.
 -- Every key gets it when created; joins and presence refreshes renew the room's and the
 -- listening peers' keys, so keys outlive their peers but not the instances looking after them.
-local key_ttl_ms = 0
+local key_ttl_ms -- per call: 0
 
 -- Bytes this script charged (+) or released (-), by client key ("" for none): written to
 -- K_HELD once, by `flush`, however many messages moved.
-local held = {}
+local held -- per call: {}
 local function charge(client, bytes)
   held[client] = (held[client] or 0) + bytes
 end
@@ -116,7 +117,7 @@ end
 
 -- In a Redis Cluster, what `flush` would have added to K_HELD, by client key: the instance
 -- applies it (`held_reply`).
-local held_out = {}
+local held_out -- per call: {}
 
 -- Writes the changed mailbox states and the held bytes back; every script that saves calls it
 -- before returning.
@@ -182,11 +183,10 @@ local function now_us()
 end
 
 -- Peers whose readers must look again, and mailboxes whose expiry must be refreshed.
-local woken = {}
-local touched = {}
+local woken, touched -- per call: {}, {}
 -- The undelivered messages and bytes a mailbox may hold (mailbox_capacity,
 -- mailbox_max_bytes); set by each script that pushes, from its arguments.
-local capacity, max_bytes = 0, 0
+local capacity, max_bytes -- per call: 0, 0
 
 -- The bytes a stored value "<type> <envelope>" holds: its envelope's.
 local function size_of(value)
@@ -221,7 +221,7 @@ local GENERATION = 4294967296 -- 2^32 ids per generation
 -- before its crash, and serving again within that time, would trust the old id until it
 -- expires.) benches/seal_scripts.py measures the cost.
 local RID_TTL_MS = 1000
-local current_rid
+local current_rid -- per call: nil
 local function server_rid()
   if current_rid then return current_rid end
   local kept = redis.call('GET', base .. 'rid')
@@ -252,7 +252,7 @@ end
 -- one epoch (restarts of one master between failovers), and ids stay below 2^53 while epochs
 -- stay below 2^21 / EPOCH_GENERATIONS = 32,768.
 local EPOCH_GENERATIONS = 64
-local K_EPOCH = K_HELD and (string.sub(K_HELD, 1, #K_HELD - 4) .. 'epoch') -- strip "held"
+local K_EPOCH -- per call: beside K_HELD
 local function generation_floor()
   local epoch
   if CLUSTER then
@@ -327,8 +327,7 @@ end
 -- evicts that peer too, and so on. Appends each departure to `departures` as
 -- {peer, reason, client key}.
 -- Returns nothing; `emptied` is set once the last peer went (and the room's keys are gone).
-local departures = {}
-local emptied = false
+local departures, emptied -- per call: {}, false
 local function remove(peer, reason)
   local pending = {{peer, reason}}
   while #pending > 0 do
@@ -462,4 +461,18 @@ local function authorize(peer, digest)
   if err then return err end
   if owner ~= peer then return 'wrong_peer' end
   return nil
+end
+
+-- Sets every per-call value above for a call with `keys` and `args`: the first thing each
+-- function of the library does.
+local function begin(keys, args)
+  KEYS, ARGV = keys, args
+  K_PEERS = keys[1]
+  base = string.sub(K_PEERS, 1, #K_PEERS - 5) -- strip "peers"
+  K_TOKENS, K_SEEN, K_SEQ, K_BOXES = base .. 'tokens', base .. 'seen', base .. 'seq', base .. 'boxes'
+  K_HELD = keys[2]
+  CLUSTER = K_HELD == nil
+  K_EPOCH = K_HELD and (string.sub(K_HELD, 1, #K_HELD - 4) .. 'epoch') -- strip "held"
+  boxes, dirty, held, held_out, woken, touched, departures = {}, {}, {}, {}, {}, {}, {}
+  key_ttl_ms, capacity, max_bytes, current_rid, emptied = 0, 0, 0, nil, false
 end
