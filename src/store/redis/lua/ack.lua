@@ -3,8 +3,8 @@
 -- KEYS[1]: the room's peers hash. KEYS[2]: the held-bytes hash.
 -- ARGV: peer id, acknowledged id, replay window, replay window bytes.
 -- Reply: 1 if the peer is still in the room, 0 otherwise.
-local peer, id, replay_window = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local replay_bytes = tonumber(ARGV[4])
+local peer, id, replay_window = ARGV[1], num(ARGV[2]), num(ARGV[3])
+local replay_bytes = num(ARGV[4])
 if redis.call('HEXISTS', K_PEERS, peer) == 0 then return 0 end
 acknowledge(peer, id, replay_window, replay_bytes)
 flush()

@@ -16,11 +16,11 @@
 --        emptied (0/1: the evictions the announcement caused took every peer, the joiner
 --        too, and the room is gone)}.
 local peer, digest, client, info, announcement = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local max_peers, burst = tonumber(ARGV[6]), ARGV[8]
-capacity = tonumber(ARGV[7])
-local timeout_ms = tonumber(ARGV[9])
-key_ttl_ms = tonumber(ARGV[10])
-max_bytes = tonumber(ARGV[11])
+local max_peers, burst = num(ARGV[6]), ARGV[8]
+capacity = num(ARGV[7])
+local timeout_ms = num(ARGV[9])
+key_ttl_ms = num(ARGV[10])
+max_bytes = num(ARGV[11])
 
 if redis.call('HEXISTS', K_PEERS, peer) == 1 then
   return {'peer_present'}
@@ -34,7 +34,7 @@ local records = {}
 local all = redis.call('HGETALL', K_PEERS)
 for index = 1, #all, 2 do
   local seq, rest = string.match(all[index + 1], '^(%d+)\n[^\n]*\n[^\n]*\n(.*)$')
-  table.insert(records, {tonumber(seq), all[index], rest})
+  table.insert(records, {num(seq), all[index], rest})
 end
 table.sort(records, function(a, b) return a[1] < b[1] end)
 local before = {}
@@ -48,7 +48,7 @@ local seq = redis.call('INCR', K_SEQ)
 redis.call('HSET', K_PEERS, peer, seq .. '\n' .. digest .. '\n' .. client .. '\n' .. info)
 redis.call('HSET', K_TOKENS, digest, peer)
 redis.call('ZADD', K_SEEN, now + timeout_ms, peer)
-save(peer, {last = 0, first = 1, delivered = 0, epoch = 0, rt = tonumber(burst), ru = now,
+save(peer, {last = 0, first = 1, delivered = 0, epoch = 0, rt = num(burst), ru = now,
             ub = 0, db = 0, pe = 0, ck = client, gen = 0, rid = server_rid()})
 touched[peer] = true
 

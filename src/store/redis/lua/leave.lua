@@ -5,9 +5,9 @@
 --       mailbox max bytes.
 -- Reply: {error code} or {"ok", {departures: peer, reason, client key, ...}, emptied (0/1), now (µs)}.
 local peer, digest = ARGV[1], ARGV[2]
-capacity = tonumber(ARGV[3])
-key_ttl_ms = tonumber(ARGV[4])
-max_bytes = tonumber(ARGV[5])
+capacity = num(ARGV[3])
+key_ttl_ms = num(ARGV[4])
+max_bytes = num(ARGV[5])
 
 local err = authorize(peer, digest)
 if err then return {err} end

@@ -6,10 +6,10 @@
 -- KEYS[1]: the room's peers hash. KEYS[2]: the held-bytes hash.
 -- ARGV: peer id, acknowledged id ("" for none), replay window, replay window bytes, kind.
 -- Reply: {"closed"} or {"ok", epoch, newest id}.
-local peer, ack, replay_window = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local replay_bytes, kind = tonumber(ARGV[4]), ARGV[5]
+local peer, ack, replay_window = ARGV[1], ARGV[2], num(ARGV[3])
+local replay_bytes, kind = num(ARGV[4]), ARGV[5]
 if redis.call('HEXISTS', K_PEERS, peer) == 0 then return {'closed'} end
-if ack ~= '' then acknowledge(peer, tonumber(ack), replay_window, replay_bytes) end
+if ack ~= '' then acknowledge(peer, num(ack), replay_window, replay_bytes) end
 local box = load(peer)
 if box == nil then return {'closed'} end
 -- A reader that opens on a server that lost the mailbox's last writes learns it now (a `lost`

@@ -10,19 +10,19 @@
 --        {entries}}. "lost": the cursor is of a generation before the mailbox's seal (room.lua,
 --        "Seal"); a reader ahead of the mailbox on a server that is not the history that
 --        assigned its ids seals it, and is told "lost" rather than "ahead".
-local peer, cursor, ack, epoch = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local replay_window, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
-local replay_bytes, budget, poll_epoch = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local peer, cursor, ack, epoch = ARGV[1], num(ARGV[2]), ARGV[3], ARGV[4]
+local replay_window, limit = num(ARGV[5]), num(ARGV[6])
+local replay_bytes, budget, poll_epoch = num(ARGV[7]), num(ARGV[8]), ARGV[9]
 if redis.call('HEXISTS', K_PEERS, peer) == 0 then return {'closed'} end
 if ack ~= '' then
-  acknowledge(peer, tonumber(ack), replay_window, replay_bytes)
+  acknowledge(peer, num(ack), replay_window, replay_bytes)
   flush()
 end
 local box = load(peer)
 if box == nil then return {'closed'} end
 local last, first = box.last, box.first
-if epoch ~= '' and box.epoch ~= tonumber(epoch) then return {'replaced'} end
-if poll_epoch ~= '' and box.pe ~= tonumber(poll_epoch) then return {'replaced'} end
+if epoch ~= '' and box.epoch ~= num(epoch) then return {'replaced'} end
+if poll_epoch ~= '' and box.pe ~= num(poll_epoch) then return {'replaced'} end
 if cursor > last and seal_if_moved(peer, box) then
   flush()
   last, first = box.last, box.first

@@ -61,6 +61,37 @@ local function k_sizes(peer) return base .. 's:' .. peer end
 local function k_sends(peer) return base .. 'i:' .. peer end
 local function k_send_expiry(peer) return base .. 'it:' .. peer end
 
+-- Text to number and back, for the fields of mailbox states and the arguments that every call
+-- parses and writes: Lua's `tonumber` is C's strtod (about 1,600 of Redis's instructions a
+-- call) and `string.format('%d')` is sprintf (about 2,400), yet most of what they see repeats
+-- (the limits, small counts, epochs, sizes). So each answer is remembered, in tables of the
+-- library's own that outlive calls (pure mappings: nothing a call could see changes), each
+-- emptied when it reaches MEMO_ENTRIES so that ever-new ids and times cannot grow it.
+local MEMO_ENTRIES = 4096
+local number_of, numbers = {}, 0
+local function num(text)
+  local n = number_of[text]
+  if n ~= nil then return n end
+  n = tonumber(text)
+  if n ~= nil then
+    if numbers >= MEMO_ENTRIES then number_of, numbers = {}, 0 end
+    number_of[text], numbers = n, numbers + 1
+  end
+  return n
+end
+
+local text_of, texts = {}, 0
+local function fmt(n)
+  local text = text_of[n]
+  if text then return text end
+  if n == math.floor(n) then text = string.format('%d', n) else text = tostring(n) end
+  if n == n then -- not NaN, which no table takes as a key
+    if texts >= MEMO_ENTRIES then text_of, texts = {}, 0 end
+    text_of[n], texts = text, texts + 1
+  end
+  return text
+end
+
 -- Mailbox states this script has read, and those it changed: a batch of 16 messages to one
 -- peer reads and writes its state once, not 16 times. `flush` writes the changed ones back.
 local boxes, dirty -- per call: {}, {}
@@ -76,17 +107,12 @@ local function load(peer)
   -- A state written before the byte bounds has no `ub`, `db`, `pe`, `ck`: 0, and no address.
   -- One written before the seal has no `gen` and `rid` (""): it is adopted by the first server
   -- that assigns it an id (`seal_if_moved`), as a rolling upgrade must not reset every reader.
-  box = {last = tonumber(last), first = tonumber(first), delivered = tonumber(delivered),
-         epoch = tonumber(epoch), rt = tonumber(rt), ru = tonumber(ru),
-         ub = tonumber(ub) or 0, db = tonumber(db) or 0, pe = tonumber(pe) or 0, ck = ck,
-         gen = tonumber(gen) or 0, rid = rid}
+  box = {last = num(last), first = num(first), delivered = num(delivered),
+         epoch = num(epoch), rt = num(rt), ru = num(ru),
+         ub = num(ub) or 0, db = num(db) or 0, pe = num(pe) or 0, ck = ck,
+         gen = num(gen) or 0, rid = rid}
   boxes[peer] = box
   return box
-end
-
-local function fmt(n)
-  if n == math.floor(n) then return string.format('%d', n) end
-  return tostring(n)
 end
 
 local function save(peer, box)
@@ -174,12 +200,12 @@ end
 
 local function now_ms()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return num(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
 local function now_us()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+  return num(t[1]) * 1000000 + tonumber(t[2])
 end
 
 -- Peers whose readers must look again, and mailboxes whose expiry must be refreshed.
@@ -196,7 +222,7 @@ end
 -- "<size> <client key>" of a sizes list entry, as (size, client key).
 local function parse_size(item)
   local space = string.find(item, ' ', 1, true)
-  return tonumber(string.sub(item, 1, space - 1)), string.sub(item, space + 1)
+  return num(string.sub(item, 1, space - 1)), string.sub(item, space + 1)
 end
 
 -- Seal. Redis replicates asynchronously: a replica promoted by a failover may lack the last
@@ -260,7 +286,7 @@ local function generation_floor()
   else
     epoch = redis.call('GET', K_EPOCH)
   end
-  return (tonumber(epoch) or 0) * EPOCH_GENERATIONS
+  return (num(epoch) or 0) * EPOCH_GENERATIONS
 end
 
 -- Seals `peer`'s mailbox if this server is not the history that assigned its ids; a state from

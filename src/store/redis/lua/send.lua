@@ -30,14 +30,14 @@
 --        {"ok", accepted, {departures: peer, reason, client key, ...}, emptied (0/1), now (µs)},
 --        and a sixth element "replayed" when the send was answered from its idempotency key.
 local digest = ARGV[1]
-local rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
-capacity = tonumber(ARGV[2])
-key_ttl_ms = tonumber(ARGV[5])
-max_bytes = tonumber(ARGV[6])
-local client_max_held, max_held = tonumber(ARGV[7]), tonumber(ARGV[8])
+local rate, burst = num(ARGV[3]), num(ARGV[4])
+capacity = num(ARGV[2])
+key_ttl_ms = num(ARGV[5])
+max_bytes = num(ARGV[6])
+local client_max_held, max_held = num(ARGV[7]), num(ARGV[8])
 local idempotency_key, fingerprint = ARGV[9], ARGV[10]
-local window_ms, keys_per_peer = tonumber(ARGV[11]), tonumber(ARGV[12])
-local charged_client, charged, charge_refusal = ARGV[13], tonumber(ARGV[14]) or 0, ARGV[15]
+local window_ms, keys_per_peer = num(ARGV[11]), num(ARGV[12])
+local charged_client, charged, charge_refusal = ARGV[13], num(ARGV[14]) or 0, ARGV[15]
 local first_message = 16
 -- Given back whatever the answer: what is stored is charged again below.
 if CLUSTER then charge(charged_client, -charged) end
@@ -55,7 +55,7 @@ if idempotency_key ~= '' then
   sends, send_expiry = k_sends(sender), k_send_expiry(sender)
   local remembered = redis.call('HGET', sends, idempotency_key)
   if remembered then
-    local expires = tonumber(redis.call('ZSCORE', send_expiry, idempotency_key))
+    local expires = num(redis.call('ZSCORE', send_expiry, idempotency_key))
     if expires == nil or expires <= now then
       redis.call('ZREM', send_expiry, idempotency_key)
       redis.call('HDEL', sends, idempotency_key)
@@ -64,7 +64,7 @@ if idempotency_key ~= '' then
       if string.sub(remembered, 1, space - 1) ~= fingerprint then
         return {'idempotency_key_reused'}
       end
-      return {'ok', tonumber(string.sub(remembered, space + 1)), {}, 0, now_us(), 'replayed'}
+      return {'ok', num(string.sub(remembered, space + 1)), {}, 0, now_us(), 'replayed'}
     end
   end
 end

@@ -4,9 +4,9 @@
 -- ARGV: mailbox capacity, key expiry (ms), mailbox max bytes.
 -- Reply: {{departures: peer, reason, client key, ...}, the earliest deadline left (ms, -1 when the room is
 --        gone), emptied (0/1), now (µs)}.
-capacity = tonumber(ARGV[1])
-key_ttl_ms = tonumber(ARGV[2])
-max_bytes = tonumber(ARGV[3])
+capacity = num(ARGV[1])
+key_ttl_ms = num(ARGV[2])
+max_bytes = num(ARGV[3])
 local now = now_ms()
 for _, peer in ipairs(redis.call('ZRANGEBYSCORE', K_SEEN, '-inf', now)) do
   remove(peer, 'timeout')
@@ -14,7 +14,7 @@ end
 local earliest = -1
 if not emptied then
   local first = redis.call('ZRANGE', K_SEEN, 0, 0, 'WITHSCORES')
-  if first[2] then earliest = tonumber(first[2]) end
+  if first[2] then earliest = num(first[2]) end
   if redis.call('EXISTS', K_PEERS) == 0 then emptied = true end
 end
 finish(false)

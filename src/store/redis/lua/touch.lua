@@ -5,8 +5,8 @@
 -- `due.lua` keeps it).
 -- ARGV: presence timeout (ms), key expiry (ms), then the peer ids.
 -- Reply: the number of those peers still in the room.
-local timeout_ms = tonumber(ARGV[1])
-key_ttl_ms = tonumber(ARGV[2])
+local timeout_ms = num(ARGV[1])
+key_ttl_ms = num(ARGV[2])
 local deadline = now_ms() + timeout_ms
 local present = 0
 for index = 3, #ARGV do
