@@ -75,7 +75,7 @@ measure() {
 }
 
 printf '%-10s %14s %14s %7s\n' shape before after ratio
-for shape in "stream" "poll --transport poll"; do
+for shape in "stream" "poll --transport poll" "batch16 --batch 16"; do
   set -- $shape
   name=$1; shift
   before=$(measure before "$BEFORE" "$name" "$@")
