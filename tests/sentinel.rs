@@ -7,7 +7,8 @@
 //! that took under a second; sends succeed again within [`RECOVERY`] of the fault; every
 //! message answered 202 reaches the reader exactly once with gapless ids, or the reader was
 //! told (`reset` on its poll); and afterwards a send through each instance succeeds (no
-//! instance stuck on the old master). Also: the password and TLS variants connect and relay.
+//! instance stuck on the old master). Also: a master with `min-replicas-to-write 1` whose
+//! replica dies, and the password and TLS variants connect and relay.
 
 mod common;
 
@@ -129,6 +130,93 @@ async fn a_killed_master_gives_fast_503s_and_its_restart_strands_no_instance() {
     assert!(
         role.starts_with("slave"),
         "the old master is a replica: {role}"
+    );
+    both_instances_send(&alice, &bob).await;
+}
+
+/// `min-replicas-to-write 1` on the master, as README ("Redis Sentinel") advises: when its only
+/// replica dies, the master refuses writes (`NOREPLICAS`); sends are then answered fast 503s with
+/// `Retry-After`, never a hang, and are accepted again once the replica is back in sync, with
+/// nothing accepted lost. No failover happens: the instances stay on the same master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server and redis-cli: apt-get install redis-server (README.md, Prerequisites)"
+)]
+async fn a_master_without_its_replica_refuses_writes_until_it_is_back() {
+    if !common::external::can_run("min-replicas-to-write", redis_ha::available()) {
+        return;
+    }
+    let set_up = tokio::task::spawn_blocking(Sentinels::start).await.unwrap();
+    let master = set_up.master_port();
+    for setting in [
+        ["min-replicas-to-write", "1"],
+        ["min-replicas-max-lag", "2"],
+    ] {
+        let answer = set_up.data_cli(master, &["config", "set", setting[0], setting[1]]);
+        assert_eq!(answer, "OK", "{setting:?}");
+    }
+    let (a, b) = two_instances(&set_up).await;
+    let set_up = Arc::new(Mutex::new(set_up));
+    let alice = join(&a, "lonely", "alice").await;
+    let bob = join(&b, "lonely", "bob").await;
+    let flow = Flow::start(clone_peer(&alice), clone_peer(&bob));
+    flow.accepted_after(Instant::now(), 20, "sent with the replica")
+        .await;
+
+    let replica = blocking(&set_up, move |set_up| {
+        let replica = set_up.kill_replica();
+        // The master counts no good replica any more: writes are refused from here on.
+        redis_ha::wait_for(
+            redis_ha::FAILOVER_DEADLINE,
+            "the master to count no good replica",
+            || {
+                let info = set_up.data_cli(master, &["info", "replication"]);
+                (redis_ha::info_field(&info, "min_slaves_good_slaves").as_deref() == Some("0"))
+                    .then_some(())
+            },
+        );
+        replica
+    })
+    .await;
+    // Refused for a while, as a client sees it: long enough for the flow's sends to meet it.
+    let refused_from = Instant::now();
+    // Ticks of their own, far above the flow's, so that none repeats one of its ticks.
+    let mut tick = 1_000_000;
+    let refusal = loop {
+        tick += 1;
+        let answer = common::answer(send(&alice, &bob, tick)).await;
+        if answer.status != 202 {
+            break answer;
+        }
+        assert!(
+            refused_from.elapsed() < recovery(),
+            "the master without its replica still takes writes"
+        );
+        tokio::time::sleep(PERIOD).await;
+    };
+    assert_eq!(
+        (refusal.status, refusal.body["error"].as_str()),
+        (503, Some("store_unavailable")),
+        "{}",
+        refusal.body
+    );
+    assert!(refusal.retry_after.is_some() && refusal.took < FAST);
+
+    let back = Instant::now();
+    blocking(&set_up, move |set_up| set_up.restart_replica(replica)).await;
+    flow.accepted_after(Instant::now(), 50, "sent after the replica's return")
+        .await;
+    let (sent, received) = flow.finish().await;
+    assert!(
+        sent.iter().any(|sent| sent.answer.status == 503),
+        "the flow met the refusals"
+    );
+    check("replica gone and back", back, recovery(), &sent, &received);
+    assert_eq!(
+        blocking(&set_up, |set_up| set_up.master_port()).await,
+        master,
+        "no failover: the same master throughout"
     );
     both_instances_send(&alice, &bob).await;
 }

@@ -544,13 +544,38 @@ impl Sentinels {
     /// SIGKILLs the current master, losing what it held; returns its port.
     pub fn kill_master(&mut self) -> u16 {
         let port = self.master_port();
+        self.kill_data(port);
+        port
+    }
+
+    /// SIGKILLs the master's replica (the set-up has one); returns its port.
+    pub fn kill_replica(&mut self) -> u16 {
+        let master = self.master_port();
+        let port = self
+            .data_ports()
+            .into_iter()
+            .find(|port| *port != master)
+            .expect("a replica runs");
+        self.kill_data(port);
+        port
+    }
+
+    /// SIGKILLs the data node on `port`.
+    fn kill_data(&mut self, port: u16) {
         let (_, node) = self
             .data
             .iter_mut()
             .find(|(p, _)| *p == port)
-            .expect("the master is one of ours");
-        node.take().expect("the master runs").kill();
-        port
+            .expect("the node is one of ours");
+        node.take().expect("the node runs").kill();
+    }
+
+    /// Restarts the data node `port` (empty) as a replica of the current master, and waits until
+    /// it is in sync.
+    pub fn restart_replica(&mut self, port: u16) {
+        let master = self.master_port();
+        self.spawn_data(port, Some(master));
+        self.wait_replica_of(port, master);
     }
 
     /// Waits until every sentinel names a master other than `old` and that node says it is a
