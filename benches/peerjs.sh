@@ -6,6 +6,7 @@
 #   SIGNPOST=path/to/signpost bash benches/peerjs.sh   # another signpost build (its own Rocket.toml
 #                                                      # by default: SIGNPOST_CONFIG)
 #   IDLE=0 bash benches/peerjs.sh                   # the relay rounds only
+#   TRANSPORT=poll bash benches/peerjs.sh           # signpost's receivers long-poll instead of SSE
 #   BEFORE=path/to/older/signpost bash benches/peerjs.sh   # that build too, in the same rounds
 #                                                      # (its Rocket.toml: BEFORE_CONFIG)
 #
@@ -24,6 +25,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 OUT=${2:-target/bench-peerjs}
 IDLE=${IDLE:-1}
+TRANSPORT=${TRANSPORT:-sse}
 HARNESS=target/peerjs-bench
 HZ=$(getconf CLK_TCK)
 mkdir -p "$OUT"
@@ -75,7 +77,7 @@ relay_signpost() {
   local name=signpost${2:+-$2}
   start_signpost "${2:-}"
   "$BENCH" relay --rooms 200 --peers 2 --senders 64 --in-flight 1 --size 100 --warmup 1 \
-    --duration 6 --json > "$OUT/$name-relay-$1.json" 2>/dev/null &
+    --duration 6 --transport "$TRANSPORT" --json > "$OUT/$name-relay-$1.json" 2>/dev/null &
   local bench=$! t0 t1
   sleep 2.5; t0=$(ticks "$PID"); sleep 3; t1=$(ticks "$PID")
   wait "$bench"
@@ -98,7 +100,7 @@ median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (
 col() { awk -v c="$2" '{print $c}' "$OUT/$1.rows" | median; }
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
 echo
-echo "relay, 200 rooms × 2 peers, 64 senders × 1 in flight, medians of $ROUNDS rounds:"
+echo "relay, 200 rooms × 2 peers, 64 senders × 1 in flight, signpost on $TRANSPORT, medians of $ROUNDS rounds:"
 printf '%-22s %12s %12s %16s' "" PeerJS signpost "signpost/PeerJS"
 [ -n "$BEFORE" ] && printf ' %12s %16s' before "before/PeerJS"
 echo
