@@ -424,7 +424,9 @@ async fn wake_ups_follow_the_master_after_a_planned_failover() {
         tokio::task::spawn_blocking(move || set_up.lock().unwrap().failover())
     };
 
-    // The sentinels name the new master, sends are accepted again, and bob's stream opens.
+    // The sentinels name the new master, sends through alice's instance are accepted again,
+    // and bob's stream opens on the other instance, which may still be switching: until it
+    // has, its answer is the fast 503 with Retry-After.
     let started = Instant::now();
     loop {
         let name = name.clone();
@@ -439,7 +441,31 @@ async fn wake_ups_follow_the_master_after_a_planned_failover() {
         assert!(started.elapsed() < recovery(), "sends never came back");
         tokio::time::sleep(PERIOD).await;
     }
-    let mut events = bob.events(None).await;
+    let mut events = loop {
+        let asked = Instant::now();
+        let response = bob.events_response(None).await;
+        if response.status() == 200 {
+            let mut events = common::Events::from_response(response);
+            assert_eq!(events.next().await.event, "ready", "first event is ready");
+            break events;
+        }
+        assert_eq!(
+            response.status(),
+            503,
+            "bob's stream while his instance switches"
+        );
+        assert!(
+            response.headers().contains_key("retry-after"),
+            "a 503 tells when to retry"
+        );
+        assert!(
+            asked.elapsed() < FAST,
+            "a 503 is fast: {:?}",
+            asked.elapsed()
+        );
+        assert!(started.elapsed() < recovery(), "bob's stream never opened");
+        tokio::time::sleep(PERIOD).await;
+    };
     let tick = |event: &eventsource_stream::Event| -> Option<u64> {
         (event.event == "tick")
             .then(|| serde_json::from_str::<Value>(&event.data).ok())
