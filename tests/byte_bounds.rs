@@ -243,6 +243,35 @@ store_tests! {
 }
 
 store_tests! {
+    /// What a stream delivered stops counting against its sender's bytes soon after, though
+    /// nothing more comes for the stream to read: the acknowledgement that would ride on the
+    /// next read goes on its own (src/front/events.rs, ACK_DELAY), not at the next heartbeat.
+    async fn a_stream_that_delivered_frees_its_senders_bytes_with_nothing_more_to_read() {
+        const { assert!(2 * ENVELOPE <= 2048 && 3 * ENVELOPE > 2048) };
+        let server = Server::with(limits(json!({
+            "client_max_held_bytes": 2048, "replay_window_bytes": 0,
+            // Far past the wait below: no heartbeat's read carries the acknowledgement.
+            "heartbeat_secs": 600.0,
+        })))
+        .await;
+        let alice = server.join("streamed", "alice").await;
+        let bob = server.join("streamed", "bob").await;
+        alice.send_ok(json!([big(&bob), big(&bob)])).await;
+        assert_eq!(send(&alice, big(&bob)).await.status, 429, "two envelopes fill the bound");
+        let mut events = bob.events(None).await;
+        for id in [1, 2] {
+            assert_eq!(events.next_message().await["id"], id);
+        }
+
+        eventually("the delivered bytes are released", || async {
+            send(&alice, big(&bob)).await.status == 202
+        })
+        .await;
+        assert_eq!(events.next_message().await["id"], 3);
+    }
+}
+
+store_tests! {
     /// A send that would take the bytes held in all mailboxes past `max_held_bytes` is refused
     /// whole with 503 `server_full` and `Retry-After`, and delivers nothing.
     async fn a_send_past_max_held_bytes_is_refused_with_server_full() {

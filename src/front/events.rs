@@ -14,8 +14,11 @@ use hyper::http::request::Parts;
 use hyper::Response;
 use rocket::response::stream::stream;
 use serde::Serialize;
+use std::pin::Pin;
+use std::time::Duration;
 use tokio::select;
-use tokio::time::{interval_at, Instant, MissedTickBehavior};
+
+use tokio::time::{interval_at, sleep, Instant, MissedTickBehavior, Sleep};
 
 use crate::error::Error;
 use crate::front::request;
@@ -28,6 +31,21 @@ use crate::message::EncodedMessage;
 /// Once this much is written, the chunk is handed to the connection even if the mailbox has
 /// more: a stream never holds more than about this much of a backlog in memory at once.
 const CHUNK_BYTES: usize = 16 * 1024;
+
+/// How long a stream's acknowledgement waits for the next read to carry it. A call's offer,
+/// answer and candidates come tens of milliseconds apart, so on a shared store most reads
+/// carry the previous one's acknowledgement, and a message costs one call less. Delivered
+/// messages count against the byte bounds this much longer (a refused sender is told to retry
+/// after a second).
+const ACK_DELAY: Duration = Duration::from_millis(250);
+
+/// Completes when `deadline` passes; never, when there is none.
+async fn due(deadline: &mut Option<Pin<Box<Sleep>>>) {
+    match deadline {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Appends one event as Rocket's `Event` writes it: `id:` and `event:` when given, then the data
 /// as one `data:` line per line of it (split at `\n`, `\r` or `\r\n`), then a blank line.
@@ -160,7 +178,9 @@ pub async fn events(
         let mut out = Vec::new();
         write_json_event(&mut out, "ready", &Ready { peer_id: peer, last_id });
         yield out;
-        loop {
+        // When the acknowledgement that no read has carried yet goes on its own.
+        let mut ack_due: Option<Pin<Box<Sleep>>> = None;
+        'stream: loop {
             wake.mark_seen();
             // The store being unreachable ends the stream too: the client reconnects, to this
             // instance or another, and resumes from its last id.
@@ -202,19 +222,32 @@ pub async fn events(
             // more than was read, read on, as no wake-up will come for what is already there.
             // (A read that brought nothing cannot loop: it waits like any other.)
             let more = read_any && cursor < batch.last_id;
-            // With more to read, the acknowledgement goes with that read; otherwise now.
-            if !more && !wake.pending() && reader.flush().await.is_err() {
-                break;
+            // The acknowledgement goes with the next read (one call to a shared store, not
+            // two), unless none comes within ACK_DELAY: then on its own.
+            match (reader.unflushed(), ack_due.is_some()) {
+                (true, false) => ack_due = Some(Box::pin(sleep(ACK_DELAY))),
+                (false, true) => ack_due = None,
+                _ => {}
             }
-            select! {
-                // A shutdown ends even a stream that always has more to read.
-                biased;
-                _ = &mut shutdown => break,
-                () = std::future::ready(()), if more => {},
-                changed = wake.changed() => if changed.is_err() { break },
-                // After a heartbeat the mailbox is read again, so a wake-up that a shared
-                // store lost delays a message by one heartbeat at most.
-                _ = heartbeat.tick() => yield b":\n".to_vec(),
+            loop {
+                select! {
+                    // A shutdown ends even a stream that always has more to read.
+                    biased;
+                    _ = &mut shutdown => break 'stream,
+                    () = std::future::ready(()), if more => {},
+                    changed = wake.changed() => if changed.is_err() { break 'stream },
+                    // After a heartbeat the mailbox is read again, so a wake-up that a shared
+                    // store lost delays a message by one heartbeat at most.
+                    _ = heartbeat.tick() => yield b":\n".to_vec(),
+                    () = due(&mut ack_due), if ack_due.is_some() => {
+                        ack_due = None;
+                        if reader.flush().await.is_err() {
+                            break 'stream;
+                        }
+                        continue;
+                    }
+                }
+                break;
             }
         }
     };

@@ -489,6 +489,10 @@ impl Reader for MailboxReader {
         self.0.acknowledge(id);
     }
 
+    fn unflushed(&self) -> bool {
+        false
+    }
+
     async fn flush(&self) -> ApiResult<()> {
         Ok(())
     }

@@ -359,8 +359,11 @@ pub trait Reader: Send + Sync {
     /// [`flush`](Self::flush) when no read follows.
     fn acknowledge(&self, id: u64);
 
-    /// Applies an acknowledgement that is still waiting for a read: a reader calls it before it
-    /// waits with nothing to read, so that what it delivered counts as delivered.
+    /// Whether an acknowledgement is waiting for the next read or [`flush`](Self::flush).
+    fn unflushed(&self) -> bool;
+
+    /// Applies an acknowledgement that is still waiting for a read: a reader calls it when no
+    /// read has carried it for a while, so that what it delivered counts as delivered.
     async fn flush(&self) -> ApiResult<()>;
 
     /// What follows `cursor`: at most `max_bytes` of encoded envelopes, but always at least

@@ -99,6 +99,10 @@ impl Reader {
         Ok(read)
     }
 
+    pub fn unflushed(&self) -> bool {
+        self.pending_ack.load(Ordering::Relaxed) > self.sent_ack.load(Ordering::Relaxed)
+    }
+
     /// Sends an acknowledgement that no read has carried yet.
     pub async fn flush(&self) -> ApiResult<()> {
         let ack = self.pending_ack.load(Ordering::Relaxed);

@@ -113,6 +113,10 @@ impl Reader for RedisReader {
         RedisReader::acknowledge(self, id);
     }
 
+    fn unflushed(&self) -> bool {
+        RedisReader::unflushed(self)
+    }
+
     async fn flush(&self) -> ApiResult<()> {
         RedisReader::flush(self).await
     }
