@@ -588,9 +588,11 @@ store_contract! {
     /// Presence: a peer whose `Listening` guard lives is not swept; one without a listener is
     /// removed after `peer_timeout`, reported by exactly one sweep with `Timeout`, and the room
     /// hears `leave` with reason `timeout`; once its guard is dropped, the listening peer times
-    /// out too, and the room goes (docs/API.md, Delivery, "Presence").
+    /// out too, `peer_timeout` after that at the earliest, and the room goes (docs/API.md,
+    /// Delivery, "Presence").
     every async fn a_silent_peer_is_swept_once_and_a_listening_one_is_not(deployment) {
         let store = deployment.open(|config| config.peer_timeout_secs = PEER_TIMEOUT_SECS).await;
+        let opened = Instant::now();
         let room = room("presence");
         let alice = join(&*store, &room).await;
         let alices = store.reader(&room, alice.id, alice.token()).await.unwrap();
@@ -606,9 +608,26 @@ store_contract! {
         let timed_out = vec![(bob.id.to_string(), "timeout".to_owned())];
         assert_eq!(leaves(&read_after(&*store, &room, &alice, 0).await), timed_out);
 
+        // Alice stops listening midway between two of the Redis instance's periodic refreshes
+        // (every third of the timeout since it opened), so that only the refresh her guard
+        // makes as it goes can make her timeout count from then.
+        let period = timeout / 3;
+        let mut midway = period / 2;
+        while midway < opened.elapsed() {
+            midway += period;
+        }
+        tokio::time::sleep_until((opened + midway).into()).await;
+        let stopped = Instant::now();
         drop(listening);
         let gone = sweep_until(&[&store], |gone| !gone.is_empty()).await;
         assert_eq!(gone, [(room.clone(), departure(&alice, LeaveReason::Timeout))]);
+        // Counted from when she stopped listening (the guard's last refresh, on Redis), not
+        // from the periodic refresh before it.
+        assert!(
+            stopped.elapsed() >= timeout,
+            "Alice timed out {:?} after she stopped listening",
+            stopped.elapsed()
+        );
         assert_eq!(store.room(&room).await.unwrap().map(|peers| peers.len()), None);
         assert_eq!(store.counts().await.unwrap(), (0, 0));
     }

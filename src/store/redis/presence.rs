@@ -16,9 +16,9 @@ use crate::identity::{PeerId, RoomName};
 use super::Inner;
 
 pub struct Presence {
-    /// Peers with a listener on this instance, and how many. A `parking_lot::Mutex`: held for a
-    /// map update or a copy of the keys, never across `.await`.
-    listeners: Mutex<HashMap<(RoomName, PeerId), usize>>,
+    /// Peers with a listener on this instance, or whose last one ended a moment ago. A
+    /// `parking_lot::Mutex`: held for a map update or a copy of the keys, never across `.await`.
+    listeners: Mutex<HashMap<(RoomName, PeerId), Listeners>>,
 }
 
 impl Presence {
@@ -27,6 +27,24 @@ impl Presence {
             listeners: Mutex::default(),
         }
     }
+}
+
+/// A peer's listeners on this instance.
+#[derive(Default)]
+struct Listeners {
+    count: usize,
+    /// Bumped by each new listener: a final refresh waiting for an older one to be the last
+    /// sees that it was not.
+    generation: u64,
+}
+
+/// How long after a peer's last listener ends its final refresh waits for another to start.
+/// A polling client's next poll comes one round trip after the last, and that poll's
+/// authorisation refreshes the deadline itself (authorize.lua): the final refresh would be one
+/// script call per poll for nothing. A tenth of the timeout at most, so that the timeout counts
+/// from at most that much after the peer stopped listening, never before.
+fn final_refresh_delay(peer_timeout: Duration) -> Duration {
+    (peer_timeout / 10).min(Duration::from_secs(1))
 }
 
 /// A stream or poll in progress; the last one for a peer to end refreshes its deadline one last
@@ -39,42 +57,52 @@ pub struct Listening {
 
 impl Listening {
     pub(super) fn new(inner: Arc<Inner>, room: RoomName, peer: PeerId) -> Self {
-        *inner
-            .presence
-            .listeners
-            .lock()
-            .entry((room.clone(), peer))
-            .or_default() += 1;
+        {
+            let mut listeners = inner.presence.listeners.lock();
+            let entry = listeners.entry((room.clone(), peer)).or_default();
+            entry.count += 1;
+            entry.generation += 1;
+        }
         Self { inner, room, peer }
     }
 }
 
 impl Drop for Listening {
     fn drop(&mut self) {
-        let last = {
+        let key = (self.room.clone(), self.peer);
+        let generation = {
             let mut listeners = self.inner.presence.listeners.lock();
-            let key = (self.room.clone(), self.peer);
             match listeners.get_mut(&key) {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
-                    false
+                Some(entry) if entry.count > 1 => {
+                    entry.count -= 1;
+                    return;
                 }
-                _ => {
-                    listeners.remove(&key);
-                    true
+                Some(entry) => {
+                    entry.count = 0;
+                    entry.generation
                 }
+                None => return,
             }
         };
-        if last {
-            let inner = Arc::clone(&self.inner);
-            let room = self.room.clone();
-            let peer = self.peer;
-            // Outside a runtime (the process is ending) the peer simply times out sooner.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let _ = touch(&inner, &room, &[peer]).await;
-                });
-            }
+        let inner = Arc::clone(&self.inner);
+        // Outside a runtime (the process is ending) the peer simply times out sooner.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                tokio::time::sleep(final_refresh_delay(inner.limits.peer_timeout)).await;
+                let last = {
+                    let mut listeners = inner.presence.listeners.lock();
+                    let still = listeners
+                        .get(&key)
+                        .is_some_and(|entry| entry.count == 0 && entry.generation == generation);
+                    if still {
+                        listeners.remove(&key);
+                    }
+                    still
+                };
+                if last {
+                    let _ = touch(&inner, &key.0, &[key.1]).await;
+                }
+            });
         }
     }
 }
