@@ -9,7 +9,8 @@
 # quiet machine. Long-poll is not as steady (±15 % between runs of one binary): how many polls,
 # opens and reads a message takes depends on whether its poll is already waiting when it
 # arrives, which timing decides; run it several times and compare the spreads. Redis is the
-# store's bottleneck across instances, so this is its cost per message.
+# store's bottleneck across instances, so this is its cost per message. Also prints the script
+# calls (FCALL and EVALSHA, from INFO commandstats) per delivered message.
 #
 #   bash benches/redis-instructions.sh BEFORE_BINARY [AFTER_BINARY] [OUT]
 #
@@ -62,24 +63,28 @@ measure() {
   "$BENCH" relay --url "$A" --receive-url "$B" --rooms 10 --senders 4 --rate 50 --duration 2 \
     --warmup 0 --json "$@" > /dev/null 2>&1 || true
   callgrind_control -z "$redis" >/dev/null 2>&1
+  redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
   "$BENCH" relay --url "$A" --receive-url "$B" --rooms 20 --senders 8 --rate 100 --duration 10 \
     --warmup 0 --json "$@" > "$OUT/$name-$label.json" 2>/dev/null || true
   callgrind_control -d "$redis" >/dev/null 2>&1
+  local calls
+  calls=$(redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
+    awk -F'[:,=]' '/^cmdstat_(evalsha|fcall):/ {s += $3} END {print s + 0}')
   cleanup
   PIDS=()
   local dump instructions delivered
   dump=$(ls "$OUT/$name-$label".cg.* | grep -E '\.[0-9]+$' | sort | tail -1)
   instructions=$(grep -m1 '^summary:' "$dump" | awk '{print $2}')
   delivered=$(jq .results.delivered_total "$OUT/$name-$label.json")
-  echo $((instructions / delivered))
+  echo "$((instructions / delivered)) $(awk -v c="$calls" -v d="$delivered" 'BEGIN { printf "%.2f", c / d }')"
 }
 
-printf '%-10s %14s %14s %7s\n' shape before after ratio
+printf '%-10s %14s %14s %7s %13s %12s\n' shape before after ratio "calls before" "calls after"
 for shape in "stream" "poll --transport poll" "batch16 --batch 16"; do
   set -- $shape
   name=$1; shift
-  before=$(measure before "$BEFORE" "$name" "$@")
-  after=$(measure after "$AFTER" "$name" "$@")
-  printf '%-10s %14s %14s %7s\n' "$name" "$before" "$after" \
-    "$(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.3f", a / b }')"
+  read -r before before_calls < <(measure before "$BEFORE" "$name" "$@")
+  read -r after after_calls < <(measure after "$AFTER" "$name" "$@")
+  printf '%-10s %14s %14s %7s %13s %12s\n' "$name" "$before" "$after" \
+    "$(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.3f", a / b }')" "$before_calls" "$after_calls"
 done
