@@ -6,6 +6,9 @@
 //! when its write buffer has room); the mailbox's replay window covers what a cut connection
 //! loses after that.
 
+use std::pin::Pin;
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper::body::Frame;
@@ -14,10 +17,7 @@ use hyper::http::request::Parts;
 use hyper::Response;
 use rocket::response::stream::stream;
 use serde::Serialize;
-use std::pin::Pin;
-use std::time::Duration;
 use tokio::select;
-
 use tokio::time::{interval_at, sleep, Instant, MissedTickBehavior, Sleep};
 
 use crate::error::Error;

@@ -99,6 +99,7 @@ impl Reader {
         Ok(read)
     }
 
+    /// Whether an acknowledgement is waiting for the next read or [`Reader::flush`].
     pub fn unflushed(&self) -> bool {
         self.pending_ack.load(Ordering::Relaxed) > self.sent_ack.load(Ordering::Relaxed)
     }
