@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper::body::Frame;
-use hyper::header::{HeaderValue, CACHE_CONTROL, EXPIRES};
+use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, EXPIRES};
 use hyper::http::request::Parts;
 use hyper::Response;
 use rocket::response::stream::stream;
@@ -124,6 +124,8 @@ struct Reset {
     last_id: u64,
 }
 
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
 /// `GET /api/rooms/{room}/peers/{peer}/events`: the stream, with the same bytes and headers
 /// Rocket's `EventStream` gives, except that all the events of one mailbox read go out as one
 /// chunk (Rocket writes every field of every event with a write of its own).
@@ -134,7 +136,8 @@ pub async fn events(
     request: &Parts,
 ) -> Result<Response<ResponseBody>, Error> {
     let peer = request::peer(peer)?;
-    let token = request::token(request);
+    let query = request::Query::parse(request, ["token", "last_event_id"]);
+    let token = request::token(request, query.first("token"));
     let reader = front
         .hub
         .reader(&request::room(room)?, peer, token.as_deref())
@@ -147,12 +150,10 @@ pub async fn events(
             .parse::<u64>()
             .map_err(|_| Error::InvalidLastEventId)
     };
-    let from_header = request::header(request, "Last-Event-ID")
+    let from_header = request::header(request, LAST_EVENT_ID)
         .map(id)
         .transpose()?;
-    let from_query = request::query_param(request, "last_event_id")?
-        .as_deref()
-        .map(id)
+    let from_query = query.value("last_event_id")?.map(id)
         .transpose()?;
     let resume_from = from_header.or(from_query);
     // Subscribed before the first read, so nothing appended after that read goes unnoticed.

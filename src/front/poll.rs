@@ -28,7 +28,8 @@ pub async fn poll(
     peer: &str,
     request: &Parts,
 ) -> Result<Response<ResponseBody>, Error> {
-    let token = request::token(request);
+    let query = request::Query::parse(request, ["token", "after", "wait"]);
+    let token = request::token(request, query.first("token"));
     let reader = front
         .hub
         .reader(
@@ -38,9 +39,9 @@ pub async fn poll(
         )
         .await?;
     let after: u64 =
-        number("after", request::query_param(request, "after")?.as_deref())?.unwrap_or(0);
+        number("after", query.value("after")?)?.unwrap_or(0);
     let max_wait = front.config.poll_max_wait();
-    let wait = match number::<f64>("wait", request::query_param(request, "wait")?.as_deref())? {
+    let wait = match number::<f64>("wait", query.value("wait")?)? {
         Some(seconds) if !(seconds.is_finite() && seconds >= 0.0) => {
             return Err(Error::InvalidQuery {
                 parameter: "wait",

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::HeaderName;
+use hyper::header::{HeaderName, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::http::request::Parts;
 use rocket::http::Status;
 use serde::de::DeserializeOwned;
@@ -21,6 +21,11 @@ use crate::identity::{PeerId, RoomName};
 
 /// A path segment, percent-decoded as Rocket decodes the segments it hands to `FromParam`.
 fn decode(segment: &str) -> Cow<'_, str> {
+    // Nearly every segment has nothing to decode: one scan for `%` instead of the decoder's
+    // byte-by-byte pass.
+    if !segment.contains('%') {
+        return Cow::Borrowed(segment);
+    }
     percent_encoding::percent_decode_str(segment).decode_utf8_lossy()
 }
 
@@ -32,39 +37,74 @@ pub fn peer(segment: &str) -> Result<PeerId, Error> {
     params::peer_id(&decode(segment))
 }
 
-/// The first value of the query parameter `name`, form-decoded (`+` is a space).
-pub fn query_value(request: &Parts, name: &str) -> Option<String> {
-    let query = request.uri.query()?;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.into_owned())
+/// The query parameters a route reads, found in one pass over the query: each name's first
+/// value, form-decoded (`+` is a space), borrowed from the URI when it has nothing to decode,
+/// and whether the name was given more than once.
+pub struct Query<'a, const N: usize> {
+    names: [&'static str; N],
+    first: [Option<Cow<'a, str>>; N],
+    repeated: [bool; N],
 }
 
-/// The value of the query parameter `name`, form-decoded; a parameter given twice is refused,
-/// since which of its values was meant cannot be known.
-pub fn query_param(request: &Parts, name: &'static str) -> Result<Option<String>, Error> {
-    let Some(query) = request.uri.query() else {
-        return Ok(None);
-    };
-    let mut values = form_urlencoded::parse(query.as_bytes()).filter(|(key, _)| key == name);
-    let first = values.next().map(|(_, value)| value.into_owned());
-    if values.next().is_some() {
-        return Err(Error::InvalidQuery {
-            parameter: name,
-            reason: "is given more than once".to_owned(),
-        });
+impl<'a, const N: usize> Query<'a, N> {
+    pub fn parse(request: &'a Parts, names: [&'static str; N]) -> Self {
+        let mut query = Query {
+            names,
+            first: [const { None }; N],
+            repeated: [false; N],
+        };
+        let Some(text) = request.uri.query() else {
+            return query;
+        };
+        for (key, value) in form_urlencoded::parse(text.as_bytes()) {
+            if let Some(index) = names.iter().position(|name| key == *name) {
+                if query.first[index].is_some() {
+                    query.repeated[index] = true;
+                } else {
+                    query.first[index] = Some(value);
+                }
+            }
+        }
+        query
     }
-    Ok(first)
+
+    /// The value of `name`, one of the names parsed; a parameter given twice is refused, since
+    /// which of its values was meant cannot be known.
+    pub fn value(&self, name: &'static str) -> Result<Option<&str>, Error> {
+        let index = self.index(name);
+        if self.repeated[index] {
+            return Err(Error::InvalidQuery {
+                parameter: name,
+                reason: "is given more than once".to_owned(),
+            });
+        }
+        Ok(self.first[index].as_deref())
+    }
+
+    /// The first value of `name`, one of the names parsed, however often it was given.
+    pub fn first(&self, name: &'static str) -> Option<&str> {
+        self.first[self.index(name)].as_deref()
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.names
+            .iter()
+            .position(|parsed| *parsed == name)
+            .expect("a query name the route did not parse")
+    }
 }
 
-pub fn header<'a>(request: &'a Parts, name: &str) -> Option<&'a str> {
+/// A header's value, by a constant name: a name given as text would be parsed and lower-cased
+/// on every request.
+pub fn header(request: &Parts, name: HeaderName) -> Option<&str> {
     request.headers.get(name)?.to_str().ok()
 }
 
-/// The token from `Authorization: Bearer` or `?token=`, by the rule Rocket's guard uses.
-pub fn token(request: &Parts) -> Token {
-    Token::find(header(request, "Authorization"), || {
-        query_value(request, "token")
+/// The token from `Authorization: Bearer` or `?token=` (the query's first `token`), by the rule
+/// Rocket's guard uses.
+pub fn token(request: &Parts, query_token: Option<&str>) -> Token {
+    Token::find(header(request, AUTHORIZATION), || {
+        query_token.map(str::to_owned)
     })
 }
 
@@ -93,7 +133,7 @@ pub fn idempotency_key(request: &Parts) -> Result<Option<IdempotencyKey>, Error>
 /// before anything is read.
 pub async fn body(request: &Parts, body: Incoming, config: &Config) -> Result<Bytes, Error> {
     let limit = config.max_body_bytes;
-    let announced = header(request, "Content-Length").and_then(|length| length.parse().ok());
+    let announced = header(request, CONTENT_LENGTH).and_then(|length| length.parse().ok());
     if announced.is_some_and(|length: usize| length > limit) {
         return Err(Error::BodyTooLarge { limit });
     }
@@ -119,7 +159,7 @@ pub async fn json_body<T: DeserializeOwned>(
     let bytes = body(request, incoming, config).await?;
     parse_json(
         &bytes,
-        header(request, "Content-Type"),
+        header(request, CONTENT_TYPE),
         config.max_body_bytes,
     )
 }

@@ -21,7 +21,8 @@ pub async fn send(
     body: Incoming,
 ) -> Result<Response<ResponseBody>, Error> {
     let room = request::room(room)?;
-    let token = request::token(request);
+    let query = request::Query::parse(request, ["token"]);
+    let token = request::token(request, query.first("token"));
     // Authentication comes before body errors, so that a stranger learns nothing from them.
     if token.as_deref().is_none() {
         return Err(Error::MissingToken);
