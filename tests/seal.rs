@@ -62,18 +62,15 @@ impl Lab {
         })
     }
 
-    /// Copies every replicated key of the instance aside: what a replica that stops
-    /// replicating now holds. (A room's "rid" key, where the scripts keep the server's
-    /// replication id, is written without replication and never reaches a replica.)
+    /// Copies every key of the instance aside: what a replica that stops replicating now
+    /// holds.
     fn replica_stops_here(&self) {
         let copied = self.redis.cli(&[
             "EVAL",
             "local n = 0
              for _, key in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do
-               if string.sub(key, -4) ~= ':rid' then
-                 redis.call('COPY', key, 'replica:' .. key, 'REPLACE')
-                 n = n + 1
-               end
+               redis.call('COPY', key, 'replica:' .. key, 'REPLACE')
+               n = n + 1
              end
              return n",
             "0",
@@ -83,13 +80,13 @@ impl Lab {
     }
 
     /// The replica is promoted: the server gets a new replication id, as a promoted replica
-    /// does, then the copy replaces the keys (every write since it stopped is lost). In this
-    /// order, so that no script between the two can keep the old id in a room's `rid` key (the
-    /// copy replaces those too): a real replica runs no script before its promotion. With an
-    /// `epoch`, the promotion is Sentinel's: the instances tell the new master its config epoch
-    /// before any script runs there, here in the same step as the copy.
+    /// does, and forgets the id its scripts kept (`forget_kept_rid`), then the copy replaces
+    /// the keys (every write since it stopped is lost). With an `epoch`, the promotion is
+    /// Sentinel's: the instances tell the new master its config epoch before any script runs
+    /// there, here in the same step as the copy.
     fn promote_the_replica(&self, epoch: Option<u64>) {
         self.change_replid();
+        self.forget_kept_rid();
         let restored = self.redis.cli(&[
             "EVAL",
             "for _, key in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do
@@ -123,14 +120,15 @@ impl Lab {
             );
         }
         self.change_replid();
-        self.redis.cli(&[
-            "EVAL",
-            "for _, key in ipairs(redis.call('KEYS', ARGV[1] .. '*:rid')) do
-               redis.call('DEL', key)
-             end",
-            "0",
-            &self.prefix,
-        ]);
+        self.forget_kept_rid();
+    }
+
+    /// The room library keeps the server's replication id in its Lua state for a second
+    /// (room.lua, `server_rid`). A promoted replica or a restarted server is another process,
+    /// whose library never ran a call: here the same process plays it, so its library is
+    /// flushed, and the next call loads it afresh, as it would after a `FUNCTION FLUSH`.
+    fn forget_kept_rid(&self) {
+        assert_eq!(self.redis.cli(&["FUNCTION", "FLUSH"]), "OK");
     }
 
     /// `REPLICAOF <closed port>` then `REPLICAOF NO ONE`: a new `master_replid`, as a promotion
@@ -344,9 +342,10 @@ async fn a_resume_from_a_lost_id_is_told_lost() {
     );
 }
 
-/// With a real replica: everything the scripts write reaches it except the replication id
-/// they keep for a second (room.lua, `server_rid`), so that the replica, promoted after the
-/// master went on without it, seals the mailbox instead of trusting its old master's id. The
+/// With a real replica: everything the scripts write reaches it, but not the replication id
+/// they keep for a second in the master's Lua state (room.lua, `server_rid`), so that the
+/// replica, promoted after the master went on without it, seals the mailbox instead of
+/// trusting its old master's id. The
 /// reader, resuming on an instance of the promoted replica, is told `lost` and never sees an
 /// id twice.
 #[cfg_attr(

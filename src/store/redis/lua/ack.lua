@@ -5,7 +5,8 @@
 -- Reply: 1 if the peer is still in the room, 0 otherwise.
 local peer, id, replay_window = ARGV[1], num(ARGV[2]), num(ARGV[3])
 local replay_bytes = num(ARGV[4])
-if redis.call('HEXISTS', K_PEERS, peer) == 0 then return 0 end
+-- A peer's state goes with it: none means the peer left.
+if load(peer) == nil then return 0 end
 acknowledge(peer, id, replay_window, replay_bytes)
 flush()
 return 1

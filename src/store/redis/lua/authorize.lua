@@ -9,5 +9,5 @@ local err = authorize(peer, digest)
 if err then return {err} end
 redis.call('ZADD', K_SEEN, 'XX', now_ms() + timeout_ms, peer)
 touched[peer] = true
-finish(true)
+finish('extend')
 return {'ok'}

@@ -63,6 +63,6 @@ for _, other in ipairs(overflowing) do
   remove(other, 'evicted')
 end
 
-finish(true)
+finish('always')
 return {'ok', count == 0 and 1 or 0, before, departures_reply(), now_us(), now + timeout_ms,
         emptied and 1 or 0}

@@ -8,10 +8,10 @@
 -- Reply: {"closed"} or {"ok", epoch, newest id}.
 local peer, ack, replay_window = ARGV[1], ARGV[2], num(ARGV[3])
 local replay_bytes, kind = num(ARGV[4]), ARGV[5]
-if redis.call('HEXISTS', K_PEERS, peer) == 0 then return {'closed'} end
-if ack ~= '' then acknowledge(peer, num(ack), replay_window, replay_bytes) end
+-- A peer's state goes with it: none means the peer left.
 local box = load(peer)
 if box == nil then return {'closed'} end
+if ack ~= '' then acknowledge(peer, num(ack), replay_window, replay_bytes) end
 -- A reader that opens on a server that lost the mailbox's last writes learns it now (a `lost`
 -- reset on its first read), not only when the next message comes.
 seal_if_moved(peer, box)

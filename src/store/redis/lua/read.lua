@@ -13,13 +13,13 @@
 local peer, cursor, ack, epoch = ARGV[1], num(ARGV[2]), ARGV[3], ARGV[4]
 local replay_window, limit = num(ARGV[5]), num(ARGV[6])
 local replay_bytes, budget, poll_epoch = num(ARGV[7]), num(ARGV[8]), ARGV[9]
-if redis.call('HEXISTS', K_PEERS, peer) == 0 then return {'closed'} end
+-- A peer's state goes with it: none means the peer left.
+local box = load(peer)
+if box == nil then return {'closed'} end
 if ack ~= '' then
   acknowledge(peer, num(ack), replay_window, replay_bytes)
   flush()
 end
-local box = load(peer)
-if box == nil then return {'closed'} end
 local last, first = box.last, box.first
 if epoch ~= '' and box.epoch ~= num(epoch) then return {'replaced'} end
 if poll_epoch ~= '' and box.pe ~= num(poll_epoch) then return {'replaced'} end

@@ -39,8 +39,6 @@
 --                    key -> "<batch fingerprint> <accepted>"; at most idempotency_keys_per_peer
 --   it:<peer>  zset  beside i:<peer>: key -> when it is forgotten (ms). Both expire with their
 --                    newest entry, and go with the peer
---   rid        string, this server's replication id, kept a second without replication
---                    (`server_rid`, "Seal")
 -- Beside KEYS[2], "<prefix>:{<prefix>:global}:epoch" (K_EPOCH) is the Sentinel config epoch of
 -- the master, written by the instances (`generation_floor`, "Seal"); absent on one Redis.
 -- Channel "<prefix>:{<room>}:w:<peer>" wakes the peer's readers; it carries nothing they rely
@@ -96,23 +94,45 @@ end
 -- peer reads and writes its state once, not 16 times. `flush` writes the changed ones back.
 local boxes, dirty -- per call: {}, {}
 
+-- A mailbox state as stored, as a table.
+local function parse_box(packed)
+  local last, first, delivered, epoch, rt, ru, ub, db, pe, ck, gen, rid = string.match(packed,
+    '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),?([^,]*),?([^,]*),?([^,]*),?([^,]*),?([^,]*),?(.*)$')
+  -- A state written before the byte bounds has no `ub`, `db`, `pe`, `ck`: 0, and no address.
+  -- One written before the seal has no `gen` and `rid` (""): it is adopted by the first server
+  -- that assigns it an id (`seal_if_moved`), as a rolling upgrade must not reset every reader.
+  return {last = num(last), first = num(first), delivered = num(delivered),
+          epoch = num(epoch), rt = num(rt), ru = num(ru),
+          ub = num(ub) or 0, db = num(db) or 0, pe = num(pe) or 0, ck = ck,
+          gen = num(gen) or 0, rid = rid}
+end
+
 -- A peer's mailbox state, or nil when it has none.
 local function load(peer)
   local box = boxes[peer]
   if box then return box end
   local packed = redis.call('HGET', K_BOXES, peer)
   if not packed then return nil end
-  local last, first, delivered, epoch, rt, ru, ub, db, pe, ck, gen, rid = string.match(packed,
-    '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),?([^,]*),?([^,]*),?([^,]*),?([^,]*),?([^,]*),?(.*)$')
-  -- A state written before the byte bounds has no `ub`, `db`, `pe`, `ck`: 0, and no address.
-  -- One written before the seal has no `gen` and `rid` (""): it is adopted by the first server
-  -- that assigns it an id (`seal_if_moved`), as a rolling upgrade must not reset every reader.
-  box = {last = num(last), first = num(first), delivered = num(delivered),
-         epoch = num(epoch), rt = num(rt), ru = num(ru),
-         ub = num(ub) or 0, db = num(db) or 0, pe = num(pe) or 0, ck = ck,
-         gen = num(gen) or 0, rid = rid}
+  box = parse_box(packed)
   boxes[peer] = box
   return box
+end
+
+-- Reads the states of `peers` (a list, which may repeat) in one command, for the `load`s that
+-- follow: a send's sender and recipient cost one HMGET instead of two HGETs.
+local function preload(peers)
+  local wanted, seen = {}, {}
+  for _, peer in ipairs(peers) do
+    if boxes[peer] == nil and not seen[peer] then
+      seen[peer] = true
+      table.insert(wanted, peer)
+    end
+  end
+  if #wanted < 2 then return end
+  local packed = redis.call('HMGET', K_BOXES, unpack(wanted))
+  for index, peer in ipairs(wanted) do
+    if packed[index] then boxes[peer] = parse_box(packed[index]) end
+  end
 end
 
 local function save(peer, box)
@@ -148,13 +168,17 @@ local held_out -- per call: {}
 -- Writes the changed mailbox states and the held bytes back; every script that saves calls it
 -- before returning.
 local function flush()
+  local changed = {}
   for peer, _ in pairs(dirty) do
     local box = boxes[peer]
-    redis.call('HSET', K_BOXES, peer, fmt(box.last) .. ',' .. fmt(box.first) .. ',' ..
+    table.insert(changed, peer)
+    table.insert(changed, fmt(box.last) .. ',' .. fmt(box.first) .. ',' ..
       fmt(box.delivered) .. ',' .. fmt(box.epoch) .. ',' .. fmt(box.rt) .. ',' .. fmt(box.ru) ..
       ',' .. fmt(box.ub) .. ',' .. fmt(box.db) .. ',' .. fmt(box.pe) .. ',' .. box.ck .. ',' ..
       (box.gen > 0 and fmt(box.gen) or '') .. ',' .. box.rid)
   end
+  -- Every changed state in one command.
+  if #changed > 0 then redis.call('HSET', K_BOXES, unpack(changed)) end
   dirty = {}
   if CLUSTER then
     for client, delta in pairs(held) do
@@ -198,14 +222,62 @@ local function held_reply()
   return flat
 end
 
+-- Redis's clock, asked once per call: every time a call reads is the same instant.
+local clock -- per call: nil
+local function time()
+  if not clock then clock = redis.call('TIME') end
+  return clock
+end
+
 local function now_ms()
-  local t = redis.call('TIME')
+  local t = time()
   return num(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
 local function now_us()
-  local t = redis.call('TIME')
+  local t = time()
   return num(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- Expiry. Every script that creates a key gives it its expiry at once: a join the room's keys
+-- (`finish('always')`), `push` a mailbox's new lists. Presence refreshes (authorize.lua at each
+-- poll and stream, touch.lua) then only extend them, and need not while this server gave them
+-- most of their expiry a moment ago: `expiry_of` remembers, by the room's peers hash and by
+-- mailbox, when the expiry this server last set runs out, and a refresh is skipped while
+-- more than three quarters of key_ttl_ms are left. Seven PEXPIREs at every poll were a third
+-- of a poll's cost on Redis. Kept in the library's state, like `kept_rid`: a promoted replica
+-- and a restarted server start without it and refresh. Emptied at MEMO_ENTRIES.
+local expiry_of, expiries = {}, 0
+local function expiry_needed(key, always)
+  local now = now_ms()
+  if not always then
+    local known = expiry_of[key]
+    if known and known - now > key_ttl_ms * 0.75 then return false end
+  end
+  if expiry_of[key] == nil then
+    if expiries >= MEMO_ENTRIES then expiry_of, expiries = {}, 0 end
+    expiries = expiries + 1
+  end
+  expiry_of[key] = now + key_ttl_ms
+  return true
+end
+
+-- Gives the room's keys their expiry; unless `always`, only when they need it.
+local function expire_room(always)
+  if not expiry_needed(K_PEERS, always) then return end
+  redis.call('PEXPIRE', K_PEERS, key_ttl_ms)
+  redis.call('PEXPIRE', K_TOKENS, key_ttl_ms)
+  redis.call('PEXPIRE', K_SEEN, key_ttl_ms)
+  redis.call('PEXPIRE', K_SEQ, key_ttl_ms)
+  redis.call('PEXPIRE', K_BOXES, key_ttl_ms)
+end
+
+-- Gives `peer`'s mailbox lists their expiry; unless `always`, only when they need it.
+local function expire_lists(peer, always)
+  local list = k_list(peer)
+  if not expiry_needed(list, always) then return end
+  redis.call('PEXPIRE', list, key_ttl_ms)
+  redis.call('PEXPIRE', k_sizes(peer), key_ttl_ms)
 end
 
 -- Peers whose readers must look again, and mailboxes whose expiry must be refreshed.
@@ -238,30 +310,28 @@ end
 -- Ids stay integers below 2^53 (exact in Lua's numbers and in JSON) while gen < 2^21.
 local GENERATION = 4294967296 -- 2^32 ids per generation
 
--- This server's replication id, asked only by the scripts that may seal, once per script.
+-- This server's replication id, asked only by the scripts that may seal, once per call.
 -- `INFO replication` costs Redis about 4 µs, a tenth of a relayed message, so its answer is
--- kept for RID_TTL_MS in the room's key "rid", written without replication
--- (`redis.set_repl`): it never reaches a replica or the append-only file, so a promoted
--- replica and a restarted server never find it and ask INFO again. (An RDB snapshot holds it
--- like any key, with its expiry: a server restarted from a snapshot taken under RID_TTL_MS
--- before its crash, and serving again within that time, would trust the old id until it
--- expires.) benches/seal_scripts.py measures the cost.
+-- kept for RID_TTL_MS in the library's own state (`kept_rid`), which lives in this server's
+-- Lua state only: a promoted replica (whose library never ran a call) and a restarted server
+-- start without it and ask INFO. A master demoted and promoted again within RID_TTL_MS would
+-- trust its old id until then. (Before, a room key written without replication kept it, at a
+-- GET per call.) benches/seal_scripts.py measures the cost.
 local RID_TTL_MS = 1000
 local current_rid -- per call: nil
+local kept_rid, kept_rid_until = nil, 0
 local function server_rid()
   if current_rid then return current_rid end
-  local kept = redis.call('GET', base .. 'rid')
-  if kept then
-    current_rid = kept
+  local now = now_ms()
+  if kept_rid and now < kept_rid_until then
+    current_rid = kept_rid
     return current_rid
   end
   -- The first 12 of its 40 hex digits: two histories share them once in 2^48, and a box
   -- state that stays under 64 bytes is kept by Redis in its compact encoding.
   current_rid = string.sub(
     string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or '', 1, 12)
-  redis.set_repl(redis.REPL_NONE)
-  redis.call('SET', base .. 'rid', current_rid, 'PX', RID_TTL_MS)
-  redis.set_repl(redis.REPL_ALL)
+  kept_rid, kept_rid_until = current_rid, now + RID_TTL_MS
   return current_rid
 end
 
@@ -325,12 +395,12 @@ local function push(peer, value, size, client)
   if box.last - box.delivered >= capacity or box.ub + size > max_bytes then
     return false
   end
-  if redis.call('RPUSH', k_list(peer), value) == 1 then
+  local new_list = redis.call('RPUSH', k_list(peer), value) == 1
+  -- (A mailbox from before the byte bounds has a message list and no sizes list.)
+  local new_sizes = redis.call('RPUSH', k_sizes(peer), size .. ' ' .. client) == 1
+  if new_list or new_sizes then
     -- A list that was empty did not exist: the new one needs its expiry.
-    redis.call('PEXPIRE', k_list(peer), key_ttl_ms)
-  end
-  if redis.call('RPUSH', k_sizes(peer), size .. ' ' .. client) == 1 then
-    redis.call('PEXPIRE', k_sizes(peer), key_ttl_ms)
+    expire_lists(peer, true)
   end
   box.last = box.last + 1
   box.ub = box.ub + size
@@ -439,23 +509,18 @@ local function acknowledge(peer, id, replay_window, replay_bytes)
 end
 
 -- Publishes the wake-ups; with `refresh`, renews the expiry of the room's keys and of the
--- mailboxes in `touched`.
+-- mailboxes in `touched`: 'always' (a join, which may have created them) or 'extend' (a presence
+-- refresh, which skips what was renewed a moment ago: "Expiry").
 local function finish(refresh)
   flush()
   for peer, _ in pairs(woken) do
     wake_up(peer)
   end
   if not refresh then return end
-  if not emptied then
-    redis.call('PEXPIRE', K_PEERS, key_ttl_ms)
-    redis.call('PEXPIRE', K_TOKENS, key_ttl_ms)
-    redis.call('PEXPIRE', K_SEEN, key_ttl_ms)
-    redis.call('PEXPIRE', K_SEQ, key_ttl_ms)
-    redis.call('PEXPIRE', K_BOXES, key_ttl_ms)
-  end
+  local always = refresh == 'always'
+  if not emptied then expire_room(always) end
   for peer, _ in pairs(touched) do
-    redis.call('PEXPIRE', k_list(peer), key_ttl_ms)
-    redis.call('PEXPIRE', k_sizes(peer), key_ttl_ms)
+    expire_lists(peer, always)
   end
 end
 
@@ -470,17 +535,21 @@ local function departures_reply()
   return flat
 end
 
--- The peer that `digest` belongs to, or an error reply's code.
+-- The peer that `digest` belongs to, or an error reply's code. A token the room knows is the
+-- common case and answers in one command (the tokens hash goes with the room: a token in it
+-- means the room is there); the others are told apart in the memory store's order.
 local function identify(digest)
+  local owner = digest ~= '' and redis.call('HGET', K_TOKENS, digest)
+  if owner then return owner, nil end
   if redis.call('EXISTS', K_PEERS) == 0 then return nil, 'room_not_found' end
   if digest == '' then return nil, 'missing_token' end
-  local owner = redis.call('HGET', K_TOKENS, digest)
-  if not owner then return nil, 'invalid_token' end
-  return owner, nil
+  return nil, 'invalid_token'
 end
 
--- `peer`, if `digest` is its token's: the same precedence as the memory store.
+-- `peer`, if `digest` is its token's: the same precedence as the memory store. The token of
+-- the peer named (the common case) answers in one command, as in `identify`.
 local function authorize(peer, digest)
+  if digest ~= '' and redis.call('HGET', K_TOKENS, digest) == peer then return nil end
   if redis.call('EXISTS', K_PEERS) == 0 then return 'room_not_found' end
   if redis.call('HEXISTS', K_PEERS, peer) == 0 then return 'peer_not_found' end
   local owner, err = identify(digest)
@@ -500,5 +569,5 @@ local function begin(keys, args)
   CLUSTER = K_HELD == nil
   K_EPOCH = K_HELD and (string.sub(K_HELD, 1, #K_HELD - 4) .. 'epoch') -- strip "held"
   boxes, dirty, held, held_out, woken, touched, departures = {}, {}, {}, {}, {}, {}, {}
-  key_ttl_ms, capacity, max_bytes, current_rid, emptied = 0, 0, 0, nil, false
+  key_ttl_ms, capacity, max_bytes, current_rid, emptied, clock = 0, 0, 0, nil, false, nil
 end

@@ -70,10 +70,18 @@ if idempotency_key ~= '' then
 end
 
 local count = (#ARGV - first_message + 1) / 2
+-- The sender's and the recipients' mailbox states, in one command; a recipient with a state
+-- is in the room (states go with their peers), and only one without is looked up.
+local named, broadcast = {sender}, false
+for index = 0, count - 1 do
+  local to = ARGV[first_message + 2 * index]
+  if to == '' then broadcast = true else table.insert(named, to) end
+end
+preload(named)
 for index = 0, count - 1 do
   local to = ARGV[first_message + 2 * index]
   if to == sender then return {'self_recipient', index} end
-  if to ~= '' and redis.call('HEXISTS', K_PEERS, to) == 0 then
+  if to ~= '' and boxes[to] == nil and redis.call('HEXISTS', K_PEERS, to) == 0 then
     return {'unknown_recipient', index}
   end
 end
@@ -93,8 +101,9 @@ if count > tokens then
   return {'rate_limited', math.ceil(missing / rate * 1000)}
 end
 
--- The signed values, and the bytes they will hold: once per recipient mailbox.
-local members = redis.call('HKEYS', K_PEERS)
+-- The signed values, and the bytes they will hold: once per recipient mailbox. The room's
+-- members are only needed for a message to everyone else.
+local members = broadcast and redis.call('HKEYS', K_PEERS) or {}
 local signed_prefix = ' {"from":"' .. sender .. '",'
 local values, sizes = {}, {}
 local needed = 0

@@ -18,7 +18,7 @@ for index = 3, #ARGV do
   end
 end
 if present > 0 then
-  finish(true)
+  finish('extend')
   if K_HELD then redis.call('PEXPIRE', K_HELD, key_ttl_ms) end
 end
 return present
