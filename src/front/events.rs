@@ -153,8 +153,7 @@ pub async fn events(
     let from_header = request::header(request, LAST_EVENT_ID)
         .map(id)
         .transpose()?;
-    let from_query = query.value("last_event_id")?.map(id)
-        .transpose()?;
+    let from_query = query.value("last_event_id")?.map(id).transpose()?;
     let resume_from = from_header.or(from_query);
     // Subscribed before the first read, so nothing appended after that read goes unnoticed.
     let mut wake = reader.subscribe().await?;

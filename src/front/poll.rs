@@ -38,8 +38,7 @@ pub async fn poll(
             token.as_deref(),
         )
         .await?;
-    let after: u64 =
-        number("after", query.value("after")?)?.unwrap_or(0);
+    let after: u64 = number("after", query.value("after")?)?.unwrap_or(0);
     let max_wait = front.config.poll_max_wait();
     let wait = match number::<f64>("wait", query.value("wait")?)? {
         Some(seconds) if !(seconds.is_finite() && seconds >= 0.0) => {

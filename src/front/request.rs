@@ -157,9 +157,5 @@ pub async fn json_body<T: DeserializeOwned>(
     config: &Config,
 ) -> Result<T, Error> {
     let bytes = body(request, incoming, config).await?;
-    parse_json(
-        &bytes,
-        header(request, CONTENT_TYPE),
-        config.max_body_bytes,
-    )
+    parse_json(&bytes, header(request, CONTENT_TYPE), config.max_body_bytes)
 }
