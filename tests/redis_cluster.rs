@@ -389,8 +389,17 @@ async fn wake_ups_follow_a_failed_over_shard() {
     })
     .await;
     let started = Instant::now();
-    while answer(send(&alice, &bob, 2)).await.status != 202 {
-        assert!(started.elapsed() < recovery(), "sends never came back");
+    loop {
+        let sent = answer(send(&alice, &bob, 2)).await;
+        if sent.status == 202 {
+            break;
+        }
+        assert!(
+            started.elapsed() < recovery(),
+            "sends never came back: the last answer was {} {}",
+            sent.status,
+            sent.body
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut events = bob.events(None).await;
