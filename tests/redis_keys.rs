@@ -75,7 +75,10 @@ async fn every_key_a_room_writes_expires() {
     let mut carol_events = carol.events(None).await;
     carol_events.next_message().await;
     let (lasting, total) = keys_without_expiry(&redis, &prefix);
-    assert!(total >= 8, "the room, its mailboxes and the global keys: {total}");
+    assert!(
+        total >= 8,
+        "the room, its mailboxes and the global keys: {total}"
+    );
     assert!(lasting.is_empty(), "keys without an expiry: {lasting:?}");
     drop(carol_events);
 
@@ -86,8 +89,7 @@ async fn every_key_a_room_writes_expires() {
     }
     let dave = server.join("lasting", "dave").await;
     let erin = server.join("lasting", "erin").await;
-    dave.send_ok(json!({"type": "offer", "to": erin.id}))
-        .await;
+    dave.send_ok(json!({"type": "offer", "to": erin.id})).await;
     let (status, _) = erin.poll(0, 0.0).await;
     assert_eq!(status, 200);
     let (lasting, total) = keys_without_expiry(&redis, &prefix);

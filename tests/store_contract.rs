@@ -1090,12 +1090,12 @@ store_contract! {
             async move { reader.read(0, Some(ticket), usize::MAX).await.unwrap() }
         };
         let (first, _) = reader.open_stream(None).await.unwrap();
-        let poll = reader.open_poll(0).await.unwrap();
+        let (poll, _) = reader.open_poll(0).await.unwrap();
         let (second, _) = reader.open_stream(None).await.unwrap();
         assert!(matches!(read(Ticket::Stream(first)).await, Read::Replaced));
         assert!(matches!(read(Ticket::Stream(second)).await, Read::Batch(_)));
         assert!(matches!(read(Ticket::Poll(poll)).await, Read::Batch(_)), "a stream ends no poll");
-        let newer = reader.open_poll(0).await.unwrap();
+        let (newer, _) = reader.open_poll(0).await.unwrap();
         assert!(matches!(read(Ticket::Poll(poll)).await, Read::Replaced));
         assert!(matches!(read(Ticket::Poll(newer)).await, Read::Batch(_)));
         let stream = read(Ticket::Stream(second)).await;
@@ -1331,9 +1331,9 @@ store_contract! {
         let replaced = reader.read(2, Some(stream), usize::MAX).await;
         assert!(matches!(replaced, Ok(Read::Replaced)));
 
-        let poll = reader.open_poll(2).await.unwrap();
+        let (poll, _) = reader.open_poll(2).await.unwrap();
         wake.mark_seen();
-        let newer = elsewhere.open_poll(2).await.unwrap();
+        let (newer, _) = elsewhere.open_poll(2).await.unwrap();
         tokio::time::timeout(EVENT_DEADLINE, wake.changed()).await.expect("woken").expect("open");
         let replaced = reader.read(2, Some(Ticket::Poll(poll)), usize::MAX).await;
         assert!(matches!(replaced, Ok(Read::Replaced)));

@@ -58,7 +58,17 @@ pub async fn poll(
     // Subscribed before the first read (and before taking over from an older poll, so that a
     // still newer one is noticed too), so nothing appended after that read goes unnoticed.
     let mut wake = reader.subscribe().await?;
-    let ticket = Ticket::Poll(reader.open_poll(after).await?);
+    // Seen from here: whatever is appended after the open wakes this poll, even when its first
+    // read is skipped (below).
+    wake.mark_seen();
+    let (ticket, newest) = reader.open_poll(after).await?;
+    let ticket = Ticket::Poll(ticket);
+    // The open saw nothing after `after`: a read now would find nothing (no message, and no
+    // reset: `after` is the newest id), so the poll waits at once, and a message appended since
+    // the open wakes it. Only where its own open does not wake it (Redis, `OwnOpens`): there a
+    // read costs a round trip and a script call. The memory store's open wakes its opener, and
+    // its read is cheap.
+    let mut read_now = newest != after || wake.wakes_its_opener();
     let max_bytes = front.config.poll_max_bytes;
     // Counted once it is the peer's poll and has acknowledged `after`.
     let _in_flight = metrics.poll_started();
@@ -67,19 +77,24 @@ pub async fn poll(
     // (No timer at all for the memory store, whose wake-ups cannot be lost.)
     let recheck = reader.may_miss_wakeups().then(|| front.config.heartbeat());
     loop {
-        wake.mark_seen();
-        let batch = match reader.read(after, Some(ticket), max_bytes).await? {
-            Read::Batch(batch) => batch,
-            Read::Closed => return Err(Error::PeerNotFound),
-            // A newer poll of this peer took over: this one answers nothing at once, and its
-            // client, if it is still there, polls again from the same `after`.
-            Read::Replaced => {
-                return Ok(response::json(
-                    200,
-                    render(metrics, after, Batch::empty(after)),
-                ))
+        let batch = if read_now {
+            wake.mark_seen();
+            match reader.read(after, Some(ticket), max_bytes).await? {
+                Read::Batch(batch) => batch,
+                Read::Closed => return Err(Error::PeerNotFound),
+                // A newer poll of this peer took over: this one answers nothing at once, and
+                // its client, if it is still there, polls again from the same `after`.
+                Read::Replaced => {
+                    return Ok(response::json(
+                        200,
+                        render(metrics, after, Batch::empty(after)),
+                    ))
+                }
             }
+        } else {
+            Batch::empty(after)
         };
+        read_now = true;
         if !batch.entries.is_empty() || batch.reset.is_some() {
             return Ok(response::json(200, render(metrics, after, batch)));
         }

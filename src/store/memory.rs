@@ -480,9 +480,9 @@ impl Reader for MailboxReader {
         Ok((self.0.open_stream(), self.0.last_id()))
     }
 
-    async fn open_poll(&self, acknowledge: u64) -> ApiResult<PollTicket> {
+    async fn open_poll(&self, acknowledge: u64) -> ApiResult<(PollTicket, u64)> {
         self.0.acknowledge(acknowledge);
-        Ok(self.0.open_poll())
+        Ok((self.0.open_poll(), self.0.last_id()))
     }
 
     fn acknowledge(&self, id: u64) {

@@ -26,6 +26,7 @@ pub mod memory;
 pub mod redis;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -352,7 +353,8 @@ pub trait Reader: Send + Sync {
 
     /// Makes the caller the peer's one poll in flight (an older poll, on any instance, reads
     /// `Replaced` and answers at once), after acknowledging everything up to `acknowledge`.
-    async fn open_poll(&self, acknowledge: u64) -> ApiResult<PollTicket>;
+    /// Returns the ticket and the newest id.
+    async fn open_poll(&self, acknowledge: u64) -> ApiResult<(PollTicket, u64)>;
 
     /// Marks every message up to `id` as delivered. The memory store applies it at once; the
     /// Redis store sends it with the next read, saving a round trip per batch, or with
@@ -386,24 +388,71 @@ pub trait Reader: Send + Sync {
 /// wake-up never loses or repeats a message.
 pub struct Wake {
     receiver: watch::Receiver<u64>,
+    /// The value seen last (at [`mark_seen`](Self::mark_seen) or a wake-up passed over).
+    seen: u64,
+    /// For a store whose wake-ups say which open sent them (Redis): the nonce of this reader's
+    /// own open, whose wake-up ([`OwnOpens`]) is passed over.
+    own_opens: Option<Arc<AtomicU32>>,
     /// Whatever the store keeps alive while the reader lives (Redis: the instance's
     /// subscription to the mailbox's channel); dropped with the `Wake`.
     _guard: Option<Box<dyn Send + Sync>>,
+}
+
+/// How a store's wake-ups tell a reader's own open apart, so that opening does not wake the
+/// reader that opened (an open wakes the peer's older readers, to tell them they were
+/// replaced): each value of the watch is `count << 32 | nonce`, the count of wake-ups so far
+/// (modulo 2^32) and the nonce of the open that sent the last one (0: not an open). A reader
+/// passes over a change that is exactly one wake-up, sent by its own open; any other wake-up
+/// in between makes it a real one.
+pub struct OwnOpens;
+
+impl OwnOpens {
+    /// The value after `value` of one more wake-up, from the open with `nonce` (0: none).
+    pub fn next(value: u64, nonce: u32) -> u64 {
+        (((value >> 32) + 1) << 32) | u64::from(nonce)
+    }
+
+    /// Whether going from `seen` to `now` was one wake-up only, sent by the open with `own`.
+    fn only_own(seen: u64, now: u64, own: u32) -> bool {
+        own != 0 && now >> 32 == ((seen >> 32) + 1) & 0xffff_ffff && now as u32 == own
+    }
 }
 
 impl Wake {
     /// Wake-ups from `receiver` (any change of its value is one), keeping `guard` alive as long
     /// as the `Wake`.
     pub fn new(receiver: watch::Receiver<u64>, guard: Option<Box<dyn Send + Sync>>) -> Self {
+        let seen = *receiver.borrow();
         Self {
             receiver,
+            seen,
+            own_opens: None,
             _guard: guard,
         }
     }
 
+    /// Wake-ups from `receiver`, whose values are [`OwnOpens`]', passing over the one sent by
+    /// the open whose nonce is in `own` at the time.
+    pub fn passing_own_opens(
+        receiver: watch::Receiver<u64>,
+        own: Arc<AtomicU32>,
+        guard: Option<Box<dyn Send + Sync>>,
+    ) -> Self {
+        Self {
+            own_opens: Some(own),
+            ..Self::new(receiver, guard)
+        }
+    }
+
+    /// Whether this reader's own open wakes it ([`changed`](Self::changed) passes over it
+    /// otherwise).
+    pub fn wakes_its_opener(&self) -> bool {
+        self.own_opens.is_none()
+    }
+
     /// Forgets the wake-ups seen so far: call before each read.
     pub fn mark_seen(&mut self) {
-        self.receiver.borrow_and_update();
+        self.seen = *self.receiver.borrow_and_update();
     }
 
     /// Whether a wake-up came since the last [`mark_seen`](Self::mark_seen).
@@ -411,10 +460,22 @@ impl Wake {
         self.receiver.has_changed().unwrap_or(true)
     }
 
-    /// Resolves at the next wake-up after the last [`mark_seen`](Self::mark_seen); an error
-    /// means no more will come.
+    /// Resolves at the next wake-up after the last [`mark_seen`](Self::mark_seen), other than
+    /// the reader's own open's; an error means no more will come.
     pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
-        self.receiver.changed().await
+        loop {
+            self.receiver.changed().await?;
+            let now = *self.receiver.borrow_and_update();
+            let own = self
+                .own_opens
+                .as_ref()
+                .map_or(0, |own| own.load(Ordering::Acquire));
+            let passed_over = OwnOpens::only_own(self.seen, now, own);
+            self.seen = now;
+            if !passed_over {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -431,5 +492,72 @@ impl Listening {
         Self {
             _guard: Box::new(guard),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    /// A `Wake` passing over the opens with the nonce in `own`, fed by the returned sender.
+    fn passing(own: u32) -> (watch::Sender<u64>, Wake) {
+        let (sender, receiver) = watch::channel(OwnOpens::next(0, 0));
+        let own = Arc::new(AtomicU32::new(own));
+        (sender, Wake::passing_own_opens(receiver, own, None))
+    }
+
+    fn wake_up(sender: &watch::Sender<u64>, nonce: u32) {
+        sender.send_modify(|value| *value = OwnOpens::next(*value, nonce));
+    }
+
+    /// Its own open's wake-up alone does not wake a reader; anything else does: another
+    /// reader's open, any other wake-up, or its own open's together with another.
+    #[test]
+    fn a_reader_passes_over_its_own_open_only() {
+        let (sender, mut wake) = passing(7);
+        wake.mark_seen();
+        wake_up(&sender, 7);
+        assert!(wake.changed().now_or_never().is_none(), "its own open");
+        wake_up(&sender, 8);
+        assert!(
+            wake.changed().now_or_never().is_some(),
+            "a newer reader's open"
+        );
+        wake_up(&sender, 0);
+        assert!(wake.changed().now_or_never().is_some(), "a message");
+        wake.mark_seen();
+        wake_up(&sender, 0);
+        wake_up(&sender, 7);
+        assert!(
+            wake.changed().now_or_never().is_some(),
+            "a message, then its own open"
+        );
+        // The count wraps at 2^32 and still tells one wake-up from two.
+        sender.send_replace((u64::from(u32::MAX) << 32) | 3);
+        wake.mark_seen();
+        wake_up(&sender, 7);
+        assert_eq!(*sender.borrow(), 7, "the count wrapped");
+        assert!(
+            wake.changed().now_or_never().is_none(),
+            "its own open, wrapped"
+        );
+        // Without a nonce of its own (before its open), every wake-up wakes it.
+        let (sender, mut wake) = passing(0);
+        wake.mark_seen();
+        wake_up(&sender, 0);
+        assert!(wake.changed().now_or_never().is_some());
+    }
+
+    /// A store that does not tell opens apart wakes on every change, its opener's too.
+    #[test]
+    fn a_plain_wake_wakes_on_every_change() {
+        let (sender, receiver) = watch::channel(0_u64);
+        let mut wake = Wake::new(receiver, None);
+        assert!(wake.wakes_its_opener());
+        wake.mark_seen();
+        sender.send_modify(|n| *n += 1);
+        assert!(wake.changed().now_or_never().is_some());
     }
 }

@@ -2,8 +2,8 @@
 //! wake-ups, opening (which replaces an older reader of the same kind, on any instance),
 //! reading by id, and acknowledging what was delivered.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{ApiResult, Error};
 use crate::identity::{PeerId, RoomName};
@@ -25,6 +25,23 @@ pub struct Reader {
     pending_ack: AtomicU64,
     /// The newest id Redis has been told of.
     sent_ack: AtomicU64,
+    /// The nonce of this reader's open, which its wake-up carries, so that it does not wake
+    /// this reader (`store::OwnOpens`); 0 before the open.
+    own_open: Arc<AtomicU32>,
+}
+
+/// A nonce for an open: 0 is none. Counted from a random start, so that two instances' opens
+/// of one peer share a nonce once in 2^32; a shared one would only leave the older reader
+/// waiting to be told it was replaced until its next look at the mailbox.
+fn open_nonce() -> u32 {
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU32::new(uuid::Uuid::new_v4().as_u128() as u32));
+    loop {
+        let nonce = next.fetch_add(1, Ordering::Relaxed);
+        if nonce != 0 {
+            return nonce;
+        }
+    }
 }
 
 impl Reader {
@@ -41,12 +58,16 @@ impl Reader {
             keys,
             pending_ack: AtomicU64::new(0),
             sent_ack: AtomicU64::new(0),
+            own_open: Arc::default(),
         }
     }
 
     pub async fn subscribe(&self) -> ApiResult<crate::store::Wake> {
         let channel = self.inner.keys.wake(&self.room, self.peer);
-        self.inner.wakeups.subscribe(channel, &self.inner).await
+        self.inner
+            .wakeups
+            .subscribe(channel, &self.inner, Arc::clone(&self.own_open))
+            .await
     }
 
     pub async fn open_stream(&self, acknowledge: Option<u64>) -> ApiResult<(StreamTicket, u64)> {
@@ -56,17 +77,20 @@ impl Reader {
 
     /// Makes the caller the peer's one poll in flight (an older one, on any instance, reads
     /// `Replaced`), after acknowledging `acknowledge`.
-    pub async fn open_poll(&self, acknowledge: u64) -> ApiResult<PollTicket> {
+    pub async fn open_poll(&self, acknowledge: u64) -> ApiResult<(PollTicket, u64)> {
         self.pending_ack.fetch_max(acknowledge, Ordering::Relaxed);
-        let (epoch, _) = self.open("poll", Some(acknowledge)).await?;
+        let (epoch, last) = self.open("poll", Some(acknowledge)).await?;
         self.sent_ack.fetch_max(acknowledge, Ordering::Relaxed);
-        Ok(PollTicket(epoch))
+        Ok((PollTicket(epoch), last))
     }
 
     /// Makes the caller the peer's newest reader of `kind`, after acknowledging `acknowledge`:
     /// its epoch, and the newest id.
     async fn open(&self, kind: &str, acknowledge: Option<u64>) -> ApiResult<(u64, u64)> {
-        match scripts::open(&self.inner, &self.keys, kind, acknowledge).await? {
+        // Known before the wake-up can arrive.
+        let nonce = open_nonce();
+        self.own_open.store(nonce, Ordering::Release);
+        match scripts::open(&self.inner, &self.keys, kind, acknowledge, nonce).await? {
             Opened::Open { epoch, last_id } => Ok((epoch, last_id)),
             Opened::Closed => Err(Error::PeerNotFound),
         }

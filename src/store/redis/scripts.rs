@@ -883,6 +883,7 @@ pub(super) async fn open(
     reader: &ReaderKeys,
     kind: &str,
     acknowledge: Option<u64>,
+    nonce: u32,
 ) -> ApiResult<Opened> {
     let reply: Value = run_room(
         inner,
@@ -891,7 +892,8 @@ pub(super) async fn open(
             .arg(acknowledge.map(|id| id.to_string()).unwrap_or_default())
             .arg(inner.limits.replay_window)
             .arg(inner.limits.replay_window_bytes)
-            .arg(kind),
+            .arg(kind)
+            .arg(nonce),
     )
     .await?;
     Opened::parse(reply)

@@ -105,7 +105,7 @@ impl Reader for RedisReader {
         RedisReader::open_stream(self, acknowledge).await
     }
 
-    async fn open_poll(&self, acknowledge: u64) -> ApiResult<PollTicket> {
+    async fn open_poll(&self, acknowledge: u64) -> ApiResult<(PollTicket, u64)> {
         RedisReader::open_poll(self, acknowledge).await
     }
 

@@ -27,6 +27,7 @@
 //! wake-up published on the new one.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::error::{ApiResult, Error};
 use crate::logging;
-use crate::store::Wake;
+use crate::store::{OwnOpens, Wake};
 
 use super::Inner;
 
@@ -112,8 +113,14 @@ impl Wakeups {
         }
     }
 
-    /// Subscribes to `channel`, returning once Redis confirmed it.
-    pub async fn subscribe(&self, channel: String, inner: &Inner) -> ApiResult<Wake> {
+    /// Subscribes to `channel`, returning once Redis confirmed it; the wake-up of the open whose
+    /// nonce is in `own_open` does not wake the reader (`OwnOpens`).
+    pub async fn subscribe(
+        &self,
+        channel: String,
+        inner: &Inner,
+        own_open: Arc<AtomicU32>,
+    ) -> ApiResult<Wake> {
         let (receiver, command) = {
             let mut channels = self.channels.lock();
             let entry = channels.entry(channel.clone()).or_insert_with(|| Channel {
@@ -148,7 +155,11 @@ impl Wakeups {
                 entry.confirmed = true;
             }
         }
-        Ok(Wake::new(receiver, Some(Box::new(subscription))))
+        Ok(Wake::passing_own_opens(
+            receiver,
+            own_open,
+            Some(Box::new(subscription)),
+        ))
     }
 
     /// Forgets the channels that have had no reader for [`LINGER`], returning their names to
@@ -183,10 +194,18 @@ impl Wakeups {
         }
     }
 
-    /// Wakes the readers of `channel` on this instance.
-    fn wake(&self, channel: &str) {
+    /// Wakes the readers of `channel` on this instance, with the wake-up's `payload`: "o<nonce>"
+    /// from an open (open.lua), which does not wake the reader that opened (`OwnOpens`).
+    fn wake(&self, channel: &str, payload: &[u8]) {
+        let nonce = payload
+            .strip_prefix(b"o")
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or(0);
         if let Some(entry) = self.channels.lock().get(channel) {
-            entry.wake.send_modify(|n| *n = n.wrapping_add(1));
+            entry
+                .wake
+                .send_modify(|value| *value = OwnOpens::next(*value, nonce));
         }
     }
 
@@ -194,7 +213,9 @@ impl Wakeups {
     /// lost.
     fn wake_all(&self) {
         for entry in self.channels.lock().values() {
-            entry.wake.send_modify(|n| *n = n.wrapping_add(1));
+            entry
+                .wake
+                .send_modify(|value| *value = OwnOpens::next(*value, 0));
         }
     }
 }
@@ -269,7 +290,9 @@ pub fn spawn(inner: Arc<Inner>, mut shutdown: rocket::Shutdown) {
                     message = messages.next() => match message {
                         Some(message) => {
                             inner.metrics.store_woke();
-                            inner.wakeups.wake(message.get_channel_name());
+                            inner
+                                .wakeups
+                                .wake(message.get_channel_name(), message.get_payload_bytes());
                         }
                         None => break,
                     },
@@ -356,7 +379,7 @@ async fn spawn_sharded(
                         redis::PushKind::SMessage => {
                             if let Some(channel) = push_channel(&push) {
                                 inner.metrics.store_woke();
-                                inner.wakeups.wake(&channel);
+                                inner.wakeups.wake(&channel, push_payload(&push));
                             }
                         }
                         // A slot moved: the server dropped the subscription. Unless this
@@ -380,7 +403,7 @@ async fn spawn_sharded(
                                 }
                                 sleep(RESUBSCRIBE_DELAY).await;
                             }
-                            inner.wakeups.wake(&channel);
+                            inner.wakeups.wake(&channel, b"");
                         }
                         // A node's connection went: the crate subscribes again where it can;
                         // subscribe every channel again to be sure, and wake every reader.
@@ -434,6 +457,14 @@ async fn ssubscribe_all(
 }
 
 /// The channel a push is about (its first element).
+/// The payload of a sharded message push, `[channel, payload]` ("" when it has none).
+fn push_payload(push: &redis::PushInfo) -> &[u8] {
+    match push.data.get(1) {
+        Some(redis::Value::BulkString(bytes)) => bytes,
+        _ => b"",
+    }
+}
+
 fn push_channel(push: &redis::PushInfo) -> Option<String> {
     match push.data.first()? {
         redis::Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),

@@ -4,7 +4,9 @@
 -- replaced (streams and polls do not end each other). Seals the mailbox if this server is not
 -- the history that assigned its ids (room.lua, "Seal").
 -- KEYS[1]: the room's peers hash. KEYS[2]: the held-bytes hash.
--- ARGV: peer id, acknowledged id ("" for none), replay window, replay window bytes, kind.
+-- ARGV: peer id, acknowledged id ("" for none), replay window, replay window bytes, kind, the
+--       open's nonce: its wake-up says "o<nonce>", so that the reader that opened is not woken
+--       by it (store::OwnOpens; "" or 0: "1", as every other wake-up).
 -- Reply: {"closed"} or {"ok", epoch, newest id}.
 local peer, ack, replay_window = ARGV[1], ARGV[2], num(ARGV[3])
 local replay_bytes, kind = num(ARGV[4]), ARGV[5]
@@ -25,5 +27,6 @@ else
 end
 save(peer, box)
 flush()
-wake_up(peer)
+local nonce = ARGV[6] or ''
+wake_up(peer, (nonce ~= '' and nonce ~= '0') and ('o' .. nonce) or nil)
 return {'ok', epoch, box.last}

@@ -42,7 +42,7 @@
 -- Beside KEYS[2], "<prefix>:{<prefix>:global}:epoch" (K_EPOCH) is the Sentinel config epoch of
 -- the master, written by the instances (`generation_floor`, "Seal"); absent on one Redis.
 -- Channel "<prefix>:{<room>}:w:<peer>" wakes the peer's readers; it carries nothing they rely
--- on. It has the room's hash tag, so that in a Redis Cluster it is a sharded channel of the
+-- on ("1", or an open's "o<nonce>", `wake_up`). It has the room's hash tag, so that in a Redis Cluster it is a sharded channel of the
 -- room's slot, published and heard on the shard that holds the mailbox.
 
 -- This file is the top of a library of Redis functions (scripts.rs, "The room library"): it
@@ -202,8 +202,10 @@ local function flush()
   held = {}
 end
 local function k_wake(peer) return base .. 'w:' .. peer end
-local function wake_up(peer)
-  redis.call(CLUSTER and 'SPUBLISH' or 'PUBLISH', k_wake(peer), '1')
+-- Wakes `peer`'s readers; `payload` ("1" by default) says nothing they rely on, but an open's
+-- ("o<nonce>", open.lua) is not a wake-up for the reader that opened.
+local function wake_up(peer, payload)
+  redis.call(CLUSTER and 'SPUBLISH' or 'PUBLISH', k_wake(peer), payload or '1')
 end
 
 -- The held bytes a Redis Cluster's build returns beside its reply: {client key, delta, ...},
