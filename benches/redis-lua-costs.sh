@@ -3,7 +3,7 @@
 # redis-server under valgrind's callgrind, a probe library of functions that each repeat one
 # operation the room scripts do (a `redis.call` of each kind they make, parsing a mailbox state,
 # signing an envelope, a table), each called 1,000 times; the instructions per call, less an
-# empty function's, divided by the repetitions. docs/BENCHMARKS.md, "What a call costs Redis".
+# empty function's, divided by the repetitions. docs/BENCHMARKS.md, "Fewer commands per call on Redis".
 #
 #   bash benches/redis-lua-costs.sh
 #
