@@ -13,16 +13,7 @@
 # The BEFORE binary reads the Rocket.toml of its own tree (BEFORE_CONFIG, by default the one two
 # levels above target/release/), since a newer Rocket.toml may have keys it does not know.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-BEFORE=$1
-ROUNDS=${2:-3}
-OUT=${3:-target/bench-compare}
-mkdir -p "$OUT"
-cargo build --release --bin signpost --bin signpost-bench
-BEFORE_CONFIG=${BEFORE_CONFIG:-$(cd "$(dirname "$BEFORE")/../.." && pwd)/Rocket.toml}
-PORT=${PORT:-8000}
-AFTER=target/release/signpost
-BENCH=target/release/signpost-bench
+source "$(dirname "$0")/before-after.sh" target/bench-compare "$@"
 
 measure() {
   local label=$1 binary=$2 name=$3; shift 3

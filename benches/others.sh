@@ -16,16 +16,7 @@
 # The BEFORE binary reads the Rocket.toml of its own tree (BEFORE_CONFIG, by default the one two
 # levels above target/release/). PORT (default 8000) is where the servers listen.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-BEFORE=$1
-ROUNDS=${2:-3}
-OUT=${3:-target/bench-others}
-mkdir -p "$OUT"
-cargo build --release --bin signpost --bin signpost-bench
-BEFORE_CONFIG=${BEFORE_CONFIG:-$(cd "$(dirname "$BEFORE")/../.." && pwd)/Rocket.toml}
-PORT=${PORT:-8000}
-AFTER=target/release/signpost
-BENCH=target/release/signpost-bench
+source "$(dirname "$0")/before-after.sh" target/bench-others "$@"
 HZ=$(getconf CLK_TCK)
 URL="http://127.0.0.1:$PORT"
 
