@@ -54,8 +54,6 @@ local base, K_PEERS, K_TOKENS, K_SEEN, K_SEQ, K_BOXES -- per call, from KEYS[1]
 local K_HELD -- per call: KEYS[2]
 -- A Redis Cluster's build: no held-bytes hash here, sharded wake-ups. Per call.
 local CLUSTER
-local function k_list(peer) return base .. 'm:' .. peer end
-local function k_sizes(peer) return base .. 's:' .. peer end
 local function k_sends(peer) return base .. 'i:' .. peer end
 local function k_send_expiry(peer) return base .. 'it:' .. peer end
 
@@ -76,6 +74,50 @@ local function num(text)
     number_of[text], numbers = n, numbers + 1
   end
   return n
+end
+
+-- Key names, made once rather than at every call: each string the interpreter makes costs Redis
+-- about a thousand instructions, and a call used to make five for its room's keys and one or
+-- more for each mailbox it touched. A room's names (`names_for`) and its peers' (`peer_names`)
+-- are remembered in the library's state, MEMO_ENTRIES of them in all, then forgotten together.
+local names_of, named = {}, 0
+local NAMES -- per call: the call's room's names
+local function names_for(peers_key)
+  local names = names_of[peers_key]
+  if names then return names end
+  if named >= MEMO_ENTRIES then names_of, named = {}, 0 end
+  local room_base = string.sub(peers_key, 1, #peers_key - 5) -- strip "peers"
+  names = {base = room_base, tokens = room_base .. 'tokens', seen = room_base .. 'seen',
+           seq = room_base .. 'seq', boxes = room_base .. 'boxes', peers = {}}
+  names_of[peers_key], named = names, named + 1
+  return names
+end
+
+-- The names of `peer`'s keys in the call's room: {messages list, sizes list, wake-up channel}.
+local function peer_names(peer)
+  local of = NAMES.peers[peer]
+  if of then return of end
+  if named >= MEMO_ENTRIES then
+    -- Forgotten with every other name; this call's room keeps its own until the call ends.
+    names_of, named = {}, 0
+  end
+  of = {base .. 'm:' .. peer, base .. 's:' .. peer, base .. 'w:' .. peer}
+  NAMES.peers[peer], named = of, named + 1
+  return of
+end
+local function k_list(peer) return peer_names(peer)[1] end
+local function k_sizes(peer) return peer_names(peer)[2] end
+local function k_wake(peer) return peer_names(peer)[3] end
+
+-- The epoch key beside a held-bytes hash ("<...>held" -> "<...>epoch").
+local epoch_of = {}
+local function epoch_key(held_key)
+  local key = epoch_of[held_key]
+  if key then return key end
+  key = string.sub(held_key, 1, #held_key - 4) .. 'epoch' -- strip "held"
+  if next(epoch_of) ~= nil then epoch_of = {} end -- one hash per deployment: keep one
+  epoch_of[held_key] = key
+  return key
 end
 
 local text_of, texts = {}, 0
@@ -201,7 +243,6 @@ local function flush()
   end
   held = {}
 end
-local function k_wake(peer) return base .. 'w:' .. peer end
 -- Wakes `peer`'s readers; `payload` ("1" by default) says nothing they rely on, but an open's
 -- ("o<nonce>", open.lua) is not a wake-up for the reader that opened.
 local function wake_up(peer, payload)
@@ -565,11 +606,12 @@ end
 local function begin(keys, args)
   KEYS, ARGV = keys, args
   K_PEERS = keys[1]
-  base = string.sub(K_PEERS, 1, #K_PEERS - 5) -- strip "peers"
-  K_TOKENS, K_SEEN, K_SEQ, K_BOXES = base .. 'tokens', base .. 'seen', base .. 'seq', base .. 'boxes'
+  NAMES = names_for(K_PEERS)
+  base = NAMES.base
+  K_TOKENS, K_SEEN, K_SEQ, K_BOXES = NAMES.tokens, NAMES.seen, NAMES.seq, NAMES.boxes
   K_HELD = keys[2]
   CLUSTER = K_HELD == nil
-  K_EPOCH = K_HELD and (string.sub(K_HELD, 1, #K_HELD - 4) .. 'epoch') -- strip "held"
+  K_EPOCH = K_HELD and epoch_key(K_HELD)
   boxes, dirty, held, held_out, woken, touched, departures = {}, {}, {}, {}, {}, {}, {}
   key_ttl_ms, capacity, max_bytes, current_rid, emptied, clock = 0, 0, 0, nil, false, nil
 end
