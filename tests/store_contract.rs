@@ -1102,6 +1102,29 @@ store_contract! {
         assert!(matches!(stream, Read::Batch(_)), "a poll ends no stream");
     }
 
+    /// Opening a stream or a poll answers the mailbox's newest id, the `last_id` a read then
+    /// reports: a poll whose open saw nothing after its `after` waits without reading
+    /// (src/front/poll.rs), so an open that answered too low would leave a message waiting.
+    every async fn an_open_answers_the_newest_id(deployment) {
+        let store = deployment.open(|_| {}).await;
+        let room = room("newest");
+        let alice = join(&*store, &room).await;
+        let bob = join(&*store, &room).await;
+        let to_alice = |n: i64| message(Some(alice.id), "n", json!(n));
+        send(&*store, &room, &bob, vec![to_alice(1), to_alice(2)]).await;
+        let reader = store.reader(&room, alice.id, alice.token()).await.unwrap();
+        let (_, got, _) = batch(reader.read(0, None, usize::MAX).await.unwrap());
+        let newest = got.last().map(|entry| entry.id).expect("bob's join and two messages");
+        assert_eq!(got.len(), 3, "bob's join and two messages");
+        let (_, polled) = reader.open_poll(0).await.unwrap();
+        assert_eq!(polled, newest);
+        let (_, streamed) = reader.open_stream(None).await.unwrap();
+        assert_eq!(streamed, newest);
+        send(&*store, &room, &bob, vec![to_alice(3)]).await;
+        let (_, polled) = reader.open_poll(newest).await.unwrap();
+        assert_eq!(polled, newest + 1, "a message sent since");
+    }
+
     /// Wake-ups: a reader that subscribed before reading is woken by a message sent after the
     /// read, and then reads it (src/store: "Subscribe before the first read").
     every async fn a_send_wakes_a_subscribed_reader(deployment) {

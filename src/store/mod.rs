@@ -455,11 +455,6 @@ impl Wake {
         self.seen = *self.receiver.borrow_and_update();
     }
 
-    /// Whether a wake-up came since the last [`mark_seen`](Self::mark_seen).
-    pub fn pending(&self) -> bool {
-        self.receiver.has_changed().unwrap_or(true)
-    }
-
     /// Resolves at the next wake-up after the last [`mark_seen`](Self::mark_seen), other than
     /// the reader's own open's; an error means no more will come.
     pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
