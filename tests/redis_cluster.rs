@@ -384,6 +384,9 @@ async fn wake_ups_follow_a_failed_over_shard() {
     blocking(&cluster, move |cluster| {
         let key = format!("{{{room}}}");
         let slot = cluster.slot_of(&key);
+        // The room is on the replica before its master dies: this test is about wake-ups, and
+        // a replica that lagged behind the joins would lose the room itself.
+        cluster.wait_until_replicated(&key, redis_ha::FAILOVER_DEADLINE);
         let old = cluster.kill_master_of(&key);
         cluster.wait_for_promotion(old, slot, redis_ha::FAILOVER_DEADLINE);
     })

@@ -880,6 +880,36 @@ impl Cluster {
         self.cli(port, &["cluster", "myid"])
     }
 
+    /// Waits until every replica of the master that serves `key`'s slot has every write the
+    /// master has made so far (its `master_repl_offset`), so that killing the master loses
+    /// nothing: replication is asynchronous, and on a loaded machine a replica can lag behind
+    /// a room's creation.
+    pub fn wait_until_replicated(&self, key: &str, deadline: Duration) {
+        let master = self.master_of(key);
+        let master_id = self.id_of(master).trim().to_owned();
+        let offset = |port: u16, field: &str| -> u64 {
+            self.cli(port, &["info", "replication"])
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let written = offset(master, "master_repl_offset:");
+        let replicas: Vec<u16> = self
+            .nodes_seen_by(master)
+            .into_iter()
+            .filter(|node| node.master_id.as_deref() == Some(master_id.as_str()))
+            .map(|node| node.port)
+            .collect();
+        assert!(!replicas.is_empty(), "the master of {key} has a replica");
+        wait_for(deadline, "the replicas to have every write", || {
+            replicas
+                .iter()
+                .all(|replica| offset(*replica, "slave_repl_offset:") >= written)
+                .then_some(())
+        });
+    }
+
     /// SIGKILLs the master that serves `key`'s slot; returns its port.
     pub fn kill_master_of(&mut self, key: &str) -> u16 {
         let port = self.master_of(key);
