@@ -1569,3 +1569,96 @@ async fn a_backlog_is_read_in_answers_bounded_in_bytes() {
         );
     }
 }
+
+/// Every command Redis runs from now on, as `MONITOR` reports it, through a connection of its
+/// own.
+struct Monitor {
+    connection: tokio::net::TcpStream,
+    seen: String,
+}
+
+impl Monitor {
+    async fn start(cluster: &Cluster) -> Monitor {
+        use tokio::io::AsyncWriteExt;
+        let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", cluster.port))
+            .await
+            .expect("a connection to Redis");
+        connection.write_all(b"MONITOR\r\n").await.expect("MONITOR");
+        let mut monitor = Monitor {
+            connection,
+            seen: String::new(),
+        };
+        monitor.read_until("+OK\r\n").await;
+        monitor.seen.clear();
+        monitor
+    }
+
+    /// Reads what Redis reports until `text` is among it.
+    async fn read_until(&mut self, text: &str) {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = [0u8; 4096];
+        while !self.seen.contains(text) {
+            let read = tokio::time::timeout(EVENT_DEADLINE, self.connection.read(&mut buffer))
+                .await
+                .expect("MONITOR reports within the deadline")
+                .expect("MONITOR's connection reads");
+            assert!(read > 0, "MONITOR's connection closed");
+            self.seen
+                .push_str(&String::from_utf8_lossy(&buffer[..read]));
+        }
+    }
+
+    /// The commands reported so far: every one Redis ran before this call.
+    async fn commands(mut self, cluster: &Cluster) -> Vec<String> {
+        let marker = format!("until-{}", uuid::Uuid::new_v4().simple());
+        cluster.cli(&["ECHO", &marker]);
+        self.read_until(&marker).await;
+        self.seen.lines().map(str::to_owned).collect()
+    }
+}
+
+/// 21. A streamed message costs Redis one script call, the send's: its wake-up carries the
+///     message, and the stream on another instance answers from it instead of reading its
+///     mailbox (`src/store/redis/carried.rs`). Ids stay gapless and in order.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_woken_stream_answers_from_its_wake_up_without_reading_redis() {
+    let Some(cluster) = Cluster::start("cluster_carried", 2, json!({})).await else {
+        return;
+    };
+    let alice = cluster.at(0).join("carried", "alice").await;
+    let bob = cluster.at(0).join("carried", "bob").await;
+    let mut events = via(&bob, cluster.at(1)).events(None).await;
+    alice
+        .send_ok(json!({"type": "offer", "to": bob.id, "data": 0}))
+        .await;
+    assert_eq!(
+        seen(&events.next_message().await),
+        (1, alice.id.as_str(), &json!(0))
+    );
+
+    let monitor = Monitor::start(&cluster).await;
+    for n in 1..=10 {
+        alice
+            .send_ok(json!({"type": "candidate", "to": bob.id, "data": n}))
+            .await;
+        assert_eq!(
+            seen(&events.next_message().await),
+            (n + 1, alice.id.as_str(), &json!(n))
+        );
+    }
+    let commands = monitor.commands(&cluster).await;
+    let calls = |function: &str| {
+        let name = format!("_{function}\"");
+        commands.iter().filter(|line| line.contains(&name)).count()
+    };
+    assert_eq!(calls("send"), 10, "{commands:#?}");
+    assert_eq!(
+        calls("read"),
+        0,
+        "the stream read its mailbox: {commands:#?}"
+    );
+}

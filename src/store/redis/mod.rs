@@ -50,9 +50,11 @@
 //! - `scripts.rs`: the Lua scripts, one typed call per script with a typed reply.
 //! - `records.rs`: how a peer and a message are kept (the token's digest, the peer record).
 //! - `reader.rs`: [`Reader`], a peer's mailbox for its stream or poll.
-//! - `wakeups.rs`: pub/sub wake-ups; `presence.rs`: presence refreshes while a peer listens.
+//! - `wakeups.rs`: pub/sub wake-ups; `carried.rs`: the messages they carry, which spare a
+//!   woken reader its read; `presence.rs`: presence refreshes while a peer listens.
 //! - This file: [`RedisStore`], the store's operations, each a few calls to the above.
 
+mod carried;
 mod connection;
 mod keys;
 mod presence;

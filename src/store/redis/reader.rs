@@ -1,16 +1,18 @@
 //! [`Reader`]: a peer's mailbox in Redis, for its stream or its poll: subscribing to its
 //! wake-ups, opening (which replaces an older reader of the same kind, on any instance),
-//! reading by id, and acknowledging what was delivered.
+//! reading by id (or from the messages its wake-ups carried, `carried.rs`), and acknowledging
+//! what was delivered.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::error::{ApiResult, Error};
 use crate::identity::{PeerId, RoomName};
-use crate::mailbox::{PollTicket, Read, StreamTicket, Ticket};
+use crate::mailbox::{Batch, PollTicket, Read, StreamTicket, Ticket};
 
+use super::carried::SharedCarried;
 use super::presence::Listening;
-use super::scripts::{self, Opened, ReaderKeys};
+use super::scripts::{self, Opened, ReaderKeys, READ_LIMIT};
 use super::Inner;
 
 /// A peer's mailbox in Redis, for its stream or poll.
@@ -28,6 +30,15 @@ pub struct Reader {
     /// The nonce of this reader's open, which its wake-up carries, so that it does not wake
     /// this reader (`store::OwnOpens`); 0 before the open.
     own_open: Arc<AtomicU32>,
+    /// The mailbox channel's wake-ups and the messages they carried; set by `subscribe`.
+    carried: OnceLock<SharedCarried>,
+    /// Where the channel's wake-ups stood (`Carried::count`) before the reader's last read of
+    /// Redis or its open: what was carried after it may answer the next read.
+    since: AtomicU64,
+    /// The entries, and their envelopes' bytes, that reads returned since the last
+    /// acknowledgement sent: what Redis may still count as undelivered (`Reader::may_answer`).
+    unacked_entries: AtomicUsize,
+    unacked_bytes: AtomicUsize,
 }
 
 /// A nonce for an open: 0 is none. Counted from a random start, so that two instances' opens
@@ -59,15 +70,29 @@ impl Reader {
             pending_ack: AtomicU64::new(0),
             sent_ack: AtomicU64::new(0),
             own_open: Arc::default(),
+            carried: OnceLock::new(),
+            since: AtomicU64::new(0),
+            unacked_entries: AtomicUsize::new(0),
+            unacked_bytes: AtomicUsize::new(0),
         }
     }
 
     pub async fn subscribe(&self) -> ApiResult<crate::store::Wake> {
         let channel = self.inner.keys.wake(&self.room, self.peer);
-        self.inner
+        let (wake, carried) = self
+            .inner
             .wakeups
             .subscribe(channel, &self.inner, Arc::clone(&self.own_open))
-            .await
+            .await?;
+        let _ = self.carried.set(carried);
+        Ok(wake)
+    }
+
+    /// Where the channel's wake-ups stand now (0 before `subscribe`).
+    fn wake_ups_so_far(&self) -> u64 {
+        self.carried
+            .get()
+            .map_or(0, |carried| carried.lock().count())
     }
 
     pub async fn open_stream(&self, acknowledge: Option<u64>) -> ApiResult<(StreamTicket, u64)> {
@@ -90,6 +115,7 @@ impl Reader {
         // Known before the wake-up can arrive.
         let nonce = open_nonce();
         self.own_open.store(nonce, Ordering::Release);
+        self.since.store(self.wake_ups_so_far(), Ordering::Relaxed);
         match scripts::open(&self.inner, &self.keys, kind, acknowledge, nonce).await? {
             Opened::Open { epoch, last_id } => Ok((epoch, last_id)),
             Opened::Closed => Err(Error::PeerNotFound),
@@ -101,13 +127,27 @@ impl Reader {
     }
 
     /// What follows `cursor`: at most a read's limit of entries and, past the first,
-    /// `max_bytes` bytes of envelopes; carrying the acknowledgement not yet sent.
+    /// `max_bytes` bytes of envelopes; from the messages the wake-ups carried when they can tell
+    /// (`carried.rs`), otherwise read from Redis, carrying the acknowledgement not yet sent.
     pub async fn read(
         &self,
         cursor: u64,
         ticket: Option<Ticket>,
         max_bytes: usize,
     ) -> ApiResult<Read> {
+        if let Some(carried) = self.carried.get() {
+            let mut carried = carried.lock();
+            let since = self.since.load(Ordering::Relaxed);
+            let own = self.own_open.load(Ordering::Acquire);
+            if let Some(batch) = carried.read(since, own, cursor, READ_LIMIT, max_bytes) {
+                if self.may_answer(&batch) {
+                    self.count_unacked(&batch, false);
+                    return Ok(Read::Batch(batch));
+                }
+            }
+            // Noted before the read is sent: whatever Redis publishes after it comes later.
+            self.since.store(carried.count(), Ordering::Relaxed);
+        }
         let ack = self.pending_ack.load(Ordering::Relaxed);
         let unsent = ack > self.sent_ack.load(Ordering::Relaxed);
         let read = scripts::read(
@@ -120,7 +160,38 @@ impl Reader {
         )
         .await?;
         self.sent_ack.fetch_max(ack, Ordering::Relaxed);
+        if let Read::Batch(batch) = &read {
+            self.count_unacked(batch, true);
+            if let (Some(carried), Some(newest)) = (self.carried.get(), batch.entries.last()) {
+                carried.lock().forget_through(newest.id);
+            }
+        }
         Ok(read)
+    }
+
+    /// Whether the reader may answer `batch` from what was carried, without the read of Redis
+    /// that would carry its acknowledgement: only while what it answered since its last
+    /// acknowledgement stays within a quarter of its mailbox's bounds. Redis counts what
+    /// was not acknowledged as undelivered, and a reader that keeps up must never be evicted
+    /// for volume; acknowledged at each read, it was at most one read behind.
+    fn may_answer(&self, batch: &Batch) -> bool {
+        let limits = &self.inner.limits;
+        let entries = self.unacked_entries.load(Ordering::Relaxed) + batch.entries.len();
+        let bytes = self.unacked_bytes.load(Ordering::Relaxed) + batch_bytes(batch);
+        entries <= limits.mailbox_capacity / 4 && bytes <= limits.mailbox_max_bytes / 4
+    }
+
+    /// Counts `batch` as returned and not acknowledged; `from_redis`: its read carried the
+    /// acknowledgement of everything returned before.
+    fn count_unacked(&self, batch: &Batch, from_redis: bool) {
+        let (entries, bytes) = (batch.entries.len(), batch_bytes(batch));
+        if from_redis {
+            self.unacked_entries.store(entries, Ordering::Relaxed);
+            self.unacked_bytes.store(bytes, Ordering::Relaxed);
+        } else {
+            self.unacked_entries.fetch_add(entries, Ordering::Relaxed);
+            self.unacked_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
     }
 
     /// Whether an acknowledgement is waiting for the next read or [`Reader::flush`].
@@ -136,10 +207,21 @@ impl Reader {
         }
         scripts::acknowledge(&self.inner, &self.keys, ack).await?;
         self.sent_ack.fetch_max(ack, Ordering::Relaxed);
+        self.unacked_entries.store(0, Ordering::Relaxed);
+        self.unacked_bytes.store(0, Ordering::Relaxed);
         Ok(())
     }
 
     pub fn listen(&self) -> Listening {
         Listening::new(Arc::clone(&self.inner), self.room.clone(), self.peer)
     }
+}
+
+/// The bytes of `batch`'s envelopes, as the mailbox counts them.
+fn batch_bytes(batch: &Batch) -> usize {
+    batch
+        .entries
+        .iter()
+        .map(|entry| entry.message.body().len())
+        .sum()
 }

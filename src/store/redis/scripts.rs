@@ -24,7 +24,7 @@ use super::Inner;
 
 /// Most entries one read returns (besides its byte budget); a reader with more waiting reads
 /// again at once.
-const READ_LIMIT: usize = 256;
+pub(super) const READ_LIMIT: usize = 256;
 /// Rooms one sweep tick looks at; the rest wait for the next tick.
 const SWEEP_LIMIT: usize = 256;
 /// Expiry of the global keys: refreshed by every sweep tick, so they outlive instances that

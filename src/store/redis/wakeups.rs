@@ -41,6 +41,7 @@ use crate::error::{ApiResult, Error};
 use crate::logging;
 use crate::store::{OwnOpens, Wake};
 
+use super::carried::{SharedCarried, WakeUp};
 use super::Inner;
 
 /// How often the subscriber connection is checked with a PING.
@@ -66,6 +67,8 @@ pub struct Wakeups {
 
 struct Channel {
     wake: watch::Sender<u64>,
+    /// The wake-ups' record and the messages they carried (`carried.rs`), updated with `wake`.
+    carried: SharedCarried,
     /// Subscriptions alive for this channel on this instance.
     readers: usize,
     /// Whether Redis has confirmed the subscription: a reader that finds it so needs no round
@@ -113,18 +116,20 @@ impl Wakeups {
         }
     }
 
-    /// Subscribes to `channel`, returning once Redis confirmed it; the wake-up of the open whose
-    /// nonce is in `own_open` does not wake the reader (`OwnOpens`).
+    /// Subscribes to `channel`, returning once Redis confirmed it, with the channel's record of
+    /// carried messages; the wake-up of the open whose nonce is in `own_open` does not wake the
+    /// reader (`OwnOpens`).
     pub async fn subscribe(
         &self,
         channel: String,
         inner: &Inner,
         own_open: Arc<AtomicU32>,
-    ) -> ApiResult<Wake> {
-        let (receiver, command) = {
+    ) -> ApiResult<(Wake, SharedCarried)> {
+        let (receiver, command, carried) = {
             let mut channels = self.channels.lock();
             let entry = channels.entry(channel.clone()).or_insert_with(|| Channel {
                 wake: watch::channel(0).0,
+                carried: SharedCarried::default(),
                 readers: 0,
                 confirmed: false,
                 idle_since: None,
@@ -139,7 +144,7 @@ impl Wakeups {
                 });
                 confirmed
             });
-            (entry.wake.subscribe(), command)
+            (entry.wake.subscribe(), command, Arc::clone(&entry.carried))
         };
         let subscription = Subscription {
             channel: channel.clone(),
@@ -155,11 +160,8 @@ impl Wakeups {
                 entry.confirmed = true;
             }
         }
-        Ok(Wake::passing_own_opens(
-            receiver,
-            own_open,
-            Some(Box::new(subscription)),
-        ))
+        let wake = Wake::passing_own_opens(receiver, own_open, Some(Box::new(subscription)));
+        Ok((wake, carried))
     }
 
     /// Forgets the channels that have had no reader for [`LINGER`], returning their names to
@@ -195,28 +197,32 @@ impl Wakeups {
     }
 
     /// Wakes the readers of `channel` on this instance, with the wake-up's `payload`: "o<nonce>"
-    /// from an open (open.lua), which does not wake the reader that opened (`OwnOpens`).
+    /// from an open (open.lua), which does not wake the reader that opened (`OwnOpens`), or the
+    /// messages appended ("m...", `carried.rs`), recorded for the readers to answer from.
     fn wake(&self, channel: &str, payload: &[u8]) {
-        let nonce = payload
-            .strip_prefix(b"o")
-            .and_then(|digits| std::str::from_utf8(digits).ok())
-            .and_then(|digits| digits.parse().ok())
-            .unwrap_or(0);
+        let wake_up = WakeUp::parse(payload);
         if let Some(entry) = self.channels.lock().get(channel) {
-            entry
-                .wake
-                .send_modify(|value| *value = OwnOpens::next(*value, nonce));
+            entry.wake_up(wake_up);
         }
     }
 
     /// Wakes every reader on this instance: after a reconnection, when wake-ups may have been
-    /// lost.
+    /// lost. Plain wake-ups: only Redis can tell what changed.
     fn wake_all(&self) {
         for entry in self.channels.lock().values() {
-            entry
-                .wake
-                .send_modify(|value| *value = OwnOpens::next(*value, 0));
+            entry.wake_up(WakeUp::Plain);
         }
+    }
+}
+
+impl Channel {
+    /// Records `wake_up` and wakes the channel's readers, in that order, so that a reader woken
+    /// finds it recorded.
+    fn wake_up(&self, wake_up: WakeUp) {
+        let nonce = wake_up.nonce();
+        self.carried.lock().record(wake_up);
+        self.wake
+            .send_modify(|value| *value = OwnOpens::next(*value, nonce));
     }
 }
 

@@ -41,8 +41,9 @@
 --                    newest entry, and go with the peer
 -- Beside KEYS[2], "<prefix>:{<prefix>:global}:epoch" (K_EPOCH) is the Sentinel config epoch of
 -- the master, written by the instances (`generation_floor`, "Seal"); absent on one Redis.
--- Channel "<prefix>:{<room>}:w:<peer>" wakes the peer's readers; it carries nothing they rely
--- on ("1", or an open's "o<nonce>", `wake_up`). It has the room's hash tag, so that in a Redis Cluster it is a sharded channel of the
+-- Channel "<prefix>:{<room>}:w:<peer>" wakes the peer's readers: "1", an open's "o<nonce>", or
+-- the messages just appended ("m...", `carried_payload`), which a reader may answer from
+-- (carried.rs) but only ever relies on as far as the mailbox is the truth. It has the room's hash tag, so that in a Redis Cluster it is a sharded channel of the
 -- room's slot, published and heard on the shard that holds the mailbox.
 
 -- This file is the top of a library of Redis functions (scripts.rs, "The room library"): it
@@ -244,9 +245,33 @@ local function flush()
   held = {}
 end
 -- Wakes `peer`'s readers; `payload` ("1" by default) says nothing they rely on, but an open's
--- ("o<nonce>", open.lua) is not a wake-up for the reader that opened.
+-- ("o<nonce>", open.lua) is not a wake-up for the reader that opened, and carried messages
+-- (`carried_payload`) spare a reader a read.
 local function wake_up(peer, payload)
   redis.call(CLUSTER and 'SPUBLISH' or 'PUBLISH', k_wake(peer), payload or '1')
+end
+
+-- The most bytes of stored values a wake-up carries (carried.rs, CARRIED_MAX_BYTES).
+local CARRIED_MAX_BYTES = 16384
+
+-- The wake-up that carries the messages a call appended to a mailbox, {first id, value, ...}:
+-- "m<first id>,<bytes>:<value>,<bytes>:<value>..." (carried.rs), or nil (a plain wake-up) past
+-- CARRIED_MAX_BYTES. A reader woken by it answers from it instead of reading.
+local function carried_payload(carried)
+  if #carried == 2 then -- one message, the common case: one string made
+    local value = carried[2]
+    if #value > CARRIED_MAX_BYTES then return nil end
+    return 'm' .. fmt(carried[1]) .. ',' .. fmt(#value) .. ':' .. value
+  end
+  local parts, bytes = {'m', fmt(carried[1])}, 0
+  for index = 2, #carried do
+    local value = carried[index]
+    bytes = bytes + #value
+    if bytes > CARRIED_MAX_BYTES then return nil end
+    table.insert(parts, ',' .. fmt(#value) .. ':')
+    table.insert(parts, value)
+  end
+  return table.concat(parts)
 end
 
 -- The held bytes a Redis Cluster's build returns beside its reply: {client key, delta, ...},
@@ -323,7 +348,10 @@ local function expire_lists(peer, always)
   redis.call('PEXPIRE', k_sizes(peer), key_ttl_ms)
 end
 
--- Peers whose readers must look again, and mailboxes whose expiry must be refreshed.
+-- Peers whose readers must look again, and mailboxes whose expiry must be refreshed. A woken
+-- peer maps to true when only a read can tell what changed (a seal, its removal), and otherwise
+-- to the messages this call appended to its mailbox, {first id, value, ...}, which its wake-up
+-- carries (`carried_payload`).
 local woken, touched -- per call: {}, {}
 -- The undelivered messages and bytes a mailbox may hold (mailbox_capacity,
 -- mailbox_max_bytes); set by each script that pushes, from its arguments.
@@ -449,7 +477,13 @@ local function push(peer, value, size, client)
   box.ub = box.ub + size
   charge(client, size)
   save(peer, box)
-  woken[peer] = true
+  -- One call's appends to a mailbox have consecutive ids (nothing else runs meanwhile).
+  local carried = woken[peer]
+  if carried == nil then
+    woken[peer] = {box.last, value}
+  elseif carried ~= true then
+    table.insert(carried, value)
+  end
   return true
 end
 
@@ -556,8 +590,8 @@ end
 -- refresh, which skips what was renewed a moment ago: "Expiry").
 local function finish(refresh)
   flush()
-  for peer, _ in pairs(woken) do
-    wake_up(peer)
+  for peer, carried in pairs(woken) do
+    wake_up(peer, carried ~= true and carried_payload(carried) or nil)
   end
   if not refresh then return end
   local always = refresh == 'always'
