@@ -88,6 +88,33 @@ impl ResetReason {
     }
 }
 
+/// What one read may copy: its first entry whatever its size, so that a reader always moves
+/// on, then each next entry while it fits in what is left of `max_bytes`.
+pub struct ReadBudget {
+    /// Bytes not taken yet.
+    left: usize,
+    /// Whether no entry has been looked at yet: the first is copied whatever its size.
+    first: bool,
+}
+
+impl ReadBudget {
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            left: max_bytes,
+            first: true,
+        }
+    }
+
+    /// Whether the next entry, of `size` bytes, is copied (a read stops at the first that is
+    /// not).
+    pub fn admits(&mut self, size: usize) -> bool {
+        let fits = self.first || size <= self.left;
+        self.first = false;
+        self.left = self.left.saturating_sub(size);
+        fits
+    }
+}
+
 /// What a read found after the reader's id.
 #[derive(Debug)]
 pub struct Batch {
@@ -287,19 +314,13 @@ impl Mailbox {
         } else {
             (None, (cursor + 1 - first_held) as usize)
         };
-        let mut budget = max_bytes;
+        let mut budget = ReadBudget::new(max_bytes);
         let entries = state
             .entries
             .iter()
             .skip(skip)
-            .enumerate()
-            .take_while(|(index, stored)| {
-                let size = stored.size();
-                let fits = *index == 0 || size <= budget;
-                budget = budget.saturating_sub(size);
-                fits
-            })
-            .map(|(_, stored)| stored.entry.clone())
+            .take_while(|stored| budget.admits(stored.size()))
+            .map(|stored| stored.entry.clone())
             .collect();
         Read::Batch(Batch {
             reset,

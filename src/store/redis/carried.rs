@@ -25,7 +25,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::mailbox::{Batch, Entry};
+use crate::mailbox::{Batch, Entry, ReadBudget};
 use crate::message::EncodedMessage;
 
 /// The most bytes of stored values one wake-up carries; a larger append wakes its readers
@@ -184,19 +184,13 @@ impl Carried {
             return None;
         }
         let newest = self.entries.back()?.1.id;
-        let mut budget = max_bytes;
+        let mut budget = ReadBudget::new(max_bytes);
         let entries = self
             .entries
             .iter()
             .take(limit)
-            .enumerate()
-            .take_while(|(index, (_, entry))| {
-                let size = entry.message.body().len();
-                let fits = *index == 0 || size <= budget;
-                budget = budget.saturating_sub(size);
-                fits
-            })
-            .map(|(_, (_, entry))| entry.clone())
+            .take_while(|(_, entry)| budget.admits(entry.message.body().len()))
+            .map(|(_, entry)| entry.clone())
             .collect();
         Some(Batch {
             reset: None,
