@@ -1662,3 +1662,48 @@ async fn a_woken_stream_answers_from_its_wake_up_without_reading_redis() {
         "the stream read its mailbox: {commands:#?}"
     );
 }
+
+/// 22. A poll answers what arrived since the previous poll's answer from that message's
+///     wake-up, which its instance kept, instead of reading its mailbox: the open that makes it
+///     the peer's poll found that message as the newest, so nothing was lost in between.
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_answers_what_arrived_between_polls_without_reading_redis() {
+    const WAKE_UPS: &str = "signpost_store_wakeups_total";
+    let Some(cluster) = Cluster::start("cluster_carried_poll", 2, json!({})).await else {
+        return;
+    };
+    let alice = cluster.at(0).join("carried", "alice").await;
+    let bob = cluster.at(0).join("carried", "bob").await;
+    let bob_on_b = via(&bob, cluster.at(1));
+    let (status, body) = bob_on_b.poll(0, 0.0).await;
+    assert_eq!((status, &body["last_id"]), (200, &json!(0)), "{body}");
+
+    let monitor = Monitor::start(&cluster).await;
+    for n in 1..=5u64 {
+        // Sent while Bob has no poll in flight; B hears its wake-up before Bob polls again.
+        let heard = metric(cluster.at(1), WAKE_UPS).await;
+        alice
+            .send_ok(json!({"type": "candidate", "to": bob.id, "data": n}))
+            .await;
+        eventually("instance B heard the wake-up", || async {
+            metric(cluster.at(1), WAKE_UPS).await > heard
+        })
+        .await;
+        let (status, body) = bob_on_b.poll(n - 1, 0.0).await;
+        assert_eq!(status, 200, "{body}");
+        let messages = body["messages"].as_array().expect("messages");
+        assert_eq!(messages.len(), 1, "{body}");
+        assert_eq!(seen(&messages[0]), (n, alice.id.as_str(), &json!(n)));
+    }
+    let commands = monitor.commands(&cluster).await;
+    let calls = |function: &str| {
+        let name = format!("_{function}\"");
+        commands.iter().filter(|line| line.contains(&name)).count()
+    };
+    assert_eq!(calls("open"), 5, "{commands:#?}");
+    assert_eq!(calls("read"), 0, "the poll read its mailbox: {commands:#?}");
+}

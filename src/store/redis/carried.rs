@@ -9,13 +9,17 @@
 //! call, the mailbox state parsed, the list read): about half of what a message costs Redis.
 //!
 //! The mailbox in Redis stays the truth. A reader answers from what was carried only when
-//! nothing but carried messages (and its own open) reached the mailbox's channel since it last
-//! read Redis, and when what was carried since then starts right after its cursor: what it
-//! answers is then what Redis changed after its last look, in order, as a read would have found
-//! it. Anything else (a plain wake-up, another reader's open, a reconnection, a gap, messages
-//! carried before its last look) sends it to Redis, as before. Since a reader notes where the
-//! channel's wake-ups stood before it sends each read, a wake-up that Redis published after that
-//! read (on another connection, so it may arrive before the read's answer) always counts as
+//! nothing but carried messages (and its own open) reached the mailbox's channel since its last
+//! look at Redis (its open or its last read, [`LastLook`]), and when what was carried starts
+//! right after its cursor: what it answers is then what Redis changed after that look, in order,
+//! as a read would have found it. Messages carried before the look count only if the newest of
+//! them is exactly the newest id the look found: then the look saw them, in the same server
+//! history (a history that lost them would have sealed the mailbox first, and its ids jump past
+//! every id the old one gave). That is how a poll, whose look is its open, answers what arrived
+//! between its predecessor's answer and itself. Anything else (a plain wake-up, another
+//! reader's open, a reconnection, a gap) sends it to Redis, as before. Since a reader notes
+//! where the channel's wake-ups stood before it sends each look, a wake-up that Redis published
+//! after it (on another connection, so it may arrive before the look's answer) always counts as
 //! coming after it.
 //!
 //! Kept per channel on an instance, bounded by [`CARRIED_MAX_ENTRIES`] and
@@ -54,6 +58,18 @@ pub struct Carried {
     entries: VecDeque<(u64, Entry)>,
     /// Bytes of the envelopes in `entries`.
     bytes: usize,
+}
+
+/// A reader's last look at Redis (its open or its last read): which carried messages it may
+/// answer from.
+#[derive(Clone, Copy, Debug)]
+pub struct LastLook {
+    /// [`Carried::count`] before the look was sent.
+    pub since: u64,
+    /// The nonce of the reader's own open (0: none), whose wake-up is no reason to look again.
+    pub own_open: u32,
+    /// The newest id the look found in the mailbox.
+    pub newest: u64,
 }
 
 /// What a wake-up said.
@@ -162,25 +178,37 @@ impl Carried {
     }
 
     /// What follows `cursor`, as a read of Redis would answer it (at most `limit` entries and,
-    /// past the first, `max_bytes` bytes of envelopes), for a reader that last read Redis when
-    /// the wake-ups stood at `since` and whose own open has `own` for nonce; `None` when only
-    /// Redis can answer. Forgets what the reader has delivered, up to `cursor`.
+    /// past the first, `max_bytes` bytes of envelopes), for a reader whose last look at Redis
+    /// was `look`; `None` when only Redis can answer. Forgets what the reader has delivered, up
+    /// to `cursor`.
     pub fn read(
         &mut self,
-        since: u64,
-        own: u32,
+        look: LastLook,
         cursor: u64,
         limit: usize,
         max_bytes: usize,
     ) -> Option<Batch> {
+        let LastLook {
+            since,
+            own_open,
+            newest: seen,
+        } = look;
         self.forget_through(cursor);
         let only_own_open = self.last_open.0 <= since
-            || (own != 0 && self.last_open.1 == own && self.open_before <= since);
+            || (own_open != 0 && self.last_open.1 == own_open && self.open_before <= since);
         if self.plain > since || !only_own_open {
             return None;
         }
-        let (carried_at, next) = self.entries.front()?;
-        if *carried_at <= since || next.id != cursor + 1 {
+        if self.entries.front()?.1.id != cursor + 1 {
+            return None;
+        }
+        // Carried before the look: only what the look saw, up to the newest id it found.
+        let before = self
+            .entries
+            .iter()
+            .take_while(|(at, _)| *at <= since)
+            .last();
+        if before.is_some_and(|(_, entry)| entry.id != seen) {
             return None;
         }
         let newest = self.entries.back()?.1.id;
@@ -239,6 +267,15 @@ mod tests {
         text.into_bytes()
     }
 
+    /// A look that found nothing (so that nothing carried before it counts).
+    fn look(since: u64, own_open: u32) -> LastLook {
+        LastLook {
+            since,
+            own_open,
+            newest: 0,
+        }
+    }
+
     fn ids(batch: &Batch) -> Vec<u64> {
         batch.entries.iter().map(|entry| entry.id).collect()
     }
@@ -279,22 +316,29 @@ mod tests {
         let mut carried = Carried::default();
         let since = carried.count();
         carried.record(WakeUp::parse(&payload(5, &["a {}", "b {\"x\":1}", "c {}"])));
-        let batch = carried.read(since, 0, 4, 256, 1 << 20).expect("carried");
+        let batch = carried
+            .read(look(since, 0), 4, 256, 1 << 20)
+            .expect("carried");
         assert_eq!(ids(&batch), [5, 6, 7]);
         assert_eq!(batch.last_id, 7);
         assert!(batch.reset.is_none());
-        let batch = carried.read(since, 0, 4, 2, 1 << 20).expect("carried");
+        let batch = carried
+            .read(look(since, 0), 4, 2, 1 << 20)
+            .expect("carried");
         assert_eq!(ids(&batch), [5, 6], "at most the limit");
-        let batch = carried.read(since, 0, 4, 256, 3).expect("carried");
+        let batch = carried.read(look(since, 0), 4, 256, 3).expect("carried");
         assert_eq!(ids(&batch), [5], "past the first, within the bytes");
-        assert!(carried.read(since, 0, 5, 256, 1 << 20).is_some());
+        assert!(carried.read(look(since, 0), 5, 256, 1 << 20).is_some());
         assert!(
-            carried.read(since, 0, 4, 256, 1 << 20).is_none(),
+            carried.read(look(since, 0), 4, 256, 1 << 20).is_none(),
             "5 was forgotten"
         );
-        assert!(carried.read(since, 0, 3, 256, 1 << 20).is_none(), "a gap");
+        assert!(
+            carried.read(look(since, 0), 3, 256, 1 << 20).is_none(),
+            "a gap"
+        );
         carried.forget_through(7);
-        assert!(carried.read(since, 0, 6, 256, 1 << 20).is_none());
+        assert!(carried.read(look(since, 0), 6, 256, 1 << 20).is_none());
     }
 
     /// Anything but carried messages and the reader's own open since its last read of Redis
@@ -307,11 +351,11 @@ mod tests {
         carried.record(WakeUp::Open(9));
         carried.record(messages());
         assert!(
-            carried.read(since, 9, 0, 256, 1024).is_some(),
+            carried.read(look(since, 9), 0, 256, 1024).is_some(),
             "its own open"
         );
         assert!(
-            carried.read(since, 8, 0, 256, 1024).is_none(),
+            carried.read(look(since, 8), 0, 256, 1024).is_none(),
             "another's open"
         );
 
@@ -320,11 +364,14 @@ mod tests {
         carried.record(WakeUp::Open(8));
         carried.record(WakeUp::Open(9));
         carried.record(messages());
-        assert!(carried.read(since, 9, 0, 256, 1024).is_none(), "two opens");
+        assert!(
+            carried.read(look(since, 9), 0, 256, 1024).is_none(),
+            "two opens"
+        );
         let since = carried.count();
         carried.record(WakeUp::parse(&payload(2, &["b {}"])));
         assert!(
-            carried.read(since, 9, 1, 256, 1024).is_some(),
+            carried.read(look(since, 9), 1, 256, 1024).is_some(),
             "both before"
         );
 
@@ -334,20 +381,45 @@ mod tests {
         carried.record(WakeUp::Plain);
         carried.record(WakeUp::parse(&payload(2, &["b {}"])));
         assert!(
-            carried.read(since, 0, 1, 256, 1024).is_none(),
+            carried.read(look(since, 0), 1, 256, 1024).is_none(),
             "a plain wake-up"
         );
         let since = carried.count();
         carried.record(WakeUp::parse(&payload(3, &["c {}"])));
         assert!(
-            carried.read(since, 0, 2, 256, 1024).is_some(),
+            carried.read(look(since, 0), 2, 256, 1024).is_some(),
             "before the read"
         );
         let since = carried.count();
         carried.record(WakeUp::parse(&payload(4, &["d {}"])));
         assert!(
-            carried.read(since, 0, 2, 256, 1024).is_none(),
+            carried.read(look(since, 0), 2, 256, 1024).is_none(),
             "3 came before"
+        );
+    }
+
+    /// What was carried before a reader's look counts when the look found its newest id (a
+    /// poll answers what arrived between its predecessor's answer and its open), and not when
+    /// the look found another: a server history that lost it, or a look that missed some.
+    #[test]
+    fn what_the_look_saw_counts() {
+        let mut carried = Carried::default();
+        carried.record(WakeUp::parse(&payload(2, &["a {}", "b {}"])));
+        let since = carried.count();
+        let seen = |newest| LastLook {
+            since,
+            own_open: 0,
+            newest,
+        };
+        assert!(
+            carried.read(seen(1 << 32), 1, 256, 1024).is_none(),
+            "sealed"
+        );
+        assert!(carried.read(seen(2), 1, 256, 1024).is_none(), "3 unseen");
+        carried.record(WakeUp::parse(&payload(4, &["c {}"])));
+        assert_eq!(
+            ids(&carried.read(seen(3), 1, 256, 1024).unwrap()),
+            [2, 3, 4]
         );
     }
 
@@ -358,10 +430,10 @@ mod tests {
         let mut carried = Carried::default();
         carried.record(WakeUp::parse(&payload(1, &["a {}"])));
         carried.record(WakeUp::parse(&payload(5, &["e {}"])));
-        assert!(carried.read(0, 0, 0, 256, 1024).is_none());
-        assert_eq!(ids(&carried.read(0, 0, 4, 256, 1024).unwrap()), [5]);
+        assert!(carried.read(look(0, 0), 0, 256, 1024).is_none());
+        assert_eq!(ids(&carried.read(look(0, 0), 4, 256, 1024).unwrap()), [5]);
         assert!(
-            carried.read(2, 0, 4, 256, 1024).is_none(),
+            carried.read(look(2, 0), 4, 256, 1024).is_none(),
             "carried before the reader's last look"
         );
         for id in 6..6 + 2 * CARRIED_MAX_ENTRIES as u64 {

@@ -10,7 +10,7 @@ use crate::error::{ApiResult, Error};
 use crate::identity::{PeerId, RoomName};
 use crate::mailbox::{Batch, PollTicket, Read, StreamTicket, Ticket};
 
-use super::carried::SharedCarried;
+use super::carried::{LastLook, SharedCarried};
 use super::presence::Listening;
 use super::scripts::{self, Opened, ReaderKeys, READ_LIMIT};
 use super::Inner;
@@ -32,9 +32,11 @@ pub struct Reader {
     own_open: Arc<AtomicU32>,
     /// The mailbox channel's wake-ups and the messages they carried; set by `subscribe`.
     carried: OnceLock<SharedCarried>,
-    /// Where the channel's wake-ups stood (`Carried::count`) before the reader's last read of
-    /// Redis or its open: what was carried after it may answer the next read.
+    /// Where the channel's wake-ups stood (`Carried::count`) before the reader's last look at
+    /// Redis (its open or its last read), and the newest id that look found: what the next
+    /// read may answer from (`LastLook`).
     since: AtomicU64,
+    newest_seen: AtomicU64,
     /// The entries, and their envelopes' bytes, that reads returned since the last
     /// acknowledgement sent: what Redis may still count as undelivered (`Reader::may_answer`).
     unacked_entries: AtomicUsize,
@@ -72,6 +74,7 @@ impl Reader {
             own_open: Arc::default(),
             carried: OnceLock::new(),
             since: AtomicU64::new(0),
+            newest_seen: AtomicU64::new(0),
             unacked_entries: AtomicUsize::new(0),
             unacked_bytes: AtomicUsize::new(0),
         }
@@ -117,7 +120,10 @@ impl Reader {
         self.own_open.store(nonce, Ordering::Release);
         self.since.store(self.wake_ups_so_far(), Ordering::Relaxed);
         match scripts::open(&self.inner, &self.keys, kind, acknowledge, nonce).await? {
-            Opened::Open { epoch, last_id } => Ok((epoch, last_id)),
+            Opened::Open { epoch, last_id } => {
+                self.newest_seen.store(last_id, Ordering::Relaxed);
+                Ok((epoch, last_id))
+            }
             Opened::Closed => Err(Error::PeerNotFound),
         }
     }
@@ -137,9 +143,12 @@ impl Reader {
     ) -> ApiResult<Read> {
         if let Some(carried) = self.carried.get() {
             let mut carried = carried.lock();
-            let since = self.since.load(Ordering::Relaxed);
-            let own = self.own_open.load(Ordering::Acquire);
-            if let Some(batch) = carried.read(since, own, cursor, READ_LIMIT, max_bytes) {
+            let look = LastLook {
+                since: self.since.load(Ordering::Relaxed),
+                own_open: self.own_open.load(Ordering::Acquire),
+                newest: self.newest_seen.load(Ordering::Relaxed),
+            };
+            if let Some(batch) = carried.read(look, cursor, READ_LIMIT, max_bytes) {
                 if self.may_answer(&batch) {
                     self.count_unacked(&batch, false);
                     return Ok(Read::Batch(batch));
@@ -161,6 +170,7 @@ impl Reader {
         .await?;
         self.sent_ack.fetch_max(ack, Ordering::Relaxed);
         if let Read::Batch(batch) = &read {
+            self.newest_seen.store(batch.last_id, Ordering::Relaxed);
             self.count_unacked(batch, true);
             if let (Some(carried), Some(newest)) = (self.carried.get(), batch.entries.last()) {
                 carried.lock().forget_through(newest.id);
