@@ -295,10 +295,11 @@ pub fn spawn(inner: Arc<Inner>, mut shutdown: rocket::Shutdown) {
                     },
                     message = messages.next() => match message {
                         Some(message) => {
-                            inner.metrics.store_woke();
                             inner
                                 .wakeups
                                 .wake(message.get_channel_name(), message.get_payload_bytes());
+                            // Counted once recorded: a wake-up counted is one a reader finds.
+                            inner.metrics.store_woke();
                         }
                         None => break,
                     },
@@ -384,8 +385,8 @@ async fn spawn_sharded(
                     Some(push) => match push.kind {
                         redis::PushKind::SMessage => {
                             if let Some(channel) = push_channel(&push) {
-                                inner.metrics.store_woke();
                                 inner.wakeups.wake(&channel, push_payload(&push));
+                                inner.metrics.store_woke();
                             }
                         }
                         // A slot moved: the server dropped the subscription. Unless this
