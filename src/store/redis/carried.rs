@@ -6,7 +6,8 @@
 //! they are over [`CARRIED_MAX_BYTES`] or something else happened to the mailbox in the same
 //! call (a seal, the peer's removal): then the wake-up is a plain one ("1"), as every wake-up
 //! used to be. On the relay's hot path this saves the read that each message cost (a script
-//! call, the mailbox state parsed, the list read): about half of what a message costs Redis.
+//! call, the mailbox state parsed, the list read): about a quarter of what a streamed message
+//! cost Redis (docs/BENCHMARKS.md, "Wake-ups that carry their messages").
 //!
 //! The mailbox in Redis stays the truth. A reader answers from what was carried only when
 //! nothing but carried messages (and its own open) reached the mailbox's channel since its last
