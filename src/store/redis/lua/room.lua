@@ -43,8 +43,9 @@
 -- the master, written by the instances (`generation_floor`, "Seal"); absent on one Redis.
 -- Channel "<prefix>:{<room>}:w:<peer>" wakes the peer's readers: "1", an open's "o<nonce>", or
 -- the messages just appended ("m...", `carried_payload`), which a reader may answer from
--- (carried.rs) but only ever relies on as far as the mailbox is the truth. It has the room's hash tag, so that in a Redis Cluster it is a sharded channel of the
--- room's slot, published and heard on the shard that holds the mailbox.
+-- (carried.rs) but only ever relies on as far as the mailbox is the truth. It has the room's
+-- hash tag, so that in a Redis Cluster it is a sharded channel of the room's slot, published
+-- and heard on the shard that holds the mailbox.
 
 -- This file is the top of a library of Redis functions (scripts.rs, "The room library"): it
 -- runs once, when the library is loaded, and each function then calls `begin` with its keys
