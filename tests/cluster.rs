@@ -1617,6 +1617,12 @@ impl Monitor {
     }
 }
 
+/// How many of `commands` (as `MONITOR` reports them) call the room library's `function`.
+fn function_calls(commands: &[String], function: &str) -> usize {
+    let name = format!("_{function}\"");
+    commands.iter().filter(|line| line.contains(&name)).count()
+}
+
 /// 21. A streamed message costs Redis one script call, the send's: its wake-up carries the
 ///     message, and the stream on another instance answers from it instead of reading its
 ///     mailbox (`src/store/redis/carried.rs`). Ids stay gapless and in order.
@@ -1651,10 +1657,7 @@ async fn a_woken_stream_answers_from_its_wake_up_without_reading_redis() {
         );
     }
     let commands = monitor.commands(&cluster).await;
-    let calls = |function: &str| {
-        let name = format!("_{function}\"");
-        commands.iter().filter(|line| line.contains(&name)).count()
-    };
+    let calls = |function: &str| function_calls(&commands, function);
     assert_eq!(calls("send"), 10, "{commands:#?}");
     assert_eq!(
         calls("read"),
@@ -1702,10 +1705,7 @@ async fn a_poll_answers_what_arrived_between_polls_without_reading_redis() {
         assert_eq!(seen(&messages[0]), (n, alice.id.as_str(), &json!(n)));
     }
     let commands = monitor.commands(&cluster).await;
-    let calls = |function: &str| {
-        let name = format!("_{function}\"");
-        commands.iter().filter(|line| line.contains(&name)).count()
-    };
+    let calls = |function: &str| function_calls(&commands, function);
     assert_eq!(calls("open"), 5, "{commands:#?}");
     assert_eq!(calls("read"), 0, "the poll read its mailbox: {commands:#?}");
 }
