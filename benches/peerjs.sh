@@ -9,6 +9,9 @@
 #   TRANSPORT=poll bash benches/peerjs.sh           # signpost's receivers long-poll instead of SSE
 #   BEFORE=path/to/older/signpost bash benches/peerjs.sh   # that build too, in the same rounds
 #                                                      # (its Rocket.toml: BEFORE_CONFIG)
+#   FLOOR=1 bash benches/peerjs.sh                  # instead of BEFORE: the floor of any relay on
+#                                                      # hyper (examples/relay_floor.rs), in the same
+#                                                      # relay rounds
 #
 # Installs the PeerJS harness of ../shared/bench (peer 1.0.2, ws 8.23.0) into target/peerjs-bench
 # once, then, ROUNDS times, alternating so that the machine's drift falls on both alike: PeerJS
@@ -39,6 +42,11 @@ cargo build --release --bin signpost --bin signpost-bench
 SIGNPOST=${SIGNPOST:-target/release/signpost}
 SIGNPOST_CONFIG=${SIGNPOST_CONFIG:-$(cd "$(dirname "$SIGNPOST")/../.." && pwd)/Rocket.toml}
 BEFORE=${BEFORE:-}
+LABEL=before
+if [ "${FLOOR:-0}" = 1 ]; then
+  cargo build --release --example relay_floor
+  BEFORE=target/release/examples/relay_floor LABEL=floor
+fi
 if [ -n "$BEFORE" ]; then
   BEFORE_CONFIG=${BEFORE_CONFIG:-$(cd "$(dirname "$BEFORE")/../.." && pwd)/Rocket.toml}
 fi
@@ -90,7 +98,7 @@ relay_signpost() {
 
 rm -f "$OUT/peerjs.rows" "$OUT/signpost.rows" "$OUT/signpost-before.rows"
 for round in $(seq 1 "$ROUNDS"); do
-  echo "round $round: PeerJS, ${BEFORE:+signpost before, }signpost (msgs/s, p99 ms, server CPU µs/msg)"
+  echo "round $round: PeerJS, ${BEFORE:+signpost $LABEL, }signpost (msgs/s, p99 ms, server CPU µs/msg)"
   relay_peerjs "$round"
   [ -n "$BEFORE" ] && relay_signpost "$round" before
   relay_signpost "$round"
@@ -102,7 +110,7 @@ ratio() { echo "scale=2; $1 / $2" | bc -l; }
 echo
 echo "relay, 200 rooms × 2 peers, 64 senders × 1 in flight, signpost on $TRANSPORT, medians of $ROUNDS rounds:"
 printf '%-22s %12s %12s %16s' "" PeerJS signpost "signpost/PeerJS"
-[ -n "$BEFORE" ] && printf ' %12s %16s' before "before/PeerJS"
+[ -n "$BEFORE" ] && printf ' %12s %16s' "$LABEL" "$LABEL/PeerJS"
 echo
 for pair in "msgs/s 1" "p99 ms 2" "CPU µs/msg 3"; do
   set -- $pair
@@ -124,7 +132,8 @@ if [ "$IDLE" = 1 ]; then
   stop "$PID"
   s=$(jq '.results.bytes_per_stream / 1024 * 100 | round / 100' "$OUT/signpost-idle.json")
   printf '%-22s %12s %12s %15sx' "KiB per idle conn" "$p" "$s" "$(ratio "$s" "$p")"
-  if [ -n "$BEFORE" ]; then
+  # (The floor has no rooms, so no join events for the idle streams to check.)
+  if [ -n "$BEFORE" ] && [ "$LABEL" != floor ]; then
     start_signpost before
     "$BENCH" idle --streams 10000 --hold 5 --server-pid "$PID" --json > "$OUT/signpost-before-idle.json" 2>/dev/null
     stop "$PID"
