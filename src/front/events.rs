@@ -91,10 +91,7 @@ fn write_message_event(out: &mut Vec<u8>, id: u64, kind: &str, message: &Encoded
     out.extend_from_slice(b"\ndata:");
     let data = out.len();
     message.render_into(id, out);
-    if out[data..]
-        .iter()
-        .any(|&byte| byte == b'\n' || byte == b'\r')
-    {
+    if memchr::memchr2(b'\n', b'\r', &out[data..]).is_some() {
         let envelope = out.split_off(data);
         out.truncate(start);
         write_event(out, Some(id), kind, &envelope);
