@@ -12,6 +12,7 @@
 //!   - [`identity`]: room names, peer ids and peer tokens.
 //!   - [`message`]: what clients send, and envelopes encoded once for every recipient.
 //!   - [`mailbox`]: a peer's gapless, resumable message sequence and its delivery state.
+//!   - [`wake_counter`]: the counter a mailbox's readers wait on to change, to be woken.
 //!   - [`held_bytes`]: the bytes held in mailboxes, per sender's address and in total.
 //!   - [`membership`]: who is in a room and why they left (`LeaveReason`).
 //!   - [`hub`]: every operation on rooms and peers, and the rules that need no storage.
@@ -80,6 +81,7 @@ pub mod resume;
 pub mod store;
 pub mod stun;
 pub mod token_command;
+pub mod wake_counter;
 
 use rocket::fairing::AdHoc;
 use rocket::figment::Figment;

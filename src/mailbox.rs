@@ -23,10 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
 
 use crate::held_bytes::{HeldBytes, Releases};
 use crate::message::EncodedMessage;
+use crate::wake_counter::{WakeCounter, WakeWatcher};
 
 /// One stored message and the id it has in this mailbox.
 #[derive(Debug, Clone)]
@@ -180,9 +180,9 @@ pub enum Ticket {
 pub struct Mailbox {
     state: Mutex<MailboxState>,
     /// Bumped after every change a reader may care about: a new message, a replaced stream, or
-    /// closing. A `watch` rather than `Notify` because a receiver that subscribed before reading
-    /// sees any later bump, so a wake-up can never fall between a read and the wait.
-    wake: watch::Sender<u64>,
+    /// closing. A counter rather than a bare `Notify` because a reader that subscribed before
+    /// reading sees any later bump, so a wake-up can never fall between a read and the wait.
+    wake: WakeCounter,
     /// What it holds at most; see the module docs.
     limits: MailboxLimits,
     /// Where the bytes of its entries are charged; released as they leave.
@@ -230,7 +230,7 @@ impl Mailbox {
                 poll_epoch: 0,
                 closed: false,
             }),
-            wake: watch::channel(0).0,
+            wake: WakeCounter::new(0),
             limits,
             held,
         }
@@ -330,8 +330,8 @@ impl Mailbox {
     }
 
     /// A receiver that changes whenever a reader should look again. Subscribe before reading.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.wake.subscribe()
+    pub fn subscribe(&self) -> WakeWatcher {
+        self.wake.watch()
     }
 
     /// Makes the caller the peer's live stream; any earlier stream sees `Replaced` and ends.
@@ -401,8 +401,7 @@ impl Mailbox {
     }
 
     fn wake(&self) {
-        self.wake
-            .send_modify(|generation| *generation = generation.wrapping_add(1));
+        self.wake.change(|generation| generation.wrapping_add(1));
     }
 }
 
@@ -648,7 +647,7 @@ mod tests {
     async fn a_push_wakes_a_subscribed_reader() {
         let mailbox = counted(2, 2);
         let mut wake = mailbox.subscribe();
-        wake.borrow_and_update();
+        wake.mark_seen();
         mailbox.push(message(), None);
         wake.changed().await.unwrap();
         assert_eq!(

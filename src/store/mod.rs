@@ -32,7 +32,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::watch;
 
 use crate::client_limits::ClientRefusal;
 use crate::config::Config;
@@ -42,6 +41,7 @@ use crate::identity::{PeerId, PeerToken, RoomName};
 use crate::mailbox::{PollTicket, Read, StreamTicket, Ticket};
 use crate::message::{Draft, EncodedMessage};
 use crate::metrics::Metrics;
+use crate::wake_counter::{Closed, WakeWatcher};
 
 use rocket::async_trait;
 
@@ -387,7 +387,7 @@ pub trait Reader: Send + Sync {
 /// removal. Only a wake-up: the reader then reads the mailbox by id, so a missed or extra
 /// wake-up never loses or repeats a message.
 pub struct Wake {
-    receiver: watch::Receiver<u64>,
+    watcher: WakeWatcher,
     /// The value seen last (at [`mark_seen`](Self::mark_seen) or a wake-up passed over).
     seen: u64,
     /// For a store whose wake-ups say which open sent them (Redis): the nonce of this reader's
@@ -419,28 +419,28 @@ impl OwnOpens {
 }
 
 impl Wake {
-    /// Wake-ups from `receiver` (any change of its value is one), keeping `guard` alive as long
+    /// Wake-ups from `watcher` (any change of its value is one), keeping `guard` alive as long
     /// as the `Wake`.
-    pub fn new(receiver: watch::Receiver<u64>, guard: Option<Box<dyn Send + Sync>>) -> Self {
-        let seen = *receiver.borrow();
+    pub fn new(mut watcher: WakeWatcher, guard: Option<Box<dyn Send + Sync>>) -> Self {
+        let seen = watcher.mark_seen();
         Self {
-            receiver,
+            watcher,
             seen,
             own_opens: None,
             _guard: guard,
         }
     }
 
-    /// Wake-ups from `receiver`, whose values are [`OwnOpens`]', passing over the one sent by
+    /// Wake-ups from `watcher`, whose values are [`OwnOpens`]', passing over the one sent by
     /// the open whose nonce is in `own` at the time.
     pub fn passing_own_opens(
-        receiver: watch::Receiver<u64>,
+        watcher: WakeWatcher,
         own: Arc<AtomicU32>,
         guard: Option<Box<dyn Send + Sync>>,
     ) -> Self {
         Self {
             own_opens: Some(own),
-            ..Self::new(receiver, guard)
+            ..Self::new(watcher, guard)
         }
     }
 
@@ -452,15 +452,14 @@ impl Wake {
 
     /// Forgets the wake-ups seen so far: call before each read.
     pub fn mark_seen(&mut self) {
-        self.seen = *self.receiver.borrow_and_update();
+        self.seen = self.watcher.mark_seen();
     }
 
     /// Resolves at the next wake-up after the last [`mark_seen`](Self::mark_seen), other than
     /// the reader's own open's; an error means no more will come.
-    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+    pub async fn changed(&mut self) -> Result<(), Closed> {
         loop {
-            self.receiver.changed().await?;
-            let now = *self.receiver.borrow_and_update();
+            let now = self.watcher.changed().await?;
             let own = self
                 .own_opens
                 .as_ref()
@@ -495,16 +494,18 @@ mod tests {
     use futures_util::FutureExt;
 
     use super::*;
+    use crate::wake_counter::WakeCounter;
 
     /// A `Wake` passing over the opens with the nonce in `own`, fed by the returned sender.
-    fn passing(own: u32) -> (watch::Sender<u64>, Wake) {
-        let (sender, receiver) = watch::channel(OwnOpens::next(0, 0));
+    fn passing(own: u32) -> (WakeCounter, Wake) {
+        let counter = WakeCounter::new(OwnOpens::next(0, 0));
         let own = Arc::new(AtomicU32::new(own));
-        (sender, Wake::passing_own_opens(receiver, own, None))
+        let wake = Wake::passing_own_opens(counter.watch(), own, None);
+        (counter, wake)
     }
 
-    fn wake_up(sender: &watch::Sender<u64>, nonce: u32) {
-        sender.send_modify(|value| *value = OwnOpens::next(*value, nonce));
+    fn wake_up(counter: &WakeCounter, nonce: u32) {
+        counter.change(|value| OwnOpens::next(value, nonce));
     }
 
     /// Its own open's wake-up alone does not wake a reader; anything else does: another
@@ -530,10 +531,10 @@ mod tests {
             "a message, then its own open"
         );
         // The count wraps at 2^32 and still tells one wake-up from two.
-        sender.send_replace((u64::from(u32::MAX) << 32) | 3);
+        sender.change(|_| (u64::from(u32::MAX) << 32) | 3);
         wake.mark_seen();
         wake_up(&sender, 7);
-        assert_eq!(*sender.borrow(), 7, "the count wrapped");
+        assert_eq!(sender.get(), 7, "the count wrapped");
         assert!(
             wake.changed().now_or_never().is_none(),
             "its own open, wrapped"
@@ -548,11 +549,11 @@ mod tests {
     /// A store that does not tell opens apart wakes on every change, its opener's too.
     #[test]
     fn a_plain_wake_wakes_on_every_change() {
-        let (sender, receiver) = watch::channel(0_u64);
-        let mut wake = Wake::new(receiver, None);
+        let counter = WakeCounter::new(0);
+        let mut wake = Wake::new(counter.watch(), None);
         assert!(wake.wakes_its_opener());
         wake.mark_seen();
-        sender.send_modify(|n| *n += 1);
+        counter.change(|n| n + 1);
         assert!(wake.changed().now_or_never().is_some());
     }
 }

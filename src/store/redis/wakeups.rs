@@ -34,12 +34,13 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::select;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::error::{ApiResult, Error};
 use crate::logging;
 use crate::store::{OwnOpens, Wake};
+use crate::wake_counter::WakeCounter;
 
 use super::carried::{SharedCarried, WakeUp};
 use super::Inner;
@@ -66,7 +67,7 @@ pub struct Wakeups {
 }
 
 struct Channel {
-    wake: watch::Sender<u64>,
+    wake: WakeCounter,
     /// The wake-ups' record and the messages they carried (`carried.rs`), updated with `wake`.
     carried: SharedCarried,
     /// Subscriptions alive for this channel on this instance.
@@ -128,7 +129,7 @@ impl Wakeups {
         let (receiver, command, carried) = {
             let mut channels = self.channels.lock();
             let entry = channels.entry(channel.clone()).or_insert_with(|| Channel {
-                wake: watch::channel(0).0,
+                wake: WakeCounter::new(0),
                 carried: SharedCarried::default(),
                 readers: 0,
                 confirmed: false,
@@ -144,7 +145,7 @@ impl Wakeups {
                 });
                 confirmed
             });
-            (entry.wake.subscribe(), command, Arc::clone(&entry.carried))
+            (entry.wake.watch(), command, Arc::clone(&entry.carried))
         };
         let subscription = Subscription {
             channel: channel.clone(),
@@ -221,8 +222,7 @@ impl Channel {
     fn wake_up(&self, wake_up: WakeUp) {
         let nonce = wake_up.nonce();
         self.carried.lock().record(wake_up);
-        self.wake
-            .send_modify(|value| *value = OwnOpens::next(*value, nonce));
+        self.wake.change(|value| OwnOpens::next(value, nonce));
     }
 }
 
