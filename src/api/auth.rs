@@ -2,22 +2,35 @@
 //! the clients that cannot set headers (EventSource, navigator.sendBeacon). Checking the token is
 //! the hub's job; this only finds it. The relay routes (`front`) find it with the same rule.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 
 use rocket::request::{FromRequest, Outcome, Request};
 
-/// The token the request presents, if any.
-pub struct Token(Option<String>);
+/// The token the request presents, if any: borrowed from the request where it can be (the
+/// header; the relay routes' query), so that finding it copies nothing.
+pub struct Token<'a>(Option<Cow<'a, str>>);
 
-impl Token {
+impl<'a> Token<'a> {
     /// The token of a request with this `Authorization` header and this `token` query value.
     /// The header wins; an empty token counts as none.
-    pub fn find(authorization: Option<&str>, query: impl FnOnce() -> Option<String>) -> Token {
+    pub fn find(
+        authorization: Option<&'a str>,
+        query: impl FnOnce() -> Option<Cow<'a, str>>,
+    ) -> Token<'a> {
         let token = match authorization.and_then(bearer) {
-            Some(token) => Some(token.to_owned()),
+            Some(token) => Some(Cow::Borrowed(token)),
             None => query(),
         };
         Token(token.filter(|token| !token.is_empty()))
+    }
+
+    /// The token of a request to a Rocket route.
+    pub fn of(request: &'a Request<'_>) -> Token<'a> {
+        Token::find(request.headers().get_one("Authorization"), || {
+            let token = request.query_value::<String>("token")?.ok()?;
+            Some(Cow::Owned(token))
+        })
     }
 
     pub fn as_deref(&self) -> Option<&str> {
@@ -47,13 +60,10 @@ fn bearer(value: &str) -> Option<&str> {
 }
 
 #[rocket::async_trait]
-impl<'r> FromRequest<'r> for Token {
+impl<'r> FromRequest<'r> for Token<'r> {
     type Error = Infallible;
 
     async fn from_request(request: &'r Request<'_>) -> Outcome<Self, Infallible> {
-        Outcome::Success(Token::find(
-            request.headers().get_one("Authorization"),
-            || request.query_value::<String>("token").and_then(Result::ok),
-        ))
+        Outcome::Success(Token::of(request))
     }
 }

@@ -63,7 +63,7 @@ pub async fn ice_servers(
     ice: &State<IceConfig>,
     room: Result<RoomName, Error>,
     peer: Result<PeerId, Error>,
-    token: Token,
+    token: Token<'_>,
     stun: StunUrl,
 ) -> ApiResult<Json<IceServers>> {
     let peer = peer?;

@@ -158,7 +158,7 @@ pub async fn join(
 /// as for a join).
 pub struct LookCredentials<'r> {
     tokens: &'r JoinTokens,
-    peer_token: Token,
+    peer_token: Token<'r>,
     bearer: BearerHeader,
 }
 
@@ -173,9 +173,7 @@ impl<'r> rocket::request::FromRequest<'r> for LookCredentials<'r> {
             let error = Error::Internal("the join tokens are not managed");
             return rocket::request::Outcome::Error((error.status(), error));
         };
-        let peer_token = Token::find(request.headers().get_one("Authorization"), || {
-            request.query_value::<String>("token").and_then(Result::ok)
-        });
+        let peer_token = Token::of(request);
         rocket::request::Outcome::Success(LookCredentials {
             tokens,
             peer_token,
@@ -242,7 +240,7 @@ pub async fn leave(
     hub: &State<Hub>,
     room: Result<RoomName, Error>,
     peer: Result<PeerId, Error>,
-    token: Token,
+    token: Token<'_>,
 ) -> ApiResult<Status> {
     hub.leave(&room?, peer?, token.as_deref()).await?;
     Ok(Status::NoContent)
@@ -255,7 +253,7 @@ pub async fn leave_beacon(
     hub: &State<Hub>,
     room: Result<RoomName, Error>,
     peer: Result<PeerId, Error>,
-    token: Token,
+    token: Token<'_>,
 ) -> ApiResult<Status> {
     leave(hub, room, peer, token).await
 }

@@ -56,16 +56,30 @@ impl<'a, const N: usize> Query<'a, N> {
         let Some(text) = request.uri.query() else {
             return query;
         };
-        for (key, value) in form_urlencoded::parse(text.as_bytes()) {
-            if let Some(index) = names.iter().position(|name| key == *name) {
-                if query.first[index].is_some() {
-                    query.repeated[index] = true;
-                } else {
-                    query.first[index] = Some(value);
-                }
+        // Nearly every query has nothing to decode: then its pairs are borrowed as they are,
+        // which is what the form decoder would give, without its byte-by-byte pass over each
+        // name and value (1,400 instructions a poll, in the relay's profile).
+        if memchr::memchr2(b'%', b'+', text.as_bytes()).is_none() {
+            for pair in text.split('&').filter(|pair| !pair.is_empty()) {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                query.add(key, Cow::Borrowed(value));
+            }
+        } else {
+            for (key, value) in form_urlencoded::parse(text.as_bytes()) {
+                query.add(&key, value);
             }
         }
         query
+    }
+
+    fn add(&mut self, key: &str, value: Cow<'a, str>) {
+        if let Some(index) = self.names.iter().position(|name| key == *name) {
+            if self.first[index].is_some() {
+                self.repeated[index] = true;
+            } else {
+                self.first[index] = Some(value);
+            }
+        }
     }
 
     /// The value of `name`, one of the names parsed; a parameter given twice is refused, since
@@ -102,9 +116,9 @@ pub fn header(request: &Parts, name: HeaderName) -> Option<&str> {
 
 /// The token from `Authorization: Bearer` or `?token=` (the query's first `token`), by the rule
 /// Rocket's guard uses.
-pub fn token(request: &Parts, query_token: Option<&str>) -> Token {
+pub fn token<'a>(request: &'a Parts, query_token: Option<&'a str>) -> Token<'a> {
     Token::find(header(request, AUTHORIZATION), || {
-        query_token.map(str::to_owned)
+        query_token.map(Cow::Borrowed)
     })
 }
 
@@ -158,4 +172,47 @@ pub async fn json_body<T: DeserializeOwned>(
 ) -> Result<T, Error> {
     let bytes = body(request, incoming, config).await?;
     parse_json(&bytes, header(request, CONTENT_TYPE), config.max_body_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str) -> Parts {
+        hyper::Request::get(uri).body(()).unwrap().into_parts().0
+    }
+
+    /// A query is read as the form decoder reads it, whether or not it has anything to decode:
+    /// `+` is a space, `%XX` a byte, a name without `=` has an empty value, empty pairs are
+    /// skipped, and a name given twice is refused.
+    #[test]
+    fn queries_read_as_forms_do() {
+        for (uri, token, wait) in [
+            (
+                "/x?token=ab&&wait=1.5&other=x&wait2",
+                Some("ab"),
+                Some("1.5"),
+            ),
+            ("/x?wait&token=t", Some("t"), Some("")),
+            ("/x?wait&token=a%2Bb+c%20d", Some("a+b c d"), Some("")),
+            ("/x?tok%65n=t&wait=%31", Some("t"), Some("1")),
+            ("/x", None, None),
+        ] {
+            let request = parts(uri);
+            let query = Query::parse(&request, ["token", "wait", "after"]);
+            assert_eq!(query.first("token"), token, "{uri}");
+            assert_eq!(query.value("wait").unwrap(), wait, "{uri}");
+            assert_eq!(query.value("after").unwrap(), None, "{uri}");
+        }
+        for (uri, first) in [
+            ("/x?after=1&after=2", "1"),
+            ("/x?after=1&aft%65r=2", "1"),
+            ("/x?after=1+&after", "1 "),
+        ] {
+            let request = parts(uri);
+            let query = Query::parse(&request, ["after"]);
+            assert!(query.value("after").is_err(), "{uri}");
+            assert_eq!(query.first("after"), Some(first), "{uri}");
+        }
+    }
 }
