@@ -51,13 +51,17 @@ fn filled_room(hub: &Hub, name: &str, peers: usize) -> (RoomName, Vec<Joined>) {
     (room, joined)
 }
 
-/// A message of about `size` bytes of data, as a client would send it.
-fn message(to: Option<PeerId>, size: usize) -> OutgoingMessage {
-    let data = format!(r#"{{"seq":1,"pad":"{}"}}"#, "x".repeat(size));
+/// About `size` bytes of a message's data.
+fn data(size: usize) -> Box<RawValue> {
+    RawValue::from_string(format!(r#"{{"seq":1,"pad":"{}"}}"#, "x".repeat(size))).unwrap()
+}
+
+/// A message with `data`, as a client would send it.
+fn message(to: Option<PeerId>, data: &RawValue) -> OutgoingMessage<'_> {
     OutgoingMessage {
         kind: "offer".into(),
         to,
-        data: Some(RawValue::from_string(data).unwrap()),
+        data: Some(data),
     }
 }
 
@@ -92,6 +96,7 @@ fn drain(mailbox: &Mailbox, cursor: &mut u64) -> usize {
 fn send_and_receive(c: &mut Criterion) {
     let mut group = c.benchmark_group("relay");
     group.throughput(Throughput::Elements(1));
+    let data = data(100);
 
     let hub = hub();
     let (room, peers) = filled_room(&hub, "targeted", 2);
@@ -100,7 +105,7 @@ fn send_and_receive(c: &mut Criterion) {
     let mut cursor = 0;
     group.bench_function("targeted send + read, 100 B", |b| {
         b.iter_batched(
-            || vec![message(Some(recipient.peer_id), 100)],
+            || vec![message(Some(recipient.peer_id), &data)],
             |batch| {
                 now(hub.send(&room, Some(sender.token.reveal()), batch, None)).unwrap();
                 drain_reader(&*reader, &mut cursor)
@@ -114,7 +119,7 @@ fn send_and_receive(c: &mut Criterion) {
         b.iter_batched(
             || {
                 (0..16)
-                    .map(|_| message(Some(recipient.peer_id), 100))
+                    .map(|_| message(Some(recipient.peer_id), &data))
                     .collect()
             },
             |batch| {
@@ -134,7 +139,7 @@ fn send_and_receive(c: &mut Criterion) {
     group.throughput(Throughput::Elements(7));
     group.bench_function("broadcast to 7 + 7 reads, 100 B", |b| {
         b.iter_batched(
-            || vec![message(None, 100)],
+            || vec![message(None, &data)],
             |batch| {
                 now(hub.send(&room, Some(peers[0].token.reveal()), batch, None)).unwrap();
                 for (reader, cursor) in readers.iter().zip(&mut cursors) {

@@ -171,7 +171,7 @@ impl Hub {
         &self,
         room: &RoomName,
         token: Option<&str>,
-        batch: Vec<OutgoingMessage>,
+        batch: Vec<OutgoingMessage<'_>>,
         key: Option<&IdempotencyKey>,
     ) -> ApiResult<Accepted> {
         let outgoing = match self.prepare(batch) {
@@ -191,7 +191,7 @@ impl Hub {
     }
 
     /// Validates a batch and encodes each message, once, for every recipient.
-    fn prepare(&self, batch: Vec<OutgoingMessage>) -> ApiResult<Vec<Outgoing>> {
+    fn prepare(&self, batch: Vec<OutgoingMessage<'_>>) -> ApiResult<Vec<Outgoing>> {
         if batch.is_empty() {
             return Err(Error::EmptyBatch);
         }
@@ -207,7 +207,7 @@ impl Hub {
             .zip(&batch)
             .enumerate()
             .map(|(index, ((to, kind), message))| {
-                let draft = Draft::new(&kind, message.data.as_deref());
+                let draft = Draft::new(&kind, message.data);
                 if draft.signed_len() > limit {
                     return Err(Error::MessageTooLarge {
                         index,

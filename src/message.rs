@@ -5,6 +5,7 @@
 //! spliced in front of the shared encoding when the envelope is written out
 //! ([`EncodedMessage::render`]); nothing is re-serialised per recipient.
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
@@ -55,19 +56,22 @@ impl MessageType {
     }
 }
 
-/// One message as a client sends it. Unknown fields are refused, so a client that tries to set
-/// `from` (the server decides it) or misspells `to` hears about it instead of being ignored.
+/// One message as a client sends it, borrowed from the request's body (nothing of it is
+/// copied before its envelope is encoded). Unknown fields are refused, so a client that tries
+/// to set `from` (the server decides it) or misspells `to` hears about it instead of being
+/// ignored.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OutgoingMessage {
-    #[serde(rename = "type")]
-    pub kind: String,
+pub struct OutgoingMessage<'a> {
+    /// Borrowed unless it has escapes to decode.
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
     /// The recipient; absent or null means every other peer of the room.
     #[serde(default)]
     pub to: Option<PeerId>,
     /// Any JSON, kept as the exact text the client sent so that it is never re-encoded.
-    #[serde(default)]
-    pub data: Option<Box<RawValue>>,
+    #[serde(default, borrow)]
+    pub data: Option<&'a RawValue>,
 }
 
 /// `T` read from a JSON object only. serde's derived structs also accept an array of their
@@ -100,27 +104,30 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for JsonObject<T> {
 
 /// The body of a send: one message object, or an array of them.
 #[derive(Debug)]
-pub struct MessageBatch(pub Vec<OutgoingMessage>);
+pub struct MessageBatch<'a>(pub Vec<OutgoingMessage<'a>>);
 
-impl<'de> Deserialize<'de> for MessageBatch {
+impl<'de> Deserialize<'de> for MessageBatch<'de> {
     /// Dispatches on the JSON shape by hand rather than with `#[serde(untagged)]`, so that an
     /// error inside a message keeps serde's precise wording ("unknown field `from`", ...).
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct BatchVisitor;
 
         impl<'de> Visitor<'de> for BatchVisitor {
-            type Value = MessageBatch;
+            type Value = MessageBatch<'de>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a message object or an array of message objects")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<MessageBatch, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<MessageBatch<'de>, A::Error> {
                 let one = OutgoingMessage::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(MessageBatch(vec![one]))
             }
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MessageBatch, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<MessageBatch<'de>, A::Error> {
                 let mut messages = Vec::new();
                 while let Some(JsonObject(message)) =
                     seq.next_element::<JsonObject<OutgoingMessage>>()?
@@ -369,5 +376,18 @@ mod tests {
         assert!(err.to_string().contains("unknown field `from`"), "{err}");
         let too_many = format!("[{}]", vec![r#"{"type":"a"}"#; MAX_BATCH + 1].join(","));
         assert!(serde_json::from_str::<MessageBatch>(&too_many).is_err());
+    }
+
+    /// A message is read from the body without copies where it can be, and decoded where its
+    /// type has escapes; its data is the exact text sent, whitespace and escapes included.
+    #[test]
+    fn a_message_borrows_what_it_can_from_the_body() {
+        let body = r#"{"type":"offer","data":{ "sdp" : "v=0\r\n" }}"#;
+        let MessageBatch(batch) = serde_json::from_str(body).unwrap();
+        assert!(matches!(batch[0].kind, Cow::Borrowed("offer")));
+        assert_eq!(batch[0].data.unwrap().get(), r#"{ "sdp" : "v=0\r\n" }"#);
+        let MessageBatch(batch) = serde_json::from_str(r#"{"type":"off\u0065r"}"#).unwrap();
+        assert!(matches!(batch[0].kind, Cow::Owned(ref kind) if kind == "offer"));
+        assert!(batch[0].data.is_none());
     }
 }

@@ -7,6 +7,7 @@ use rocket::http::{ContentType, Status};
 use rocket::request::Request;
 use rocket::tokio::io::AsyncReadExt;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -54,8 +55,8 @@ async fn parse<T: DeserializeOwned>(request: &Request<'_>, data: Data<'_>) -> Re
 /// Parses a request body that was read up to one byte past `limit`, with the request's
 /// `Content-Type`. The one rule for every JSON body, whichever layer read it (`front` reads the
 /// relay routes' bodies): too large, then empty, then not JSON by its content type, then the JSON.
-pub fn parse_json<T: DeserializeOwned>(
-    bytes: &[u8],
+pub fn parse_json<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
     content_type: Option<&str>,
     limit: usize,
 ) -> Result<T, Error> {

@@ -1,18 +1,18 @@
 //! How a relay request becomes domain values: path segments, query values, the token and the
-//! JSON body (bounded in bytes and in time), each refused with the same [`Error`] Rocket's guards give for the same input.
+//! body (bounded in bytes and in time, then parsed where it is used, by `api::body::parse_json`,
+//! so that what is parsed may borrow from it), each refused with the same [`Error`] Rocket's
+//! guards give for the same input.
 
 use std::borrow::Cow;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderName, AUTHORIZATION, CONTENT_LENGTH};
 use hyper::http::request::Parts;
 use rocket::http::Status;
-use serde::de::DeserializeOwned;
 
 use crate::api::auth::Token;
-use crate::api::body::parse_json;
 use crate::api::params;
 use crate::config::Config;
 use crate::error::Error;
@@ -162,16 +162,6 @@ pub async fn body(request: &Parts, body: Incoming, config: &Config) -> Result<By
         Ok(Err(_)) => Err(Error::Http(Status::BadRequest)),
         Err(_) => Err(Error::BodyTimeout { limit: timeout }),
     }
-}
-
-/// Reads and parses a JSON body, bounded as [`body`] bounds it.
-pub async fn json_body<T: DeserializeOwned>(
-    request: &Parts,
-    incoming: Incoming,
-    config: &Config,
-) -> Result<T, Error> {
-    let bytes = body(request, incoming, config).await?;
-    parse_json(&bytes, header(request, CONTENT_TYPE), config.max_body_bytes)
 }
 
 #[cfg(test)]

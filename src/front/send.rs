@@ -2,10 +2,11 @@
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::http::request::Parts;
 use hyper::Response;
 
+use crate::api::body::parse_json;
 use crate::error::Error;
 use crate::front::request;
 use crate::front::response::{self, ResponseBody};
@@ -28,7 +29,9 @@ pub async fn send(
         return Err(Error::MissingToken);
     }
     let key = request::idempotency_key(request)?;
-    let batch: MessageBatch = request::json_body(request, body, &front.config).await?;
+    let bytes = request::body(request, body, &front.config).await?;
+    let content_type = request::header(request, CONTENT_TYPE);
+    let batch: MessageBatch<'_> = parse_json(&bytes, content_type, front.config.max_body_bytes)?;
     let accepted = front
         .hub
         .send(&room, token.as_deref(), batch.0, key.as_ref())
