@@ -346,14 +346,24 @@ impl Mailbox {
     }
 
     /// Makes the caller the peer's poll; an earlier poll still waiting sees `Replaced` and ends.
+    /// The caller listens first ([`listen`](Self::listen)): an earlier poll is woken to see it
+    /// was replaced only when another listener than the caller is there, so a lone poll's open
+    /// wakes nobody, itself included, and its first read can wait for a wake-up.
     pub fn open_poll(&self) -> PollTicket {
-        let ticket = {
+        let (ticket, others_listen) = {
             let mut state = self.state.lock();
             state.poll_epoch += 1;
-            PollTicket(state.poll_epoch)
+            (PollTicket(state.poll_epoch), state.listeners > 1)
         };
-        self.wake();
+        if others_listen {
+            self.wake();
+        }
         ticket
+    }
+
+    /// Whether the peer is gone ([`close`](Self::close)).
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
     }
 
     /// Registers a listener (stream or poll) for presence until the guard is dropped.
@@ -478,6 +488,8 @@ impl Drop for Listening {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
 
     fn message() -> Arc<EncodedMessage> {
@@ -746,6 +758,27 @@ mod tests {
         assert_eq!(ids(mailbox.read_after(2, None, 250)), (None, vec![3]));
         assert_eq!(ids(mailbox.read_after(3, None, 250)), (None, vec![4]));
         assert_eq!(ids(mailbox.read_after(0, None, 0)), (None, vec![1]));
+    }
+
+    /// A poll's open wakes the mailbox's listeners only when another than the opener is there
+    /// (an older poll, a stream), so a lone poll is not woken by its own open.
+    #[test]
+    fn a_polls_open_wakes_only_other_listeners() {
+        let mailbox = Arc::new(counted(2, 2));
+        let mut wake = mailbox.subscribe();
+        let alone = mailbox.listen();
+        mailbox.open_poll();
+        assert!(
+            wake.changed().now_or_never().is_none(),
+            "a lone poll's own open"
+        );
+        let other = mailbox.listen();
+        mailbox.open_poll();
+        assert!(
+            wake.changed().now_or_never().is_some(),
+            "another listener is there"
+        );
+        drop((alone, other));
     }
 
     /// A newer poll ends the older one (its read is `Replaced`), and polls and streams do not

@@ -1009,9 +1009,9 @@ store_contract! {
     }
 
     /// Leave: a peer that leaves with its token is reported once as `Left`, the room hears
-    /// `leave` with reason `left`, its reader reads `Closed`, and its token no longer
-    /// identifies anyone; the last peer to leave removes the room (docs/API.md, Leave; Concepts,
-    /// "Room").
+    /// `leave` with reason `left`, its reader reads `Closed` and can open no stream or poll,
+    /// and its token no longer identifies anyone; the last peer to leave removes the room
+    /// (docs/API.md, Leave; Concepts, "Room").
     every async fn a_peer_that_leaves_is_reported_once(deployment) {
         let store = deployment.open(|_| {}).await;
         let room = room("leaving");
@@ -1022,6 +1022,8 @@ store_contract! {
         let departures = store.leave(&room, alice.id, alice.token()).await.unwrap();
         assert_eq!(departures, [departure(&alice, LeaveReason::Left)]);
         assert!(matches!(alices.read(0, None, usize::MAX).await, Ok(Read::Closed)));
+        assert!(matches!(alices.open_poll(0).await, Err(Error::PeerNotFound)));
+        assert!(matches!(alices.open_stream(None).await, Err(Error::PeerNotFound)));
         assert_eq!(store.identify(&room, alice.token()).await, Err(Error::InvalidToken));
         assert_eq!(store.leave(&room, alice.id, bob.token()).await, Err(Error::PeerNotFound));
         let left = vec![(alice.id.to_string(), "left".to_owned())];

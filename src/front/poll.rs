@@ -64,11 +64,10 @@ pub async fn poll(
     let (ticket, newest) = reader.open_poll(after).await?;
     let ticket = Ticket::Poll(ticket);
     // The open saw nothing after `after`: a read now would find nothing (no message, and no
-    // reset: `after` is the newest id), so the poll waits at once, and a message appended since
-    // the open wakes it. Only where its own open does not wake it (Redis, `OwnOpens`): there a
-    // read costs a round trip and a script call. The memory store's open wakes its opener, and
-    // its read is cheap.
-    let mut read_now = newest != after || wake.wakes_its_opener();
+    // reset: `after` is the newest id; a peer gone fails the open), so the poll waits at once,
+    // and a message appended since the open wakes it. On Redis a read saved is a round trip and
+    // a script call; in memory, a read and the wake-up the open no longer sends its opener.
+    let mut read_now = newest != after;
     let max_bytes = front.config.poll_max_bytes;
     // Counted once it is the peer's poll and has acknowledged `after`.
     let _in_flight = metrics.poll_started();

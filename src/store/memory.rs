@@ -474,6 +474,9 @@ impl Reader for MailboxReader {
     }
 
     async fn open_stream(&self, acknowledge: Option<u64>) -> ApiResult<(StreamTicket, u64)> {
+        if self.0.is_closed() {
+            return Err(Error::PeerNotFound);
+        }
         if let Some(id) = acknowledge {
             self.0.acknowledge(id);
         }
@@ -481,6 +484,9 @@ impl Reader for MailboxReader {
     }
 
     async fn open_poll(&self, acknowledge: u64) -> ApiResult<(PollTicket, u64)> {
+        if self.0.is_closed() {
+            return Err(Error::PeerNotFound);
+        }
         self.0.acknowledge(acknowledge);
         Ok((self.0.open_poll(), self.0.last_id()))
     }

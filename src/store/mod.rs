@@ -348,12 +348,15 @@ pub trait Reader: Send + Sync {
 
     /// Makes the caller the peer's live stream (any earlier one, on any instance, then reads
     /// `Replaced`), after acknowledging everything up to `acknowledge`. Returns the ticket and
-    /// the newest id.
+    /// the newest id; `PeerNotFound` once the peer is gone.
     async fn open_stream(&self, acknowledge: Option<u64>) -> ApiResult<(StreamTicket, u64)>;
 
     /// Makes the caller the peer's one poll in flight (an older poll, on any instance, reads
     /// `Replaced` and answers at once), after acknowledging everything up to `acknowledge`.
-    /// Returns the ticket and the newest id.
+    /// Returns the ticket and the newest id; `PeerNotFound` once the peer is gone. The caller
+    /// [`listen`](Self::listen)s first. Its own open need not wake it (Redis passes over it,
+    /// the memory store wakes only when someone else listens), so a caller whose open saw
+    /// nothing new waits for a wake-up before it reads.
     async fn open_poll(&self, acknowledge: u64) -> ApiResult<(PollTicket, u64)>;
 
     /// Marks every message up to `id` as delivered. The memory store applies it at once; the
@@ -442,12 +445,6 @@ impl Wake {
             own_opens: Some(own),
             ..Self::new(watcher, guard)
         }
-    }
-
-    /// Whether this reader's own open wakes it ([`changed`](Self::changed) passes over it
-    /// otherwise).
-    pub fn wakes_its_opener(&self) -> bool {
-        self.own_opens.is_none()
     }
 
     /// Forgets the wake-ups seen so far: call before each read.
@@ -551,7 +548,6 @@ mod tests {
     fn a_plain_wake_wakes_on_every_change() {
         let counter = WakeCounter::new(0);
         let mut wake = Wake::new(counter.watch(), None);
-        assert!(wake.wakes_its_opener());
         wake.mark_seen();
         counter.change(|n| n + 1);
         assert!(wake.changed().now_or_never().is_some());
