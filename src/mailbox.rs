@@ -335,35 +335,39 @@ impl Mailbox {
     }
 
     /// Makes the caller the peer's live stream; any earlier stream sees `Replaced` and ends.
-    pub fn open_stream(&self) -> StreamTicket {
-        let ticket = {
+    /// Returns its ticket and the newest id, or `None` once the peer is gone.
+    pub fn open_stream(&self) -> Option<(StreamTicket, u64)> {
+        let opened = {
             let mut state = self.state.lock();
+            if state.closed {
+                return None;
+            }
             state.stream_epoch += 1;
-            StreamTicket(state.stream_epoch)
+            (StreamTicket(state.stream_epoch), state.last_id)
         };
         self.wake();
-        ticket
+        Some(opened)
     }
 
     /// Makes the caller the peer's poll; an earlier poll still waiting sees `Replaced` and ends.
-    /// The caller listens first ([`listen`](Self::listen)): an earlier poll is woken to see it
-    /// was replaced only when another listener than the caller is there, so a lone poll's open
+    /// Returns its ticket and the newest id, or `None` once the peer is gone. The caller
+    /// listens first ([`listen`](Self::listen)): an earlier poll is woken to see it was
+    /// replaced only when another listener than the caller is there, so a lone poll's open
     /// wakes nobody, itself included, and its first read can wait for a wake-up.
-    pub fn open_poll(&self) -> PollTicket {
-        let (ticket, others_listen) = {
+    pub fn open_poll(&self) -> Option<(PollTicket, u64)> {
+        let (opened, others_listen) = {
             let mut state = self.state.lock();
+            if state.closed {
+                return None;
+            }
             state.poll_epoch += 1;
-            (PollTicket(state.poll_epoch), state.listeners > 1)
+            let opened = (PollTicket(state.poll_epoch), state.last_id);
+            (opened, state.listeners > 1)
         };
         if others_listen {
             self.wake();
         }
-        ticket
-    }
-
-    /// Whether the peer is gone ([`close`](Self::close)).
-    pub fn is_closed(&self) -> bool {
-        self.state.lock().closed
+        Some(opened)
     }
 
     /// Registers a listener (stream or poll) for presence until the guard is dropped.
@@ -624,8 +628,8 @@ mod tests {
     #[test]
     fn a_new_stream_replaces_the_old_one_and_closing_ends_both() {
         let mailbox = counted(2, 2);
-        let first = mailbox.open_stream();
-        let second = mailbox.open_stream();
+        let (first, _) = mailbox.open_stream().unwrap();
+        let (second, _) = mailbox.open_stream().unwrap();
         assert!(matches!(
             mailbox.read_after(0, Some(Ticket::Stream(first)), usize::MAX),
             Read::Replaced
@@ -786,9 +790,9 @@ mod tests {
     #[test]
     fn a_new_poll_replaces_the_old_one_only() {
         let mailbox = counted(2, 2);
-        let stream = mailbox.open_stream();
-        let first = mailbox.open_poll();
-        let second = mailbox.open_poll();
+        let (stream, _) = mailbox.open_stream().unwrap();
+        let (first, _) = mailbox.open_poll().unwrap();
+        let (second, _) = mailbox.open_poll().unwrap();
         let read = |ticket| mailbox.read_after(0, Some(ticket), usize::MAX);
         assert!(matches!(read(Ticket::Poll(first)), Read::Replaced));
         assert!(matches!(read(Ticket::Poll(second)), Read::Batch(_)));

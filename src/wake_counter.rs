@@ -91,9 +91,20 @@ impl WakeWatcher {
         self.seen
     }
 
+    /// The value at the last look.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
     /// Resolves with the value once it differs from the one seen last (at once if it already
     /// does), taking it as seen; fails once the counter's writer is gone and nothing changed.
     pub async fn changed(&mut self) -> Result<u64, Closed> {
+        // A change already made is taken without registering for the notification (a lock).
+        let value = self.shared.value.load(Ordering::Acquire);
+        if value != self.seen {
+            self.seen = value;
+            return Ok(value);
+        }
         loop {
             let notified = self.shared.notify.notified();
             let mut notified = std::pin::pin!(notified);

@@ -474,21 +474,15 @@ impl Reader for MailboxReader {
     }
 
     async fn open_stream(&self, acknowledge: Option<u64>) -> ApiResult<(StreamTicket, u64)> {
-        if self.0.is_closed() {
-            return Err(Error::PeerNotFound);
-        }
         if let Some(id) = acknowledge {
             self.0.acknowledge(id);
         }
-        Ok((self.0.open_stream(), self.0.last_id()))
+        self.0.open_stream().ok_or(Error::PeerNotFound)
     }
 
     async fn open_poll(&self, acknowledge: u64) -> ApiResult<(PollTicket, u64)> {
-        if self.0.is_closed() {
-            return Err(Error::PeerNotFound);
-        }
         self.0.acknowledge(acknowledge);
-        Ok((self.0.open_poll(), self.0.last_id()))
+        self.0.open_poll().ok_or(Error::PeerNotFound)
     }
 
     fn acknowledge(&self, id: u64) {

@@ -390,9 +390,8 @@ pub trait Reader: Send + Sync {
 /// removal. Only a wake-up: the reader then reads the mailbox by id, so a missed or extra
 /// wake-up never loses or repeats a message.
 pub struct Wake {
+    /// Keeps the value seen last (at [`mark_seen`](Self::mark_seen) or a wake-up passed over).
     watcher: WakeWatcher,
-    /// The value seen last (at [`mark_seen`](Self::mark_seen) or a wake-up passed over).
-    seen: u64,
     /// For a store whose wake-ups say which open sent them (Redis): the nonce of this reader's
     /// own open, whose wake-up ([`OwnOpens`]) is passed over.
     own_opens: Option<Arc<AtomicU32>>,
@@ -424,11 +423,9 @@ impl OwnOpens {
 impl Wake {
     /// Wake-ups from `watcher` (any change of its value is one), keeping `guard` alive as long
     /// as the `Wake`.
-    pub fn new(mut watcher: WakeWatcher, guard: Option<Box<dyn Send + Sync>>) -> Self {
-        let seen = watcher.mark_seen();
+    pub fn new(watcher: WakeWatcher, guard: Option<Box<dyn Send + Sync>>) -> Self {
         Self {
             watcher,
-            seen,
             own_opens: None,
             _guard: guard,
         }
@@ -449,21 +446,20 @@ impl Wake {
 
     /// Forgets the wake-ups seen so far: call before each read.
     pub fn mark_seen(&mut self) {
-        self.seen = self.watcher.mark_seen();
+        self.watcher.mark_seen();
     }
 
     /// Resolves at the next wake-up after the last [`mark_seen`](Self::mark_seen), other than
     /// the reader's own open's; an error means no more will come.
     pub async fn changed(&mut self) -> Result<(), Closed> {
         loop {
+            let seen = self.watcher.seen();
             let now = self.watcher.changed().await?;
             let own = self
                 .own_opens
                 .as_ref()
                 .map_or(0, |own| own.load(Ordering::Acquire));
-            let passed_over = OwnOpens::only_own(self.seen, now, own);
-            self.seen = now;
-            if !passed_over {
+            if !OwnOpens::only_own(seen, now, own) {
                 return Ok(());
             }
         }
