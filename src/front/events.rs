@@ -14,7 +14,6 @@ use futures_util::StreamExt;
 use hyper::body::Frame;
 use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, EXPIRES};
 use hyper::http::request::Parts;
-use hyper::Response;
 use rocket::response::stream::stream;
 use serde::Serialize;
 use tokio::select;
@@ -22,7 +21,7 @@ use tokio::time::{interval_at, sleep, Instant, MissedTickBehavior, Sleep};
 
 use crate::error::Error;
 use crate::front::request;
-use crate::front::response::{self, ResponseBody};
+use crate::front::response::{self, Answer};
 use crate::front::Front;
 use crate::identity::PeerId;
 use crate::mailbox::{Read, Ticket};
@@ -131,7 +130,7 @@ pub async fn events(
     room: &str,
     peer: &str,
     request: &Parts,
-) -> Result<Response<ResponseBody>, Error> {
+) -> Result<Answer, Error> {
     let peer = request::peer(peer)?;
     let query = request::Query::parse(request, ["token", "last_event_id"]);
     let token = request::token(request, query.first("token"));
@@ -255,7 +254,7 @@ pub async fn events(
     headers.insert(EXPIRES, HeaderValue::from_static("0"));
     // nginx honours this per response; without it, it buffers the stream until full.
     headers.insert("X-Accel-Buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    Ok(Answer::Response(response))
 }
 
 #[cfg(test)]

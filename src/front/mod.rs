@@ -329,10 +329,7 @@ impl Front {
             RelayRoute::Poll => poll::poll(self, room, peer, &parts).await,
         };
         match answer {
-            Ok(mut response) => {
-                response::decorate(&mut response, &self.decorations, &self.config, &parts);
-                response
-            }
+            Ok(answer) => response::finish(answer, &self.decorations, &self.config, &parts),
             Err(error) => self.refuse(&parts, &error),
         }
     }

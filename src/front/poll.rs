@@ -9,25 +9,19 @@
 use std::time::Duration;
 
 use hyper::http::request::Parts;
-use hyper::Response;
 use tokio::select;
 use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::api::params::number;
 use crate::error::Error;
 use crate::front::request;
-use crate::front::response::{self, ResponseBody};
+use crate::front::response::Answer;
 use crate::front::Front;
 use crate::mailbox::{Batch, Read, Ticket};
 use crate::metrics::Metrics;
 
 /// `GET /api/rooms/{room}/peers/{peer}/messages?after=&wait=`.
-pub async fn poll(
-    front: &Front,
-    room: &str,
-    peer: &str,
-    request: &Parts,
-) -> Result<Response<ResponseBody>, Error> {
+pub async fn poll(front: &Front, room: &str, peer: &str, request: &Parts) -> Result<Answer, Error> {
     let query = request::Query::parse(request, ["token", "after", "wait"]);
     let token = request::token(request, query.first("token"));
     let reader = front
@@ -84,7 +78,7 @@ pub async fn poll(
                 // A newer poll of this peer took over: this one answers nothing at once, and
                 // its client, if it is still there, polls again from the same `after`.
                 Read::Replaced => {
-                    return Ok(response::json(
+                    return Ok(Answer::json(
                         200,
                         render(metrics, after, Batch::empty(after)),
                     ))
@@ -95,7 +89,7 @@ pub async fn poll(
         };
         read_now = true;
         if !batch.entries.is_empty() || batch.reset.is_some() {
-            return Ok(response::json(200, render(metrics, after, batch)));
+            return Ok(Answer::json(200, render(metrics, after, batch)));
         }
         // A wake-up means "look again"; the deadline, a shutdown (so that the client reconnects
         // to a restarted server instead of hanging) or a closed mailbox mean "answer now".
@@ -111,7 +105,7 @@ pub async fn poll(
             } => false,
         };
         if answer_now {
-            return Ok(response::json(200, render(metrics, after, batch)));
+            return Ok(Answer::json(200, render(metrics, after, batch)));
         }
     }
 }

@@ -48,6 +48,22 @@ fn with_body(body: ResponseBody, headers: usize) -> Response<ResponseBody> {
     response
 }
 
+/// What a relay route answers, before the headers every answer carries are written into it
+/// ([`finish`]).
+pub enum Answer {
+    /// A whole JSON body with this status, and no header of its own: the relay's usual answer.
+    Json(u16, Bytes),
+    /// Any other answer, already a response.
+    Response(Response<ResponseBody>),
+}
+
+impl Answer {
+    /// A JSON answer whose body is `body`.
+    pub fn json(code: u16, body: impl Into<Bytes>) -> Self {
+        Self::Json(code, body.into())
+    }
+}
+
 /// A JSON response whose body is `body`, whole.
 pub fn json(code: u16, body: impl Into<Bytes>) -> Response<ResponseBody> {
     json_with_room(code, body.into(), 6)
@@ -89,6 +105,10 @@ pub fn stream(content_type: &'static str, chunks: Chunks) -> Response<ResponseBo
 /// holds it), so they are worked out once, when the front starts.
 pub struct Decorations {
     api_without_origin: Vec<(HeaderName, HeaderValue, Write)>,
+    /// A JSON answer's whole header map in that case: its `Content-Type` and the above,
+    /// written once. Each such answer takes a copy, which costs less than writing (hashing and
+    /// placing) its four headers one by one.
+    json_api_without_origin: HeaderMap,
 }
 
 impl Decorations {
@@ -99,7 +119,7 @@ impl Decorations {
             origin: None,
             status: 200,
         };
-        let api_without_origin = response_headers(config, &answered)
+        let api_without_origin: Vec<_> = response_headers(config, &answered)
             .filter_map(|header| {
                 Some((
                     header_name(header.name),
@@ -108,8 +128,41 @@ impl Decorations {
                 ))
             })
             .collect();
-        Self { api_without_origin }
+        let mut json = json(200, Bytes::new());
+        for (name, value, how) in &api_without_origin {
+            write(json.headers_mut(), name.clone(), value.clone(), *how);
+        }
+        Self {
+            api_without_origin,
+            json_api_without_origin: json.headers().clone(),
+        }
     }
+}
+
+/// `answer` as a response, with the headers every answer carries ([`decorate`]).
+pub fn finish(
+    answer: Answer,
+    decorations: &Decorations,
+    config: &Config,
+    request: &Parts,
+) -> Response<ResponseBody> {
+    let mut response = match answer {
+        Answer::Json(code, body) if without_origin_under_api(request) => {
+            let mut response = with_body(Either::Left(Full::new(body)), 0);
+            *response.status_mut() = status(code);
+            *response.headers_mut() = decorations.json_api_without_origin.clone();
+            return response;
+        }
+        Answer::Json(code, body) => json(code, body),
+        Answer::Response(response) => response,
+    };
+    decorate(&mut response, decorations, config, request);
+    response
+}
+
+/// Whether `request` is the relay's common case: under `/api/`, without an `Origin`.
+fn without_origin_under_api(request: &Parts) -> bool {
+    !request.headers.contains_key(ORIGIN) && request.uri.path().starts_with("/api/")
 }
 
 /// Writes the headers every answer carries ([`response_headers`]) into a relay route's answer or
@@ -120,16 +173,17 @@ pub fn decorate(
     config: &Config,
     request: &Parts,
 ) {
-    let path = request.uri.path();
-    let origin = request.headers.get(ORIGIN);
-    let status = response.status().as_u16();
-    let headers = response.headers_mut();
-    if origin.is_none() && path.starts_with("/api/") {
+    if without_origin_under_api(request) {
+        let headers = response.headers_mut();
         for (name, value, how) in &decorations.api_without_origin {
             write(headers, name.clone(), value.clone(), *how);
         }
         return;
     }
+    let path = request.uri.path();
+    let origin = request.headers.get(ORIGIN);
+    let status = response.status().as_u16();
+    let headers = response.headers_mut();
     let answered = Answered {
         method: request.method.as_str(),
         path,
@@ -238,6 +292,48 @@ mod tests {
                     .map(|header| (header.name.to_string(), header.value.as_str().to_string()))
                     .collect();
                 assert_eq!(headers, expected, "{method} {status}");
+            }
+        }
+    }
+
+    /// A JSON answer gets the very headers, in the same order, that writing them one by one
+    /// into its response gives, whether it takes [`finish`]'s copy or not.
+    #[test]
+    fn a_json_answer_carries_what_decorating_it_gives() {
+        let configs = [
+            Config::default(),
+            Config {
+                cors_allowed_origins: vec!["https://a.example".into()],
+                ..Config::default()
+            },
+        ];
+        let headers = |response: &Response<ResponseBody>| -> Vec<(String, String)> {
+            response
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_string()))
+                .collect()
+        };
+        for config in &configs {
+            let decorations = Decorations::new(config);
+            for (path, origin) in [
+                ("/api/rooms/a/messages", None),
+                ("/api/rooms/a/messages", Some("https://a.example")),
+                ("/api/rooms/a/messages", Some("https://b.example")),
+                ("/healthz", None),
+            ] {
+                let mut request = hyper::Request::builder().method("POST").uri(path);
+                if let Some(origin) = origin {
+                    request = request.header(ORIGIN, origin);
+                }
+                let (request, ()) = request.body(()).unwrap().into_parts();
+                let answer = Answer::json(202, &b"{}"[..]);
+                let finished = finish(answer, &decorations, config, &request);
+                let mut decorated = json(202, &b"{}"[..]);
+                decorate(&mut decorated, &decorations, config, &request);
+                assert_eq!(finished.status(), 202, "{path} {origin:?}");
+                assert_eq!(headers(&finished), headers(&decorated), "{path} {origin:?}");
+                assert!(headers(&finished).len() >= 4, "{:?}", headers(&finished));
             }
         }
     }

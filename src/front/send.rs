@@ -4,12 +4,11 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::http::request::Parts;
-use hyper::Response;
 
 use crate::api::body::parse_json;
 use crate::error::Error;
 use crate::front::request;
-use crate::front::response::{self, ResponseBody};
+use crate::front::response::{self, Answer};
 use crate::front::Front;
 use crate::message::MessageBatch;
 
@@ -20,7 +19,7 @@ pub async fn send(
     room: &str,
     request: &Parts,
     body: Incoming,
-) -> Result<Response<ResponseBody>, Error> {
+) -> Result<Answer, Error> {
     let room = request::room(room)?;
     let query = request::Query::parse(request, ["token"]);
     let token = request::token(request, query.first("token"));
@@ -41,19 +40,20 @@ pub async fn send(
         // Nearly every send carries one message: its answer is a constant, with nothing to
         // allocate.
         if accepted.count == 1 {
-            return Ok(response::json(202, Bytes::from_static(b"{\"accepted\":1}")));
+            return Ok(Answer::json(202, Bytes::from_static(b"{\"accepted\":1}")));
         }
     }
     let mut json = Vec::with_capacity(24);
     json.extend_from_slice(b"{\"accepted\":");
     json.extend_from_slice(itoa::Buffer::new().format(accepted.count).as_bytes());
     json.push(b'}');
-    let mut response = response::json(202, json);
-    if accepted.replayed {
-        response.headers_mut().insert(
-            HeaderName::from_static("idempotent-replayed"),
-            HeaderValue::from_static("true"),
-        );
+    if !accepted.replayed {
+        return Ok(Answer::json(202, json));
     }
-    Ok(response)
+    let mut response = response::json(202, json);
+    response.headers_mut().insert(
+        HeaderName::from_static("idempotent-replayed"),
+        HeaderValue::from_static("true"),
+    );
+    Ok(Answer::Response(response))
 }
