@@ -1,5 +1,5 @@
 //! Several signpost instances on one Redis behave, to every client, as one server; and faults of
-//! Redis (stopped, restarted empty, its pub/sub connections killed) or of an instance (SIGKILL)
+//! Redis (stopped, restarted empty, its pub/sub connections killed or deaf) or of an instance (SIGKILL)
 //! lose no message, repeat none, hang no request and need no restart (issue 9).
 //!
 //! Each test starts a `redis-server` of its own (so that its faults disturb no other test) and
@@ -17,6 +17,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::deaf_subscribers::DeafSubscribers;
 use common::eventually::eventually;
 use common::instance::Instance;
 use common::redis::Redis;
@@ -996,6 +997,63 @@ async fn killed_subscriptions_lose_nothing_and_wakeups_resume() {
         );
         assert!(sent.elapsed() < PROMPT, "woken after {:?}", sent.elapsed());
     }
+}
+
+/// 10b. The subscriber connection deaf (it stays up and answers its PINGs, but no publish
+///      reaches it, as an old master's subscribers after a failover): a live stream and a
+///      waiting poll read their mailbox again at each heartbeat, and get a message whose
+///      wake-up was lost then, not never (the stream) or at the end of its `wait` with nothing
+///      (the poll).
+#[cfg_attr(
+    signpost_missing = "redis",
+    ignore = "needs redis-server: apt-get install redis-server (README.md, Prerequisites)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_of_a_deaf_subscription_read_again_at_the_heartbeat() {
+    if !external::can_run("cluster_deaf_subscription", Redis::available()) {
+        return;
+    }
+    let redis = Redis::start();
+    let relay = DeafSubscribers::start(redis.port).await;
+    let prefix = format!("cluster-{}", uuid::Uuid::new_v4().simple());
+    let settings = json!({"heartbeat_secs": 0.5});
+    // The readers' instance reaches Redis through the relay. The sender is on another
+    // instance: an instance wakes its own readers without Redis.
+    let mut through_relay = shared(&redis, &prefix, &settings);
+    through_relay["redis_url"] = json!(relay.url());
+    let a = Server::with(through_relay).await;
+    let b = Server::with(shared(&redis, &prefix, &settings)).await;
+    let alice = a.join("silent", "alice").await;
+    let carol = a.join("silent", "carol").await;
+    let bob = b.join("silent", "bob").await;
+    // Past carol's and bob's joins.
+    let mut alice_events = alice.events(Some(2)).await;
+    // Past bob's join, with no poll before it: a late wake-up of an earlier poll's open would
+    // wake it too. It may wait `poll_max_wait_secs` (25 s), far longer than the heartbeat.
+    let waiting = tokio::spawn({
+        let carol = carol.clone();
+        async move { carol.poll(1, 600.0).await }
+    });
+    eventually("carol's poll waits", || async {
+        metric(&a, "signpost_polls_in_flight").await == 1.0
+    })
+    .await;
+
+    relay.deafen();
+    bob.send_ok(json!({"type": "offer", "data": "unannounced"}))
+        .await;
+    assert_eq!(
+        seen(&alice_events.next_message().await),
+        (3, bob.id.as_str(), &json!("unannounced"))
+    );
+    let (status, body) = waiting.await.expect("carol's poll");
+    assert_eq!(status, 200, "{body}");
+    let messages = body["messages"].as_array().expect("messages");
+    assert_eq!(
+        messages.iter().map(seen).collect::<Vec<_>>(),
+        [(2, bob.id.as_str(), &json!("unannounced"))],
+        "{body}"
+    );
 }
 
 /// 11. Many senders on three instances at once, to one recipient: every message arrives once,

@@ -6,10 +6,12 @@
 
 use std::net::SocketAddr;
 
+use futures_util::future::BoxFuture;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
-use hyper::{Request, Response};
+use hyper::http::request::Parts;
+use hyper::Response;
 use rocket::http::{Header, Method, Status};
 
 use crate::error::Error;
@@ -17,12 +19,26 @@ use crate::front::request;
 use crate::front::response::{self, ResponseBody};
 use crate::front::Front;
 
-pub async fn dispatch(
+/// Rocket's answer to the request, as a boxed future: Rocket's dispatch future is over 8 KiB,
+/// and every request's future would otherwise be allocated at the size of its largest state.
+/// Boxed here, in a plain function, so that the caller's future keeps only the box: a future
+/// built in the caller's own body would keep a field of its own there (a moved-from local keeps
+/// its room until its scope ends).
+pub fn dispatch(
     front: &Front,
-    request: Request<Incoming>,
+    parts: Parts,
+    body: Incoming,
+    remote: SocketAddr,
+) -> BoxFuture<'_, Response<ResponseBody>> {
+    Box::pin(answer(front, parts, body, remote))
+}
+
+async fn answer(
+    front: &Front,
+    parts: Parts,
+    body: Incoming,
     remote: SocketAddr,
 ) -> Response<ResponseBody> {
-    let (parts, body) = request.into_parts();
     let Ok(method) = parts.method.as_str().parse::<Method>() else {
         let error = Error::Http(Status::MethodNotAllowed);
         return front.refuse(&parts, &error);

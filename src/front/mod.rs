@@ -49,6 +49,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper::http::request::Parts;
 use hyper::server::conn::http1;
@@ -70,7 +71,7 @@ use crate::metrics::Metrics;
 use crate::relay_routes::{RelayPath, RelayRoute};
 
 use self::connection::{Connections, TimedIo};
-use self::response::ResponseBody;
+use self::response::{Answer, ResponseBody};
 
 /// A bound signpost server: the listening socket and the application behind it.
 ///
@@ -263,13 +264,13 @@ impl Server {
                     let front = front.clone();
                     // Each request's future is boxed, and the box freed with its answer: hyper
                     // keeps room for a connection's request future as long as the connection
-                    // lives, and that would hold the largest state of `handle` (about 0.9 KB:
-                    // the request, its parts, a route's state) in every idle stream.
-                    let service = service_fn(move |request| {
-                        let front = front.clone();
-                        Box::pin(async move {
-                            Ok::<_, Infallible>(front.handle(request, remote).await)
-                        })
+                    // lives, and that would hold the largest state of `handle` (the request's
+                    // parts, a route's state) in every idle stream. The box is `handle`'s own
+                    // future, not one that wraps it: an async block would keep the request it
+                    // captured, and `handle` its arguments, each in a field of its own.
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let (parts, body) = request.into_parts();
+                        Box::pin(front.clone().handle(parts, body, remote).map(answered))
                     });
                     let served = graceful.watch(connection.serve_connection(io, service));
                     tokio::spawn(async move {
@@ -304,33 +305,56 @@ impl Server {
     }
 }
 
+/// hyper's form of an answer: a service that never fails.
+fn answered(response: Response<ResponseBody>) -> Result<Response<ResponseBody>, Infallible> {
+    Ok(response)
+}
+
 impl Front {
-    async fn handle(
-        &self,
-        request: Request<Incoming>,
+    /// The answer to one request. A plain function that returns an `async move` block, rather
+    /// than an `async fn`: an `async fn`'s future holds its arguments twice (as arguments, and
+    /// as the locals they are moved into), and this one is allocated for every request.
+    #[allow(clippy::manual_async_fn)] // the manual form is the point: see above
+    fn handle(
+        self: Arc<Self>,
+        parts: Parts,
+        body: Incoming,
         remote: SocketAddr,
-    ) -> Response<ResponseBody> {
-        let (parts, body) = request.into_parts();
-        let Some(relay) = RelayRoute::matching(parts.method.as_str(), parts.uri.path()) else {
-            // Checked before Rocket sees the request: Rocket alone would answer 404, and it
-            // does not know the relay routes' paths.
-            if let Some(allow) = self.methods.refusal(&parts.method, parts.uri.path()) {
-                return self.refuse(&parts, &Error::MethodNotAllowed { allow });
+    ) -> impl Future<Output = Response<ResponseBody>> + Send {
+        async move {
+            let Some(relay) = RelayRoute::matching(parts.method.as_str(), parts.uri.path()) else {
+                // Checked before Rocket sees the request: Rocket alone would answer 404, and it
+                // does not know the relay routes' paths.
+                if let Some(allow) = self.methods.refusal(&parts.method, parts.uri.path()) {
+                    return self.refuse(&parts, &Error::MethodNotAllowed { allow });
+                }
+                return fallback::dispatch(&self, parts, body, remote).await;
+            };
+            let RelayPath { route, room, peer } = relay;
+            // Each arm finishes its own answer: with one result shared by the arms, the routes'
+            // futures each kept a field of their own instead of sharing one.
+            match route {
+                RelayRoute::Send => {
+                    let answer = send::send(&self, room, &parts, body).await;
+                    self.finish(answer, &parts)
+                }
+                RelayRoute::Events => {
+                    let answer = events::events(&self, room, peer, &parts).await;
+                    self.finish(answer, &parts)
+                }
+                RelayRoute::Poll => {
+                    let answer = poll::poll(&self, room, peer, &parts).await;
+                    self.finish(answer, &parts)
+                }
             }
-            // Boxed: Rocket's dispatch future is over 8 KiB, and every request's future would
-            // otherwise be allocated at the size of its largest state.
-            let dispatch = fallback::dispatch(self, Request::from_parts(parts, body), remote);
-            return Box::pin(dispatch).await;
-        };
-        let RelayPath { route, room, peer } = relay;
-        let answer = match route {
-            RelayRoute::Send => send::send(self, room, &parts, body).await,
-            RelayRoute::Events => events::events(self, room, peer, &parts).await,
-            RelayRoute::Poll => poll::poll(self, room, peer, &parts).await,
-        };
+        }
+    }
+
+    /// A relay route's answer, or its refusal, with the headers every answer carries.
+    fn finish(&self, answer: Result<Answer, Error>, request: &Parts) -> Response<ResponseBody> {
         match answer {
-            Ok(answer) => response::finish(answer, &self.decorations, &self.config, &parts),
-            Err(error) => self.refuse(&parts, &error),
+            Ok(answer) => response::finish(answer, &self.decorations, &self.config, request),
+            Err(error) => self.refuse(request, &error),
         }
     }
 

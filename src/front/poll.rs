@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hyper::http::request::Parts;
 use tokio::select;
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::time::{sleep_until, Instant};
 
 use crate::api::params::number;
 use crate::error::Error;
@@ -22,28 +22,33 @@ use crate::metrics::Metrics;
 
 /// `GET /api/rooms/{room}/peers/{peer}/messages?after=&wait=`.
 pub async fn poll(front: &Front, room: &str, peer: &str, request: &Parts) -> Result<Answer, Error> {
-    let query = request::Query::parse(request, ["token", "after", "wait"]);
-    let token = request::token(request, query.first("token"));
-    let reader = front
-        .hub
-        .reader(
-            &request::room(room)?,
-            request::peer(peer)?,
-            token.as_deref(),
-        )
-        .await?;
-    let after: u64 = number("after", query.value("after")?)?.unwrap_or(0);
-    let max_wait = front.config.poll_max_wait();
-    let wait = match number::<f64>("wait", query.value("wait")?)? {
-        Some(seconds) if !(seconds.is_finite() && seconds >= 0.0) => {
-            return Err(Error::InvalidQuery {
-                parameter: "wait",
-                reason: format!("must be a non-negative number of seconds, not {seconds}"),
-            })
-        }
-        // Clamp before converting: a huge `wait` would overflow a Duration.
-        Some(seconds) => Duration::from_secs_f64(seconds.min(max_wait.as_secs_f64())),
-        None => max_wait,
+    // The query and the token live in this block only, and so take no room in the state that
+    // waits: this future is part of every request's (boxed) future.
+    let (reader, after, wait) = {
+        let query = request::Query::parse(request, ["token", "after", "wait"]);
+        let token = request::token(request, query.first("token"));
+        let reader = front
+            .hub
+            .reader(
+                &request::room(room)?,
+                request::peer(peer)?,
+                token.as_deref(),
+            )
+            .await?;
+        let after: u64 = number("after", query.value("after")?)?.unwrap_or(0);
+        let max_wait = front.config.poll_max_wait();
+        let wait = match number::<f64>("wait", query.value("wait")?)? {
+            Some(seconds) if !(seconds.is_finite() && seconds >= 0.0) => {
+                return Err(Error::InvalidQuery {
+                    parameter: "wait",
+                    reason: format!("must be a non-negative number of seconds, not {seconds}"),
+                })
+            }
+            // Clamp before converting: a huge `wait` would overflow a Duration.
+            Some(seconds) => Duration::from_secs_f64(seconds.min(max_wait.as_secs_f64())),
+            None => max_wait,
+        };
+        (reader, after, wait)
     };
 
     let metrics = &front.metrics;
@@ -91,18 +96,14 @@ pub async fn poll(front: &Front, room: &str, peer: &str, request: &Parts) -> Res
         if !batch.entries.is_empty() || batch.reset.is_some() {
             return Ok(Answer::json(200, render(metrics, after, batch)));
         }
-        // A wake-up means "look again"; the deadline, a shutdown (so that the client reconnects
-        // to a restarted server instead of hanging) or a closed mailbox mean "answer now".
+        // A wake-up or a recheck means "look again"; the deadline, a shutdown (so that the
+        // client reconnects to a restarted server instead of hanging) or a closed mailbox mean
+        // "answer now". One timer serves the recheck and the deadline, whichever comes first.
+        let timer = recheck.map_or(deadline, |period| deadline.min(Instant::now() + period));
         let answer_now = select! {
             changed = wake.changed() => changed.is_err(),
-            _ = sleep_until(deadline) => true,
-            _ = &mut shutdown => true,
-            _ = async {
-                match recheck {
-                    Some(period) => sleep(period).await,
-                    None => std::future::pending().await,
-                }
-            } => false,
+            () = sleep_until(timer) => timer == deadline,
+            () = &mut shutdown => true,
         };
         if answer_now {
             return Ok(Answer::json(200, render(metrics, after, batch)));

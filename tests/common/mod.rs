@@ -6,6 +6,7 @@
 //! (the Redis one on a real `redis-server` the tests start, with a key prefix of its own).
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod deaf_subscribers;
 pub mod eventually;
 pub mod external;
 pub mod flow;
