@@ -268,16 +268,41 @@ impl Mailbox {
     /// exist yet.
     pub fn acknowledge(&self, id: u64) {
         let mut releases = Releases::default();
-        {
-            let mut state = self.state.lock();
-            let id = id.min(state.last_id);
-            if id > state.delivered {
-                state.deliver_through(id);
-                state.trim(&self.limits, &mut releases);
-            }
-        }
+        self.state
+            .lock()
+            .acknowledge(id, &self.limits, &mut releases);
         // After the mailbox's lock: the ledger's is never held with it.
         releases.release(&self.held);
+    }
+
+    /// A poll's start, under one lock: [`listen`](Self::listen), [`subscribe`]
+    /// (Self::subscribe), [`acknowledge`](Self::acknowledge) `acknowledge` and
+    /// [`open_poll`](Self::open_poll), in that order. Returns the listener's guard, the
+    /// wake-ups as seen before the open, the ticket and the newest id; or `None` once the peer
+    /// is gone, and then nothing of it was done.
+    pub fn start_poll(
+        self: &Arc<Self>,
+        acknowledge: u64,
+    ) -> Option<(Listening, WakeWatcher, PollTicket, u64)> {
+        let mut releases = Releases::default();
+        let (started, others_listen) = {
+            let mut state = self.state.lock();
+            if state.closed {
+                return None;
+            }
+            state.listeners += 1;
+            let watcher = self.wake.watch();
+            state.acknowledge(acknowledge, &self.limits, &mut releases);
+            let ((ticket, newest), others_listen) = state.open_poll();
+            let started = (Listening(Arc::clone(self)), watcher, ticket, newest);
+            (started, others_listen)
+        };
+        releases.release(&self.held);
+        // As `open_poll` does: a lone poll's open wakes nobody.
+        if others_listen {
+            self.wake();
+        }
+        Some(started)
     }
 
     /// What follows `cursor`, oldest first, stopping before the entry that would take the
@@ -360,9 +385,7 @@ impl Mailbox {
             if state.closed {
                 return None;
             }
-            state.poll_epoch += 1;
-            let opened = (PollTicket(state.poll_epoch), state.last_id);
-            (opened, state.listeners > 1)
+            state.open_poll()
         };
         if others_listen {
             self.wake();
@@ -422,6 +445,26 @@ impl Mailbox {
 impl MailboxState {
     fn undelivered(&self) -> u64 {
         self.last_id - self.delivered
+    }
+
+    /// [`Mailbox::open_poll`] under the mailbox's lock: the ticket and the newest id, and
+    /// whether a listener other than the caller is there to be woken.
+    fn open_poll(&mut self) -> ((PollTicket, u64), bool) {
+        self.poll_epoch += 1;
+        (
+            (PollTicket(self.poll_epoch), self.last_id),
+            self.listeners > 1,
+        )
+    }
+
+    /// [`Mailbox::acknowledge`] under the mailbox's lock, collecting what it trims in
+    /// `releases`.
+    fn acknowledge(&mut self, id: u64, limits: &MailboxLimits, releases: &mut Releases) {
+        let id = id.min(self.last_id);
+        if id > self.delivered {
+            self.deliver_through(id);
+            self.trim(limits, releases);
+        }
     }
 
     /// Moves the entries after `delivered` up to `id` (held, all of them: undelivered entries
@@ -783,6 +826,61 @@ mod tests {
             "another listener is there"
         );
         drop((alone, other));
+    }
+
+    /// A poll's start is its listen, subscription, acknowledgement and open: it keeps the
+    /// peer present, replaces the poll before it, acknowledges, wakes only another listener,
+    /// and sees what comes after its open. On a closed mailbox it does none of it.
+    #[test]
+    fn a_polls_start_is_its_listen_subscribe_acknowledge_and_open() {
+        let mailbox = Arc::new(counted(4, 4));
+        for _ in 0..3 {
+            mailbox.push(message(), None);
+        }
+        let (older, _) = mailbox.open_poll().unwrap();
+        let (alone, mut wake, ticket, newest) = mailbox.start_poll(2).unwrap();
+        assert_eq!(newest, 3);
+        assert_eq!(
+            mailbox.idle_for(Instant::now()),
+            None,
+            "present while it polls"
+        );
+        let read = |ticket| mailbox.read_after(2, Some(Ticket::Poll(ticket)), usize::MAX);
+        assert!(matches!(read(older), Read::Replaced));
+        assert!(matches!(read(ticket), Read::Batch(batch) if batch.entries.len() == 1));
+        assert_eq!(
+            mailbox.held_bytes().0,
+            message().encoded_len(),
+            "1 and 2 delivered"
+        );
+        assert!(
+            wake.changed().now_or_never().is_none(),
+            "a lone poll's own start"
+        );
+        mailbox.push(message(), None);
+        assert!(
+            wake.changed().now_or_never().is_some(),
+            "what comes after its open"
+        );
+
+        let (newer, mut newer_wake, _, _) = mailbox.start_poll(0).unwrap();
+        assert!(
+            wake.changed().now_or_never().is_some(),
+            "the poll it replaces is woken to see it"
+        );
+        assert!(
+            newer_wake.changed().now_or_never().is_some(),
+            "its own open, seen"
+        );
+        drop((alone, newer));
+        assert!(mailbox.idle_for(Instant::now()).is_some());
+
+        mailbox.close();
+        assert!(mailbox.start_poll(0).is_none());
+        assert!(
+            mailbox.idle_for(Instant::now()).is_some(),
+            "no listener left behind"
+        );
     }
 
     /// A newer poll ends the older one (its read is `Replaced`), and polls and streams do not

@@ -19,6 +19,7 @@ use crate::front::response::Answer;
 use crate::front::Front;
 use crate::mailbox::{Batch, Read, Ticket};
 use crate::metrics::Metrics;
+use crate::store::PollStart;
 
 /// `GET /api/rooms/{room}/peers/{peer}/messages?after=&wait=`.
 pub async fn poll(front: &Front, room: &str, peer: &str, request: &Parts) -> Result<Answer, Error> {
@@ -53,14 +54,16 @@ pub async fn poll(front: &Front, room: &str, peer: &str, request: &Parts) -> Res
 
     let metrics = &front.metrics;
     let mut shutdown = front.shutdown.clone();
-    let _presence = reader.listen();
-    // Subscribed before the first read (and before taking over from an older poll, so that a
-    // still newer one is noticed too), so nothing appended after that read goes unnoticed.
-    let mut wake = reader.subscribe().await?;
-    // Seen from here: whatever is appended after the open wakes this poll, even when its first
-    // read is skipped (below).
-    wake.mark_seen();
-    let (ticket, newest) = reader.open_poll(after).await?;
+    // Listening, so that the peer stays present; subscribed before the first read (and before
+    // taking over from an older poll, so that a still newer one is noticed too), so that
+    // nothing appended after that read goes unnoticed; and the wake-ups seen up to the open:
+    // whatever is appended after it wakes this poll, even when its first read is skipped.
+    let PollStart {
+        listening: _presence,
+        mut wake,
+        ticket,
+        newest,
+    } = reader.start_poll(after).await?;
     let ticket = Ticket::Poll(ticket);
     // The open saw nothing after `after`: a read now would find nothing (no message, and no
     // reset: `after` is the newest id; a peer gone fails the open), so the poll waits at once,

@@ -19,7 +19,7 @@ use crate::message::EncodedMessage;
 use crate::rate_limit::TokenBucket;
 use crate::store::{
     leave_event, Departure, JoinOutcome, LeaveReason, Limits, Listening, NewPeer, Outgoing,
-    PeerInfo, Reader, Sent, Store, Wake,
+    PeerInfo, PollStart, Reader, Sent, Store, Wake,
 };
 
 pub struct MemoryStore {
@@ -483,6 +483,17 @@ impl Reader for MailboxReader {
     async fn open_poll(&self, acknowledge: u64) -> ApiResult<(PollTicket, u64)> {
         self.0.acknowledge(acknowledge);
         self.0.open_poll().ok_or(Error::PeerNotFound)
+    }
+
+    async fn start_poll(&self, acknowledge: u64) -> ApiResult<PollStart> {
+        let (listening, watcher, ticket, newest) =
+            self.0.start_poll(acknowledge).ok_or(Error::PeerNotFound)?;
+        Ok(PollStart {
+            listening: Listening::new(listening),
+            wake: Wake::new(watcher, None),
+            ticket,
+            newest,
+        })
     }
 
     fn acknowledge(&self, id: u64) {

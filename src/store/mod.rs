@@ -359,6 +359,22 @@ pub trait Reader: Send + Sync {
     /// nothing new waits for a wake-up before it reads.
     async fn open_poll(&self, acknowledge: u64) -> ApiResult<(PollTicket, u64)>;
 
+    /// What a poll does first, in this order: [`listen`](Self::listen)s, [`subscribe`]
+    /// (Self::subscribe)s, marks what it has seen of the wake-ups, and [`open_poll`]
+    /// (Self::open_poll)s. A store may do it all at once (the memory store: under one lock).
+    async fn start_poll(&self, acknowledge: u64) -> ApiResult<PollStart> {
+        let listening = self.listen();
+        let mut wake = self.subscribe().await?;
+        wake.mark_seen();
+        let (ticket, newest) = self.open_poll(acknowledge).await?;
+        Ok(PollStart {
+            listening,
+            wake,
+            ticket,
+            newest,
+        })
+    }
+
     /// Marks every message up to `id` as delivered. The memory store applies it at once; the
     /// Redis store sends it with the next read, saving a round trip per batch, or with
     /// [`flush`](Self::flush) when no read follows.
@@ -384,6 +400,17 @@ pub trait Reader: Send + Sync {
     /// a connection that can drop unnoticed for a while): such readers also look again
     /// periodically, so that a lost wake-up delays a message by that much at most.
     fn may_miss_wakeups(&self) -> bool;
+}
+
+/// A poll, started ([`Reader::start_poll`]).
+pub struct PollStart {
+    /// Keeps the peer present while the poll waits.
+    pub listening: Listening,
+    /// The mailbox's wake-ups, seen up to the poll's open.
+    pub wake: Wake,
+    pub ticket: PollTicket,
+    /// The newest id when the poll opened.
+    pub newest: u64,
 }
 
 /// Wakes a reader when its mailbox may have changed: a new message, a newer stream, the peer's
