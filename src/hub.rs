@@ -190,34 +190,40 @@ impl Hub {
         })
     }
 
-    /// Validates a batch and encodes each message, once, for every recipient.
+    /// Validates a batch and encodes each message, once, for every recipient. Every message's
+    /// type is checked before any size is: an invalid type anywhere is the error, before a
+    /// message too large.
     fn prepare(&self, batch: Vec<OutgoingMessage<'_>>) -> ApiResult<Vec<Outgoing>> {
         if batch.is_empty() {
             return Err(Error::EmptyBatch);
         }
         let limit = self.shared.max_message_bytes;
         let mut outgoing = Vec::with_capacity(batch.len());
+        let mut too_large = None;
         for (index, message) in batch.iter().enumerate() {
             let kind = MessageType::parse_client(&message.kind)
                 .map_err(|reason| Error::InvalidType { index, reason })?;
-            outgoing.push((message.to, kind));
+            if too_large.is_some() {
+                continue;
+            }
+            let draft = Draft::new(kind, message.data);
+            if draft.signed_len() > limit {
+                too_large = Some(Error::MessageTooLarge {
+                    index,
+                    size: draft.signed_len(),
+                    limit,
+                });
+                continue;
+            }
+            outgoing.push(Outgoing {
+                to: message.to,
+                draft,
+            });
         }
-        outgoing
-            .into_iter()
-            .zip(&batch)
-            .enumerate()
-            .map(|(index, ((to, kind), message))| {
-                let draft = Draft::new(&kind, message.data);
-                if draft.signed_len() > limit {
-                    return Err(Error::MessageTooLarge {
-                        index,
-                        size: draft.signed_len(),
-                        limit,
-                    });
-                }
-                Ok(Outgoing { to, draft })
-            })
-            .collect()
+        match too_large {
+            Some(error) => Err(error),
+            None => Ok(outgoing),
+        }
     }
 
     /// The peer of `room` that `token` belongs to.

@@ -194,7 +194,7 @@ mod tests {
     }
 
     fn fingerprint(kind: &str) -> Fingerprint {
-        let draft = Draft::new(&MessageType::parse_client(kind).unwrap(), None);
+        let draft = Draft::new(MessageType::parse_client(kind).unwrap(), None);
         Fingerprint::of([(None, &draft)])
     }
 

@@ -64,6 +64,14 @@ impl PeerId {
     pub fn parse(text: &str) -> Option<Self> {
         Uuid::parse_str(text).ok().map(Self)
     }
+
+    /// The length of a peer id as text: a hyphenated UUID.
+    pub const LEN: usize = uuid::fmt::Hyphenated::LENGTH;
+
+    /// The id as text (what `Display` writes), into `buffer`, without the formatting machinery.
+    pub fn encode(self, buffer: &mut [u8; Self::LEN]) -> &str {
+        self.0.hyphenated().encode_lower(buffer)
+    }
 }
 
 impl fmt::Display for PeerId {

@@ -6,7 +6,7 @@
 //! ([`EncodedMessage::render`]); nothing is re-serialised per recipient.
 
 use std::borrow::Cow;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::Arc;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -25,14 +25,14 @@ pub const RESERVED_TYPES: [&str; 4] = ["join", "leave", "ready", "reset"];
 /// A message type: 1 to 32 of `a-z 0-9 _ -`, starting with a letter, and not reserved.
 ///
 /// The alphabet needs no escaping in JSON or in an SSE `event:` line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageType(String);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageType<'a>(&'a str);
 
-impl MessageType {
+impl<'a> MessageType<'a> {
     pub const MAX_LEN: usize = 32;
 
     /// Validates a type a client wants to send.
-    pub fn parse_client(kind: &str) -> Result<Self, String> {
+    pub fn parse_client(kind: &'a str) -> Result<Self, String> {
         let well_formed = (1..=Self::MAX_LEN).contains(&kind.len())
             && kind.starts_with(|c: char| c.is_ascii_lowercase())
             && kind
@@ -48,11 +48,46 @@ impl MessageType {
                 "message type {kind:?} is reserved for events the server emits"
             ));
         }
-        Ok(Self(kind.to_owned()))
+        Ok(Self(kind))
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+}
+
+/// A message's type as a stored message keeps it: inline, since every type is at most
+/// [`MessageType::MAX_LEN`] bytes (the server's own are shorter), so that a message allocates
+/// nothing for it. A longer one (only a corrupted store could hold it) is kept on the heap.
+#[derive(Debug, Clone)]
+enum TypeName {
+    Inline {
+        len: u8,
+        bytes: [u8; MessageType::MAX_LEN],
+    },
+    Heap(Box<str>),
+}
+
+impl TypeName {
+    fn new(kind: &str) -> Self {
+        match u8::try_from(kind.len()) {
+            Ok(len) if kind.len() <= MessageType::MAX_LEN => {
+                let mut bytes = [0; MessageType::MAX_LEN];
+                bytes[..kind.len()].copy_from_slice(kind.as_bytes());
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Heap(kind.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Whole UTF-8 text went in, so it always reads back.
+            Self::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Self::Heap(kind) => kind,
+        }
     }
 }
 
@@ -150,7 +185,7 @@ impl<'de> Deserialize<'de> for MessageBatch<'de> {
 /// A message as stored in mailboxes: its type and its envelope, encoded once.
 #[derive(Debug)]
 pub struct EncodedMessage {
-    kind: Box<str>,
+    kind: TypeName,
     /// The envelope's JSON object without its `id`: `{"from":…,"type":…,"data":…}`.
     /// Always a non-empty object, so `render` can splice the id after its opening brace.
     /// A `String` rather than a `Box<str>`: shrinking it to fit would copy it once more.
@@ -194,22 +229,35 @@ const FROM_FIELD_LEN: usize = r#""from":"","#.len() + 36;
 /// sender first.
 #[derive(Debug)]
 pub struct Draft {
-    kind: Box<str>,
-    /// `{"type":…,"data":…}`: a non-empty object, so `from` can be spliced after its brace.
+    /// `{"type":"<kind>","data":…}`: a non-empty object, so `from` can be spliced after its
+    /// brace.
     body: String,
+    kind_len: usize,
 }
 
 impl Draft {
-    pub fn new(kind: &MessageType, data: Option<&RawValue>) -> Self {
-        let data = data.unwrap_or(RawValue::NULL);
+    /// Where a draft's body spells its type: after `{"type":"`.
+    const KIND_AT: usize = r#"{"type":""#.len();
+
+    /// Written by hand, byte for byte what serde writes ([`EncodedMessage::from_peer`]): the
+    /// type needs no escaping (its alphabet is `a-z 0-9 _ -`) and the data is copied as sent.
+    pub fn new(kind: MessageType<'_>, data: Option<&RawValue>) -> Self {
+        let kind = kind.as_str();
+        let data = data.unwrap_or(RawValue::NULL).get();
+        let mut body = String::with_capacity(Self::KIND_AT + kind.len() + data.len() + 11);
+        body.push_str(r#"{"type":""#);
+        body.push_str(kind);
+        body.push_str(r#"","data":"#);
+        body.push_str(data);
+        body.push('}');
         Self {
-            kind: kind.as_str().into(),
-            body: encode_body(None, kind.as_str(), data, data.get().len()),
+            body,
+            kind_len: kind.len(),
         }
     }
 
     pub fn kind(&self) -> &str {
-        &self.kind
+        &self.body[Self::KIND_AT..Self::KIND_AT + self.kind_len]
     }
 
     /// The envelope without `from`, as sent to a store that signs it itself.
@@ -227,12 +275,11 @@ impl Draft {
     pub fn sign(&self, sender: PeerId) -> Arc<EncodedMessage> {
         let mut body = String::with_capacity(self.signed_len());
         body.push_str("{\"from\":\"");
-        // Writing to a String cannot fail.
-        let _ = write!(body, "{sender}");
+        body.push_str(sender.encode(&mut [0; PeerId::LEN]));
         body.push_str("\",");
         body.push_str(&self.body[1..]);
         Arc::new(EncodedMessage {
-            kind: self.kind.clone(),
+            kind: TypeName::new(self.kind()),
             body,
         })
     }
@@ -242,7 +289,7 @@ impl EncodedMessage {
     /// A message as a store kept it: its type and its envelope without `id`, already encoded.
     pub fn stored(kind: &str, body: String) -> Arc<Self> {
         Arc::new(Self {
-            kind: kind.into(),
+            kind: TypeName::new(kind),
             body,
         })
     }
@@ -253,7 +300,7 @@ impl EncodedMessage {
     }
 
     /// A message from a peer.
-    pub fn from_peer(from: PeerId, kind: &MessageType, data: Option<&RawValue>) -> Arc<Self> {
+    pub fn from_peer(from: PeerId, kind: MessageType<'_>, data: Option<&RawValue>) -> Arc<Self> {
         let data = data.unwrap_or(RawValue::NULL);
         Self::encode(Some(from), kind.as_str(), data, data.get().len())
     }
@@ -272,13 +319,13 @@ impl EncodedMessage {
         data_len: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
-            kind: kind.into(),
+            kind: TypeName::new(kind),
             body: encode_body(from, kind, data, data_len),
         })
     }
 
     pub fn kind(&self) -> &str {
-        &self.kind
+        self.kind.as_str()
     }
 
     /// The size this message adds to a mailbox, as counted against the message size limit.
@@ -330,7 +377,7 @@ mod tests {
         let from = PeerId::random();
         let kind = MessageType::parse_client("offer").unwrap();
         let data = RawValue::from_string(r#"{"sdp":"v=0\r\n"}"#.into()).unwrap();
-        let message = EncodedMessage::from_peer(from, &kind, Some(&data));
+        let message = EncodedMessage::from_peer(from, kind, Some(&data));
         let rendered: serde_json::Value = serde_json::from_str(&message.render(42)).unwrap();
         assert_eq!(rendered["id"], 42);
         assert_eq!(rendered["from"], from.to_string());
@@ -344,17 +391,30 @@ mod tests {
         let from = PeerId::random();
         let kind = MessageType::parse_client("candidate").unwrap();
         let data = RawValue::from_string(r#"{"candidate":"a=1","n":[1,2]}"#.into()).unwrap();
-        let draft = Draft::new(&kind, Some(&data));
+        let draft = Draft::new(kind, Some(&data));
         let signed = draft.sign(from);
-        let direct = EncodedMessage::from_peer(from, &kind, Some(&data));
+        let direct = EncodedMessage::from_peer(from, kind, Some(&data));
         assert_eq!(signed.body(), direct.body());
         assert_eq!(draft.signed_len(), direct.encoded_len());
-        assert_eq!(signed.kind(), "candidate");
-        let without_data = Draft::new(&kind, None).sign(from);
+        assert_eq!((draft.kind(), signed.kind()), ("candidate", "candidate"));
+        let without_data = Draft::new(kind, None).sign(from);
         assert_eq!(
             without_data.body(),
-            EncodedMessage::from_peer(from, &kind, None).body()
+            EncodedMessage::from_peer(from, kind, None).body()
         );
+    }
+
+    /// A stored message keeps its type, inline or, past the longest a type may be (only a
+    /// corrupted store could hold one), on the heap.
+    #[test]
+    fn a_stored_message_keeps_its_type_whatever_its_length() {
+        for kind in [
+            "offer",
+            "x".repeat(MessageType::MAX_LEN).as_str(),
+            "é".repeat(40).as_str(),
+        ] {
+            assert_eq!(EncodedMessage::stored(kind, "{}".into()).kind(), kind);
+        }
     }
 
     #[test]

@@ -186,6 +186,13 @@ store_tests! {
             refused(send(&alice).json(&big_message)).await,
             (413, "message_too_large".into())
         );
+        // Every message's type is checked before any size: a bad type after a message too
+        // large is the error.
+        let both = json!([{"type": "offer", "to": bob.id, "data": "x".repeat(1100)}, {"type": "Offer", "to": bob.id}]);
+        assert_eq!(
+            refused(send(&alice).json(&both)).await,
+            (422, "invalid_type".into())
+        );
         // Without a Content-Length (chunked), the limit is enforced as the body arrives.
         let chunks =
             futures_util::stream::iter((0..5).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1000])));

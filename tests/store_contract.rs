@@ -135,7 +135,7 @@ fn message(to: Option<PeerId>, kind: &str, data: Value) -> Outgoing {
     let data = RawValue::from_string(data.to_string()).expect("JSON");
     Outgoing {
         to,
-        draft: Draft::new(&kind, Some(&data)),
+        draft: Draft::new(kind, Some(&data)),
     }
 }
 

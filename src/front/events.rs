@@ -288,7 +288,7 @@ mod tests {
         let kind = MessageType::parse_client("offer").unwrap();
         for data in [r#"{"sdp":"v=0"}"#, "{\n \"a\": 1\r\n}", "[\r1]"] {
             let data = RawValue::from_string(data.into()).unwrap();
-            let message = EncodedMessage::from_peer(PeerId::random(), &kind, Some(&data));
+            let message = EncodedMessage::from_peer(PeerId::random(), kind, Some(&data));
             let mut expected = b"earlier".to_vec();
             write_event(
                 &mut expected,

@@ -686,7 +686,7 @@ mod tests {
         let offer = MessageType::parse_client("offer").unwrap();
         let batch = [Outgoing {
             to: Some(bob),
-            draft: Draft::new(&offer, None),
+            draft: Draft::new(offer, None),
         }];
         let sent = now(store.send(&room, Some(alice_token.reveal()), &batch, None)).unwrap();
         assert_eq!(sent.accepted, 1);
