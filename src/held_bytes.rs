@@ -8,6 +8,7 @@
 //! memory store charges a whole send at once (one update, not one per recipient) and each
 //! mailbox releases what one trim or close let go of at once.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -51,19 +52,31 @@ impl HeldBytes {
     /// held to the total only.
     pub fn try_charge(&self, client: Option<IpAddr>, bytes: usize) -> ApiResult<()> {
         let mut ledger = self.state.lock();
-        let key = client;
-        if let Some(key) = key {
-            let held = ledger.clients.get(&key).copied().unwrap_or(0);
+        let Ledger { total, clients } = &mut *ledger;
+        // One look-up of the address (an entry) for the check and the charge.
+        let entry = client.map(|key| clients.entry(key));
+        if let Some(entry) = &entry {
+            let held = match entry {
+                Entry::Occupied(held) => *held.get(),
+                Entry::Vacant(_) => 0,
+            };
             if held.saturating_add(bytes) > self.client_limit {
                 return Err(Error::TooManyBytesHeld {
                     limit: self.client_limit,
                 });
             }
         }
-        if ledger.total.saturating_add(bytes) > self.total_limit {
+        if total.saturating_add(bytes) > self.total_limit {
             return Err(Error::ServerFull);
         }
-        ledger.add(key, bytes);
+        match entry {
+            Some(Entry::Occupied(mut held)) => *held.get_mut() += bytes,
+            Some(Entry::Vacant(held)) => {
+                held.insert(bytes);
+            }
+            None => {}
+        }
+        *total += bytes;
         Ok(())
     }
 
@@ -86,12 +99,10 @@ impl HeldBytes {
         let mut ledger = self.state.lock();
         for &(client, bytes) in charges {
             ledger.total = ledger.total.saturating_sub(bytes);
-            if let Some(key) = client {
-                if let Some(held) = ledger.clients.get_mut(&key) {
-                    *held = held.saturating_sub(bytes);
-                    if *held == 0 {
-                        ledger.clients.remove(&key);
-                    }
+            if let Some(Entry::Occupied(mut held)) = client.map(|key| ledger.clients.entry(key)) {
+                *held.get_mut() = held.get().saturating_sub(bytes);
+                if *held.get() == 0 {
+                    held.remove();
                 }
             }
         }
@@ -161,6 +172,13 @@ mod tests {
         assert_eq!(ledger.total(), 660);
         ledger.release(one, 60);
         ledger.try_charge(one, 100).unwrap();
+        // An address charged nothing yet is held to the same limit.
+        assert_eq!(
+            ledger.try_charge(Some(ip("192.0.2.3")), 101),
+            Err(Error::TooManyBytesHeld { limit: 100 })
+        );
+        assert_eq!(ledger.held_by(ip("192.0.2.3")), 0);
+        assert_eq!(ledger.total(), 700);
     }
 
     /// The total is held to `max_held_bytes` whoever is charged, a peer without address too.

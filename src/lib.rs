@@ -78,6 +78,7 @@ pub mod rate_limit;
 pub mod relay_routes;
 pub mod response_headers;
 pub mod resume;
+mod split;
 pub mod store;
 pub mod stun;
 pub mod token_command;

@@ -55,7 +55,7 @@ impl BearerHeader {
 
 /// The token of an `Authorization: Bearer <token>` header value.
 fn bearer(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
+    let (scheme, token) = crate::split::split_once(value.trim(), b' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::idempotency::IdempotencyKey;
 use crate::identity::{PeerId, RoomName};
+use crate::split::{split, split_once};
 
 /// A path segment, percent-decoded as Rocket decodes the segments it hands to `FromParam`.
 fn decode(segment: &str) -> Cow<'_, str> {
@@ -60,8 +61,8 @@ impl<'a, const N: usize> Query<'a, N> {
         // which is what the form decoder would give, without its byte-by-byte pass over each
         // name and value (1,400 instructions a poll, in the relay's profile).
         if memchr::memchr2(b'%', b'+', text.as_bytes()).is_none() {
-            for pair in text.split('&').filter(|pair| !pair.is_empty()) {
-                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            for pair in split(text, b'&').filter(|pair| !pair.is_empty()) {
+                let (key, value) = split_once(pair, b'=').unwrap_or((pair, ""));
                 query.add(key, Cow::Borrowed(value));
             }
         } else {
