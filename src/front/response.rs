@@ -263,17 +263,20 @@ pub fn log_failure(request: &Parts, error: &Error) {
 mod tests {
     use super::*;
 
+    /// The default config, and the same with `origin` allowed cross-origin.
+    fn default_and_cors(origin: &str) -> [Config; 2] {
+        let cors = Config {
+            cors_allowed_origins: vec![origin.into()],
+            ..Config::default()
+        };
+        [Config::default(), cors]
+    }
+
     /// What `Decorations` works out once is what `response_headers` answers for every `/api/`
     /// request without an Origin, whatever its method, status and the config.
     #[test]
     fn api_answers_without_an_origin_depend_on_nothing_else() {
-        let configs = [
-            Config::default(),
-            Config {
-                cors_allowed_origins: vec!["*".into()],
-                ..Config::default()
-            },
-        ];
+        let configs = default_and_cors("*");
         let expected: Vec<(String, String)> = Decorations::new(&configs[0])
             .api_without_origin
             .iter()
@@ -300,13 +303,7 @@ mod tests {
     /// into its response gives, whether it takes [`finish`]'s copy or not.
     #[test]
     fn a_json_answer_carries_what_decorating_it_gives() {
-        let configs = [
-            Config::default(),
-            Config {
-                cors_allowed_origins: vec!["https://a.example".into()],
-                ..Config::default()
-            },
-        ];
+        let configs = default_and_cors("https://a.example");
         let headers = |response: &Response<ResponseBody>| -> Vec<(String, String)> {
             response
                 .headers()
