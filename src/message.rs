@@ -70,10 +70,10 @@ enum TypeName {
 
 impl TypeName {
     fn new(kind: &str) -> Self {
-        match u8::try_from(kind.len()) {
-            Ok(len) if kind.len() <= MessageType::MAX_LEN => {
-                let mut bytes = [0; MessageType::MAX_LEN];
-                bytes[..kind.len()].copy_from_slice(kind.as_bytes());
+        let mut bytes = [0; MessageType::MAX_LEN];
+        match (bytes.get_mut(..kind.len()), u8::try_from(kind.len())) {
+            (Some(inline), Ok(len)) => {
+                inline.copy_from_slice(kind.as_bytes());
                 Self::Inline { len, bytes }
             }
             _ => Self::Heap(kind.into()),
@@ -220,7 +220,7 @@ fn encode_body<D: Serialize + ?Sized>(
 }
 
 /// The bytes `"from":"<peer id>",` add to an envelope: a hyphenated UUID is always 36 characters.
-const FROM_FIELD_LEN: usize = r#""from":"","#.len() + 36;
+const FROM_FIELD_LEN: usize = r#""from":"","#.len() + PeerId::LEN;
 
 /// A peer's message before the store has said who sent it: the envelope without its `from`,
 /// `{"type":…,"data":…}`, encoded once when the request is read. The store that identifies the
@@ -236,18 +236,23 @@ pub struct Draft {
 }
 
 impl Draft {
-    /// Where a draft's body spells its type: after `{"type":"`.
-    const KIND_AT: usize = r#"{"type":""#.len();
+    /// What comes before the type, and between the type and the data.
+    const BEFORE_KIND: &'static str = r#"{"type":""#;
+    const BEFORE_DATA: &'static str = r#"","data":"#;
+    /// Where a draft's body spells its type.
+    const KIND_AT: usize = Self::BEFORE_KIND.len();
 
     /// Written by hand, byte for byte what serde writes ([`EncodedMessage::from_peer`]): the
     /// type needs no escaping (its alphabet is `a-z 0-9 _ -`) and the data is copied as sent.
     pub fn new(kind: MessageType<'_>, data: Option<&RawValue>) -> Self {
         let kind = kind.as_str();
         let data = data.unwrap_or(RawValue::NULL).get();
-        let mut body = String::with_capacity(Self::KIND_AT + kind.len() + data.len() + 11);
-        body.push_str(r#"{"type":""#);
+        let mut body = String::with_capacity(
+            Self::BEFORE_KIND.len() + kind.len() + Self::BEFORE_DATA.len() + data.len() + 1,
+        );
+        body.push_str(Self::BEFORE_KIND);
         body.push_str(kind);
-        body.push_str(r#"","data":"#);
+        body.push_str(Self::BEFORE_DATA);
         body.push_str(data);
         body.push('}');
         Self {

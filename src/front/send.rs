@@ -35,25 +35,27 @@ pub async fn send(
         .hub
         .send(&room, token.as_deref(), batch.0, key.as_ref())
         .await?;
-    if !accepted.replayed {
-        front.metrics.messages_accepted(accepted.count);
-        // Nearly every send carries one message: its answer is a constant, with nothing to
-        // allocate.
-        if accepted.count == 1 {
-            return Ok(Answer::json(202, Bytes::from_static(b"{\"accepted\":1}")));
-        }
+    if accepted.replayed {
+        let mut response = response::json(202, accepted_body(accepted.count));
+        response.headers_mut().insert(
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static("true"),
+        );
+        return Ok(Answer::Response(response));
     }
+    front.metrics.messages_accepted(accepted.count);
+    // Nearly every send carries one message: its answer is a constant, with nothing to allocate.
+    if accepted.count == 1 {
+        return Ok(Answer::json(202, Bytes::from_static(b"{\"accepted\":1}")));
+    }
+    Ok(Answer::json(202, accepted_body(accepted.count)))
+}
+
+/// `{"accepted":<count>}`.
+fn accepted_body(count: usize) -> Vec<u8> {
     let mut json = Vec::with_capacity(24);
     json.extend_from_slice(b"{\"accepted\":");
-    json.extend_from_slice(itoa::Buffer::new().format(accepted.count).as_bytes());
+    json.extend_from_slice(itoa::Buffer::new().format(count).as_bytes());
     json.push(b'}');
-    if !accepted.replayed {
-        return Ok(Answer::json(202, json));
-    }
-    let mut response = response::json(202, json);
-    response.headers_mut().insert(
-        HeaderName::from_static("idempotent-replayed"),
-        HeaderValue::from_static("true"),
-    );
-    Ok(Answer::Response(response))
+    json
 }
